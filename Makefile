@@ -1,0 +1,27 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv on first use.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install install-dev lint
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+install-dev: $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+
+demo: install
+	$(BIN)/walrus-peer blob-id README.md --shards 20 --json
+
+lint: install-dev
+	$(BIN)/ruff check walrus_p2p tests bench
+	$(BIN)/ruff format --check walrus_p2p tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q

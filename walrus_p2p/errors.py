@@ -1,0 +1,119 @@
+"""The one exception tree of walrus-p2p.
+
+Every error raised on purpose by the package derives from :class:`WalrusError` and carries a stable
+``reason`` code (UPPER_SNAKE) that is what goes on the wire and into ``--json`` output::
+
+    WalrusError                      INTERNAL
+    ├── ConfigError                  CONFIG_INVALID      (a key, config or genesis file is bad)
+    ├── WireError                    WIRE_MALFORMED      (bytes from outside do not parse or are too big)
+    ├── EncodingError                ENCODING_INVALID    (bad parameters, not enough slivers to decode)
+    ├── VerificationError            VERIFICATION_FAILED (a hash, proof or signature does not match)
+    │   └── InconsistentBlobError    BLOB_INCONSISTENT   (the writer encoded the blob inconsistently)
+    ├── StorageError                 STORAGE_ERROR
+    │   ├── StorageFullError         STORAGE_FULL
+    │   └── NotFoundError            NOT_FOUND
+    ├── NetworkError                 NETWORK_ERROR       (libp2p / trio errors, translated in net/)
+    │   ├── PeerUnreachableError     PEER_UNREACHABLE
+    │   ├── RequestTimeoutError      TIMEOUT
+    │   └── RemoteError              (the reason code the remote peer sent)
+    └── QuorumError                  NOT_ENOUGH_PEERS    (a quorum of shard weight cannot be reached)
+
+Errors carry their data as attributes; ``str(error)`` is a one-line message for a person.
+"""
+
+from __future__ import annotations
+
+
+class WalrusError(Exception):
+    """Root of every error walrus-p2p raises on purpose."""
+
+    reason: str = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+
+class ConfigError(WalrusError):
+    """A configuration, key or genesis file is missing or invalid; ``path`` names it."""
+
+    reason = "CONFIG_INVALID"
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+
+
+class WireError(WalrusError):
+    """Bytes received from outside are malformed, oversized or violate the schema."""
+
+    reason = "WIRE_MALFORMED"
+
+
+class EncodingError(WalrusError):
+    """Encoding parameters are invalid, or too few slivers/symbols were given to decode."""
+
+    reason = "ENCODING_INVALID"
+
+
+class VerificationError(WalrusError):
+    """A hash, Merkle proof, signature or quorum check failed."""
+
+    reason = "VERIFICATION_FAILED"
+
+
+class InconsistentBlobError(VerificationError):
+    """The blob was encoded inconsistently by its writer; reads must report it as invalid."""
+
+    reason = "BLOB_INCONSISTENT"
+
+
+class StorageError(WalrusError):
+    """The durable store failed."""
+
+    reason = "STORAGE_ERROR"
+
+
+class StorageFullError(StorageError):
+    """Storing would exceed the configured capacity."""
+
+    reason = "STORAGE_FULL"
+
+
+class NotFoundError(StorageError):
+    """The requested item is not stored here."""
+
+    reason = "NOT_FOUND"
+
+
+class NetworkError(WalrusError):
+    """A network operation failed (translated from libp2p or trio errors)."""
+
+    reason = "NETWORK_ERROR"
+
+
+class PeerUnreachableError(NetworkError):
+    """A peer could not be dialled or its connection dropped."""
+
+    reason = "PEER_UNREACHABLE"
+
+
+class RequestTimeoutError(NetworkError):
+    """A request did not complete within its deadline."""
+
+    reason = "TIMEOUT"
+
+
+class RemoteError(NetworkError):
+    """The remote peer answered with an error reply; ``reason`` is the code it sent."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message, reason=reason)
+
+
+class QuorumError(WalrusError):
+    """Not enough shard weight answered to reach the quorum an operation needs."""
+
+    reason = "NOT_ENOUGH_PEERS"
