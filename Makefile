@@ -14,6 +14,9 @@ install: $(BIN)/python
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
+	# trio-typing (a libp2p dependency) ships stubs for trio 0.22 that shadow trio's own inline
+	# types; type-check against the trio we run.
+	rm -rf $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/trio-stubs
 
 demo: install
 	$(BIN)/walrus-peer blob-id README.md --shards 20 --json

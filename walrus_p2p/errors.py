@@ -4,11 +4,11 @@ Every error raised on purpose by the package derives from :class:`WalrusError` a
 ``reason`` code (UPPER_SNAKE) that is what goes on the wire and into ``--json`` output::
 
     WalrusError                      INTERNAL
-    ├── ConfigError                  CONFIG_INVALID      (a key, config or genesis file is bad)
-    ├── WireError                    WIRE_MALFORMED      (bytes from outside do not parse or are too big)
-    ├── EncodingError                ENCODING_INVALID    (bad parameters, not enough slivers to decode)
-    ├── VerificationError            VERIFICATION_FAILED (a hash, proof or signature does not match)
-    │   └── InconsistentBlobError    BLOB_INCONSISTENT   (the writer encoded the blob inconsistently)
+    ├── ConfigError                  CONFIG_INVALID      (a key, config or genesis file)
+    ├── WireError                    WIRE_MALFORMED      (outside bytes malformed or too big)
+    ├── EncodingError                ENCODING_INVALID    (bad parameters, too few slivers)
+    ├── VerificationError            VERIFICATION_FAILED (hash, proof or signature mismatch)
+    │   └── InconsistentBlobError    BLOB_INCONSISTENT   (the writer encoded it wrongly)
     ├── StorageError                 STORAGE_ERROR
     │   ├── StorageFullError         STORAGE_FULL
     │   └── NotFoundError            NOT_FOUND
@@ -16,7 +16,7 @@ Every error raised on purpose by the package derives from :class:`WalrusError` a
     │   ├── PeerUnreachableError     PEER_UNREACHABLE
     │   ├── RequestTimeoutError      TIMEOUT
     │   └── RemoteError              (the reason code the remote peer sent)
-    └── QuorumError                  NOT_ENOUGH_PEERS    (a quorum of shard weight cannot be reached)
+    └── QuorumError                  NOT_ENOUGH_PEERS    (quorum weight unreachable)
 
 Errors carry their data as attributes; ``str(error)`` is a one-line message for a person.
 """

@@ -1,0 +1,500 @@
+"""Reed-Solomon over the ISA-L library bundled in the pyeclib wheel, called directly.
+
+This module owns the fast codec path of RedStuff (design §3). It computes exactly the same bytes as
+pyeclib's ``isa_l_rs_cauchy`` backend, because it builds the same generator matrix
+(``gf_gen_cauchy1_matrix`` over k+m rows, identity on top, Cauchy rows below) and runs the same
+ISA-L kernels, but without pyeclib's costs: no 80-byte fragment headers, no copies into ``bytes``,
+no GIL held during the arithmetic, outputs written into caller-owned numpy buffers, work split into
+cache-sized blocks (the kernels re-read every source once per group of about six outputs, so a
+block of all k sources has to stay in L2) and spread over a small thread pool.
+
+A *fragment* here is any 1-D run of bytes; the codec works bytewise, so a whole matrix row can be
+one fragment, and a batch of fragments (shape ``(B, L)``, any row stride) stands for B independent
+codewords that share one call. If the library cannot be found or loaded, constructing
+:class:`ReedSolomon` (or calling :func:`load_library`) raises :class:`IsalUnavailableError`, and
+the caller falls back to the public pyeclib API.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import importlib.util
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from walrus_p2p.errors import EncodingError
+
+__all__ = [
+    "MAX_FRAGMENTS",
+    "IsalUnavailableError",
+    "ReedSolomon",
+    "gf_matmul",
+    "load_library",
+]
+
+Bytes2D = npt.NDArray[np.uint8]
+"""A uint8 array; fragments are its last axis, which must be contiguous."""
+
+MAX_FRAGMENTS = 256
+"""k + m is at most 256: the Cauchy construction needs k+m distinct elements of GF(2^8)."""
+
+_CACHE_BLOCK = 512 * 1024
+"""Bytes of source data (all k sources together) per kernel call; sized for a 512 KiB L2."""
+
+_MIN_BLOCK = 4096
+"""Never cut a fragment into blocks smaller than this: below it, call overhead dominates."""
+
+_PARALLEL_MIN_BYTES = 1 << 20
+"""Work with fewer source bytes than this runs on the calling thread (threads cost ~50 µs)."""
+
+_DECODE_CACHE_SIZE = 64
+
+
+class IsalUnavailableError(EncodingError):
+    """The bundled ISA-L library cannot be located or loaded; use the public pyeclib API."""
+
+    reason = "INTERNAL"
+
+
+@dataclass(frozen=True, slots=True)
+class _Library:
+    path: str
+    gf_gen_cauchy1_matrix: Callable[..., None]
+    ec_init_tables: Callable[..., None]
+    ec_encode_data: Callable[..., None]
+    gf_invert_matrix: Callable[..., int]
+    gf_mul: Callable[[int, int], int]
+
+
+_library: _Library | None = None
+_library_error: IsalUnavailableError | None = None
+_library_lock = threading.Lock()
+
+
+def _candidate_paths() -> list[Path]:
+    """Where the wheel puts libisal: ``<site-packages>/pyeclib.libs/libisal-pyeclib.so.*``.
+
+    Found through the installed distribution's file list first (robust to any site layout), then
+    next to the ``pyeclib`` package; a system ``libisal`` has the same ABI and comes last.
+    """
+    candidates: list[Path] = []
+    try:
+        files = importlib.metadata.files("pyeclib") or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        name = file.name
+        if name.startswith("libisal") and ".so" in name:
+            candidates.append(Path(str(file.locate())))
+    spec = importlib.util.find_spec("pyeclib")
+    if spec is not None and spec.origin is not None:
+        site = Path(spec.origin).resolve().parent.parent
+        for directory in (site / "pyeclib.libs", site / ".libs", site):
+            if directory.is_dir():
+                candidates.extend(sorted(directory.glob("libisal*.so*")))
+    for system in ("libisal.so.2", "libisal.so"):
+        candidates.append(Path(system))
+    unique: list[Path] = []
+    for path in candidates:
+        if path not in unique:
+            unique.append(path)
+    return unique
+
+
+def _bind(path: Path) -> _Library:
+    # CDLL (not PyDLL): every call releases the GIL, so two threads encode in parallel.
+    cdll = ctypes.CDLL(str(path))
+    u8p = ctypes.c_void_p
+    gen = cdll.gf_gen_cauchy1_matrix
+    gen.argtypes = [u8p, ctypes.c_int, ctypes.c_int]
+    gen.restype = None
+    init = cdll.ec_init_tables
+    init.argtypes = [ctypes.c_int, ctypes.c_int, u8p, u8p]
+    init.restype = None
+    encode = cdll.ec_encode_data
+    encode.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, u8p, u8p, u8p]
+    encode.restype = None
+    invert = cdll.gf_invert_matrix
+    invert.argtypes = [u8p, u8p, ctypes.c_int]
+    invert.restype = ctypes.c_int
+    mul = cdll.gf_mul
+    mul.argtypes = [ctypes.c_ubyte, ctypes.c_ubyte]
+    mul.restype = ctypes.c_ubyte
+    return _Library(str(path), gen, init, encode, invert, mul)
+
+
+def load_library() -> _Library:
+    """Load and bind libisal once per process; raise :class:`IsalUnavailableError` if impossible.
+
+    ``WALRUS_P2P_ISAL`` may name the library file, or be ``off`` to force the fallback (useful to
+    test the public-API path on a machine where ISA-L loads).
+    """
+    global _library, _library_error
+    with _library_lock:
+        if _library is not None:
+            return _library
+        if _library_error is not None:
+            raise _library_error
+        override = os.environ.get("WALRUS_P2P_ISAL", "")
+        if override.lower() in {"0", "off", "no", "false"}:
+            _library_error = IsalUnavailableError("ISA-L disabled by WALRUS_P2P_ISAL")
+            raise _library_error
+        paths = [Path(override)] if override else _candidate_paths()
+        problems: list[str] = []
+        for path in paths:
+            try:
+                library = _bind(path)
+                _self_check(library)
+            except (OSError, AttributeError, EncodingError) as error:
+                problems.append(f"{path}: {error}")
+                continue
+            _library = library
+            return library
+        _library_error = IsalUnavailableError(
+            "cannot load ISA-L: " + ("; ".join(problems) or "no candidate library found")
+        )
+        raise _library_error
+
+
+# GF(2^8) with the polynomial x^8+x^4+x^3+x^2+1 (0x11d) and generator 2, as in ISA-L.
+def _gf_tables() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    exp = np.zeros(512, dtype=np.uint8)
+    log = np.zeros(256, dtype=np.int64)
+    value = 1
+    for power in range(255):
+        exp[power] = value
+        log[value] = power
+        value <<= 1
+        if value & 0x100:
+            value ^= 0x11D
+    exp[255:510] = exp[0:255]
+    products = exp[(log[:, None] + log[None, :])]
+    products[0, :] = 0
+    products[:, 0] = 0
+    inverse = np.zeros(256, dtype=np.uint8)
+    inverse[1:] = exp[(255 - log[1:]) % 255]
+    return products.astype(np.uint8), inverse
+
+
+_GF_MUL, _GF_INV = _gf_tables()
+
+
+def _self_check(library: _Library) -> None:
+    """Refuse a library whose field differs from ours (it would silently corrupt decodes)."""
+    for a, b in ((2, 0x80), (0x53, 0xCA), (7, 255), (0, 9)):
+        if library.gf_mul(a, b) != int(_GF_MUL[a, b]):
+            raise IsalUnavailableError(f"{library.path}: unexpected GF(2^8) arithmetic")
+
+
+def gf_matmul(left: Bytes2D, right: Bytes2D) -> Bytes2D:
+    """Matrix product over GF(2^8): XOR of byte products (small matrices only, ≤ 256 × 256)."""
+    if left.shape[1] != right.shape[0]:
+        raise ValueError("matrix shapes do not match")
+    result = np.zeros((left.shape[0], right.shape[1]), dtype=np.uint8)
+    for index in range(left.shape[1]):
+        result ^= _GF_MUL[left[:, index][:, None], right[index][None, :]]
+    return result
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="walrus-isal")
+        return _pool
+
+
+def _default_threads() -> int:
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        available = os.cpu_count() or 1
+    return max(1, min(2, available))
+
+
+def _as_batch(array: Bytes2D, name: str) -> Bytes2D:
+    """View a fragment (L,) or a batch of fragments (B, L) as (B, L); the last axis contiguous."""
+    if array.dtype != np.uint8:
+        raise EncodingError(f"{name} must be uint8, not {array.dtype}")
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise EncodingError(f"{name} must be 1-D or 2-D, not {array.ndim}-D")
+    if array.shape[1] > 1 and array.strides[1] != 1:
+        raise EncodingError(f"{name} must be contiguous along its last axis")
+    return array
+
+
+def _pointers(arrays: Sequence[Bytes2D]) -> npt.NDArray[np.uint64]:
+    """Address of every fragment: shape (B, len(arrays)), for the kernel's pointer tables."""
+    batch = arrays[0].shape[0]
+    result = np.empty((batch, len(arrays)), dtype=np.uint64)
+    steps = np.arange(batch, dtype=np.uint64)
+    for column, array in enumerate(arrays):
+        # Strides are non-negative here: arrays come from _as_batch on forward views.
+        result[:, column] = np.uint64(array.ctypes.data) + steps * np.uint64(array.strides[0])
+    return result
+
+
+class ReedSolomon:
+    """A systematic (k + m, k) Reed-Solomon code, byte-identical to pyeclib's ``isa_l_rs_cauchy``.
+
+    Fragments 0..k-1 are the data, k..k+m-1 the parity. Instances hold only small tables and are
+    safe to share between threads.
+    """
+
+    def __init__(self, k: int, m: int, *, threads: int | None = None) -> None:
+        if k < 1 or m < 0 or k + m > MAX_FRAGMENTS:
+            raise EncodingError(f"unsupported code: k={k} m={m} (need k ≥ 1, k+m ≤ 256)")
+        self._library = load_library()
+        self.k = k
+        self.m = m
+        self.threads = _default_threads() if threads is None else max(1, threads)
+        total = k + m
+        matrix = np.zeros((total, k), dtype=np.uint8)
+        self._library.gf_gen_cauchy1_matrix(matrix.ctypes.data, total, k)
+        self.matrix: Bytes2D = matrix
+        """The (k+m) × k generator matrix; row i maps the data to fragment i."""
+        self._encode_tables = self._tables(matrix[k:])
+        self._row_tables: dict[int, Bytes2D] = {}
+        self._decode_tables: OrderedDict[tuple[tuple[int, ...], tuple[int, ...]], Bytes2D] = (
+            OrderedDict()
+        )
+        self._cache_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ReedSolomon(k={self.k}, m={self.m})"
+
+    def _tables(self, rows: Bytes2D) -> Bytes2D:
+        """Expand coefficient rows (r × k) into ISA-L's 32-byte-per-coefficient lookup tables."""
+        rows = np.ascontiguousarray(rows, dtype=np.uint8)
+        tables = np.empty(32 * rows.size, dtype=np.uint8)
+        if rows.shape[0]:
+            self._library.ec_init_tables(
+                self.k, rows.shape[0], rows.ctypes.data, tables.ctypes.data
+            )
+        return tables
+
+    # -- the kernel driver -------------------------------------------------------------------
+
+    def _apply(
+        self, tables: Bytes2D, sources: Sequence[Bytes2D], outputs: Sequence[Bytes2D]
+    ) -> None:
+        """outputs[i] = Σ_j coefficient(i, j) · sources[j], for every fragment of every batch.
+
+        The work is cut into blocks of about _CACHE_BLOCK source bytes, and the blocks are split
+        between threads in two contiguous halves (each thread walks its own memory in order).
+        """
+        k = len(sources)
+        rows = len(outputs)
+        if rows == 0:
+            return
+        batch, length = sources[0].shape
+        if length == 0 or batch == 0:
+            return
+        source_pointers = _pointers(sources)
+        output_pointers = _pointers(outputs)
+        block = max(_MIN_BLOCK, (_CACHE_BLOCK // k) & ~63)
+        block = min(block, length)
+        blocks = [
+            (b, offset, min(block, length - offset))
+            for b in range(batch)
+            for offset in range(0, length, block)
+        ]
+        encode = self._library.ec_encode_data
+        table_pointer = tables.ctypes.data
+
+        def run(start: int, stop: int) -> None:
+            for b, offset, size in blocks[start:stop]:
+                step = np.uint64(offset)
+                source_block = source_pointers[b] + step
+                output_block = output_pointers[b] + step
+                encode(
+                    size,
+                    k,
+                    rows,
+                    table_pointer,
+                    source_block.ctypes.data,
+                    output_block.ctypes.data,
+                )
+
+        threads = self.threads
+        if threads <= 1 or len(blocks) < 2 or batch * length * k < _PARALLEL_MIN_BYTES:
+            run(0, len(blocks))
+            return
+        threads = min(threads, len(blocks))
+        edges = [len(blocks) * t // threads for t in range(threads + 1)]
+        pool = _thread_pool(self.threads)
+        futures = [pool.submit(run, edges[t], edges[t + 1]) for t in range(1, threads)]
+        run(edges[0], edges[1])
+        for future in futures:
+            future.result()
+
+    # -- public operations -------------------------------------------------------------------
+
+    def encode(self, data: Bytes2D, out: Bytes2D | None = None) -> Bytes2D:
+        """Compute the m parity fragments of k data fragments.
+
+        ``data`` has shape (k, L) or (B, k, L) (B codewords at once); the result, written into
+        ``out`` when given (it must not overlap ``data``), has shape (m, L) or (B, m, L).
+        """
+        if data.ndim not in (2, 3) or data.shape[-2] != self.k:
+            raise EncodingError(f"data must have shape (k={self.k}, L) or (B, k, L)")
+        shape = (*data.shape[:-2], self.m, data.shape[-1])
+        if out is None:
+            out = np.empty(shape, dtype=np.uint8)
+        elif out.shape != shape:
+            raise EncodingError(f"out must have shape {shape}, not {out.shape}")
+        self.encode_fragments(
+            [data[..., j, :] for j in range(self.k)], [out[..., i, :] for i in range(self.m)]
+        )
+        return out
+
+    def encode_fragments(self, data: Sequence[Bytes2D], parity: Sequence[Bytes2D]) -> None:
+        """Like :meth:`encode`, with each fragment a separate array of shape (L,) or (B, L)."""
+        if len(data) != self.k or len(parity) != self.m:
+            raise EncodingError(f"need {self.k} data and {self.m} parity fragments")
+        sources, outputs = self._check_shapes(data, parity)
+        self._apply(self._encode_tables, sources, outputs)
+
+    def fragment(self, index: int, data: Bytes2D, out: Bytes2D | None = None) -> Bytes2D:
+        """Compute only fragment ``index`` of the codeword(s) whose data is ``data``.
+
+        This is what a helper does for a recovery symbol: one output row costs about 1/m of a full
+        encode. ``data`` has shape (k, L) or (B, k, L); the result (L,) or (B, L).
+        """
+        if not 0 <= index < self.k + self.m:
+            raise EncodingError(f"fragment index {index} out of range 0..{self.k + self.m - 1}")
+        if data.ndim not in (2, 3) or data.shape[-2] != self.k:
+            raise EncodingError(f"data must have shape (k={self.k}, L) or (B, k, L)")
+        shape = (*data.shape[:-2], data.shape[-1])
+        if out is None:
+            out = np.empty(shape, dtype=np.uint8)
+        elif out.shape != shape:
+            raise EncodingError(f"out must have shape {shape}, not {out.shape}")
+        if index < self.k:
+            out[...] = data[..., index, :]
+            return out
+        with self._cache_lock:
+            tables = self._row_tables.get(index)
+            if tables is None:
+                tables = self._row_tables[index] = self._tables(self.matrix[index : index + 1])
+        sources, outputs = self._check_shapes([data[..., j, :] for j in range(self.k)], [out])
+        self._apply(tables, sources, outputs)
+        return out
+
+    def decode(
+        self,
+        fragments: Mapping[int, Bytes2D],
+        wanted: Sequence[int] | None = None,
+        out: Bytes2D | None = None,
+    ) -> Bytes2D:
+        """Rebuild fragments ``wanted`` (default: the k data fragments) from any k known ones.
+
+        ``fragments`` maps fragment index to an array of shape (L,) or (B, L); when more than k
+        are given, the lowest indices are used. The result has shape (len(wanted), L) or
+        (B, len(wanted), L) and is written into ``out`` when given.
+        """
+        targets = list(range(self.k)) if wanted is None else [int(i) for i in wanted]
+        total = self.k + self.m
+        if any(not 0 <= i < total for i in targets):
+            raise EncodingError(f"wanted fragment out of range 0..{total - 1}")
+        known = sorted(i for i in fragments if 0 <= i < total)
+        if len(known) != len(fragments):
+            raise EncodingError(f"fragment index out of range 0..{total - 1}")
+        if len(known) < self.k:
+            raise EncodingError(f"need {self.k} fragments to decode, got {len(known)}")
+        chosen = tuple(known[: self.k])
+        first = fragments[chosen[0]]
+        if first.ndim == 1:
+            shape: tuple[int, ...] = (len(targets), first.shape[0])
+        else:
+            shape = (first.shape[0], len(targets), first.shape[1])
+        if out is None:
+            out = np.empty(shape, dtype=np.uint8)
+        elif out.shape != shape:
+            raise EncodingError(f"out must have shape {shape}, not {out.shape}")
+        batched = first.ndim == 2
+
+        result = out
+
+        def slot(position: int) -> Bytes2D:
+            return result[:, position, :] if batched else result[position]
+
+        first_position: dict[int, int] = {}
+        for position, index in enumerate(targets):
+            if index in fragments:
+                slot(position)[...] = fragments[index]
+            elif index in first_position:
+                continue
+            else:
+                first_position[index] = position
+        if not first_position:
+            return out
+        missing = tuple(first_position)
+        tables = self._decoding_tables(chosen, missing)
+        sources, outputs = self._check_shapes(
+            [fragments[i] for i in chosen], [slot(first_position[i]) for i in missing]
+        )
+        self._apply(tables, sources, outputs)
+        for position, index in enumerate(targets):  # a fragment wanted twice: copy it
+            if index in first_position and first_position[index] != position:
+                slot(position)[...] = slot(first_position[index])
+        return out
+
+    def decoding_matrix(self, chosen: Sequence[int], wanted: Sequence[int]) -> Bytes2D:
+        """Rows mapping fragments ``chosen`` (exactly k) to fragments ``wanted``."""
+        k = self.k
+        if len(chosen) != k or len(set(chosen)) != k:
+            raise EncodingError(f"need exactly {k} distinct fragments")
+        square = np.ascontiguousarray(self.matrix[list(chosen)])
+        inverse = np.empty((k, k), dtype=np.uint8)
+        if self._library.gf_invert_matrix(square.ctypes.data, inverse.ctypes.data, k) != 0:
+            raise EncodingError("fragment subset is not decodable (singular matrix)")
+        # Data fragment i is row i of the inverse; parity fragment j is row j of the generator
+        # applied to the recovered data.
+        return gf_matmul(self.matrix[list(wanted)], inverse)
+
+    def _decoding_tables(self, chosen: tuple[int, ...], wanted: tuple[int, ...]) -> Bytes2D:
+        key = (chosen, wanted)
+        with self._cache_lock:
+            tables = self._decode_tables.get(key)
+            if tables is not None:
+                self._decode_tables.move_to_end(key)
+                return tables
+        tables = self._tables(self.decoding_matrix(chosen, wanted))
+        with self._cache_lock:
+            self._decode_tables[key] = tables
+            while len(self._decode_tables) > _DECODE_CACHE_SIZE:
+                self._decode_tables.popitem(last=False)
+        return tables
+
+    @staticmethod
+    def _check_shapes(
+        sources: Sequence[Bytes2D], outputs: Sequence[Bytes2D]
+    ) -> tuple[list[Bytes2D], list[Bytes2D]]:
+        batched_sources = [_as_batch(array, "source fragment") for array in sources]
+        batched_outputs = [_as_batch(array, "output fragment") for array in outputs]
+        shape = batched_sources[0].shape
+        for array in (*batched_sources, *batched_outputs):
+            if array.shape != shape:
+                raise EncodingError(f"fragments differ in shape: {array.shape} != {shape}")
+            if array.shape[0] > 1 and array.strides[0] < 0:
+                raise EncodingError("fragments must not have negative strides")
+        for array in batched_outputs:
+            if not array.flags.writeable:
+                raise EncodingError("output fragment is read-only")
+        return batched_sources, batched_outputs

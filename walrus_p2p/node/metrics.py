@@ -1,0 +1,105 @@
+"""Prometheus metrics and the health summary of a storage peer, served on localhost.
+
+The metric objects live in one private registry per peer (not the process-global one), so several
+peers can run in one process in tests without clashing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+
+class PeerMetrics:
+    """The counters and gauges a storage peer exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.slivers_stored = Counter(
+            "walrus_slivers_stored",
+            "Slivers verified and written durably",
+            registry=self.registry,
+        )
+        self.bytes_stored = Counter(
+            "walrus_sliver_bytes_stored",
+            "Sliver bytes verified and written durably",
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "walrus_requests",
+            "Protocol requests served, by type and outcome (ok or an error reason code)",
+            ["type", "outcome"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "walrus_errors",
+            "Errors by reason code",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.peers_connected = Gauge(
+            "walrus_peers_connected", "Connected libp2p peers", registry=self.registry
+        )
+        self.storage_used_bytes = Gauge(
+            "walrus_storage_used_bytes", "Bytes used by the sliver store", registry=self.registry
+        )
+        self.blobs_stored = Gauge(
+            "walrus_blobs_stored", "Blobs with metadata in the store", registry=self.registry
+        )
+        self.recovery_bytes = Counter(
+            "walrus_recovery_bytes_received",
+            "Bytes received for sliver recovery",
+            registry=self.registry,
+        )
+        self.started_at = time.time()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def build_metrics_app(metrics: PeerMetrics, health: Callable[[], dict[str, Any]]) -> Starlette:
+    """`/metrics` in Prometheus text format, `/health` as a JSON summary (200 ok, 503 degraded)."""
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def health_endpoint(request: Request) -> Response:
+        summary = health()
+        status = 200 if summary.get("status") == "ok" else 503
+        return Response(
+            json.dumps(summary, sort_keys=True), status_code=status, media_type="application/json"
+        )
+
+    return Starlette(
+        routes=[
+            Route("/metrics", metrics_endpoint),
+            Route("/health", health_endpoint),
+        ]
+    )
+
+
+async def serve_http(
+    app: Any,
+    bind: str,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve an ASGI app with hypercorn's trio worker until cancelled (started: bound URLs)."""
+    config = HypercornConfig()
+    config.bind = [bind]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 1.0
+    await serve(app, config, task_status=task_status)
