@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 from typing import NewType
 
 from walrus_p2p.errors import WireError
@@ -15,6 +16,17 @@ ShardIndex = NewType("ShardIndex", int)
 Epoch = NewType("Epoch", int)
 PeerId = NewType("PeerId", str)
 """A libp2p peer id in its base58 text form."""
+
+
+class SliverKind(enum.Enum):
+    """Which sliver of a pair: primary (a row of the expanded matrix) or secondary (a column).
+
+    The values are the codes used on the wire; never renumber them.
+    """
+
+    PRIMARY = 0
+    SECONDARY = 1
+
 
 BLOB_ID_LENGTH = 32
 BLOB_ID_TEXT_LENGTH = 43
