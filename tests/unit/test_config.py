@@ -1,0 +1,231 @@
+"""Peer data directories: init/load round trip, key file safety, and one-line errors with paths."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from walrus_p2p.core.genesis import create_genesis_toml
+from walrus_p2p.core.identity import Identity
+from walrus_p2p.errors import ConfigError
+from walrus_p2p.node import config
+
+SEED = bytes(range(32))
+LISTEN = ["/ip4/127.0.0.1/tcp/4001"]
+
+
+@pytest.fixture
+def genesis_path(tmp_path: Path) -> Path:
+    """A devnet genesis whose committee is three peers initialised in tmp_path/peer-<i>."""
+    members = []
+    for index in range(1, 4):
+        result = config.init_peer(
+            tmp_path / f"peer-{index}",
+            tmp_path / "genesis.toml",
+            [f"/ip4/127.0.0.{index}/tcp/4001"],
+            seed=bytes([index]) * 32,
+            check_genesis=False,
+        )
+        members.append(config.genesis_member(result.data_dir, weight=index))
+    text = create_genesis_toml(
+        network="devnet", n_shards=6, members=members, genesis_time=1_800_000_000
+    )
+    path = tmp_path / "genesis.toml"
+    config.write_genesis(path, text)
+    return path
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    previous = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_init_then_load(tmp_path: Path, genesis_path: Path, permissive_umask: None) -> None:
+    data_dir = tmp_path / "alice"
+    result = config.init_peer(
+        data_dir, genesis_path, LISTEN, capacity_bytes=5 * 2**30, metrics_address="127.0.0.1:9184"
+    )
+    assert result.created_identity
+    assert _mode(data_dir / "identity.key") == 0o600  # even with umask 0
+    assert _mode(data_dir) == 0o700
+    assert sorted(p.name for p in data_dir.iterdir()) == ["identity.key", "peer.toml"]
+    loaded = config.load_peer(data_dir)
+    assert loaded.identity == result.identity
+    assert loaded.config == result.config
+    assert loaded.config.genesis_path == genesis_path.resolve()
+    assert loaded.config.listen_addresses == tuple(LISTEN)
+    assert loaded.config.capacity_bytes == 5 * 2**30
+    assert loaded.config.metrics_address == "127.0.0.1:9184"
+    assert loaded.genesis.network == "devnet"
+    assert result.identity.seed.hex() not in (data_dir / "peer.toml").read_text()
+
+
+def test_devnet_peers_are_in_the_genesis_committee(tmp_path: Path, genesis_path: Path) -> None:
+    loaded = config.load_peer(tmp_path / "peer-3")
+    assert loaded.identity.peer_id in loaded.genesis.committee
+    assert len(loaded.genesis.committee.shards_of(loaded.identity.peer_id)) == 3  # 1:2:3 of 6
+
+
+def test_seed_gives_the_same_identity(tmp_path: Path, genesis_path: Path) -> None:
+    result = config.init_peer(tmp_path / "a", genesis_path, LISTEN, seed=SEED)
+    assert result.identity == Identity.from_seed(SEED)
+    assert config.load_identity(tmp_path / "a").seed == SEED
+
+
+def test_reinit_refuses_and_force_keeps_the_key(tmp_path: Path, genesis_path: Path) -> None:
+    data_dir = tmp_path / "a"
+    first = config.init_peer(data_dir, genesis_path, LISTEN)
+    key_bytes = (data_dir / "identity.key").read_bytes()
+    with pytest.raises(ConfigError, match="already initialised"):
+        config.init_peer(data_dir, genesis_path, ["/ip4/127.0.0.1/tcp/5000"])
+    second = config.init_peer(data_dir, genesis_path, ["/ip4/127.0.0.1/tcp/5000"], force=True)
+    assert not second.created_identity
+    assert second.identity == first.identity
+    assert (data_dir / "identity.key").read_bytes() == key_bytes
+    assert config.load_config(data_dir).listen_addresses == ("/ip4/127.0.0.1/tcp/5000",)
+    with pytest.raises(ConfigError, match="different identity"):
+        config.init_peer(data_dir, genesis_path, LISTEN, force=True, seed=SEED)
+    assert (data_dir / "identity.key").read_bytes() == key_bytes
+
+
+def test_a_key_alone_also_blocks_init(tmp_path: Path, genesis_path: Path) -> None:
+    data_dir = tmp_path / "a"
+    config.init_peer(data_dir, genesis_path, LISTEN)
+    (data_dir / "peer.toml").unlink()
+    with pytest.raises(ConfigError, match=r"identity\.key exists"):
+        config.init_peer(data_dir, genesis_path, LISTEN)
+
+
+def test_init_checks_its_inputs(tmp_path: Path, genesis_path: Path) -> None:
+    with pytest.raises(ConfigError, match="listen_addresses"):
+        config.init_peer(tmp_path / "a", genesis_path, ["/ip4/1.2.3.4/udp/1"])
+    with pytest.raises(ConfigError, match="metrics_address"):
+        config.init_peer(tmp_path / "a", genesis_path, LISTEN, metrics_address="localhost")
+    with pytest.raises(ConfigError, match=r"missing\.toml"):
+        config.init_peer(tmp_path / "a", tmp_path / "missing.toml", LISTEN)
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "version"),
+        (b"\xff\xfe", "not UTF-8"),
+        (b"seed = ", "not valid TOML"),
+        (b'version = 1\ntype = "ed25519"\nseed = "00"\n', "seed"),
+        (b"x" * 5000, "larger than"),
+    ],
+)
+def test_corrupt_key_file(tmp_path: Path, genesis_path: Path, content: bytes, message: str) -> None:
+    data_dir = tmp_path / "a"
+    config.init_peer(data_dir, genesis_path, LISTEN)
+    key_file = data_dir / "identity.key"
+    key_file.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as caught:
+        config.load_peer(data_dir)
+    assert caught.value.path == str(key_file)
+    assert str(caught.value).startswith(f"{key_file}: ")
+    assert "\n" not in str(caught.value)
+
+
+def test_key_file_that_does_not_match_its_seed(tmp_path: Path, genesis_path: Path) -> None:
+    data_dir = tmp_path / "a"
+    config.init_peer(data_dir, genesis_path, LISTEN, seed=SEED)
+    key_file = data_dir / "identity.key"
+    text = key_file.read_text()
+    key_file.write_text(text.replace(SEED.hex(), bytes(32).hex()))
+    with pytest.raises(ConfigError, match="does not match the seed") as caught:
+        config.load_identity(data_dir)
+    assert caught.value.path == str(key_file)
+
+
+def test_key_file_readable_by_others_is_refused(tmp_path: Path, genesis_path: Path) -> None:
+    data_dir = tmp_path / "a"
+    config.init_peer(data_dir, genesis_path, LISTEN)
+    os.chmod(data_dir / "identity.key", 0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        config.load_peer(data_dir)
+
+
+def test_missing_files(tmp_path: Path, genesis_path: Path) -> None:
+    with pytest.raises(ConfigError, match="run walrus-peer init"):
+        config.load_peer(tmp_path / "nowhere")
+    data_dir = tmp_path / "a"
+    config.init_peer(data_dir, genesis_path, LISTEN)
+    (data_dir / "peer.toml").unlink()
+    with pytest.raises(ConfigError) as caught:
+        config.load_peer(data_dir)
+    assert caught.value.path == str(data_dir / "peer.toml")
+    (data_dir / "identity.key").unlink()
+    with pytest.raises(ConfigError) as caught:
+        config.load_peer(data_dir)
+    assert caught.value.path == str(data_dir / "identity.key")
+
+
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        (("listen_addresses = [", "listen_addresses = 5 #["), "listen_addresses"),
+        (("capacity_bytes = ", "capacity_bytes = -"), "capacity_bytes"),
+        (("version = 1", "version = 1\nextra = 2"), "extra: unknown field"),
+        (("version = 1", "version = [1"), "not valid TOML"),
+    ],
+)
+def test_corrupt_config(
+    tmp_path: Path, genesis_path: Path, replace: tuple[str, str], message: str
+) -> None:
+    data_dir = tmp_path / "a"
+    config.init_peer(data_dir, genesis_path, LISTEN)
+    config_file = data_dir / "peer.toml"
+    config_file.write_text(config_file.read_text().replace(*replace, 1))
+    with pytest.raises(ConfigError, match=message) as caught:
+        config.load_peer(data_dir)
+    assert caught.value.path == str(config_file)
+
+
+def test_corrupt_or_missing_genesis(tmp_path: Path, genesis_path: Path) -> None:
+    data_dir = tmp_path / "a"
+    config.init_peer(data_dir, genesis_path, LISTEN)
+    genesis_path.write_text(genesis_path.read_text().replace("n_shards = 6", "n_shards = 2"))
+    with pytest.raises(ConfigError, match="n_shards") as caught:
+        config.load_peer(data_dir)
+    assert caught.value.path == str(genesis_path)
+    genesis_path.unlink()
+    with pytest.raises(ConfigError, match="No such file") as caught:
+        config.load_peer(data_dir)
+    assert caught.value.path == str(genesis_path)
+
+
+def test_relative_genesis_path_is_relative_to_the_data_dir(
+    tmp_path: Path, genesis_path: Path
+) -> None:
+    data_dir = tmp_path / "a"
+    config.init_peer(data_dir, genesis_path, LISTEN)
+    config_file = data_dir / "peer.toml"
+    config_file.write_text(
+        config_file.read_text().replace(str(genesis_path.resolve()), "../genesis.toml")
+    )
+    assert config.load_peer(data_dir).config.genesis_path == tmp_path / "genesis.toml"
+
+
+def test_write_genesis_refuses_to_overwrite(tmp_path: Path, genesis_path: Path) -> None:
+    text = genesis_path.read_text()
+    with pytest.raises(ConfigError, match="already exists"):
+        config.write_genesis(genesis_path, text)
+    config.write_genesis(genesis_path, text, force=True)
+    with pytest.raises(ConfigError, match="n_shards"):
+        config.write_genesis(tmp_path / "bad.toml", text.replace("n_shards = 6", "n_shards = 1"))
+    assert not (tmp_path / "bad.toml").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
