@@ -1,1 +1,37 @@
-"""api"""
+"""HTTP gateway: the Walrus publisher + aggregator API in front of any `BlobService`.
+
+``serve_gateway`` runs it with hypercorn's trio worker; ``build_gateway_app`` gives the bare ASGI
+app. The endpoints, errors and limits are described in docs/http-api.md and served as OpenAPI at
+``GET /v1/api``.
+"""
+
+from walrus_p2p.api._gateway import (
+    DEFAULT_BODY_TIMEOUT_SECONDS,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_CONCURRENT_READS,
+    DEFAULT_MAX_CONCURRENT_WRITES,
+    DEFAULT_RETRY_AFTER_SECONDS,
+    GatewayLimits,
+    build_gateway_app,
+    serve_gateway,
+    store_outcome_json,
+)
+from walrus_p2p.api._openapi import ERROR_REASONS, openapi_document
+from walrus_p2p.api._ranges import ByteRange, UnsatisfiableRangeError, parse_range_header
+
+__all__ = [
+    "DEFAULT_BODY_TIMEOUT_SECONDS",
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_CONCURRENT_READS",
+    "DEFAULT_MAX_CONCURRENT_WRITES",
+    "DEFAULT_RETRY_AFTER_SECONDS",
+    "ERROR_REASONS",
+    "ByteRange",
+    "GatewayLimits",
+    "UnsatisfiableRangeError",
+    "build_gateway_app",
+    "openapi_document",
+    "parse_range_header",
+    "serve_gateway",
+    "store_outcome_json",
+]

@@ -1,0 +1,480 @@
+"""The HTTP gateway: the Walrus publisher (store) and aggregator (read) API over a `BlobService`.
+
+The gateway owns HTTP concerns only: parsing and validating requests, the body size limit, load
+shedding, ranges, caching headers and the error mapping. Storing, reading and verifying blobs is
+the service's job (a light peer in production, an in-memory fake in tests).
+
+Every service call happens before a response starts, so a failure always becomes a proper JSON
+error; only the sending of an already-read blob is streamed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route, request_response
+
+from walrus_p2p.api._admission import Admission
+from walrus_p2p.api._errors import (
+    ApiError,
+    api_error_response,
+    blob_inconsistent,
+    blob_not_found,
+    http_exception_handler,
+    internal_exception_handler,
+    unexpected_error_response,
+    walrus_error_to_api,
+)
+from walrus_p2p.api._openapi import openapi_document
+from walrus_p2p.api._ranges import ByteRange, UnsatisfiableRangeError, parse_range_header
+from walrus_p2p.client.results import AlreadyCertified, BlobService, StoreOutcome
+from walrus_p2p.errors import ConfigError, WalrusError, WireError
+from walrus_p2p.node.metrics import serve_http
+from walrus_p2p.types import BlobId, blob_id_from_text, blob_id_to_text, short_id
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+"""10 MiB, the request limit of public Walrus publishers."""
+DEFAULT_MAX_CONCURRENT_WRITES = 8
+DEFAULT_MAX_CONCURRENT_READS = 32
+DEFAULT_RETRY_AFTER_SECONDS = 1
+DEFAULT_BODY_TIMEOUT_SECONDS = 120.0
+
+STREAM_CHUNK_SIZE = 64 * 1024
+"""Blob bodies go out in pieces of this size, so one send never carries a whole large blob."""
+
+IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
+OCTET_STREAM = "application/octet-stream"
+
+# ASCII digits only (``\d`` would take other scripts' digits), bounded so int() stays cheap.
+_UNSIGNED = re.compile(r"[0-9]{1,18}")
+_BOOLEANS = {"true": True, "false": False}
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayLimits:
+    """The limits a gateway enforces; bad values raise ``ConfigError`` (they come from flags)."""
+
+    max_body: int = DEFAULT_MAX_BODY
+    max_concurrent_writes: int = DEFAULT_MAX_CONCURRENT_WRITES
+    max_concurrent_reads: int = DEFAULT_MAX_CONCURRENT_READS
+    retry_after_seconds: int = DEFAULT_RETRY_AFTER_SECONDS
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.max_body < 0:
+            raise ConfigError(f"max_body must be >= 0, got {self.max_body}")
+        if self.max_concurrent_writes < 1:
+            raise ConfigError(
+                f"max_concurrent_writes must be >= 1, got {self.max_concurrent_writes}"
+            )
+        if self.max_concurrent_reads < 1:
+            raise ConfigError(f"max_concurrent_reads must be >= 1, got {self.max_concurrent_reads}")
+        if self.retry_after_seconds < 0:
+            raise ConfigError(f"retry_after_seconds must be >= 0, got {self.retry_after_seconds}")
+        if not self.body_timeout_seconds > 0:
+            raise ConfigError(f"body_timeout_seconds must be > 0, got {self.body_timeout_seconds}")
+
+
+def store_outcome_json(outcome: StoreOutcome) -> dict[str, Any]:
+    """The Walrus publisher's JSON for a store: exactly one of newlyCreated / alreadyCertified."""
+    if isinstance(outcome, AlreadyCertified):
+        return {
+            "alreadyCertified": {
+                "blobId": blob_id_to_text(outcome.blob_id),
+                "endEpoch": outcome.end_epoch,
+            }
+        }
+    return {
+        "newlyCreated": {
+            "blobObject": {
+                "blobId": blob_id_to_text(outcome.blob_id),
+                "size": outcome.size,
+                "encodingType": outcome.encoding_type,
+                "certifiedEpoch": outcome.certified_epoch,
+                "storage": {
+                    "startEpoch": outcome.start_epoch,
+                    "endEpoch": outcome.end_epoch,
+                    "storageSize": outcome.storage_size,
+                },
+                "deletable": outcome.deletable,
+            },
+            "cost": outcome.cost,
+        }
+    }
+
+
+def build_gateway_app(
+    service: BlobService,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    max_concurrent_writes: int = DEFAULT_MAX_CONCURRENT_WRITES,
+    max_concurrent_reads: int = DEFAULT_MAX_CONCURRENT_READS,
+    retry_after_seconds: int = DEFAULT_RETRY_AFTER_SECONDS,
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS,
+) -> Starlette:
+    """The gateway as an ASGI app (run it on trio, e.g. with `serve_gateway`)."""
+    limits = GatewayLimits(
+        max_body=max_body,
+        max_concurrent_writes=max_concurrent_writes,
+        max_concurrent_reads=max_concurrent_reads,
+        retry_after_seconds=retry_after_seconds,
+        body_timeout_seconds=body_timeout_seconds,
+    )
+    gateway = _Gateway(service, limits)
+    writes = trio.CapacityLimiter(limits.max_concurrent_writes)
+    reads = trio.CapacityLimiter(limits.max_concurrent_reads)
+
+    def admitted(
+        handler: Handler, limiter: trio.CapacityLimiter, kind: str, name: str
+    ) -> Admission:
+        return Admission(
+            request_response(_guarded(handler, name)),
+            limiter,
+            kind=kind,
+            retry_after_seconds=limits.retry_after_seconds,
+        )
+
+    routes = [
+        Route(
+            "/v1/blobs",
+            admitted(gateway.put_blob, writes, "write", "store_blob"),
+            methods=["PUT"],
+            name="store_blob",
+        ),
+        Route(
+            "/v1/blobs/{blob_id}",
+            admitted(gateway.get_blob, reads, "read", "read_blob"),
+            methods=["GET"],
+            name="read_blob",
+        ),
+        Route(
+            "/v1/blobs/{blob_id}/byte-range",
+            admitted(gateway.get_byte_range, reads, "read", "read_byte_range"),
+            methods=["GET"],
+            name="read_byte_range",
+        ),
+        Route("/status", _guarded(gateway.status, "status"), methods=["GET"]),
+        Route("/v1/api", _guarded(gateway.api, "api"), methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            HTTPException: http_exception_handler,
+            Exception: internal_exception_handler,
+        },
+    )
+
+
+async def serve_gateway(
+    service: BlobService,
+    bind: str,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    max_concurrent_writes: int = DEFAULT_MAX_CONCURRENT_WRITES,
+    max_concurrent_reads: int = DEFAULT_MAX_CONCURRENT_READS,
+    retry_after_seconds: int = DEFAULT_RETRY_AFTER_SECONDS,
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the gateway on ``bind`` ("host:port", port 0 picks one) until cancelled.
+
+    Use with ``nursery.start``: the started value is the list of bound URLs, e.g.
+    ``["http://127.0.0.1:31415"]``.
+    """
+    app = build_gateway_app(
+        service,
+        max_body=max_body,
+        max_concurrent_writes=max_concurrent_writes,
+        max_concurrent_reads=max_concurrent_reads,
+        retry_after_seconds=retry_after_seconds,
+        body_timeout_seconds=body_timeout_seconds,
+    )
+    logger.info(
+        "gateway starting bind=%s max_body=%d writes=%d reads=%d",
+        bind,
+        max_body,
+        max_concurrent_writes,
+        max_concurrent_reads,
+    )
+    await serve_http(app, bind, task_status=task_status)
+
+
+def _guarded(handler: Handler, name: str) -> Handler:
+    """Turn every failure of a handler into the JSON error reply (the one mapping place)."""
+
+    def context(request: Request) -> str:
+        blob = request.path_params.get("blob_id")
+        blob_field = f" blob={str(blob)[:8]}" if blob is not None else ""
+        return f"endpoint={name} method={request.method}{blob_field}"
+
+    async def guarded(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ApiError as error:
+            return api_error_response(error)
+        except ClientDisconnect:
+            logger.debug("client went away %s", context(request))
+            return Response(status_code=400)
+        except WalrusError as error:
+            mapped = walrus_error_to_api(error)
+            if mapped is None:
+                return unexpected_error_response(error, context(request))
+            logger.info(
+                "request failed %s reason=%s error=%s", context(request), mapped.reason, error
+            )
+            return api_error_response(mapped)
+        except Exception as error:
+            return unexpected_error_response(error, context(request))
+
+    return guarded
+
+
+class _Gateway:
+    """The request handlers, sharing the service and the limits."""
+
+    def __init__(self, service: BlobService, limits: GatewayLimits) -> None:
+        self._service = service
+        self._limits = limits
+        self._openapi = openapi_document(max_body=limits.max_body)
+
+    async def put_blob(self, request: Request) -> Response:
+        params = request.query_params
+        epochs = _unsigned_param(params, "epochs", minimum=1)
+        permanent = _permanence(params)
+        data = await self._read_body(request)
+        outcome = await self._service.store(data, epochs=epochs, permanent=permanent)
+        logger.info(
+            "blob stored blob=%s size=%d outcome=%s",
+            short_id(outcome.blob_id),
+            len(data),
+            "alreadyCertified" if isinstance(outcome, AlreadyCertified) else "newlyCreated",
+        )
+        return JSONResponse(store_outcome_json(outcome), headers={"Cache-Control": "no-store"})
+
+    async def get_blob(self, request: Request) -> Response:
+        blob_id, text = _blob_id_param(request)
+        headers = _blob_headers(text)
+        headers["Accept-Ranges"] = "bytes"
+        if _etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+        range_header = request.headers.get("range")
+        if range_header is not None and request.headers.get("if-range") in (None, headers["ETag"]):
+            size = await self._readable_size(blob_id)
+            try:
+                byte_range = parse_range_header(range_header, size)
+            except UnsatisfiableRangeError as error:
+                raise _unsatisfiable(size, str(error)) from error
+            if byte_range is not None:
+                headers["Content-Range"] = byte_range.content_range(size)
+                return await self._send_range(request, blob_id, byte_range, 206, headers)
+        if request.method == "HEAD":
+            return _head_response(200, await self._readable_size(blob_id), headers)
+        data = await self._service.read(blob_id)
+        return _stream(data, 200, headers)
+
+    async def get_byte_range(self, request: Request) -> Response:
+        blob_id, text = _blob_id_param(request)
+        start = _unsigned_param(request.query_params, "start", minimum=0)
+        length = _unsigned_param(request.query_params, "length", minimum=1)
+        headers = _blob_headers(text)
+        size = await self._readable_size(blob_id)
+        if start >= size:
+            raise _unsatisfiable(size, f"start {start} is not inside the {size}-byte blob")
+        byte_range = ByteRange(start, min(start + length, size) - 1)
+        return await self._send_range(request, blob_id, byte_range, 200, headers)
+
+    async def status(self, request: Request) -> Response:
+        status = await self._service.network_status()
+        body = {
+            "networkName": status.network_name,
+            "networkId": status.network_id,
+            "epoch": status.epoch,
+            "shards": status.shards,
+            "reachableShards": status.reachable_shards,
+            "writable": status.writable,
+        }
+        return JSONResponse(
+            body,
+            status_code=200 if status.writable else 503,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def api(self, request: Request) -> Response:
+        return JSONResponse(self._openapi)
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The request body, refused with 413 as soon as it is known to exceed the limit.
+
+        A declared Content-Length is checked before reading anything; a chunked body is counted
+        as it arrives, so at most ``max_body`` bytes plus one transport chunk are ever held.
+        """
+        max_body = self._limits.max_body
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isascii() or not declared.isdigit():
+                raise ApiError(400, "BAD_REQUEST", "Content-Length is not a number")
+            if len(declared) > 18 or int(declared) > max_body:
+                raise _too_large(max_body)
+        body = bytearray()
+        with trio.move_on_after(self._limits.body_timeout_seconds) as deadline:
+            async with aclosing(request.stream()) as chunks:
+                async for chunk in chunks:
+                    if len(body) + len(chunk) > max_body:
+                        raise _too_large(max_body)
+                    body += chunk
+        if deadline.cancelled_caught:
+            raise ApiError(
+                408,
+                "REQUEST_TIMEOUT",
+                f"the request body did not arrive within {self._limits.body_timeout_seconds} s",
+                headers={"Connection": "close"},
+            )
+        return bytes(body)
+
+    async def _readable_size(self, blob_id: BlobId) -> int:
+        """The size of a certified blob; 404 or 410 (via ApiError) for anything else."""
+        status = await self._service.blob_status(blob_id)
+        if status.state == "invalid":
+            raise blob_inconsistent()
+        if status.state != "certified":
+            raise blob_not_found()
+        if status.size is None:
+            raise RuntimeError(f"certified blob {short_id(blob_id)} has no size")
+        return status.size
+
+    async def _send_range(
+        self,
+        request: Request,
+        blob_id: BlobId,
+        byte_range: ByteRange,
+        status_code: int,
+        headers: dict[str, str],
+    ) -> Response:
+        if request.method == "HEAD":
+            return _head_response(status_code, byte_range.length, headers)
+        data = await self._service.read_range(blob_id, byte_range.first, byte_range.length)
+        if len(data) != byte_range.length:
+            raise RuntimeError(
+                f"read_range returned {len(data)} bytes, {byte_range.length} were asked"
+            )
+        return _stream(data, status_code, headers)
+
+
+def _blob_id_param(request: Request) -> tuple[BlobId, str]:
+    text = str(request.path_params["blob_id"])
+    try:
+        return blob_id_from_text(text), text
+    except WireError as error:
+        raise ApiError(400, "INVALID_BLOB_ID", error.message) from error
+
+
+def _single_param(params: QueryParams, name: str) -> str | None:
+    values = params.getlist(name)
+    if len(values) > 1:
+        raise ApiError(400, "BAD_REQUEST", f"query parameter {name} is given more than once")
+    return values[0] if values else None
+
+
+def _unsigned_param(params: QueryParams, name: str, *, minimum: int) -> int:
+    value = _single_param(params, name)
+    if value is None:
+        raise ApiError(400, "BAD_REQUEST", f"query parameter {name} is required")
+    if _UNSIGNED.fullmatch(value) is None or int(value) < minimum:
+        raise ApiError(
+            400, "BAD_REQUEST", f"query parameter {name} must be an integer >= {minimum}"
+        )
+    return int(value)
+
+
+def _bool_param(params: QueryParams, name: str) -> bool | None:
+    value = _single_param(params, name)
+    if value is None:
+        return None
+    parsed = _BOOLEANS.get(value.lower())
+    if parsed is None:
+        raise ApiError(400, "BAD_REQUEST", f"query parameter {name} must be true or false")
+    return parsed
+
+
+def _permanence(params: QueryParams) -> bool:
+    """``permanent=true`` or ``deletable=false`` make a permanent blob; deletable is the default.
+
+    This follows current Walrus publishers, which store new blobs as deletable unless asked
+    otherwise. Contradicting flags are refused rather than guessed.
+    """
+    permanent = _bool_param(params, "permanent")
+    deletable = _bool_param(params, "deletable")
+    if permanent is not None and deletable is not None and permanent == deletable:
+        raise ApiError(400, "BAD_REQUEST", "permanent and deletable contradict each other")
+    if permanent is not None:
+        return permanent
+    if deletable is not None:
+        return not deletable
+    return False
+
+
+def _blob_headers(blob_id_text: str) -> dict[str, str]:
+    # A blob id commits to the content, so the bytes at a blob URL never change.
+    return {"Cache-Control": IMMUTABLE_CACHE_CONTROL, "ETag": f'"{blob_id_text}"'}
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Weak comparison (RFC 9110 §13.1.2), as If-None-Match asks; ``*`` is not special-cased."""
+    if if_none_match is None:
+        return False
+    candidates = (candidate.strip().removeprefix("W/") for candidate in if_none_match.split(","))
+    return etag in candidates
+
+
+def _too_large(max_body: int) -> ApiError:
+    # The rest of the body is never read, so the connection cannot be reused.
+    return ApiError(
+        413,
+        "PAYLOAD_TOO_LARGE",
+        f"the blob exceeds this gateway's limit of {max_body} bytes",
+        headers={"Connection": "close"},
+    )
+
+
+def _unsatisfiable(size: int, message: str) -> ApiError:
+    return ApiError(
+        416, "RANGE_NOT_SATISFIABLE", message, headers={"Content-Range": f"bytes */{size}"}
+    )
+
+
+def _head_response(status_code: int, length: int, headers: dict[str, str]) -> Response:
+    return Response(
+        status_code=status_code,
+        headers={**headers, "Content-Length": str(length)},
+        media_type=OCTET_STREAM,
+    )
+
+
+def _stream(data: bytes, status_code: int, headers: dict[str, str]) -> StreamingResponse:
+    return StreamingResponse(
+        _chunks(data),
+        status_code=status_code,
+        headers={**headers, "Content-Length": str(len(data))},
+        media_type=OCTET_STREAM,
+    )
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    view = memoryview(data)
+    for offset in range(0, len(view), STREAM_CHUNK_SIZE):
+        yield bytes(view[offset : offset + STREAM_CHUNK_SIZE])

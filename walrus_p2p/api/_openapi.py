@@ -1,0 +1,349 @@
+"""The OpenAPI 3.1 description of the gateway, served at ``GET /v1/api``.
+
+Written by hand (the routes are few) and kept honest by tests that check real responses against
+the schemas below. Change both together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+OPENAPI_VERSION = "3.1.0"
+
+ERROR_REASONS = (
+    "BAD_REQUEST",
+    "INVALID_BLOB_ID",
+    "NOT_FOUND",
+    "METHOD_NOT_ALLOWED",
+    "REQUEST_TIMEOUT",
+    "BLOB_NOT_FOUND",
+    "BLOB_INCONSISTENT",
+    "PAYLOAD_TOO_LARGE",
+    "RANGE_NOT_SATISFIABLE",
+    "TOO_MANY_REQUESTS",
+    "INTERNAL",
+    "NETWORK_ERROR",
+    "NOT_ENOUGH_PEERS",
+    "TIMEOUT",
+)
+
+_BLOB_ID_PATTERN = "^[A-Za-z0-9_-]{43}$"
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _integer(minimum: int = 0) -> dict[str, Any]:
+    return {"type": "integer", "minimum": minimum}
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": list(properties),
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def _error(description: str, *, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": _ref("schemas", "Error")}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _blob_bytes(description: str, *, partial: bool = False) -> dict[str, Any]:
+    headers: dict[str, Any] = {
+        "ETag": {"description": "The blob id in quotes.", "schema": {"type": "string"}},
+        "Cache-Control": {
+            "description": "Always `public, max-age=31536000, immutable`.",
+            "schema": {"type": "string"},
+        },
+        "Content-Length": {"schema": _integer()},
+    }
+    if partial:
+        headers["Content-Range"] = {
+            "description": "`bytes first-last/size`.",
+            "schema": {"type": "string"},
+        }
+    return {
+        "description": description,
+        "headers": headers,
+        "content": {"application/octet-stream": {"schema": {}}},
+    }
+
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": _integer(),
+    }
+}
+_CONTENT_RANGE_UNSATISFIED = {
+    "Content-Range": {"description": "`bytes */size`.", "schema": {"type": "string"}}
+}
+
+
+def _network_errors() -> dict[str, Any]:
+    return {
+        "429": _error("Too many requests of this kind in flight.", headers=_RETRY_AFTER),
+        "500": _error("Unexpected error; details are in the gateway log only."),
+        "502": _error("The storage network could not be reached (`NETWORK_ERROR`)."),
+        "504": _error(
+            "Not enough storage peers answered (`NOT_ENOUGH_PEERS`) or they timed out (`TIMEOUT`)."
+        ),
+    }
+
+
+def openapi_document(*, max_body: int) -> dict[str, Any]:
+    """The OpenAPI document for a gateway whose body limit is ``max_body`` bytes."""
+    blob_id_parameter = {
+        "name": "blobId",
+        "in": "path",
+        "required": True,
+        "description": "Blob id: 43 characters of URL-safe base64 without padding.",
+        "schema": {"type": "string", "pattern": _BLOB_ID_PATTERN},
+    }
+    read_blob = {
+        "operationId": "readBlob",
+        "summary": "Read a blob, or one byte range of it with a Range header.",
+        "parameters": [
+            _ref("parameters", "BlobId"),
+            {
+                "name": "Range",
+                "in": "header",
+                "required": False,
+                "description": (
+                    "One range `bytes=first-last`, `bytes=first-` or `bytes=-suffix`. "
+                    "Other units, malformed values and multiple ranges are ignored (200)."
+                ),
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "If-None-Match",
+                "in": "header",
+                "required": False,
+                "description": "The ETag from an earlier read; a match answers 304.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "If-Range",
+                "in": "header",
+                "required": False,
+                "description": "Honour Range only if this equals the ETag.",
+                "schema": {"type": "string"},
+            },
+        ],
+        "responses": {
+            "200": _blob_bytes("The whole blob."),
+            "206": _blob_bytes("The requested range of the blob.", partial=True),
+            "304": {"description": "The client's cached copy is current."},
+            "400": _error("Malformed blob id (`INVALID_BLOB_ID`)."),
+            "404": _error("No certified blob with this id (`BLOB_NOT_FOUND`)."),
+            "410": _error("The blob was encoded inconsistently (`BLOB_INCONSISTENT`)."),
+            "416": _error(
+                "The range lies outside the blob (`RANGE_NOT_SATISFIABLE`).",
+                headers=_CONTENT_RANGE_UNSATISFIED,
+            ),
+            **_network_errors(),
+        },
+    }
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "walrus-p2p gateway",
+            "version": "1.0.0",
+            "description": (
+                "Publisher (store) and aggregator (read) API of a walrus-p2p light peer, "
+                "following the Walrus HTTP API. Errors are JSON with a stable `reason`. "
+                f"This gateway accepts blobs of at most {max_body} bytes."
+            ),
+        },
+        "paths": {
+            "/v1/blobs": {
+                "put": {
+                    "operationId": "storeBlob",
+                    "summary": "Store a blob (the request body) for a number of epochs.",
+                    "parameters": [
+                        {
+                            "name": "epochs",
+                            "in": "query",
+                            "required": True,
+                            "description": "Number of storage epochs, at least 1.",
+                            "schema": _integer(1),
+                        },
+                        {
+                            "name": "permanent",
+                            "in": "query",
+                            "required": False,
+                            "description": "`true` stores a permanent (non-deletable) blob.",
+                            "schema": {"type": "boolean", "default": False},
+                        },
+                        {
+                            "name": "deletable",
+                            "in": "query",
+                            "required": False,
+                            "description": (
+                                "`false` is the same as `permanent=true`. Blobs are deletable "
+                                "unless one of these flags says otherwise."
+                            ),
+                            "schema": {"type": "boolean", "default": True},
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "description": f"The blob bytes, at most {max_body}.",
+                        "content": {"application/octet-stream": {"schema": {}}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "Stored now, or already certified for long enough.",
+                            "content": {
+                                "application/json": {"schema": _ref("schemas", "StoreResponse")}
+                            },
+                        },
+                        "400": _error("Missing or invalid query parameters (`BAD_REQUEST`)."),
+                        "408": _error("The body did not arrive in time (`REQUEST_TIMEOUT`)."),
+                        "413": _error(f"The body exceeds {max_body} bytes (`PAYLOAD_TOO_LARGE`)."),
+                        **_network_errors(),
+                    },
+                }
+            },
+            "/v1/blobs/{blobId}": {"get": read_blob},
+            "/v1/blobs/{blobId}/byte-range": {
+                "get": {
+                    "operationId": "readBlobByteRange",
+                    "summary": "Read `length` bytes of a blob from `start` (cut at its end).",
+                    "parameters": [
+                        _ref("parameters", "BlobId"),
+                        {
+                            "name": "start",
+                            "in": "query",
+                            "required": True,
+                            "schema": _integer(0),
+                        },
+                        {
+                            "name": "length",
+                            "in": "query",
+                            "required": True,
+                            "schema": _integer(1),
+                        },
+                    ],
+                    "responses": {
+                        "200": _blob_bytes("The bytes of the range."),
+                        "400": _error("Malformed blob id, start or length."),
+                        "404": _error("No certified blob with this id (`BLOB_NOT_FOUND`)."),
+                        "410": _error("The blob was encoded inconsistently (`BLOB_INCONSISTENT`)."),
+                        "416": _error(
+                            "`start` is at or past the end of the blob (`RANGE_NOT_SATISFIABLE`).",
+                            headers=_CONTENT_RANGE_UNSATISFIED,
+                        ),
+                        **_network_errors(),
+                    },
+                }
+            },
+            "/status": {
+                "get": {
+                    "operationId": "networkStatus",
+                    "summary": "The gateway's view of the network.",
+                    "responses": {
+                        "200": {
+                            "description": "The network takes writes.",
+                            "content": {
+                                "application/json": {"schema": _ref("schemas", "NetworkStatus")}
+                            },
+                        },
+                        "503": {
+                            "description": "Too few shards reachable for a write quorum.",
+                            "content": {
+                                "application/json": {"schema": _ref("schemas", "NetworkStatus")}
+                            },
+                        },
+                        "500": _error("Unexpected error."),
+                        "502": _error("The storage network could not be reached."),
+                        "504": _error("Not enough storage peers answered."),
+                    },
+                }
+            },
+            "/v1/api": {
+                "get": {
+                    "operationId": "openApi",
+                    "summary": "This document.",
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI document.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            "parameters": {"BlobId": blob_id_parameter},
+            "schemas": {
+                "BlobId": {"type": "string", "pattern": _BLOB_ID_PATTERN},
+                "Error": _object(
+                    {
+                        "error": _object(
+                            {
+                                "code": _integer(400),
+                                "reason": {"type": "string", "enum": list(ERROR_REASONS)},
+                                "message": {"type": "string"},
+                            }
+                        )
+                    }
+                ),
+                "StoreResponse": {
+                    "oneOf": [
+                        _ref("schemas", "NewlyCreatedResponse"),
+                        _ref("schemas", "AlreadyCertifiedResponse"),
+                    ]
+                },
+                "NewlyCreatedResponse": _object(
+                    {
+                        "newlyCreated": _object(
+                            {"blobObject": _ref("schemas", "BlobObject"), "cost": _integer()}
+                        )
+                    }
+                ),
+                "AlreadyCertifiedResponse": _object(
+                    {
+                        "alreadyCertified": _object(
+                            {"blobId": _ref("schemas", "BlobId"), "endEpoch": _integer()}
+                        )
+                    }
+                ),
+                "BlobObject": _object(
+                    {
+                        "blobId": _ref("schemas", "BlobId"),
+                        "size": _integer(),
+                        "encodingType": _integer(),
+                        "certifiedEpoch": _integer(),
+                        "storage": _object(
+                            {
+                                "startEpoch": _integer(),
+                                "endEpoch": _integer(),
+                                "storageSize": _integer(),
+                            }
+                        ),
+                        "deletable": {"type": "boolean"},
+                    }
+                ),
+                "NetworkStatus": _object(
+                    {
+                        "networkName": {"type": "string"},
+                        "networkId": {"type": "string"},
+                        "epoch": _integer(),
+                        "shards": _integer(),
+                        "reachableShards": _integer(),
+                        "writable": {"type": "boolean"},
+                    }
+                ),
+            },
+        },
+    }
