@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from walrus_p2p.core import wire
+from walrus_p2p.core import blob_messages, wire
 from walrus_p2p.core.metadata import Metadata, SliverPairMetadata
 from walrus_p2p.types import BlobId, SliverKind
 
@@ -90,6 +90,12 @@ def sample_messages() -> dict[str, wire.Message]:
             certified_epoch=None,
             end_epoch=None,
         ),
+        "PostBlobRecordsRequest": blob_messages.PostBlobRecordsRequest(
+            blob_id=blob_id, records=(_filled(50, 3), _filled(20, 4))
+        ),
+        "PostBlobRecordsReply": blob_messages.PostBlobRecordsReply(accepted=2),
+        "GetBlobRecordsRequest": blob_messages.GetBlobRecordsRequest(blob_id=blob_id),
+        "GetBlobRecordsReply": blob_messages.GetBlobRecordsReply(records=(_filled(70, 5),)),
     }
 
 

@@ -1,0 +1,223 @@
+"""Blake3 hashing with domain separation, and the Merkle trees behind sliver hashes (design §4).
+
+Every hash in the commitments is a *keyed* blake3 hash whose 32-byte key is derived, with blake3's
+own ``derive_key`` mode, from a context string naming its purpose. Keyed mode costs nothing per
+call (no prefix block to hash) and makes a leaf hash, an inner node hash, a pair hash and a blob id
+impossible to confuse: changing the purpose changes the key, so no value can be replayed as another.
+
+Tree shape, fixed for every peer: the leaves are leaf hashes, a level with an odd number of nodes
+is padded with the constant :data:`EMPTY_NODE_HASH`, and an inner node is
+``inner_hash(left, right)``. A tree of ``m`` leaves therefore has depth ``ceil(log2(m))``, and a
+proof is exactly that many sibling hashes. Verifying a proof checks its length against the leaf
+count, so the proof also pins the leaf's position.
+
+Levels are kept as one ``bytes`` object of concatenated 32-byte hashes: one inner hash is then a
+single blake3 call over a 64-byte slice, with no list of small objects to build.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from blake3 import blake3
+
+from walrus_p2p.errors import VerificationError
+
+HASH_LENGTH = 32
+"""Every hash, root and id is 32 bytes."""
+
+BytesLike = bytes | bytearray | memoryview
+
+
+def derive_domain_key(purpose: str) -> bytes:
+    """The blake3 key for one purpose; the context string is part of the protocol (never change)."""
+    return bytes(blake3(b"", derive_key_context=f"walrus-p2p v1 {purpose}").digest())
+
+
+LEAF_KEY = derive_domain_key("merkle leaf")
+"""Key of a Merkle leaf hash (a symbol of the expanded matrix)."""
+INNER_KEY = derive_domain_key("merkle inner node")
+"""Key of a Merkle inner node hash; differs from the leaf key so a leaf cannot pose as a node."""
+EMPTY_KEY = derive_domain_key("merkle empty node")
+"""Key of the padding node that completes a level with an odd number of nodes."""
+
+EMPTY_NODE_HASH = bytes(blake3(b"", key=EMPTY_KEY).digest())
+"""The padding node: a fixed value that is neither a leaf hash nor an inner hash of any input."""
+
+_LEAF_HASHER = blake3(key=LEAF_KEY)
+_INNER_HASHER = blake3(key=INNER_KEY)
+"""Keyed hashers never updated, only copied: copying one costs half of setting up a keyed hasher,
+which is most of the cost of hashing 64 bytes (the ~n*n inner nodes of an encode)."""
+
+
+def keyed_hash(key: bytes, data: BytesLike) -> bytes:
+    """Blake3 keyed hash of ``data`` under a purpose key (see :func:`derive_domain_key`)."""
+    return bytes(blake3(data, key=key).digest())
+
+
+def leaf_hash(data: BytesLike) -> bytes:
+    """Hash of one leaf's content (one symbol)."""
+    hasher = _LEAF_HASHER.copy()
+    hasher.update(data)
+    return bytes(hasher.digest())
+
+
+def inner_hash(left: bytes, right: bytes) -> bytes:
+    """Hash of an inner node from its two children."""
+    hasher = _INNER_HASHER.copy()
+    hasher.update(left)
+    hasher.update(right)
+    return bytes(hasher.digest())
+
+
+def leaf_hashes_of_symbols(buffer: BytesLike, symbol_size: int) -> bytes:
+    """Leaf hashes of consecutive ``symbol_size``-byte symbols in ``buffer``, concatenated.
+
+    This is the one per-symbol Python loop of the encoder, so it works on a memoryview and
+    appends digests to one ``bytearray`` instead of building a list of small objects.
+    """
+    view = memoryview(buffer).cast("B")
+    if symbol_size <= 0 or len(view) % symbol_size:
+        raise ValueError("buffer length must be a positive multiple of the symbol size")
+    output = bytearray()
+    copy = _LEAF_HASHER.copy
+    for start in range(0, len(view), symbol_size):
+        hasher = copy()
+        hasher.update(view[start : start + symbol_size])
+        output += hasher.digest()
+    return bytes(output)
+
+
+def tree_depth(leaf_count: int) -> int:
+    """Number of levels above the leaves: the length of every proof in such a tree."""
+    if leaf_count < 1:
+        raise ValueError("a Merkle tree needs at least one leaf")
+    return (leaf_count - 1).bit_length()
+
+
+def _next_level(level: bytes) -> bytes:
+    """Hash pairs of nodes of one level (32-byte hashes, concatenated) into the level above."""
+    if (len(level) // HASH_LENGTH) % 2:
+        level += EMPTY_NODE_HASH
+    view = memoryview(level)
+    output = bytearray()
+    copy = _INNER_HASHER.copy
+    for start in range(0, len(level), 2 * HASH_LENGTH):
+        hasher = copy()
+        hasher.update(view[start : start + 2 * HASH_LENGTH])
+        output += hasher.digest()
+    return bytes(output)
+
+
+def _check_level(leaf_hashes: BytesLike) -> bytes:
+    level = bytes(leaf_hashes)
+    if not level or len(level) % HASH_LENGTH:
+        raise ValueError("leaf hashes must be a non-empty concatenation of 32-byte hashes")
+    return level
+
+
+def root_of_leaf_hashes(leaf_hashes: BytesLike) -> bytes:
+    """Merkle root over concatenated 32-byte leaf hashes, without keeping the levels."""
+    level = _check_level(leaf_hashes)
+    while len(level) > HASH_LENGTH:
+        level = _next_level(level)
+    return level
+
+
+@dataclass(frozen=True, slots=True)
+class MerkleProof:
+    """The sibling hashes from a leaf up to the root, lowest level first.
+
+    Iterating yields the siblings, so ``tuple(proof)`` is its wire form and
+    ``MerkleProof(tuple(items))`` reads it back.
+    """
+
+    siblings: tuple[bytes, ...]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.siblings)
+
+    def __len__(self) -> int:
+        return len(self.siblings)
+
+
+class MerkleTree:
+    """A complete tree kept level by level so that proofs for any leaf are cheap."""
+
+    __slots__ = ("_levels", "leaf_count")
+
+    def __init__(self, leaf_hashes: BytesLike) -> None:
+        """Build from concatenated 32-byte leaf hashes."""
+        level = _check_level(leaf_hashes)
+        self.leaf_count = len(level) // HASH_LENGTH
+        levels = [level]
+        while len(level) > HASH_LENGTH:
+            level = _next_level(level)
+            levels.append(level)
+        self._levels = levels
+
+    @classmethod
+    def from_leaves(cls, leaves: Sequence[BytesLike]) -> MerkleTree:
+        """Build from leaf contents (each hashed with the leaf key)."""
+        return cls(b"".join(leaf_hash(leaf) for leaf in leaves))
+
+    @property
+    def root(self) -> bytes:
+        return self._levels[-1]
+
+    def leaf_hash(self, index: int) -> bytes:
+        start = index * HASH_LENGTH
+        return self._levels[0][start : start + HASH_LENGTH]
+
+    def proof(self, index: int) -> MerkleProof:
+        """Proof that leaf ``index`` is under :attr:`root`."""
+        if not 0 <= index < self.leaf_count:
+            raise IndexError(f"leaf {index} out of range 0..{self.leaf_count - 1}")
+        siblings = []
+        position = index
+        for level in self._levels[:-1]:
+            sibling = position ^ 1
+            start = sibling * HASH_LENGTH
+            if start >= len(level):
+                siblings.append(EMPTY_NODE_HASH)
+            else:
+                siblings.append(level[start : start + HASH_LENGTH])
+            position >>= 1
+        return MerkleProof(tuple(siblings))
+
+
+def proof_is_valid(
+    root: bytes, leaf_count: int, index: int, leaf_digest: bytes, proof: MerkleProof
+) -> bool:
+    """Whether ``proof`` shows that ``leaf_digest`` is leaf ``index`` of a tree with ``root``.
+
+    The proof must have exactly the depth of a tree with ``leaf_count`` leaves, and a sibling
+    that falls on a padding position must be the padding node: so exactly one proof is valid
+    for each leaf, and a proof for one position never passes for another.
+    """
+    if leaf_count < 1 or not 0 <= index < leaf_count:
+        return False
+    if len(proof.siblings) != tree_depth(leaf_count) or len(leaf_digest) != HASH_LENGTH:
+        return False
+    node = leaf_digest
+    position = index
+    width = leaf_count
+    for sibling in proof.siblings:
+        if len(sibling) != HASH_LENGTH:
+            return False
+        if position ^ 1 >= width and sibling != EMPTY_NODE_HASH:
+            return False
+        node = inner_hash(node, sibling) if position % 2 == 0 else inner_hash(sibling, node)
+        position >>= 1
+        width = (width + 1) // 2
+    return hmac.compare_digest(node, root)
+
+
+def verify_proof(
+    root: bytes, leaf_count: int, index: int, leaf_digest: bytes, proof: MerkleProof
+) -> None:
+    """Raise :class:`VerificationError` unless :func:`proof_is_valid`."""
+    if not proof_is_valid(root, leaf_count, index, leaf_digest, proof):
+        raise VerificationError(f"merkle proof for leaf {index} does not match the root")
