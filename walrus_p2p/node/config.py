@@ -152,6 +152,24 @@ def init_peer(
     )
 
 
+def ensure_identity(directory: str | os.PathLike[str]) -> tuple[Identity, bool]:
+    """Load the identity in ``directory``, creating it (mode 0600, atomically) if absent.
+
+    For light peers (the client's owner key) that have no peer config. Returns (identity,
+    created).
+    """
+    path = Path(directory)
+    if _exists(key_path(path)):
+        return load_identity(path), False
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(_os_message(error), path=str(path)) from error
+    identity = Identity.from_seed(secrets.token_bytes(SEED_LENGTH))
+    _write_file(key_path(path), _key_text(identity), mode=0o600, replace=False)
+    return identity, True
+
+
 def _key_text(identity: Identity) -> bytes:
     text = (
         "# walrus-p2p peer identity: the secret key of this peer. Keep it private, back it up.\n"

@@ -1,0 +1,286 @@
+"""The read flow (design §6): metadata, then kp primary slivers (or ks secondary), decode, check.
+
+Nothing a peer sends is used before it is verified: metadata against the blob id, each sliver
+against its hash in the metadata, and the decoded blob against the metadata again (the default
+consistency check, or ``strict``: re-encode and recompute the blob id). A peer that answers
+with bad data is logged, skipped and not asked again during this read.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import trio
+
+from walrus_p2p.client.network import LightPeer
+from walrus_p2p.core import wire
+from walrus_p2p.core.committee import is_quorum
+from walrus_p2p.core.encoding import SliverType, pair_to_shard
+from walrus_p2p.core.metadata import (
+    Metadata,
+    decode_blob,
+    verify_metadata,
+    verify_sliver,
+)
+from walrus_p2p.errors import (
+    InconsistentBlobError,
+    NotFoundError,
+    QuorumError,
+    RemoteError,
+    VerificationError,
+    WalrusError,
+)
+from walrus_p2p.types import BlobId, PeerId, SliverKind, short_id
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOptions:
+    request_timeout: float = 30.0
+    metadata_timeout: float = 5.0
+    extra_parallel: int = 2
+    """Sliver requests in flight beyond the number still needed."""
+
+
+class BlobNotFoundError(NotFoundError):
+    reason = "BLOB_NOT_FOUND"
+
+
+async def fetch_metadata(light: LightPeer, blob_id: BlobId, *, timeout: float) -> Metadata:
+    """Ask every committee member at once; the first metadata that verifies wins.
+
+    "Unknown" answers are counted by shard weight: once a quorum of shards says it does not know
+    the blob, it cannot be certified (a certified blob is held by at least f+1 honest shards),
+    and the read fails at once with :class:`BlobNotFoundError`.
+    """
+    n_shards = light.committee.n_shards
+    found: list[Metadata] = []
+    unknown: set[PeerId] = set()
+    invalid: list[str] = []
+    failures: list[str] = []
+
+    async with trio.open_nursery() as nursery:
+
+        async def ask(peer_id: PeerId) -> None:
+            try:
+                reply = await light.call(
+                    peer_id,
+                    wire.GetMetadataRequest(blob_id=blob_id),
+                    wire.GetMetadataReply,
+                    timeout=timeout,
+                )
+                verify_metadata(reply.metadata, blob_id)
+            except RemoteError as error:
+                if error.reason == "BLOB_UNKNOWN":
+                    unknown.add(peer_id)
+                    if is_quorum(light.committee.shard_weight(unknown), n_shards):
+                        nursery.cancel_scope.cancel()
+                elif error.reason == "BLOB_INVALID":
+                    invalid.append(peer_id)
+                else:
+                    failures.append(f"{peer_id[:12]}: {error.reason}")
+                return
+            except VerificationError:
+                logger.warning(
+                    "peer sent wrong metadata blob=%s peer=%s", short_id(blob_id), peer_id[:12]
+                )
+                failures.append(f"{peer_id[:12]}: METADATA_MISMATCH")
+                return
+            except WalrusError as error:
+                failures.append(f"{peer_id[:12]}: {error.reason}")
+                return
+            if reply.metadata.shards != n_shards:
+                failures.append(f"{peer_id[:12]}: WRONG_SHARD_COUNT")
+                return
+            found.append(reply.metadata)
+            nursery.cancel_scope.cancel()
+
+        for peer_id in light.committee.peer_ids:
+            nursery.start_soon(ask, peer_id)
+
+    if found:
+        return found[0]
+    if is_quorum(light.committee.shard_weight(unknown), n_shards):
+        raise BlobNotFoundError(f"blob {short_id(blob_id)} is not stored on this network")
+    if invalid:
+        raise InconsistentBlobError(f"blob {short_id(blob_id)} was marked invalid")
+    raise QuorumError(
+        f"no peer served the metadata of blob {short_id(blob_id)} "
+        f"({len(unknown)} peers do not know it; {'; '.join(failures[:5])})"
+    )
+
+
+def _holder(
+    light: LightPeer, blob_id: BlobId, sliver_type: SliverType, index: int
+) -> tuple[PeerId, int]:
+    """The peer holding sliver ``index`` of ``sliver_type``, and the pair it belongs to."""
+    n_shards = light.committee.n_shards
+    pair = index if sliver_type is SliverType.PRIMARY else n_shards - 1 - index
+    return light.committee.peer_of(pair_to_shard(blob_id, pair, n_shards)), pair
+
+
+async def fetch_slivers(
+    light: LightPeer,
+    blob_id: BlobId,
+    metadata: Metadata,
+    sliver_type: SliverType,
+    *,
+    indices: list[int] | None = None,
+    needed: int,
+    options: ReadOptions,
+    bad_peers: set[PeerId],
+) -> dict[int, bytes]:
+    """Fetch and verify slivers in random order, ``needed`` + a few in flight, until ``needed``.
+
+    Returns what it got (possibly fewer than ``needed`` when peers are down or lying).
+    """
+    candidates = list(range(metadata.shards)) if indices is None else list(indices)
+    random.shuffle(candidates)
+    kind = SliverKind.PRIMARY if sliver_type is SliverType.PRIMARY else SliverKind.SECONDARY
+    got: dict[int, bytes] = {}
+    queue = list(candidates)
+
+    async def fetch_one(index: int) -> None:
+        peer_id, pair = _holder(light, blob_id, sliver_type, index)
+        if peer_id in bad_peers:
+            return
+        try:
+            reply = await light.call(
+                peer_id,
+                wire.GetSliverRequest(blob_id=blob_id, pair_index=pair, sliver_kind=kind),
+                wire.GetSliverReply,
+                timeout=options.request_timeout,
+            )
+            await trio.to_thread.run_sync(verify_sliver, metadata, sliver_type, index, reply.data)
+        except VerificationError as error:
+            bad_peers.add(peer_id)
+            logger.warning(
+                "peer served a bad sliver blob=%s peer=%s sliver=%s/%d error=%s",
+                short_id(blob_id),
+                peer_id[:12],
+                sliver_type.value,
+                index,
+                error,
+            )
+            return
+        except WalrusError as error:
+            logger.info(
+                "sliver fetch failed blob=%s peer=%s sliver=%s/%d reason=%s",
+                short_id(blob_id),
+                peer_id[:12],
+                sliver_type.value,
+                index,
+                error.reason,
+            )
+            return
+        got[index] = reply.data
+
+    async def worker(nursery: trio.Nursery) -> None:
+        while queue and len(got) < needed:
+            await fetch_one(queue.pop())
+        if len(got) >= needed:
+            nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(min(len(queue), needed + options.extra_parallel)):
+            nursery.start_soon(worker, nursery)
+    return got
+
+
+async def read_blob(
+    light: LightPeer,
+    blob_id: BlobId,
+    *,
+    strict: bool = False,
+    options: ReadOptions | None = None,
+) -> bytes:
+    """The blob's exact bytes, or a ``WalrusError`` — never wrong bytes."""
+    options = options or ReadOptions()
+    metadata = await fetch_metadata(light, blob_id, timeout=options.metadata_timeout)
+    config = metadata.config
+    bad_peers: set[PeerId] = set()
+    primaries = await fetch_slivers(
+        light,
+        blob_id,
+        metadata,
+        SliverType.PRIMARY,
+        needed=config.kp,
+        options=options,
+        bad_peers=bad_peers,
+    )
+    if len(primaries) >= config.kp:
+        return await trio.to_thread.run_sync(
+            _decode, metadata, SliverType.PRIMARY, primaries, strict
+        )
+    logger.info(
+        "falling back to secondary slivers blob=%s primaries=%d needed=%d",
+        short_id(blob_id),
+        len(primaries),
+        config.kp,
+    )
+    secondaries = await fetch_slivers(
+        light,
+        blob_id,
+        metadata,
+        SliverType.SECONDARY,
+        needed=config.ks,
+        options=options,
+        bad_peers=bad_peers,
+    )
+    if len(secondaries) >= config.ks:
+        return await trio.to_thread.run_sync(
+            _decode, metadata, SliverType.SECONDARY, secondaries, strict
+        )
+    raise QuorumError(
+        f"could not fetch enough slivers of blob {short_id(blob_id)}: {len(primaries)} of "
+        f"{config.kp} primary, {len(secondaries)} of {config.ks} secondary"
+    )
+
+
+def _decode(
+    metadata: Metadata, sliver_type: SliverType, slivers: dict[int, bytes], strict: bool
+) -> bytes:
+    return decode_blob(metadata, sliver_type, slivers, strict=strict, verify_slivers=False)
+
+
+async def read_range(
+    light: LightPeer,
+    blob_id: BlobId,
+    start: int,
+    length: int,
+    *,
+    options: ReadOptions | None = None,
+) -> bytes:
+    """Bytes ``[start, start+length)`` of the blob (cut at its end), fetching only the plain
+    primary slivers (rows of the blob matrix) that cover the range; falls back to a full read
+    when one of them cannot be had."""
+    options = options or ReadOptions()
+    if start < 0 or length < 0:
+        raise WalrusError("range start and length must not be negative", reason="BAD_REQUEST")
+    metadata = await fetch_metadata(light, blob_id, timeout=options.metadata_timeout)
+    total = metadata.unencoded_length
+    end = min(total, start + length)
+    if start >= end:
+        return b""
+    row_bytes = metadata.config.ks * metadata.symbol_size
+    rows = list(range(start // row_bytes, (end - 1) // row_bytes + 1))
+    bad_peers: set[PeerId] = set()
+    got = await fetch_slivers(
+        light,
+        blob_id,
+        metadata,
+        SliverType.PRIMARY,
+        indices=rows,
+        needed=len(rows),
+        options=options,
+        bad_peers=bad_peers,
+    )
+    if len(got) < len(rows):
+        blob = await read_blob(light, blob_id, options=options)
+        return blob[start:end]
+    joined = b"".join(got[row] for row in rows)
+    offset = rows[0] * row_bytes
+    return joined[start - offset : end - offset]

@@ -1,0 +1,119 @@
+"""Blob records on the client side: push them to the committee, fetch and verify them back.
+
+A client trusts no single peer: every record it gets is verified against the genesis committee
+before it is merged, so a lying peer can at most withhold records, not invent them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import trio
+
+from walrus_p2p.client.network import LightPeer
+from walrus_p2p.core import records
+from walrus_p2p.core.blob_messages import (
+    GetBlobRecordsReply,
+    GetBlobRecordsRequest,
+    PostBlobRecordsReply,
+    PostBlobRecordsRequest,
+    decode_records,
+    encode_records,
+)
+from walrus_p2p.core.committee import Committee
+from walrus_p2p.errors import VerificationError, WalrusError
+from walrus_p2p.types import BlobId, Epoch, PeerId, short_id
+
+logger = logging.getLogger(__name__)
+
+
+async def push_records(
+    light: LightPeer,
+    blob_id: BlobId,
+    items: list[records.BlobRecord],
+    *,
+    timeout: float = 10.0,
+) -> int:
+    """Send records to every committee member at once; returns how many peers took them."""
+    encoded = encode_records(items)
+    delivered = 0
+
+    async def push(peer_id: PeerId) -> None:
+        nonlocal delivered
+        try:
+            await light.call(
+                peer_id,
+                PostBlobRecordsRequest(blob_id=blob_id, records=encoded),
+                PostBlobRecordsReply,
+                timeout=timeout,
+            )
+            delivered += 1
+        except WalrusError as error:
+            logger.info(
+                "record push failed blob=%s peer=%s reason=%s",
+                short_id(blob_id),
+                peer_id[:12],
+                error.reason,
+            )
+
+    async with trio.open_nursery() as nursery:
+        for peer_id in light.committee.peer_ids:
+            nursery.start_soon(push, peer_id)
+    return delivered
+
+
+def _committee_lookup(light: LightPeer) -> records.CommitteeLookup:
+    def lookup(epoch: Epoch) -> Committee | None:
+        return light.committee if epoch == light.committee.epoch else None
+
+    return lookup
+
+
+async def fetch_blob_state(
+    light: LightPeer,
+    blob_id: BlobId,
+    *,
+    sample: int = 4,
+    timeout: float = 5.0,
+) -> records.BlobState | None:
+    """Ask a few random peers for the blob's records; merge every one that verifies.
+
+    Returns None when no peer answered at all. Records that fail verification are dropped
+    (and logged): the answer can only ever be what honest signers signed.
+    """
+    peers = list(light.committee.peer_ids)
+    random.shuffle(peers)
+    lookup = _committee_lookup(light)
+    state = records.BlobState.empty(blob_id)
+    answered = 0
+
+    async def ask(peer_id: PeerId) -> None:
+        nonlocal state, answered
+        try:
+            reply = await light.call(
+                peer_id,
+                GetBlobRecordsRequest(blob_id=blob_id),
+                GetBlobRecordsReply,
+                timeout=timeout,
+            )
+            items = decode_records(reply.records, blob_id)
+        except WalrusError as error:
+            logger.debug("records query failed peer=%s reason=%s", peer_id[:12], error.reason)
+            return
+        answered += 1
+        for record in items:
+            try:
+                state = state.with_verified(record, light.genesis.network_id, lookup)
+            except VerificationError as error:
+                logger.warning(
+                    "peer sent an invalid record blob=%s peer=%s error=%s",
+                    short_id(blob_id),
+                    peer_id[:12],
+                    error,
+                )
+
+    async with trio.open_nursery() as nursery:
+        for peer_id in peers[:sample]:
+            nursery.start_soon(ask, peer_id)
+    return state if answered else None

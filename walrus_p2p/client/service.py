@@ -1,0 +1,197 @@
+"""`WalrusClient`: the light peer's operations behind the `BlobService` protocol.
+
+The CLI and the HTTP gateway both drive one of these. It owns no threads or tasks of its own
+beyond the light peer's host: open it with :func:`open_client` for the duration of the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from walrus_p2p.client.network import LightPeer, open_light_peer
+from walrus_p2p.client.read import ReadOptions, read_blob, read_range
+from walrus_p2p.client.records import fetch_blob_state, push_records
+from walrus_p2p.client.results import BlobStatus, NetworkStatus, StoreOutcome
+from walrus_p2p.client.store import ProgressCallback, StoreOptions, store_blob
+from walrus_p2p.core import records, wire
+from walrus_p2p.core.committee import is_quorum
+from walrus_p2p.core.genesis import Genesis
+from walrus_p2p.core.identity import Identity
+from walrus_p2p.errors import NotFoundError, WalrusError
+from walrus_p2p.types import BlobId, PeerId, short_id
+
+logger = logging.getLogger(__name__)
+
+PING_BLOB_ID = BlobId(bytes(32))
+STATUS_CACHE_SECONDS = 2.0
+
+
+class WalrusClient:
+    """Store, read and manage blobs as a light peer of one network."""
+
+    def __init__(
+        self,
+        light: LightPeer,
+        owner: Identity,
+        *,
+        store_options: StoreOptions | None = None,
+        read_options: ReadOptions | None = None,
+    ) -> None:
+        self.light = light
+        self.owner = owner
+        self.store_options = store_options or StoreOptions()
+        self.read_options = read_options or ReadOptions()
+        self._status: NetworkStatus | None = None
+        self._status_time = 0.0
+        self._status_lock = trio.Lock()
+
+    @property
+    def genesis(self) -> Genesis:
+        return self.light.genesis
+
+    async def store(
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        epochs: int,
+        permanent: bool,
+        progress: ProgressCallback | None = None,
+    ) -> StoreOutcome:
+        return await store_blob(
+            self.light,
+            self.owner,
+            data,
+            epochs=epochs,
+            permanent=permanent,
+            options=self.store_options,
+            progress=progress,
+        )
+
+    async def read(self, blob_id: BlobId, *, strict: bool = False) -> bytes:
+        return await read_blob(self.light, blob_id, strict=strict, options=self.read_options)
+
+    async def read_range(self, blob_id: BlobId, start: int, length: int) -> bytes:
+        return await read_range(self.light, blob_id, start, length, options=self.read_options)
+
+    async def blob_status(self, blob_id: BlobId) -> BlobStatus:
+        state = await fetch_blob_state(self.light, blob_id)
+        if state is None:
+            raise WalrusError("no storage peer answered", reason="NOT_ENOUGH_PEERS")
+        word = state.status(self.light.epoch)
+        if word == "unknown":
+            raise NotFoundError(f"blob {short_id(blob_id)} is not known to the network")
+        sizes = [registration.size for registration in state.registrations.values()]
+        return BlobStatus(
+            blob_id=blob_id,
+            state=word,
+            size=max(sizes) if sizes else None,
+            certified_epoch=state.certified_epoch,
+            end_epoch=state.end_epoch,
+            deletable=None if not state.registrations else not state.is_permanent,
+        )
+
+    async def records_state(self, blob_id: BlobId) -> records.BlobState | None:
+        return await fetch_blob_state(self.light, blob_id)
+
+    async def extend(self, blob_id: BlobId, *, epochs: int) -> int:
+        """Extend this owner's registration by ``epochs``; returns the new end epoch."""
+        state = await fetch_blob_state(self.light, blob_id)
+        mine = self._my_registration(state)
+        if state is None or mine is None:
+            raise NotFoundError(f"blob {short_id(blob_id)} has no live registration of this key")
+        (_, start_epoch), registration = mine
+        new_end = max(registration.end_epoch, self.light.epoch) + epochs
+        record = records.sign_extend(
+            self.owner,
+            network_id=self.genesis.network_id,
+            blob_id=blob_id,
+            start_epoch=start_epoch,
+            end_epoch=new_end,
+        )
+        await self._deliver(blob_id, record)
+        return new_end
+
+    async def delete(self, blob_id: BlobId) -> None:
+        """Delete this owner's (deletable) registration of the blob."""
+        state = await fetch_blob_state(self.light, blob_id)
+        mine = self._my_registration(state)
+        if state is None or mine is None:
+            raise NotFoundError(f"blob {short_id(blob_id)} has no live registration of this key")
+        (_, start_epoch), registration = mine
+        if registration.permanent:
+            raise WalrusError("a permanent blob cannot be deleted", reason="NOT_DELETABLE")
+        record = records.sign_delete(
+            self.owner,
+            network_id=self.genesis.network_id,
+            blob_id=blob_id,
+            start_epoch=start_epoch,
+        )
+        await self._deliver(blob_id, record)
+
+    def _my_registration(
+        self, state: records.BlobState | None
+    ) -> tuple[records.RegistrationKey, records.Registration] | None:
+        if state is None:
+            return None
+        for key, registration in state.live_registrations.items():
+            if key[0] == self.owner.public_key.raw:
+                return key, registration
+        return None
+
+    async def _deliver(self, blob_id: BlobId, record: records.BlobRecord) -> None:
+        delivered = await push_records(self.light, blob_id, [record])
+        if delivered == 0:
+            raise WalrusError("no storage peer accepted the record", reason="NOT_ENOUGH_PEERS")
+
+    async def network_status(self) -> NetworkStatus:
+        """Which shards answer now (cached for two seconds): writable at quorum weight."""
+        async with self._status_lock:
+            now = time.monotonic()
+            if self._status is not None and now - self._status_time < STATUS_CACHE_SECONDS:
+                return self._status
+            reachable: set[PeerId] = set()
+
+            async def ping(peer_id: PeerId) -> None:
+                try:
+                    await self.light.call(
+                        peer_id,
+                        wire.BlobStatusRequest(blob_id=PING_BLOB_ID),
+                        wire.BlobStatusReply,
+                        timeout=3.0,
+                    )
+                    reachable.add(peer_id)
+                except WalrusError:
+                    return
+
+            async with trio.open_nursery() as nursery:
+                for peer_id in self.light.committee.peer_ids:
+                    nursery.start_soon(ping, peer_id)
+            committee = self.light.committee
+            weight = committee.shard_weight(reachable)
+            self._status = NetworkStatus(
+                network_name=self.genesis.network,
+                network_id=self.genesis.network_id_text,
+                epoch=self.light.epoch,
+                shards=committee.n_shards,
+                reachable_shards=weight,
+                writable=is_quorum(weight, committee.n_shards),
+            )
+            self._status_time = time.monotonic()
+            return self._status
+
+
+@asynccontextmanager
+async def open_client(
+    genesis: Genesis,
+    owner: Identity,
+    *,
+    store_options: StoreOptions | None = None,
+    read_options: ReadOptions | None = None,
+) -> AsyncIterator[WalrusClient]:
+    async with open_light_peer(genesis) as light:
+        yield WalrusClient(light, owner, store_options=store_options, read_options=read_options)

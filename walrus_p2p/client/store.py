@@ -1,0 +1,281 @@
+"""The store flow (design §6): encode, register, upload to every shard's peer, certify.
+
+Memory: the blob is encoded once (the slivers are views into the encoder's buffers); each upload
+in flight adds one wire-encoded copy of one sliver, and at most ``max_parallel_peers`` peers
+upload at a time, one sliver each. So the peak is about the encoded blob plus a bounded number
+of slivers, whatever the number of peers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from walrus_p2p.client.network import LightPeer
+from walrus_p2p.client.records import fetch_blob_state, push_records
+from walrus_p2p.client.results import AlreadyCertified, StoredBlob, StoreOutcome
+from walrus_p2p.core import records, wire
+from walrus_p2p.core.blob_messages import PostBlobRecordsReply, PostBlobRecordsRequest
+from walrus_p2p.core.committee import is_quorum
+from walrus_p2p.core.encoding import EncodingConfig, SliverType, shard_to_pair
+from walrus_p2p.core.identity import Identity, PublicKey
+from walrus_p2p.core.metadata import ENCODING_RED_STUFF, EncodedBlobWithMetadata, encode_blob
+from walrus_p2p.errors import QuorumError, VerificationError, WalrusError
+from walrus_p2p.types import Epoch, PeerId, SliverKind, short_id
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int], None]
+"""Called with the number of bytes just acknowledged by a storage peer."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    request_timeout: float = 60.0
+    max_parallel_peers: int = 8
+    tail_seconds: float = 2.0
+    """After quorum, keep sending to the remaining peers this long (so more shards hold it)."""
+
+
+class BlobTooLargeError(WalrusError):
+    reason = "BLOB_TOO_LARGE"
+
+
+def verify_confirmation(
+    light: LightPeer,
+    peer_id: PeerId,
+    signed: wire.SignedStorageConfirmation,
+    *,
+    blob_id: bytes,
+    permanent: bool,
+) -> None:
+    """A confirmation must be by the committee member we asked, for exactly this blob."""
+    body = signed.confirmation
+    member_key = light.committee.member(peer_id).public_key
+    if (
+        body.network_id != light.genesis.network_id
+        or body.epoch != light.epoch
+        or body.blob_id != blob_id
+        or body.permanent != permanent
+        or body.public_key != member_key
+    ):
+        raise VerificationError(f"confirmation from peer={peer_id[:12]} is for something else")
+    PublicKey(member_key).verify(
+        records.CONFIRMATION_CONTEXT, wire.signing_bytes(body), signed.signature
+    )
+
+
+def _pairs_by_peer(light: LightPeer, blob_id: bytes) -> dict[PeerId, list[int]]:
+    n_shards = light.committee.n_shards
+    by_peer: dict[PeerId, list[int]] = {}
+    for shard in range(n_shards):
+        peer = light.committee.peer_of(shard)
+        by_peer.setdefault(peer, []).append(shard_to_pair(blob_id, shard, n_shards))
+    return by_peer
+
+
+async def store_blob(
+    light: LightPeer,
+    owner: Identity,
+    data: bytes | bytearray | memoryview,
+    *,
+    epochs: int,
+    permanent: bool,
+    options: StoreOptions | None = None,
+    progress: ProgressCallback | None = None,
+) -> StoreOutcome:
+    """Store ``data`` for ``epochs`` epochs from now; see the module docstring for the flow."""
+    options = options or StoreOptions()
+    genesis = light.genesis
+    size = len(memoryview(data))
+    if size > genesis.limits.max_blob_size:
+        raise BlobTooLargeError(
+            f"blob of {size} bytes exceeds the network limit of {genesis.limits.max_blob_size}"
+        )
+    if not 1 <= epochs <= genesis.limits.max_epochs_ahead:
+        raise WalrusError(
+            f"epochs must be between 1 and {genesis.limits.max_epochs_ahead}, got {epochs}",
+            reason="BAD_REQUEST",
+        )
+    config = EncodingConfig.for_shards(genesis.n_shards)
+    encoded: EncodedBlobWithMetadata = await trio.to_thread.run_sync(encode_blob, data, config)
+    blob_id = encoded.blob_id
+    current = light.epoch
+    end_epoch = current + epochs
+
+    state = await fetch_blob_state(light, blob_id)
+    end = state.end_epoch if state is not None else None
+    if (
+        state is not None
+        and not state.is_invalid
+        and state.certificate is not None
+        and end is not None
+        and end >= end_epoch
+        and (state.is_permanent or not permanent)
+    ):
+        logger.info("blob already certified blob=%s end_epoch=%s", short_id(blob_id), end)
+        return AlreadyCertified(blob_id=blob_id, end_epoch=end)
+
+    register = records.sign_register(
+        owner,
+        network_id=genesis.network_id,
+        blob_id=blob_id,
+        size=size,
+        start_epoch=current,
+        end_epoch=end_epoch,
+        deletable=not permanent,
+    )
+    confirmations = await _upload(
+        light, encoded, register, permanent=permanent, options=options, progress=progress
+    )
+    certificate = records.BlobCertificate(
+        network_id=genesis.network_id,
+        blob_id=blob_id,
+        epoch=Epoch(current),
+        permanent=permanent,
+        confirmations=tuple(records.confirmation_signature(c) for c in confirmations.values()),
+    )
+    certificate.verify(genesis.network_id, light.committee)
+    delivered = await push_records(light, blob_id, [register, certificate])
+    logger.info(
+        "blob certified blob=%s size=%d confirmations=%d certificate_delivered=%d",
+        short_id(blob_id),
+        size,
+        len(confirmations),
+        delivered,
+    )
+    return StoredBlob(
+        blob_id=blob_id,
+        size=size,
+        encoding_type=ENCODING_RED_STUFF,
+        certified_epoch=current,
+        start_epoch=current,
+        end_epoch=end_epoch,
+        storage_size=config.encoded_length(size),
+        deletable=not permanent,
+        cost=config.encoded_length(size) * epochs,
+    )
+
+
+async def _upload(
+    light: LightPeer,
+    encoded: EncodedBlobWithMetadata,
+    register: records.BlobRegister,
+    *,
+    permanent: bool,
+    options: StoreOptions,
+    progress: ProgressCallback | None,
+) -> dict[PeerId, wire.SignedStorageConfirmation]:
+    """Send records, metadata and slivers to every shard's peer; return the confirmations once
+    their signers hold a quorum of shards (plus whatever arrives during the tail)."""
+    blob_id = encoded.blob_id
+    n_shards = light.committee.n_shards
+    by_peer = _pairs_by_peer(light, blob_id)
+    confirmations: dict[PeerId, wire.SignedStorageConfirmation] = {}
+    failures: dict[PeerId, str] = {}
+    quorum_reached = trio.Event()
+    all_done = trio.Event()
+    limiter = trio.CapacityLimiter(options.max_parallel_peers)
+    timeout = options.request_timeout
+    encoded_register = wire.encode(register)
+
+    def confirmed_weight() -> int:
+        return light.committee.shard_weight(confirmations)
+
+    async def upload_to(peer_id: PeerId, pairs: list[int]) -> None:
+        async with limiter:
+            await light.call(
+                peer_id,
+                PostBlobRecordsRequest(blob_id=blob_id, records=(encoded_register,)),
+                PostBlobRecordsReply,
+                timeout=timeout,
+            )
+            await light.call(
+                peer_id,
+                wire.StoreMetadataRequest(blob_id=blob_id, metadata=encoded.metadata),
+                wire.StoreMetadataReply,
+                timeout=timeout,
+            )
+            for pair in pairs:
+                for kind in (SliverKind.PRIMARY, SliverKind.SECONDARY):
+                    if kind is SliverKind.PRIMARY:
+                        sliver = encoded.encoded.sliver(SliverType.PRIMARY, pair)
+                    else:
+                        sliver = encoded.encoded.sliver(SliverType.SECONDARY, n_shards - 1 - pair)
+                    await light.call(
+                        peer_id,
+                        wire.StoreSliverRequest(
+                            blob_id=blob_id, pair_index=pair, sliver_kind=kind, data=bytes(sliver)
+                        ),
+                        wire.StoreSliverReply,
+                        timeout=timeout,
+                    )
+                    if progress is not None:
+                        progress(len(sliver))
+            reply = await light.call(
+                peer_id,
+                wire.GetConfirmationRequest(
+                    blob_id=blob_id, epoch=light.epoch, permanent=permanent
+                ),
+                wire.GetConfirmationReply,
+                timeout=timeout,
+            )
+        verify_confirmation(
+            light, peer_id, reply.confirmation, blob_id=blob_id, permanent=permanent
+        )
+        confirmations[peer_id] = reply.confirmation
+        if is_quorum(confirmed_weight(), n_shards):
+            quorum_reached.set()
+
+    async def guarded(peer_id: PeerId, pairs: list[int]) -> None:
+        try:
+            await upload_to(peer_id, pairs)
+        except WalrusError as error:
+            failures[peer_id] = f"{error.reason}: {error}"
+            logger.info(
+                "upload to peer failed blob=%s peer=%s reason=%s detail=%s",
+                short_id(blob_id),
+                peer_id[:12],
+                error.reason,
+                error,
+            )
+
+    async with trio.open_nursery() as nursery:
+
+        async def run_all() -> None:
+            async with trio.open_nursery() as uploads:
+                for peer_id, pairs in by_peer.items():
+                    uploads.start_soon(guarded, peer_id, pairs)
+            all_done.set()
+
+        nursery.start_soon(run_all)
+        async with trio.open_nursery() as waiter:
+
+            async def wait_quorum() -> None:
+                await quorum_reached.wait()
+                waiter.cancel_scope.cancel()
+
+            async def wait_done() -> None:
+                await all_done.wait()
+                waiter.cancel_scope.cancel()
+
+            waiter.start_soon(wait_quorum)
+            waiter.start_soon(wait_done)
+        if quorum_reached.is_set() and not all_done.is_set():
+            with trio.move_on_after(options.tail_seconds):
+                await all_done.wait()
+        nursery.cancel_scope.cancel()
+
+    weight = confirmed_weight()
+    if not is_quorum(weight, n_shards):
+        needed = math.ceil((2 * n_shards + 1) / 3)
+        detail = "; ".join(f"{peer[:12]}: {why}" for peer, why in sorted(failures.items())[:5])
+        raise QuorumError(
+            f"only {weight} of {n_shards} shards confirmed blob {short_id(blob_id)}, "
+            f"{needed} needed ({detail})"
+        )
+    return confirmations

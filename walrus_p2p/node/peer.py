@@ -1,0 +1,555 @@
+"""The storage peer: the sliver protocols served over libp2p, on top of the durable store.
+
+A :class:`StoragePeerService` owns one libp2p host, its DHT (server mode) and gossip, the sliver
+store and the metrics endpoint. Requests arrive on one protocol id per network
+(``/walrus-p2p/<network>/storage/1.0.0``), one stream per request, one CBOR message each way.
+Every request is checked (size caps in the framing and the wire decoder, schema, shard ownership,
+hashes against the metadata) before anything is written, and every failure goes back to the
+client as an error reply with a stable reason code; the peer keeps serving.
+
+CPU-heavy work (sliver verification, recovery symbols) and disk I/O run in worker threads so the
+event loop keeps answering while a large sliver is hashed or fsynced.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import blake3
+import trio
+
+from walrus_p2p.core import records, wire
+from walrus_p2p.core.blob_messages import (
+    GetBlobRecordsReply,
+    GetBlobRecordsRequest,
+    PostBlobRecordsReply,
+    PostBlobRecordsRequest,
+    decode_records,
+)
+from walrus_p2p.core.committee import Committee
+from walrus_p2p.core.encoding import SliverType, pair_secondary_index, shard_to_pair
+from walrus_p2p.core.genesis import Genesis
+from walrus_p2p.core.identity import Identity
+from walrus_p2p.core.metadata import (
+    Metadata,
+    make_recovery_symbol,
+    verify_metadata,
+    verify_sliver,
+)
+from walrus_p2p.errors import (
+    NotFoundError,
+    StorageError,
+    VerificationError,
+    WalrusError,
+    WireError,
+)
+from walrus_p2p.net.discovery import Discovery, DiscoveryConfig, open_discovery
+from walrus_p2p.net.host import Host, HostConfig, open_host
+from walrus_p2p.net.names import protocol_id
+from walrus_p2p.net.rpc import HandlerLimits
+from walrus_p2p.node.metrics import PeerMetrics, build_metrics_app, serve_http
+from walrus_p2p.storage import BlobState, BlobStore
+from walrus_p2p.types import BlobId, Epoch, PeerId, SliverKind, short_id
+
+logger = logging.getLogger(__name__)
+
+RECORDS_NAMESPACE = "blob-records"
+"""Store namespace of the signed blob records a peer keeps: key = blob id + record hash."""
+
+STORAGE_PROTOCOL = "storage"
+
+T = TypeVar("T")
+
+
+class ProtocolRefusal(WalrusError):
+    """A well-formed request the peer refuses; ``reason`` says why (sent to the client)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, reason=reason)
+
+
+def sliver_type_of(kind: SliverKind) -> SliverType:
+    return SliverType.PRIMARY if kind is SliverKind.PRIMARY else SliverType.SECONDARY
+
+
+def sliver_index(kind: SliverKind, pair_index: int, n_shards: int) -> int:
+    """The index of the sliver a pair holds: primary p, or secondary n-1-p."""
+    if kind is SliverKind.PRIMARY:
+        return pair_index
+    return pair_secondary_index(pair_index, n_shards)
+
+
+def owned_pairs(committee: Committee, peer_id: PeerId, blob_id: bytes) -> list[int]:
+    """The sliver pairs of ``blob_id`` this peer must hold in the committee's epoch."""
+    n_shards = committee.n_shards
+    return sorted(shard_to_pair(blob_id, shard, n_shards) for shard in committee.shards_of(peer_id))
+
+
+def storage_protocol_id(genesis: Genesis) -> str:
+    return protocol_id(genesis.network_id_text, STORAGE_PROTOCOL)
+
+
+def wire_limits_for(genesis: Genesis) -> wire.WireLimits:
+    max_sliver = genesis.limits.max_sliver_size or wire.DEFAULT_LIMITS.max_sliver_size
+    return wire.WireLimits(max_sliver_size=max_sliver, max_symbol_size=max_sliver)
+
+
+def max_frame_for(genesis: Genesis) -> int:
+    """Largest request or reply frame: one sliver plus the message around it."""
+    return wire_limits_for(genesis).max_sliver_size + 64 * 1024
+
+
+@dataclass(slots=True)
+class PeerOptions:
+    """How to run a storage peer (from its config file and the command line)."""
+
+    listen_addrs: tuple[str, ...]
+    announce_addrs: tuple[str, ...] | None = None
+    metrics_bind: str | None = None
+    request_timeout: float = 120.0
+    max_concurrent_requests: int = 32
+    bootstrap: tuple[str, ...] = field(default_factory=tuple)
+
+
+class StoragePeerService:
+    """One storage peer; ``await run()`` until cancelled."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        genesis: Genesis,
+        store: BlobStore,
+        options: PeerOptions,
+    ) -> None:
+        self.identity = identity
+        self.genesis = genesis
+        self.store = store
+        self.options = options
+        self.committee: Committee = genesis.committee
+        self.metrics = PeerMetrics()
+        self.limits = wire_limits_for(genesis)
+        self.host: Host | None = None
+        self.discovery: Discovery | None = None
+        self.started = trio.Event()
+        self._started_monotonic = time.monotonic()
+        self._blob_states: dict[BlobId, records.BlobState] = {}
+        self._records_lock = trio.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self.identity.peer_id
+
+    @property
+    def epoch(self) -> int:
+        return int(self.committee.epoch)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        host_config = HostConfig(
+            seed=self.identity.seed,
+            listen_addrs=self.options.listen_addrs,
+            announce_addrs=self.options.announce_addrs,
+        )
+        async with open_host(host_config) as host, trio.open_nursery() as nursery:
+            self.host = host
+            frame = max_frame_for(self.genesis)
+            host.set_handler(
+                storage_protocol_id(self.genesis),
+                self.handle_request,
+                HandlerLimits(
+                    max_request=frame,
+                    max_reply=frame,
+                    handler_timeout=self.options.request_timeout,
+                    max_concurrent=self.options.max_concurrent_requests,
+                ),
+            )
+            if self.options.metrics_bind:
+                app = build_metrics_app(self.metrics, self.health)
+                await nursery.start(serve_http, app, self.options.metrics_bind)
+            async with open_discovery(host, DiscoveryConfig(mode="server")) as discovery:
+                self.discovery = discovery
+                nursery.start_soon(self._join, discovery)
+                nursery.start_soon(self._watch_connections)
+                logger.info(
+                    "peer serving peer=%s network=%s shards=%d addrs=%s",
+                    self.peer_id[:12],
+                    self.genesis.network_id_text,
+                    len(self.committee.shards_of(self.peer_id)),
+                    ",".join(host.listen_addrs),
+                )
+                self.started.set()
+                task_status.started()
+                await trio.sleep_forever()
+
+    def _bootstrap_entries(self) -> list[tuple[str, str]]:
+        entries: list[tuple[str, str]] = []
+        for member in self.committee.members:
+            if member.peer_id == self.peer_id:
+                continue
+            entries.extend((member.peer_id, address) for address in member.addresses[:1])
+        for text in (*self.genesis.bootstrap, *self.options.bootstrap):
+            marker = text.rfind("/p2p/")
+            if marker > 0:
+                entries.append((text[marker + 5 :], text[:marker]))
+        return entries
+
+    async def _join(self, discovery: Discovery) -> None:
+        """Bootstrap the DHT from the genesis addresses; retry with backoff until it works."""
+        delay = 1.0
+        for attempt in range(1, 1000):
+            try:
+                reached = await discovery.bootstrap(self._bootstrap_entries())
+                logger.info("joined dht reached=%d attempt=%d", len(reached), attempt)
+                return
+            except WalrusError as error:
+                logger.info("dht bootstrap failed attempt=%d error=%s", attempt, error)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _watch_connections(self) -> None:
+        while True:
+            if self.host is not None:
+                self.metrics.peers_connected.set(len(self.host.connected_peers()))
+            try:
+                used = await trio.to_thread.run_sync(self.store.used_bytes)
+                self.metrics.storage_used_bytes.set(used)
+            except StorageError as error:
+                logger.warning("storage accounting failed error=%s", error)
+            await trio.sleep(5.0)
+
+    def health(self) -> dict[str, Any]:
+        connected = len(self.host.connected_peers()) if self.host is not None else 0
+        return {
+            "status": "ok" if self.started.is_set() else "starting",
+            "peerId": self.peer_id,
+            "network": self.genesis.network,
+            "networkId": self.genesis.network_id_text,
+            "epoch": self.epoch,
+            "shards": list(self.committee.shards_of(self.peer_id)),
+            "peersConnected": connected,
+            "uptimeSeconds": round(time.monotonic() - self._started_monotonic, 1),
+        }
+
+    # -- request dispatch ---------------------------------------------------------------
+
+    async def handle_request(self, payload: bytes, remote: PeerId) -> bytes:
+        """Decode, dispatch, encode. Errors propagate to the rpc layer, which sends the reason."""
+        try:
+            request = wire.decode(payload, REQUEST_TYPES, limits=self.limits)
+        except WireError:
+            self.metrics.requests.labels(type="malformed", outcome="WIRE_MALFORMED").inc()
+            self.metrics.errors.labels(reason="WIRE_MALFORMED").inc()
+            raise
+        kind = type(request).__name__
+        handler = self._handlers()[type(request)]
+        try:
+            reply = await handler(request, remote)
+        except WalrusError as error:
+            self.metrics.requests.labels(type=kind, outcome=error.reason).inc()
+            self.metrics.errors.labels(reason=error.reason).inc()
+            logger.info(
+                "request refused type=%s peer=%s reason=%s detail=%s",
+                kind,
+                remote[:12],
+                error.reason,
+                error,
+            )
+            raise
+        self.metrics.requests.labels(type=kind, outcome="ok").inc()
+        return wire.encode(reply, limits=self.limits)
+
+    def _handlers(self) -> dict[type[wire.Message], Callable[[Any, PeerId], Awaitable[Any]]]:
+        return {
+            wire.StoreMetadataRequest: self._store_metadata,
+            wire.StoreSliverRequest: self._store_sliver,
+            wire.GetMetadataRequest: self._get_metadata,
+            wire.GetSliverRequest: self._get_sliver,
+            wire.GetConfirmationRequest: self._get_confirmation,
+            wire.GetRecoverySymbolRequest: self._get_recovery_symbol,
+            wire.BlobStatusRequest: self._blob_status,
+            PostBlobRecordsRequest: self._post_blob_records,
+            GetBlobRecordsRequest: self._get_blob_records,
+        }
+
+    async def _in_thread(self, function: Callable[..., T], *arguments: Any) -> T:
+        return await trio.to_thread.run_sync(function, *arguments)
+
+    async def _load_metadata(self, blob_id: BlobId) -> Metadata:
+        raw = await self._in_thread(self.store.get_metadata, blob_id)
+        message = wire.decode(raw, wire.GetMetadataReply)
+        return message.metadata
+
+    # -- handlers -----------------------------------------------------------------------
+
+    async def _store_metadata(
+        self, request: wire.StoreMetadataRequest, remote: PeerId
+    ) -> wire.StoreMetadataReply:
+        metadata = request.metadata
+        blob_id = BlobId(request.blob_id)
+        if metadata.shards != self.genesis.n_shards:
+            raise ProtocolRefusal(
+                "WRONG_SHARD_COUNT",
+                f"metadata is for {metadata.shards} shards, not {self.genesis.n_shards}",
+            )
+        if metadata.unencoded_length > self.genesis.limits.max_blob_size:
+            raise ProtocolRefusal(
+                "BLOB_TOO_LARGE",
+                f"blob of {metadata.unencoded_length} bytes exceeds the network limit "
+                f"{self.genesis.limits.max_blob_size}",
+            )
+        try:
+            verify_metadata(metadata, blob_id)
+        except VerificationError as error:
+            raise ProtocolRefusal("METADATA_MISMATCH", str(error)) from error
+        if not owned_pairs(self.committee, self.peer_id, blob_id):
+            raise ProtocolRefusal("SHARD_NOT_OWNED", "this peer holds no shard in this epoch")
+        state = await self.blob_state(blob_id)
+        if state.is_invalid:
+            raise ProtocolRefusal("BLOB_INVALID", "the blob was marked invalid")
+        if not state.is_stored_in(self.epoch):
+            raise ProtocolRefusal(
+                "BLOB_NOT_REGISTERED", "send a valid register record for this blob first"
+            )
+        sizes = {registration.size for registration in state.live_registrations.values()}
+        if metadata.unencoded_length not in sizes:
+            raise ProtocolRefusal(
+                "SIZE_MISMATCH", "the metadata's length differs from the registered size"
+            )
+        if not await self._in_thread(self.store.has_metadata, blob_id):
+            encoded = wire.encode(wire.GetMetadataReply(metadata=metadata), limits=self.limits)
+            await self._in_thread(self.store.put_metadata, blob_id, encoded)
+            logger.info("metadata stored blob=%s peer=%s", short_id(blob_id), remote[:12])
+        return wire.StoreMetadataReply()
+
+    async def _store_sliver(
+        self, request: wire.StoreSliverRequest, remote: PeerId
+    ) -> wire.StoreSliverReply:
+        blob_id = BlobId(request.blob_id)
+        if request.pair_index not in owned_pairs(self.committee, self.peer_id, blob_id):
+            raise ProtocolRefusal(
+                "SHARD_NOT_OWNED",
+                f"sliver pair {request.pair_index} of this blob is not stored by this peer",
+            )
+        try:
+            metadata = await self._load_metadata(blob_id)
+        except NotFoundError as error:
+            raise ProtocolRefusal("METADATA_MISSING", "store the metadata first") from error
+        state = await self.blob_state(blob_id)
+        if state.is_invalid:
+            raise ProtocolRefusal("BLOB_INVALID", "the blob was marked invalid")
+        index = sliver_index(request.sliver_kind, request.pair_index, metadata.shards)
+        sliver_type = sliver_type_of(request.sliver_kind)
+        try:
+            await self._in_thread(verify_sliver, metadata, sliver_type, index, request.data)
+        except VerificationError as error:
+            raise ProtocolRefusal("SLIVER_MISMATCH", str(error)) from error
+        await self._in_thread(
+            self.store.put_sliver, blob_id, request.pair_index, request.sliver_kind, request.data
+        )
+        self.metrics.slivers_stored.inc()
+        self.metrics.bytes_stored.inc(len(request.data))
+        return wire.StoreSliverReply()
+
+    async def _get_metadata(
+        self, request: wire.GetMetadataRequest, remote: PeerId
+    ) -> wire.GetMetadataReply:
+        blob_id = BlobId(request.blob_id)
+        try:
+            metadata = await self._load_metadata(blob_id)
+        except NotFoundError as error:
+            raise ProtocolRefusal("BLOB_UNKNOWN", "no metadata for this blob") from error
+        return wire.GetMetadataReply(metadata=metadata)
+
+    async def _get_sliver(
+        self, request: wire.GetSliverRequest, remote: PeerId
+    ) -> wire.GetSliverReply:
+        blob_id = BlobId(request.blob_id)
+        state = await self.blob_state(blob_id)
+        if state.is_invalid:
+            raise ProtocolRefusal("BLOB_INVALID", "the blob was marked invalid")
+        try:
+            data = await self._in_thread(
+                self.store.get_sliver, blob_id, request.pair_index, request.sliver_kind
+            )
+        except NotFoundError as error:
+            raise ProtocolRefusal("SLIVER_NOT_FOUND", str(error)) from error
+        return wire.GetSliverReply(data=data)
+
+    def _required_slivers(self, blob_id: BlobId) -> list[tuple[int, SliverKind]]:
+        return [
+            (pair, kind)
+            for pair in owned_pairs(self.committee, self.peer_id, blob_id)
+            for kind in (SliverKind.PRIMARY, SliverKind.SECONDARY)
+        ]
+
+    async def _get_confirmation(
+        self, request: wire.GetConfirmationRequest, remote: PeerId
+    ) -> wire.GetConfirmationReply:
+        blob_id = BlobId(request.blob_id)
+        if request.epoch != self.epoch:
+            raise ProtocolRefusal(
+                "WRONG_EPOCH", f"confirmations are signed for epoch {self.epoch} only"
+            )
+        required = self._required_slivers(blob_id)
+        if not required:
+            raise ProtocolRefusal("SHARD_NOT_OWNED", "this peer holds no shard in this epoch")
+        durable = await self._in_thread(self.store.is_durable, blob_id, required)
+        if not durable:
+            raise ProtocolRefusal(
+                "SLIVERS_MISSING", "not every sliver of this peer's shards is stored yet"
+            )
+        state = await self.blob_state(blob_id)
+        if request.permanent and not state.is_permanent:
+            raise ProtocolRefusal("NOT_PERMANENT", "no permanent registration for this blob")
+        confirmation = records.sign_confirmation(
+            self.identity,
+            network_id=self.genesis.network_id,
+            epoch=self.epoch,
+            blob_id=blob_id,
+            permanent=request.permanent,
+        )
+        return wire.GetConfirmationReply(confirmation=confirmation)
+
+    async def _get_recovery_symbol(
+        self, request: wire.GetRecoverySymbolRequest, remote: PeerId
+    ) -> wire.GetRecoverySymbolReply:
+        blob_id = BlobId(request.blob_id)
+        try:
+            metadata = await self._load_metadata(blob_id)
+            sliver = await self._in_thread(
+                self.store.get_sliver, blob_id, request.source_pair_index, request.source_kind
+            )
+        except NotFoundError as error:
+            raise ProtocolRefusal("SLIVER_NOT_FOUND", str(error)) from error
+        if request.target_index >= metadata.shards:
+            raise ProtocolRefusal("BAD_REQUEST", "target index out of range")
+        source_type = sliver_type_of(request.source_kind)
+        source_index = sliver_index(request.source_kind, request.source_pair_index, metadata.shards)
+        symbol = await self._in_thread(
+            make_recovery_symbol, metadata, source_type, source_index, sliver, request.target_index
+        )
+        return wire.GetRecoverySymbolReply(symbol=symbol.symbol, proof=tuple(symbol.proof))
+
+    # -- blob records -------------------------------------------------------------------
+
+    def _committee_of(self, epoch: Epoch) -> Committee | None:
+        return self.committee if epoch == self.committee.epoch else None
+
+    def _load_records(self, blob_id: BlobId) -> list[bytes]:
+        prefix = bytes(blob_id)
+        return [
+            value
+            for key, value in self.store.iter_values(RECORDS_NAMESPACE)
+            if key.startswith(prefix)
+        ]
+
+    async def blob_state(self, blob_id: BlobId) -> records.BlobState:
+        """The merge of every verified record this peer keeps for the blob (cached)."""
+        cached = self._blob_states.get(blob_id)
+        if cached is not None:
+            return cached
+        state = records.BlobState.empty(blob_id)
+        for raw in await self._in_thread(self._load_records, blob_id):
+            try:
+                (record,) = decode_records((raw,), blob_id)
+            except WireError as error:
+                logger.warning(
+                    "stored record unreadable blob=%s error=%s", short_id(blob_id), error
+                )
+                continue
+            state = state.with_record(record)
+        self._blob_states[blob_id] = state
+        return state
+
+    async def merge_records(self, blob_id: BlobId, items: list[records.BlobRecord]) -> int:
+        """Verify, persist and merge records; returns how many were new. Bad ones raise."""
+        for record in items:
+            records.verify_blob_record(record, self.genesis.network_id, self._committee_of)
+        accepted = 0
+        async with self._records_lock:
+            state = await self.blob_state(blob_id)
+            for record in items:
+                encoded = wire.encode(record)
+                key = bytes(blob_id) + blake3.blake3(encoded).digest()[:16]
+                existing = await self._in_thread(self.store.get_value, RECORDS_NAMESPACE, key)
+                if existing is not None:
+                    continue
+                await self._in_thread(self.store.put_value, RECORDS_NAMESPACE, key, encoded)
+                state = state.with_record(record)
+                accepted += 1
+            self._blob_states[blob_id] = state
+            if accepted:
+                summary = BlobState(
+                    certified_epoch=state.certified_epoch,
+                    end_epoch=state.end_epoch,
+                    deletable=not state.is_permanent,
+                    invalid=state.is_invalid,
+                )
+                await self._in_thread(self.store.set_blob_state, blob_id, summary)
+        return accepted
+
+    async def _post_blob_records(
+        self, request: PostBlobRecordsRequest, remote: PeerId
+    ) -> PostBlobRecordsReply:
+        blob_id = BlobId(request.blob_id)
+        items = decode_records(request.records, blob_id)
+        try:
+            accepted = await self.merge_records(blob_id, items)
+        except VerificationError as error:
+            raise ProtocolRefusal("RECORD_INVALID", str(error)) from error
+        if accepted:
+            logger.info(
+                "blob records merged blob=%s accepted=%d peer=%s",
+                short_id(blob_id),
+                accepted,
+                remote[:12],
+            )
+        return PostBlobRecordsReply(accepted=accepted)
+
+    async def _get_blob_records(
+        self, request: GetBlobRecordsRequest, remote: PeerId
+    ) -> GetBlobRecordsReply:
+        blob_id = BlobId(request.blob_id)
+        raw = await self._in_thread(self._load_records, blob_id)
+        return GetBlobRecordsReply(records=tuple(raw[:64]))
+
+    async def _blob_status(
+        self, request: wire.BlobStatusRequest, remote: PeerId
+    ) -> wire.BlobStatusReply:
+        blob_id = BlobId(request.blob_id)
+        state = await self.blob_state(blob_id)
+        has_metadata = await self._in_thread(self.store.has_metadata, blob_id)
+        stored: list[int] = []
+        if has_metadata:
+            keys = await self._in_thread(self.store.list_slivers, blob_id)
+            kinds: dict[int, set[SliverKind]] = {}
+            for key in keys:
+                kinds.setdefault(key.pair_index, set()).add(key.kind)
+            stored = sorted(pair for pair, held in kinds.items() if len(held) == 2)
+        return wire.BlobStatusReply(
+            known=bool(state.registrations),
+            invalid=state.is_invalid,
+            has_metadata=has_metadata,
+            stored_pair_indices=tuple(stored),
+            certified_epoch=state.certified_epoch,
+            end_epoch=state.end_epoch,
+        )
+
+
+REQUEST_TYPES: tuple[type[wire.Message], ...] = (
+    wire.StoreMetadataRequest,
+    wire.StoreSliverRequest,
+    wire.GetMetadataRequest,
+    wire.GetSliverRequest,
+    wire.GetConfirmationRequest,
+    wire.GetRecoverySymbolRequest,
+    wire.BlobStatusRequest,
+    PostBlobRecordsRequest,
+    GetBlobRecordsRequest,
+)

@@ -1,0 +1,56 @@
+"""`walrus-peer run`: load a peer's data directory and serve until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import trio
+
+from walrus_p2p.node.config import load_peer
+from walrus_p2p.node.peer import PeerOptions, StoragePeerService
+from walrus_p2p.storage import open_store
+
+logger = logging.getLogger(__name__)
+
+STORE_DIR_NAME = "store"
+
+
+async def run_peer(
+    data_dir: str | os.PathLike[str],
+    metrics_bind: str | None = None,
+    *,
+    task_status: trio.TaskStatus[StoragePeerService] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the peer of ``data_dir``; returns after a clean shutdown on SIGINT/SIGTERM."""
+    loaded = load_peer(data_dir)
+    store = open_store(
+        Path(loaded.data_dir) / STORE_DIR_NAME, capacity_bytes=loaded.config.capacity_bytes
+    )
+    try:
+        service = StoragePeerService(
+            identity=loaded.identity,
+            genesis=loaded.genesis,
+            store=store,
+            options=PeerOptions(
+                listen_addrs=loaded.config.listen_addresses,
+                metrics_bind=metrics_bind or loaded.config.metrics_address,
+            ),
+        )
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(service.run)
+                task_status.started(service)
+                async for signal_number in signals:
+                    logger.info(
+                        "shutting down peer=%s signal=%s",
+                        service.peer_id[:12],
+                        signal.Signals(signal_number).name,
+                    )
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        store.close()
+    logger.info("peer stopped")
