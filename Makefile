@@ -18,8 +18,11 @@ install-dev: $(BIN)/python
 	# types; type-check against the trio we run.
 	rm -rf $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/trio-stubs
 
+# A 20-peer / 100-shard network on 127.0.0.1: stores README.md and 8 MiB of random bytes through it,
+# reads them back, then keeps running (gateway on http://127.0.0.1:31415) until Ctrl-C.
 demo: install
-	$(BIN)/walrus-peer blob-id README.md --shards 20 --json
+	mkdir -p devnet && head -c 8388608 /dev/urandom > devnet/demo.bin
+	$(BIN)/walrus-peer devnet --dir devnet --peers 20 --shards 100 --demo README.md --demo devnet/demo.bin
 
 lint: install-dev
 	$(BIN)/ruff check walrus_p2p tests bench

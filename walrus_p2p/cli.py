@@ -111,6 +111,10 @@ def configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("walrus_p2p").setLevel(level.upper())
+    if level != "debug":
+        # libp2p's own warnings (failed DHT streams, dial retries) are routine in a network that
+        # is starting or losing peers; they stay available with --log-level debug.
+        logging.getLogger("walrus_p2p.net.libp2p").setLevel(logging.ERROR)
 
 
 def _command_init(arguments: argparse.Namespace) -> int:
@@ -516,6 +520,33 @@ def _command_serve(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _command_devnet(arguments: argparse.Namespace) -> int:
+    import trio
+
+    from walrus_p2p.devnet import DevnetOptions, run_devnet
+
+    configure_logging(arguments.log_level)
+    demo_files = [Path(path) for path in arguments.demo]
+    for path in demo_files:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+    options = DevnetOptions(
+        directory=Path(arguments.dir).resolve(),
+        peers=arguments.peers,
+        shards=arguments.shards,
+        epoch_duration=arguments.epoch_duration,
+        http=arguments.http,
+    )
+    if not 1 <= options.peers <= options.shards:
+        raise UsageError("--peers must be between 1 and --shards")
+    trio.run(
+        functools.partial(
+            run_devnet, options, demo_files=demo_files, exit_after_demo=arguments.exit_after_demo
+        )
+    )
+    return EXIT_OK
+
+
 def _shard_count(text: str) -> int:
     try:
         value = int(text)
@@ -649,6 +680,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body", type=int, default=64 * 2**20, metavar="BYTES")
     client_options(serve)
     serve.set_defaults(handler=_command_serve)
+
+    devnet = commands.add_parser(
+        "devnet", help="run a whole local network: N peer processes and the HTTP gateway"
+    )
+    devnet.add_argument("--peers", type=int, default=20)
+    devnet.add_argument("--shards", type=_shard_count, default=100)
+    devnet.add_argument("--epoch-duration", type=int, default=3600, metavar="SECONDS")
+    devnet.add_argument("--http", default="127.0.0.1:31415", metavar="HOST:PORT")
+    devnet.add_argument("--dir", default="devnet", metavar="DIR")
+    devnet.add_argument(
+        "--demo",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="once ready, store FILE through the network and read it back",
+    )
+    devnet.add_argument("--exit-after-demo", action="store_true")
+    devnet.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    devnet.set_defaults(handler=_command_devnet)
     return parser
 
 

@@ -1,9 +1,9 @@
 """The store flow (design §6): encode, register, upload to every shard's peer, certify.
 
 Memory: the blob is encoded once (the slivers are views into the encoder's buffers); each upload
-in flight adds one wire-encoded copy of one sliver, and at most ``max_parallel_peers`` peers
-upload at a time, one sliver each. So the peak is about the encoded blob plus a bounded number
-of slivers, whatever the number of peers.
+in flight adds one wire-encoded copy of one sliver, and at most ``max_parallel_slivers`` slivers
+are in flight at a time. So the peak is about the encoded blob plus a bounded number of slivers,
+whatever the number of peers.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ ProgressCallback = Callable[[int], None]
 @dataclass(frozen=True, slots=True)
 class StoreOptions:
     request_timeout: float = 60.0
-    max_parallel_peers: int = 8
+    max_parallel_slivers: int = 16
+    """Sliver uploads in flight across all peers: bounds memory to this many sliver copies."""
     tail_seconds: float = 2.0
     """After quorum, keep sending to the remaining peers this long (so more shards hold it)."""
 
@@ -179,51 +180,53 @@ async def _upload(
     failures: dict[PeerId, str] = {}
     quorum_reached = trio.Event()
     all_done = trio.Event()
-    limiter = trio.CapacityLimiter(options.max_parallel_peers)
+    limiter = trio.CapacityLimiter(options.max_parallel_slivers)
     timeout = options.request_timeout
     encoded_register = wire.encode(register)
 
     def confirmed_weight() -> int:
         return light.committee.shard_weight(confirmations)
 
-    async def upload_to(peer_id: PeerId, pairs: list[int]) -> None:
+    async def send_sliver(peer_id: PeerId, pair: int, kind: SliverKind) -> None:
+        if kind is SliverKind.PRIMARY:
+            sliver = encoded.encoded.sliver(SliverType.PRIMARY, pair)
+        else:
+            sliver = encoded.encoded.sliver(SliverType.SECONDARY, n_shards - 1 - pair)
         async with limiter:
             await light.call(
                 peer_id,
-                PostBlobRecordsRequest(blob_id=blob_id, records=(encoded_register,)),
-                PostBlobRecordsReply,
+                wire.StoreSliverRequest(
+                    blob_id=blob_id, pair_index=pair, sliver_kind=kind, data=bytes(sliver)
+                ),
+                wire.StoreSliverReply,
                 timeout=timeout,
             )
-            await light.call(
-                peer_id,
-                wire.StoreMetadataRequest(blob_id=blob_id, metadata=encoded.metadata),
-                wire.StoreMetadataReply,
-                timeout=timeout,
-            )
+        if progress is not None:
+            progress(len(sliver))
+
+    async def upload_to(peer_id: PeerId, pairs: list[int]) -> None:
+        await light.call(
+            peer_id,
+            PostBlobRecordsRequest(blob_id=blob_id, records=(encoded_register,)),
+            PostBlobRecordsReply,
+            timeout=timeout,
+        )
+        await light.call(
+            peer_id,
+            wire.StoreMetadataRequest(blob_id=blob_id, metadata=encoded.metadata),
+            wire.StoreMetadataReply,
+            timeout=timeout,
+        )
+        async with trio.open_nursery() as slivers:
             for pair in pairs:
                 for kind in (SliverKind.PRIMARY, SliverKind.SECONDARY):
-                    if kind is SliverKind.PRIMARY:
-                        sliver = encoded.encoded.sliver(SliverType.PRIMARY, pair)
-                    else:
-                        sliver = encoded.encoded.sliver(SliverType.SECONDARY, n_shards - 1 - pair)
-                    await light.call(
-                        peer_id,
-                        wire.StoreSliverRequest(
-                            blob_id=blob_id, pair_index=pair, sliver_kind=kind, data=bytes(sliver)
-                        ),
-                        wire.StoreSliverReply,
-                        timeout=timeout,
-                    )
-                    if progress is not None:
-                        progress(len(sliver))
-            reply = await light.call(
-                peer_id,
-                wire.GetConfirmationRequest(
-                    blob_id=blob_id, epoch=light.epoch, permanent=permanent
-                ),
-                wire.GetConfirmationReply,
-                timeout=timeout,
-            )
+                    slivers.start_soon(send_sliver, peer_id, pair, kind)
+        reply = await light.call(
+            peer_id,
+            wire.GetConfirmationRequest(blob_id=blob_id, epoch=light.epoch, permanent=permanent),
+            wire.GetConfirmationReply,
+            timeout=timeout,
+        )
         verify_confirmation(
             light, peer_id, reply.confirmation, blob_id=blob_id, permanent=permanent
         )

@@ -1,0 +1,248 @@
+"""`walrus-peer devnet`: a whole local network on this machine, one process per storage peer.
+
+Creates (or reuses) ``DIR/genesis.toml`` and ``DIR/peer-01`` … ``DIR/peer-NN``, starts every peer
+as its own ``walrus-peer run`` process on 127.0.0.1, runs the HTTP gateway in this process, and
+stops every process it started on Ctrl-C or SIGTERM. ``GET /status`` on the gateway answers 200
+once the peers that answer hold a write quorum of shards.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from walrus_p2p.api import serve_gateway
+from walrus_p2p.client.service import WalrusClient, open_client
+from walrus_p2p.core.genesis import Genesis, create_genesis_toml
+from walrus_p2p.errors import ConfigError, WalrusError
+from walrus_p2p.node.config import (
+    ensure_identity,
+    genesis_member,
+    init_peer,
+    load_genesis,
+    write_genesis,
+)
+from walrus_p2p.types import blob_id_to_text
+
+logger = logging.getLogger(__name__)
+
+GENESIS_NAME = "genesis.toml"
+CLIENT_KEY_DIR = "client"
+STOP_GRACE_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class DevnetOptions:
+    directory: Path
+    peers: int = 20
+    shards: int = 100
+    epoch_duration: int = 3600
+    http: str = "127.0.0.1:31415"
+    capacity_bytes: int = 20 * 2**30
+    ready_timeout: float = 180.0
+    max_body: int = 1 << 30
+
+
+def peer_dir(directory: Path, index: int) -> Path:
+    return directory / f"peer-{index:02d}"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def prepare(options: DevnetOptions) -> Genesis:
+    """Create keys, configs and the genesis on first use; reuse them afterwards."""
+    directory = options.directory
+    genesis_path = directory / GENESIS_NAME
+    if genesis_path.exists():
+        genesis = load_genesis(genesis_path)
+        if len(genesis.members) != options.peers or genesis.n_shards != options.shards:
+            raise ConfigError(
+                f"holds a devnet of {len(genesis.members)} peers and {genesis.n_shards} shards; "
+                "remove the directory or use the same --peers and --shards",
+                path=str(directory),
+            )
+        return genesis
+    directory.mkdir(parents=True, exist_ok=True)
+    members = []
+    for index in range(1, options.peers + 1):
+        data_dir = peer_dir(directory, index)
+        if not (data_dir / "peer.toml").exists():
+            init_peer(
+                data_dir,
+                genesis_path,
+                [f"/ip4/127.0.0.1/tcp/{_free_port()}"],
+                capacity_bytes=options.capacity_bytes,
+                check_genesis=False,
+            )
+        members.append(genesis_member(data_dir, 1))
+    text = create_genesis_toml(
+        network="devnet",
+        n_shards=options.shards,
+        members=members,
+        genesis_time=int(time.time()),
+        epoch_duration_seconds=options.epoch_duration,
+    )
+    return write_genesis(genesis_path, text)
+
+
+class PeerProcesses:
+    """The `walrus-peer run` children; stopped (TERM, then KILL) on exit, whatever happens."""
+
+    def __init__(self, directory: Path, count: int) -> None:
+        self.directory = directory
+        self.count = count
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, index: int) -> None:
+        data_dir = peer_dir(self.directory, index)
+        log = open(data_dir / "peer.log", "ab")  # noqa: SIM115 - owned by the child's lifetime
+        try:
+            self.processes[index] = subprocess.Popen(
+                [sys.executable, "-m", "walrus_p2p.cli", "run", "--data-dir", str(data_dir)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+
+    def start_all(self) -> None:
+        for index in range(1, self.count + 1):
+            self.start(index)
+
+    def exited(self) -> dict[int, int]:
+        return {
+            index: code
+            for index, process in self.processes.items()
+            if (code := process.poll()) is not None
+        }
+
+    def stop(self, index: int, *, kill: bool = False) -> None:
+        process = self.processes.get(index)
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for process in self.processes.values():
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                process.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+async def wait_until_writable(client: WalrusClient, timeout: float) -> None:
+    with trio.move_on_after(timeout):
+        while True:
+            status = await client.network_status()
+            if status.writable:
+                return
+            await trio.sleep(1.0)
+    raise WalrusError(
+        f"the devnet did not reach a write quorum within {timeout:g}s; see the peer logs",
+        reason="NOT_ENOUGH_PEERS",
+    )
+
+
+async def demo_round_trip(client: WalrusClient, files: list[Path]) -> None:
+    """Store each file through the client and read it back byte for byte."""
+    for path in files:
+        data = path.read_bytes()
+        started = time.monotonic()
+        outcome = await client.store(data, epochs=1, permanent=False)
+        stored = time.monotonic() - started
+        started = time.monotonic()
+        back = await client.read(outcome.blob_id)
+        read = time.monotonic() - started
+        verdict = "identical" if back == data else "DIFFERENT"
+        print(
+            f"demo: {path.name}: {len(data)} bytes, blob id {blob_id_to_text(outcome.blob_id)}, "
+            f"stored in {stored:.2f}s, read back in {read:.2f}s: {verdict}",
+            flush=True,
+        )
+        if back != data:
+            raise WalrusError("the blob read back differs from the one stored", reason="INTERNAL")
+
+
+def _instructions(options: DevnetOptions) -> str:
+    genesis = options.directory / GENESIS_NAME
+    url = f"http://{options.http}"
+    return "\n".join(
+        [
+            f"devnet ready: {options.peers} peers, {options.shards} shards, gateway {url}",
+            f"  export WALRUS_GENESIS={genesis}",
+            "  walrus-peer store FILE --epochs 5          # prints the blob id",
+            "  walrus-peer read BLOB_ID -o OUT",
+            f"  curl -X PUT --data-binary @FILE '{url}/v1/blobs?epochs=5'",
+            f"  curl {url}/v1/blobs/BLOB_ID -o OUT",
+            f"  peer logs: {options.directory}/peer-NN/peer.log   (Ctrl-C stops everything)",
+        ]
+    )
+
+
+async def run_devnet(
+    options: DevnetOptions, *, demo_files: list[Path], exit_after_demo: bool
+) -> None:
+    genesis = prepare(options)
+    owner, _ = ensure_identity(options.directory / CLIENT_KEY_DIR)
+    processes = PeerProcesses(options.directory, len(genesis.members))
+    print(
+        f"starting {len(genesis.members)} peers ({genesis.n_shards} shards) "
+        f"network={genesis.network_id_text} dir={options.directory}",
+        flush=True,
+    )
+    processes.start_all()
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with open_client(genesis, owner) as client, trio.open_nursery() as nursery:
+                await nursery.start(
+                    functools.partial(
+                        serve_gateway, client, options.http, max_body=options.max_body
+                    )
+                )
+                await wait_until_writable(client, options.ready_timeout)
+                print(_instructions(options), flush=True)
+                if demo_files:
+                    await demo_round_trip(client, demo_files)
+                    if exit_after_demo:
+                        nursery.cancel_scope.cancel()
+                        return
+                nursery.start_soon(_watch_children, processes)
+                async for _ in signals:
+                    print("stopping the devnet", flush=True)
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        processes.stop_all()
+
+
+async def _watch_children(processes: PeerProcesses) -> None:
+    reported: set[int] = set()
+    while True:
+        for index, code in processes.exited().items():
+            if index not in reported:
+                reported.add(index)
+                logger.warning("peer process exited peer=%02d code=%d", index, code)
+        await trio.sleep(2.0)
