@@ -12,9 +12,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from walrus_p2p.core import records, wire
-from walrus_p2p.core.wire import BlobIdBytes, BytesSpec, ListSpec, Message, register
+from walrus_p2p.core import merkle, records, wire
+from walrus_p2p.core.encoding import SliverType
+from walrus_p2p.core.metadata import InconsistencyProof, RecoverySymbol
+from walrus_p2p.core.wire import (
+    MAX_SHARDS,
+    BlobIdBytes,
+    BytesSpec,
+    ListSpec,
+    MerkleProof,
+    Message,
+    PairIndex,
+    SymbolData,
+    record,
+    record_spec,
+    register,
+)
 from walrus_p2p.errors import WireError
+from walrus_p2p.types import SliverKind
 
 MAX_RECORD_SIZE = 64 * 1024
 """A certificate of 256 signatures is ~25 KiB; this leaves room without allowing floods."""
@@ -57,6 +72,92 @@ class GetBlobRecordsReply(Message):
     records: EncodedRecords
 
 
+# Catch-up (design §5: gossip carries news, not history). A peer back from downtime or data
+# loss pages through every blob's records held by another peer, by blob id, and verifies each
+# record itself before merging it.
+
+MAX_SYNC_BLOBS_PER_PAGE = 64
+"""Blobs per :class:`ListBlobRecordsReply`; the server also stops at a byte budget."""
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class BlobRecordsEntry:
+    """The records one peer keeps for one blob (each one a canonical record encoding)."""
+
+    blob_id: BlobIdBytes
+    records: EncodedRecords
+
+
+@register(28)
+@dataclass(frozen=True, slots=True)
+class ListBlobRecordsRequest(Message):
+    """Records of the blobs whose id is greater than ``after`` (None: from the start), in blob
+    id order, at most ``limit`` blobs (the server may send fewer)."""
+
+    after: BlobIdBytes | None
+    limit: Annotated[int, wire.IntSpec(1, MAX_SYNC_BLOBS_PER_PAGE)]
+
+
+@register(29)
+@dataclass(frozen=True, slots=True)
+class ListBlobRecordsReply(Message):
+    """One page; ``next_after`` is the cursor for the next request, None when the listing ended."""
+
+    entries: Annotated[
+        tuple[BlobRecordsEntry, ...],
+        ListSpec(record_spec(BlobRecordsEntry), MAX_SYNC_BLOBS_PER_PAGE),
+    ]
+    next_after: BlobIdBytes | None
+
+
+# Invalid blobs (design §4): a peer that rebuilt a sliver contradicting its hash sends the proof
+# to the others and asks each for a signed attestation; f+1 shard weight makes a BlobInvalid.
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class ProofSymbol:
+    """A recovery symbol inside an inconsistency proof: the helper's sliver index (of the kind
+    other than the target's), the symbol and its Merkle path to the helper's sliver hash."""
+
+    source_index: PairIndex
+    symbol: SymbolData
+    proof: MerkleProof
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class InconsistencyEvidence:
+    """The wire form of :class:`walrus_p2p.core.metadata.InconsistencyProof`; ``target_kind``
+    names the axis (PRIMARY: a row, SECONDARY: a column) and ``target_index`` the sliver index
+    (not the pair index)."""
+
+    target_kind: SliverKind
+    target_index: PairIndex
+    symbols: Annotated[
+        tuple[ProofSymbol, ...], ListSpec(record_spec(ProofSymbol), MAX_SHARDS, min_length=1)
+    ]
+
+
+@register(30)
+@dataclass(frozen=True, slots=True)
+class AttestInvalidBlobRequest(Message):
+    """Check this proof against the blob's metadata and, if it holds, sign an attestation."""
+
+    blob_id: BlobIdBytes
+    epoch: wire.U64
+    evidence: InconsistencyEvidence
+
+
+@register(31)
+@dataclass(frozen=True, slots=True)
+class AttestInvalidBlobReply(Message):
+    """The signer's attestation (``records.sign_invalid_blob``); verified by the collector."""
+
+    attestation: records.Signature
+
+
 def encode_records(items: list[records.BlobRecord]) -> tuple[bytes, ...]:
     return tuple(wire.encode(item) for item in items)
 
@@ -72,3 +173,63 @@ def decode_records(encoded: tuple[bytes, ...], blob_id: bytes) -> list[records.B
             raise WireError("a record in the message is for another blob")
         decoded.append(record)
     return decoded
+
+
+MAX_GOSSIP_BATCH_BYTES = 900 * 1024
+"""Below the gossip message cap of the genesis limits (1 MiB by default)."""
+
+
+@register(64)
+@dataclass(frozen=True, slots=True)
+class BlobRecordsBatch(Message):
+    """News on the blob-records gossip topic: records of any blobs, verified by every receiver
+    before it is forwarded (the topic validator) and before it is merged."""
+
+    records: EncodedRecords
+
+
+def decode_any_records(encoded: tuple[bytes, ...]) -> list[records.BlobRecord]:
+    """Decode records of any blobs; ``WireError`` on anything malformed."""
+    decoded: list[records.BlobRecord] = []
+    for item in encoded:
+        record = wire.decode(item, records.BLOB_RECORD_TYPES)
+        if not isinstance(record, records.BLOB_RECORD_TYPES):
+            raise WireError("not a blob record")
+        decoded.append(record)
+    return decoded
+
+
+def evidence_from_proof(proof: InconsistencyProof) -> InconsistencyEvidence:
+    """The wire form of an inconsistency proof."""
+    kind = SliverKind.PRIMARY if proof.target_type is SliverType.PRIMARY else SliverKind.SECONDARY
+    return InconsistencyEvidence(
+        target_kind=kind,
+        target_index=proof.target_index,
+        symbols=tuple(
+            ProofSymbol(
+                source_index=item.source_index, symbol=item.symbol, proof=tuple(item.proof)
+            )
+            for item in proof.symbols
+        ),
+    )
+
+
+def proof_from_evidence(evidence: InconsistencyEvidence) -> InconsistencyProof:
+    """The inconsistency proof a message carries (still to be verified by the receiver)."""
+    target_type = (
+        SliverType.PRIMARY if evidence.target_kind is SliverKind.PRIMARY else SliverType.SECONDARY
+    )
+    return InconsistencyProof(
+        target_type=target_type,
+        target_index=evidence.target_index,
+        symbols=tuple(
+            RecoverySymbol(
+                target_type=target_type,
+                target_index=evidence.target_index,
+                source_index=item.source_index,
+                symbol=item.symbol,
+                proof=merkle.MerkleProof(tuple(item.proof)),
+            )
+            for item in evidence.symbols
+        ),
+    )

@@ -24,10 +24,13 @@ import trio
 
 from walrus_p2p.core import records, wire
 from walrus_p2p.core.blob_messages import (
+    MAX_GOSSIP_BATCH_BYTES,
+    BlobRecordsBatch,
     GetBlobRecordsReply,
     GetBlobRecordsRequest,
     PostBlobRecordsReply,
     PostBlobRecordsRequest,
+    decode_any_records,
     decode_records,
 )
 from walrus_p2p.core.committee import Committee
@@ -48,8 +51,9 @@ from walrus_p2p.errors import (
     WireError,
 )
 from walrus_p2p.net.discovery import Discovery, DiscoveryConfig, open_discovery
+from walrus_p2p.net.gossip import Gossip, GossipMessage, open_gossip
 from walrus_p2p.net.host import Host, HostConfig, open_host
-from walrus_p2p.net.names import protocol_id
+from walrus_p2p.net.names import protocol_id, topic
 from walrus_p2p.net.rpc import HandlerLimits
 from walrus_p2p.node.metrics import PeerMetrics, build_metrics_app, serve_http
 from walrus_p2p.storage import BlobState, BlobStore
@@ -61,6 +65,8 @@ RECORDS_NAMESPACE = "blob-records"
 """Store namespace of the signed blob records a peer keeps: key = blob id + record hash."""
 
 STORAGE_PROTOCOL = "storage"
+RECORDS_TOPIC = "blob-records"
+GOSSIP_BATCH_SECONDS = 2.0
 
 T = TypeVar("T")
 
@@ -139,6 +145,10 @@ class StoragePeerService:
         self._started_monotonic = time.monotonic()
         self._blob_states: dict[BlobId, records.BlobState] = {}
         self._records_lock = trio.Lock()
+        self.gossip: Gossip | None = None
+        self.records_topic = topic(genesis.network_id_text, RECORDS_TOPIC)
+        self._announce: list[bytes] = []
+        self._announce_ready = trio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -172,10 +182,18 @@ class StoragePeerService:
             if self.options.metrics_bind:
                 app = build_metrics_app(self.metrics, self.health)
                 await nursery.start(serve_http, app, self.options.metrics_bind)
-            async with open_discovery(host, DiscoveryConfig(mode="server")) as discovery:
+            async with (
+                open_discovery(host, DiscoveryConfig(mode="server")) as discovery,
+                open_gossip(host) as gossip,
+            ):
                 self.discovery = discovery
+                self.gossip = gossip
+                gossip.set_validator(self.records_topic, self._validate_records_gossip)
+                subscription = await gossip.subscribe(self.records_topic)
                 nursery.start_soon(self._join, discovery)
                 nursery.start_soon(self._watch_connections)
+                nursery.start_soon(self._read_records_gossip, subscription)
+                nursery.start_soon(self._publish_records_gossip)
                 logger.info(
                     "peer serving peer=%s network=%s shards=%d addrs=%s",
                     self.peer_id[:12],
@@ -467,8 +485,15 @@ class StoragePeerService:
         self._blob_states[blob_id] = state
         return state
 
-    async def merge_records(self, blob_id: BlobId, items: list[records.BlobRecord]) -> int:
-        """Verify, persist and merge records; returns how many were new. Bad ones raise."""
+    async def merge_records(
+        self, blob_id: BlobId, items: list[records.BlobRecord], *, announce: bool = True
+    ) -> int:
+        """Verify, persist and merge records; returns how many were new. Bad ones raise.
+
+        New records that arrived directly (not by gossip) are announced on gossip by one peer
+        per blob (see :meth:`_is_announcer`), batched, so the news costs one message per blob
+        rather than one per peer.
+        """
         for record in items:
             records.verify_blob_record(record, self.genesis.network_id, self._committee_of)
         accepted = 0
@@ -483,6 +508,9 @@ class StoragePeerService:
                 await self._in_thread(self.store.put_value, RECORDS_NAMESPACE, key, encoded)
                 state = state.with_record(record)
                 accepted += 1
+                if announce and self._is_announcer(blob_id):
+                    self._announce.append(encoded)
+                    self._announce_ready.set()
             self._blob_states[blob_id] = state
             if accepted:
                 summary = BlobState(
@@ -493,6 +521,57 @@ class StoragePeerService:
                 )
                 await self._in_thread(self.store.set_blob_state, blob_id, summary)
         return accepted
+
+    def _is_announcer(self, blob_id: BlobId) -> bool:
+        """The holder of shard ``blob_id mod n`` announces the blob's records on gossip."""
+        shard = int.from_bytes(blob_id, "big") % self.committee.n_shards
+        return self.committee.peer_of(shard) == self.peer_id
+
+    def _validate_records_gossip(self, message: GossipMessage) -> bool:
+        """Gossip topic validator: every record in the batch must verify, or none is relayed."""
+        batch = wire.decode(message.data, BlobRecordsBatch)
+        for record in decode_any_records(batch.records):
+            records.verify_blob_record(record, self.genesis.network_id, self._committee_of)
+        return True
+
+    async def _read_records_gossip(self, subscription: Any) -> None:
+        async for message in subscription:
+            try:
+                batch = wire.decode(message.data, BlobRecordsBatch)
+                by_blob: dict[BlobId, list[records.BlobRecord]] = {}
+                for record in decode_any_records(batch.records):
+                    by_blob.setdefault(BlobId(record.blob_id), []).append(record)
+                for blob_id, items in by_blob.items():
+                    await self.merge_records(blob_id, items, announce=False)
+            except WalrusError as error:
+                logger.info("gossip records dropped origin=%s error=%s", message.origin[:12], error)
+
+    async def _publish_records_gossip(self) -> None:
+        while True:
+            await self._announce_ready.wait()
+            await trio.sleep(GOSSIP_BATCH_SECONDS)
+            self._announce_ready = trio.Event()
+            pending, self._announce = self._announce, []
+            while pending:
+                batch: list[bytes] = []
+                size = 0
+                while (
+                    pending and len(batch) < 64 and size + len(pending[0]) < MAX_GOSSIP_BATCH_BYTES
+                ):
+                    size += len(pending[0])
+                    batch.append(pending.pop(0))
+                if not batch:
+                    pending.pop(0)
+                    continue
+                if self.gossip is None:
+                    break
+                try:
+                    await self.gossip.publish(
+                        self.records_topic, wire.encode(BlobRecordsBatch(records=tuple(batch)))
+                    )
+                    logger.info("records announced on gossip count=%d", len(batch))
+                except WalrusError as error:
+                    logger.info("records gossip publish failed error=%s", error)
 
     async def _post_blob_records(
         self, request: PostBlobRecordsRequest, remote: PeerId

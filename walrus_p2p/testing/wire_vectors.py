@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from walrus_p2p.core import blob_messages, wire
+from walrus_p2p.core import blob_messages, records, wire
 from walrus_p2p.core.metadata import Metadata, SliverPairMetadata
 from walrus_p2p.types import BlobId, SliverKind
 
@@ -96,6 +96,42 @@ def sample_messages() -> dict[str, wire.Message]:
         "PostBlobRecordsReply": blob_messages.PostBlobRecordsReply(accepted=2),
         "GetBlobRecordsRequest": blob_messages.GetBlobRecordsRequest(blob_id=blob_id),
         "GetBlobRecordsReply": blob_messages.GetBlobRecordsReply(records=(_filled(70, 5),)),
+        "ListBlobRecordsRequest": blob_messages.ListBlobRecordsRequest(after=blob_id, limit=64),
+        "ListBlobRecordsRequest/start": blob_messages.ListBlobRecordsRequest(after=None, limit=1),
+        "ListBlobRecordsReply": blob_messages.ListBlobRecordsReply(
+            entries=(
+                blob_messages.BlobRecordsEntry(blob_id=blob_id, records=(_filled(30, 6),)),
+                blob_messages.BlobRecordsEntry(
+                    blob_id=BlobId(_filled(32, 0xC0)), records=(_filled(10, 7), _filled(11, 8))
+                ),
+            ),
+            next_after=BlobId(_filled(32, 0xC0)),
+        ),
+        "ListBlobRecordsReply/last": blob_messages.ListBlobRecordsReply(
+            entries=(), next_after=None
+        ),
+        "AttestInvalidBlobRequest": blob_messages.AttestInvalidBlobRequest(
+            blob_id=blob_id,
+            epoch=4,
+            evidence=blob_messages.InconsistencyEvidence(
+                target_kind=SliverKind.PRIMARY,
+                target_index=2,
+                symbols=tuple(
+                    blob_messages.ProofSymbol(
+                        source_index=index,
+                        symbol=_filled(6, 0x30 + index),
+                        proof=(_filled(32, index), _filled(32, index + 40)),
+                    )
+                    for index in range(3)
+                ),
+            ),
+        ),
+        "AttestInvalidBlobReply": blob_messages.AttestInvalidBlobReply(
+            attestation=records.Signature(
+                signer="12D3KooWRBhwfeP2Y9CDkFRBAZ1pmxUadH36TKuk3KtKm5XXP8mA",
+                signature=_filled(64, 0x61),
+            )
+        ),
     }
 
 
