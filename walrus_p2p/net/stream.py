@@ -1,0 +1,108 @@
+"""One libp2p stream behind a small interface that only raises walrus-p2p errors.
+
+py-libp2p's ``INetStream.read`` raises ``StreamEOF`` at end of stream, ``StreamReset`` when the
+remote (or the connection) resets it, and a zoo of other errors when the connection underneath
+dies. Everything above ``net/`` sees instead: ``read`` returning ``b""`` at a clean end,
+:class:`PeerUnreachableError` for a reset or a dead connection, and :class:`NetworkError` for the
+rest. ``close`` and ``reset`` never raise: they are what ``finally`` blocks call.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError, StreamReset
+
+from walrus_p2p.errors import NetworkError, PeerUnreachableError
+from walrus_p2p.types import PeerId
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT = 5.0
+"""Upper bound on sending a FIN/RST: a wedged connection must not wedge a ``finally``."""
+
+
+class Stream:
+    """A bidirectional byte stream to one remote peer on one protocol."""
+
+    __slots__ = ("_closed", "_raw", "protocol_id", "remote_peer_id")
+
+    def __init__(self, raw: Any, *, remote_peer_id: PeerId, protocol_id: str) -> None:
+        self._raw = raw
+        self._closed = False
+        self.remote_peer_id = remote_peer_id
+        self.protocol_id = protocol_id
+
+    async def read(self, max_bytes: int) -> bytes:
+        """Return 1..max_bytes bytes, or ``b""`` once the remote has finished writing."""
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        try:
+            data = await self._raw.read(max_bytes)
+        except StreamEOF:
+            return b""
+        except StreamReset as error:
+            raise PeerUnreachableError(
+                f"stream reset by peer={self.remote_peer_id[:12]} protocol={self.protocol_id}"
+            ) from error
+        except (StreamError, OSError) as error:
+            raise PeerUnreachableError(
+                f"stream to peer={self.remote_peer_id[:12]} failed: {error}"
+            ) from error
+        except Exception as error:
+            raise NetworkError(
+                f"read from peer={self.remote_peer_id[:12]} failed: {error!r}"
+            ) from error
+        return bytes(data)
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self._raw.write(data)
+        except (StreamClosed, StreamReset, StreamError, OSError) as error:
+            raise PeerUnreachableError(
+                f"write to peer={self.remote_peer_id[:12]} failed: {error!r}"
+            ) from error
+        except Exception as error:
+            raise NetworkError(
+                f"write to peer={self.remote_peer_id[:12]} failed: {error!r}"
+            ) from error
+
+    async def close_write(self) -> None:
+        """Tell the remote we are done writing (yamux FIN); reading stays possible."""
+        try:
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await self._raw.close_write()
+        except Exception as error:
+            raise PeerUnreachableError(
+                f"half-close to peer={self.remote_peer_id[:12]} failed: {error!r}"
+            ) from error
+
+    async def close(self) -> None:
+        """Close both directions and release the muxer slot. Never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await self._raw.close()
+            except Exception as error:
+                logger.debug(
+                    "stream close failed peer=%s error=%r", self.remote_peer_id[:12], error
+                )
+                await self._reset_quietly()
+
+    async def reset(self) -> None:
+        """Abort the stream in both directions (yamux RST). Never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            await self._reset_quietly()
+
+    async def _reset_quietly(self) -> None:
+        try:
+            await self._raw.reset()
+        except Exception as error:
+            logger.debug("stream reset failed peer=%s error=%r", self.remote_peer_id[:12], error)
