@@ -61,12 +61,21 @@ async def write_frame(stream: ByteStream, payload: bytes, *, max_size: int) -> N
             await stream.write(bytes(view[offset : offset + READ_CHUNK]))
 
 
+class StreamEndedError(WireError):
+    """The stream ended before a whole frame arrived.
+
+    To a server reading a request this is a malformed request. To a client reading a reply it
+    means the peer went away (yamux reports a dead remote as a normal end of stream), which
+    :func:`walrus_p2p.net.rpc.exchange` reports as :class:`PeerUnreachableError`.
+    """
+
+
 async def read_exactly(stream: ByteStream, size: int, what: str) -> bytes:
     buffer = bytearray()
     while len(buffer) < size:
         chunk = await stream.read(min(size - len(buffer), READ_CHUNK))
         if not chunk:
-            raise WireError(
+            raise StreamEndedError(
                 f"stream ended inside a frame {what}: got={len(buffer)} expected={size}"
             )
         buffer += chunk
@@ -94,6 +103,7 @@ __all__ = [
     "HEADER_SIZE",
     "MAX_FRAME_LIMIT",
     "ByteStream",
+    "StreamEndedError",
     "encode_header",
     "read_exactly",
     "read_frame",

@@ -28,12 +28,19 @@ import trio
 
 from walrus_p2p.errors import (
     NetworkError,
+    PeerUnreachableError,
     RemoteError,
     RequestTimeoutError,
     WalrusError,
     WireError,
 )
-from walrus_p2p.net.framing import read_exactly, read_frame, read_header, write_frame
+from walrus_p2p.net.framing import (
+    StreamEndedError,
+    read_exactly,
+    read_frame,
+    read_header,
+    write_frame,
+)
 from walrus_p2p.net.stream import Stream
 from walrus_p2p.types import PeerId
 
@@ -234,5 +241,10 @@ async def exchange(
             raise write_error[0]
         if read_error is None:  # pragma: no cover - read_frame returns or raises
             raise NetworkError("no reply")
+        if isinstance(read_error, StreamEndedError):
+            raise PeerUnreachableError(
+                f"peer={stream.remote_peer_id[:12]} closed the stream before replying "
+                f"({read_error})"
+            ) from read_error
         raise read_error
     return decode_reply(frame)
