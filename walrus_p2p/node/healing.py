@@ -1,0 +1,208 @@
+"""Self-healing of a storage peer: blob sync, catch-up, scrub, garbage collection, invalid blobs.
+
+:class:`HealingService` is composed into :class:`~walrus_p2p.node.peer.StoragePeerService`
+(which builds it once its host exists and runs it next to the request handlers). It wires:
+
+- :class:`~walrus_p2p.node.peer_calls.PeerCaller` — requests to other peers from this host;
+- :class:`~walrus_p2p.node.recovery.Recovery` and :class:`~walrus_p2p.node.recovery.BlobSync`
+  — rebuild owned slivers from verified recovery symbols after a certificate or a scan;
+- :class:`~walrus_p2p.node.catchup.CatchUp` — the record listing (served and pulled);
+- :class:`~walrus_p2p.node.maintenance.Maintenance` — scrub and garbage collection;
+- :class:`~walrus_p2p.node.invalid.InvalidBlobs` — attestations and the BlobInvalid record.
+
+The peer tells it about merged records through a listener (a certificate queues a sync, a
+delete or invalid record drops data at once). See ``docs/healing.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from walrus_p2p.core import records
+from walrus_p2p.core.blob_messages import AttestInvalidBlobRequest, ListBlobRecordsRequest
+from walrus_p2p.core.metadata import InconsistentSliverError, Metadata
+from walrus_p2p.errors import WalrusError
+from walrus_p2p.node.catchup import CatchUp
+from walrus_p2p.node.healing_metrics import HealingMetrics
+from walrus_p2p.node.healing_options import HealingOptions
+from walrus_p2p.node.invalid import InvalidBlobs
+from walrus_p2p.node.maintenance import Maintenance
+from walrus_p2p.node.peer import (
+    StoragePeerService,
+    max_frame_for,
+    owned_pairs,
+    storage_protocol_id,
+)
+from walrus_p2p.node.peer_calls import PeerCaller
+from walrus_p2p.node.recovery import BlobSync, Recovery
+from walrus_p2p.types import BlobId, short_id
+
+logger = logging.getLogger(__name__)
+
+DROP_QUEUE_SIZE = 1024
+
+
+class HealingService:
+    """Every healing task of one storage peer; ``await run()`` until cancelled."""
+
+    def __init__(self, peer: StoragePeerService, options: HealingOptions) -> None:
+        if peer.host is None:
+            raise RuntimeError("the healing service needs the peer's host")
+        self.peer = peer
+        self.options = options
+        self.metrics = HealingMetrics(peer.metrics)
+        self.caller = PeerCaller(
+            peer.host,
+            protocol=storage_protocol_id(peer.genesis),
+            limits=peer.limits,
+            max_frame=max_frame_for(peer.genesis),
+            committee=lambda: peer.committee,
+        )
+        self.recovery = Recovery(peer, self.caller, options, self.metrics)
+        self.invalid = InvalidBlobs(peer, self.caller, self.recovery, options, self.metrics)
+        self.sync = BlobSync(peer, self.recovery, options, self.metrics, self._on_inconsistent)
+        self.catch_up = CatchUp(peer, self.caller, options, self.metrics)
+        self.maintenance = Maintenance(peer, self.sync, options, self.metrics)
+        self._drop_send, self._drop_receive = trio.open_memory_channel[BlobId](DROP_QUEUE_SIZE)
+        self.caught_up = trio.Event()
+        """Set after the first catch-up round and the scan that follows it."""
+        peer.add_handler(ListBlobRecordsRequest, self.catch_up.handle_list)
+        peer.add_handler(AttestInvalidBlobRequest, self.invalid.handle_attest)
+        peer.record_listeners.append(self._on_records)
+
+    # -- reactions -----------------------------------------------------------------------
+
+    def _on_records(self, blob_id: BlobId, state: records.BlobState) -> None:
+        peer = self.peer
+        if not self.options.enabled:
+            return
+        if state.is_invalid or state.is_deleted:
+            try:
+                self._drop_send.send_nowait(blob_id)
+            except trio.WouldBlock:
+                logger.info("drop queue full; gc will collect blob=%s", short_id(blob_id))
+            return
+        if (
+            state.certificate is not None
+            and state.is_stored_in(peer.epoch)
+            and owned_pairs(peer.committee, peer.peer_id, blob_id)
+        ):
+            self.sync.notice(blob_id)
+
+    async def _on_inconsistent(
+        self, blob_id: BlobId, metadata: Metadata, error: InconsistentSliverError
+    ) -> None:
+        await self.invalid.mark_invalid(blob_id, metadata, error)
+
+    async def scan(self) -> int:
+        """Queue every blob this peer must hold but lacks something of; returns how many."""
+        peer = self.peer
+        infos = await trio.to_thread.run_sync(lambda: list(peer.store.iter_blobs()))
+        queued = 0
+        for info in infos:
+            summary = info.state
+            if summary.invalid or summary.certified_epoch is None:
+                continue
+            if summary.end_epoch is None or summary.end_epoch <= peer.epoch:
+                continue
+            pairs = owned_pairs(peer.committee, peer.peer_id, info.blob_id)
+            if not pairs:
+                continue
+            if info.has_metadata and info.sliver_count >= 2 * len(pairs):
+                continue
+            if self.sync.notice(info.blob_id, delay=0.0):
+                queued += 1
+        self.sync.overflowed = False
+        if queued:
+            logger.info("scan queued blobs for sync count=%d", queued)
+        return queued
+
+    async def catch_up_now(self, sources: int | None = None) -> None:
+        """One catch-up round, then a scan for blobs to sync (failures are logged)."""
+        try:
+            await self.catch_up.run_round(sources)
+        except WalrusError as error:
+            logger.info("catch-up round failed reason=%s detail=%s", error.reason, error)
+        except Exception:  # a bug must not take the peer down
+            logger.exception("catch-up round crashed")
+        try:
+            await self.scan()
+        except WalrusError as error:
+            logger.warning("scan failed reason=%s detail=%s", error.reason, error)
+        except Exception:
+            logger.exception("scan crashed")
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.caller.discovery = self.peer.discovery
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.sync.run)
+            nursery.start_soon(self._drop_loop)
+            task_status.started()
+            if not self.options.enabled:
+                self.caught_up.set()
+                await trio.sleep_forever()
+            await self.sync.resume()
+            nursery.start_soon(self._catch_up_loop)
+            nursery.start_soon(
+                self._periodic,
+                "gc",
+                self.options.gc_first_delay,
+                self.options.gc_interval,
+                self.maintenance.collect_garbage,
+            )
+            nursery.start_soon(
+                self._periodic,
+                "scrub",
+                self.options.scrub_first_delay,
+                self.options.scrub_interval,
+                self.maintenance.scrub,
+            )
+
+    async def _catch_up_loop(self) -> None:
+        try:
+            await self.catch_up_now(None if self.options.catch_up_on_start else 0)
+        finally:
+            self.caught_up.set()
+
+        async def periodic_round() -> None:
+            # Later rounds only cover gossip losses: one source is enough (and costs a full
+            # listing; see docs/healing.md).
+            await self.catch_up_now(sources=1)
+
+        await self._periodic(
+            "catch-up",
+            self.options.catch_up_interval,
+            self.options.catch_up_interval,
+            periodic_round,
+        )
+
+    async def _periodic(
+        self,
+        name: str,
+        first_delay: float,
+        interval: float,
+        action: Callable[[], Awaitable[object]],
+    ) -> None:
+        await trio.sleep(first_delay)
+        while True:
+            try:
+                await action()
+            except WalrusError as error:
+                logger.warning("%s pass failed reason=%s detail=%s", name, error.reason, error)
+            except Exception:  # a bug in one pass must not take the peer down
+                logger.exception("%s pass crashed", name)
+            await trio.sleep(interval)
+
+    async def _drop_loop(self) -> None:
+        async for blob_id in self._drop_receive:
+            try:
+                await self.maintenance.drop_if_gone(blob_id)
+            except Exception as error:  # logged; the next gc pass collects it
+                logger.warning(
+                    "dropping blob data failed blob=%s error=%s", short_id(blob_id), error
+                )
