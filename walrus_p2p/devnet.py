@@ -21,7 +21,11 @@ from pathlib import Path
 
 import trio
 
-from walrus_p2p.api import serve_gateway
+from walrus_p2p.api import (
+    DEFAULT_MAX_CONCURRENT_READS,
+    DEFAULT_MAX_CONCURRENT_WRITES,
+    serve_gateway,
+)
 from walrus_p2p.client.service import WalrusClient, open_client
 from walrus_p2p.core.genesis import Genesis, create_genesis_toml
 from walrus_p2p.errors import ConfigError, WalrusError
@@ -51,6 +55,8 @@ class DevnetOptions:
     capacity_bytes: int = 20 * 2**30
     ready_timeout: float = 180.0
     max_body: int = 1 << 30
+    max_concurrent_writes: int = DEFAULT_MAX_CONCURRENT_WRITES
+    max_concurrent_reads: int = DEFAULT_MAX_CONCURRENT_READS
 
 
 def peer_dir(directory: Path, index: int) -> Path:
@@ -219,7 +225,12 @@ async def run_devnet(
             async with open_client(genesis, owner) as client, trio.open_nursery() as nursery:
                 await nursery.start(
                     functools.partial(
-                        serve_gateway, client, options.http, max_body=options.max_body
+                        serve_gateway,
+                        client,
+                        options.http,
+                        max_body=options.max_body,
+                        max_concurrent_writes=options.max_concurrent_writes,
+                        max_concurrent_reads=options.max_concurrent_reads,
                     )
                 )
                 await wait_until_writable(client, options.ready_timeout)

@@ -229,3 +229,24 @@ def test_write_genesis_refuses_to_overwrite(tmp_path: Path, genesis_path: Path) 
         config.write_genesis(tmp_path / "bad.toml", text.replace("n_shards = 6", "n_shards = 1"))
     assert not (tmp_path / "bad.toml").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_ensure_identity_takes_the_key_another_process_created_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes on a new key directory at once (found by tests/testnet: a gateway and a CLI
+    command): the one whose key lands second uses the first one's key instead of failing."""
+    first, created = config.ensure_identity(tmp_path / "client")
+    assert created
+    real_exists = config._exists
+    calls: list[Path] = []
+
+    def raced_exists(path: Path) -> bool:
+        calls.append(path)
+        return False if len(calls) == 1 else real_exists(path)  # the other process was quicker
+
+    monkeypatch.setattr(config, "_exists", raced_exists)
+    second, created = config.ensure_identity(tmp_path / "client")
+    assert not created
+    assert second.peer_id == first.peer_id
+    assert len(calls) == 2

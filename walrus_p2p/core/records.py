@@ -144,7 +144,8 @@ ShardOwners = Annotated[
     tuple[int, ...], ListSpec(IntSpec(0, MAX_SHARDS - 1), MAX_SHARDS, min_length=4)
 ]
 EpochNumber = Annotated[Epoch, IntSpec(0, (1 << 64) - 1)]
-Size = Annotated[int, IntSpec(1, (1 << 64) - 1)]
+Size = Annotated[int, IntSpec(0, (1 << 64) - 1)]
+"""A blob's unencoded length; 0 is a valid (empty) blob, as in the metadata."""
 Signature64 = Annotated[bytes, BytesSpec.exact(identity.SIGNATURE_LENGTH)]
 
 

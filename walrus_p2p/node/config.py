@@ -166,7 +166,15 @@ def ensure_identity(directory: str | os.PathLike[str]) -> tuple[Identity, bool]:
     except OSError as error:
         raise ConfigError(_os_message(error), path=str(path)) from error
     identity = Identity.from_seed(secrets.token_bytes(SEED_LENGTH))
-    _write_file(key_path(path), _key_text(identity), mode=0o600, replace=False)
+    try:
+        _write_file(key_path(path), _key_text(identity), mode=0o600, replace=False)
+    except ConfigError:
+        # Two processes started at once on a new key directory (a gateway and a CLI command,
+        # say): the other one linked its key first. The link is atomic, so that file is whole;
+        # both must use the same key, so take it.
+        if _exists(key_path(path)):
+            return load_identity(path), False
+        raise
     return identity, True
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import trio
 
 from walrus_p2p.node.config import load_peer
+from walrus_p2p.node.faults import fault_from_environment, peer_service_class
 from walrus_p2p.node.peer import PeerOptions, StoragePeerService
 from walrus_p2p.storage import open_store
 
@@ -26,11 +27,13 @@ async def run_peer(
 ) -> None:
     """Run the peer of ``data_dir``; returns after a clean shutdown on SIGINT/SIGTERM."""
     loaded = load_peer(data_dir)
+    # Testing only (tests/testnet): unset in every normal run, see walrus_p2p/node/faults.py.
+    service_class = peer_service_class(fault_from_environment(os.environ))
     store = open_store(
         Path(loaded.data_dir) / STORE_DIR_NAME, capacity_bytes=loaded.config.capacity_bytes
     )
     try:
-        service = StoragePeerService(
+        service = service_class(
             identity=loaded.identity,
             genesis=loaded.genesis,
             store=store,

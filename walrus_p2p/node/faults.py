@@ -1,0 +1,77 @@
+"""Fault injection for the multi-process tests (tests/testnet). Never set it on a real peer.
+
+A storage peer can be told, through the environment of its ``walrus-peer run`` process, to
+misbehave in one specific way so that a test can check that clients detect it and route around
+it (design §9: a read returns exactly the stored bytes or an error, never wrong bytes):
+
+``WALRUS_FAULT_INJECTION=corrupt-slivers``
+    every ``GetSliverRequest`` is answered with the stored sliver with one byte flipped. The
+    store itself is untouched (the bytes on disk stay correct); only the reply lies.
+
+The variable is read once at start-up by :func:`fault_from_environment`. Unset or empty, nothing
+changes: the plain :class:`StoragePeerService` runs. An unknown value stops the peer with a
+``ConfigError`` instead of being ignored, so a typo cannot make a test pass without the fault.
+A peer running with a fault logs a warning at start-up. There is deliberately no command-line
+flag and no config-file key for it. See docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+
+from walrus_p2p.core import wire
+from walrus_p2p.errors import ConfigError
+from walrus_p2p.node.peer import StoragePeerService
+from walrus_p2p.types import PeerId
+
+logger = logging.getLogger(__name__)
+
+FAULT_ENVIRONMENT_VARIABLE = "WALRUS_FAULT_INJECTION"
+CORRUPT_SLIVERS = "corrupt-slivers"
+FAULTS = (CORRUPT_SLIVERS,)
+
+
+def fault_from_environment(environment: Mapping[str, str]) -> str | None:
+    """The fault named in ``WALRUS_FAULT_INJECTION``, or None; an unknown name raises."""
+    value = environment.get(FAULT_ENVIRONMENT_VARIABLE, "").strip()
+    if not value:
+        return None
+    if value not in FAULTS:
+        raise ConfigError(
+            f"{FAULT_ENVIRONMENT_VARIABLE}={value!r} is not a known fault "
+            f"(known: {', '.join(FAULTS)}); unset it to run a normal peer"
+        )
+    return value
+
+
+def flip_one_byte(data: bytes) -> bytes:
+    """``data`` with its middle byte inverted (empty data stays empty)."""
+    if not data:
+        return data
+    middle = len(data) // 2
+    corrupted = bytearray(data)
+    corrupted[middle] ^= 0xFF
+    return bytes(corrupted)
+
+
+class CorruptSliversPeer(StoragePeerService):
+    """A storage peer that serves every sliver with one byte flipped (testing only)."""
+
+    async def _get_sliver(
+        self, request: wire.GetSliverRequest, remote: PeerId
+    ) -> wire.GetSliverReply:
+        reply = await super()._get_sliver(request, remote)
+        return dataclasses.replace(reply, data=flip_one_byte(reply.data))
+
+
+def peer_service_class(fault: str | None) -> type[StoragePeerService]:
+    """The service class to run for ``fault`` (None: the normal peer)."""
+    if fault is None:
+        return StoragePeerService
+    logger.warning(
+        "fault injection active fault=%s: this peer serves wrong data on purpose (testing only)",
+        fault,
+    )
+    return CorruptSliversPeer
