@@ -62,6 +62,18 @@ def _read_file_bytes(path: str) -> tuple[bytes | mmap.mmap, int]:
         raise UsageError(f"{path}: cannot read ({error.strerror})") from error
 
 
+def _close_mapping(data: bytes | mmap.mmap) -> None:
+    """Unmap a file from :func:`_read_file_bytes`, if it can be unmapped now.
+
+    After a failure, the traceback still holds frames whose views point into the mapping, and
+    ``mmap.close`` then raises ``BufferError``, which would replace the real error with a
+    traceback. The mapping is then released with its last reference instead.
+    """
+    if isinstance(data, mmap.mmap):
+        with contextlib.suppress(BufferError):
+            data.close()
+
+
 def _command_blob_id(arguments: argparse.Namespace) -> int:
     from walrus_p2p.core.encoding import EncodingConfig
     from walrus_p2p.core.metadata import blob_id_of
@@ -72,8 +84,7 @@ def _command_blob_id(arguments: argparse.Namespace) -> int:
     try:
         blob_id = blob_id_of(memoryview(data), config)
     finally:
-        if isinstance(data, mmap.mmap):
-            data.close()
+        _close_mapping(data)
     text = blob_id_to_text(blob_id)
     if arguments.json:
         print(
@@ -179,6 +190,7 @@ def _command_genesis_create(arguments: argparse.Namespace) -> int:
         genesis_time=int(arguments.genesis_time if arguments.genesis_time else time.time()),
         epoch_duration_seconds=arguments.epoch_duration,
         max_shards_per_peer=arguments.max_shards_per_peer,
+        bootstrap=arguments.bootstrap,
     )
     if arguments.output == "-":
         print(text, end="")
@@ -284,8 +296,7 @@ def _command_store(arguments: argparse.Namespace) -> int:
                 )
             finally:
                 bar.close()
-                if isinstance(data, mmap.mmap):
-                    data.close()
+                _close_mapping(data)
             outcome_json = store_outcome_json(outcome)
             entry = {"path": path, **outcome_json}
             results.append(entry)
@@ -449,21 +460,56 @@ def _command_delete(arguments: argparse.Namespace) -> int:
 
 
 def _command_info(arguments: argparse.Namespace) -> int:
-    from walrus_p2p.core.committee import max_faulty, quorum_threshold
+    """The current committee, verified from genesis through the epoch records of a live peer.
+
+    A light peer fetches the chain of epoch records from one reachable storage peer and checks
+    every record's quorum of signatures from the genesis committee on (client/committee.py).
+    With ``--offline``, or if no peer answers, the genesis committee is shown and
+    ``verified`` is false.
+    """
+    from walrus_p2p.core.committee import max_faulty, quorum_threshold, validity_threshold
     from walrus_p2p.node.config import load_genesis
 
+    configure_logging(arguments.log_level)
     genesis = load_genesis(_genesis_path(arguments))
     committee = genesis.committee
+    start_time = genesis.genesis_time
+    verified = False
+    problem: str | None = "offline" if arguments.offline else None
+    if not arguments.offline:
+        import trio
+
+        from walrus_p2p.client.committee import refresh_committee
+        from walrus_p2p.client.network import open_light_peer
+
+        async def fetch() -> tuple[Any, int, str | None]:
+            async with open_light_peer(genesis, verify_chain=False) as light:
+                try:
+                    await refresh_committee(light)
+                except WalrusError as error:
+                    return light.committee, 0, str(error)
+                start = light.chain[-1].value.start_time if light.chain else genesis.genesis_time
+                return light.committee, start, None
+
+        committee, start_time, problem = trio.run(fetch)
+        verified = problem is None
     epoch = int(committee.epoch)
-    summary = {
+    n_shards = genesis.n_shards
+    summary: dict[str, Any] = {
         "network": genesis.network,
         "networkId": genesis.network_id_text,
         "epoch": epoch,
+        "verified": verified,
+        "epochStart": start_time,
         "epochEnd": genesis.epoch_start(epoch + 1),
         "epochDurationSeconds": genesis.epoch_duration_seconds,
-        "shards": genesis.n_shards,
-        "f": max_faulty(genesis.n_shards),
-        "quorum": quorum_threshold(genesis.n_shards),
+        "scheduledEpoch": int(genesis.scheduled_epoch(int(time.time()))),
+        "n": n_shards,
+        "shards": n_shards,
+        "f": max_faulty(n_shards),
+        "quorum": quorum_threshold(n_shards),
+        "validity": validity_threshold(n_shards),
+        "maxShardsPerPeer": genesis.max_shards_per_peer,
         "committee": [
             {
                 "peerId": member.peer_id,
@@ -476,23 +522,52 @@ def _command_info(arguments: argparse.Namespace) -> int:
         "limits": {
             "maxBlobSize": genesis.limits.max_blob_size,
             "maxSliverSize": genesis.limits.max_sliver_size,
+            "maxFrameSize": genesis.limits.max_frame_size,
+            "maxGossipMessageSize": genesis.limits.max_gossip_message_size,
             "maxEpochsAhead": genesis.limits.max_epochs_ahead,
         },
     }
+    if problem is not None:
+        summary["unverifiedReason"] = problem
     if arguments.json:
         _print_json(summary)
         return EXIT_OK
     print(f"network {summary['network']} ({summary['networkId']})")
+    how = "verified from genesis" if verified else f"NOT verified ({problem}): genesis committee"
+    print(f"epoch {epoch} ({how}); started {start_time}, ends {summary['epochEnd']} (unix)")
     print(
-        f"epoch {epoch} ends at {summary['epochEnd']} (unix); n={summary['shards']} "
-        f"f={summary['f']} quorum={summary['quorum']} shards"
+        f"n={n_shards} f={summary['f']} quorum={summary['quorum']} "
+        f"validity={summary['validity']} shards; max shards per peer "
+        f"{genesis.max_shards_per_peer or n_shards}"
     )
-    for entry in summary["committee"]:  # type: ignore[attr-defined]
+    limits = summary["limits"]
+    print(
+        f"limits: blob {limits['maxBlobSize']} B, sliver {limits['maxSliverSize']} B, "
+        f"frame {limits['maxFrameSize']} B, {limits['maxEpochsAhead']} epochs ahead"
+    )
+    for entry in summary["committee"]:
+        shards = ",".join(str(shard) for shard in entry["shards"]) or "-"
         print(
-            f"  {entry['peerId']} weight={entry['weight']} shards={len(entry['shards'])} "
+            f"  {entry['peerId']} weight={entry['weight']} shards={shards} "
             f"{' '.join(entry['addresses'])}"
         )
     return EXIT_OK
+
+
+def _gateway_limits(arguments: argparse.Namespace) -> tuple[int, int]:
+    """``--max-concurrent-writes`` and ``--max-concurrent-reads``, defaulting to the gateway's."""
+    from walrus_p2p.api import DEFAULT_MAX_CONCURRENT_READS, DEFAULT_MAX_CONCURRENT_WRITES
+
+    limits = []
+    for name, default in (
+        ("max_concurrent_writes", DEFAULT_MAX_CONCURRENT_WRITES),
+        ("max_concurrent_reads", DEFAULT_MAX_CONCURRENT_READS),
+    ):
+        value: int | None = getattr(arguments, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        limits.append(default if value is None else value)
+    return limits[0], limits[1]
 
 
 def _command_serve(arguments: argparse.Namespace) -> int:
@@ -506,11 +581,18 @@ def _command_serve(arguments: argparse.Namespace) -> int:
     genesis = load_genesis(_genesis_path(arguments))
     owner, _ = ensure_identity(_key_dir(arguments))
 
+    writes, reads = _gateway_limits(arguments)
+
     async def main_task() -> None:
         async with open_client(genesis, owner) as client, trio.open_nursery() as nursery:
             urls = await nursery.start(
                 functools.partial(
-                    serve_gateway, client, arguments.bind, max_body=arguments.max_body
+                    serve_gateway,
+                    client,
+                    arguments.bind,
+                    max_body=arguments.max_body,
+                    max_concurrent_writes=writes,
+                    max_concurrent_reads=reads,
                 )
             )
             print(f"gateway listening on {' '.join(urls)}", file=sys.stderr, flush=True)
@@ -530,12 +612,15 @@ def _command_devnet(arguments: argparse.Namespace) -> int:
     for path in demo_files:
         if not path.is_file():
             raise UsageError(f"{path}: no such file")
+    writes, reads = _gateway_limits(arguments)
     options = DevnetOptions(
         directory=Path(arguments.dir).resolve(),
         peers=arguments.peers,
         shards=arguments.shards,
         epoch_duration=arguments.epoch_duration,
         http=arguments.http,
+        max_concurrent_writes=writes,
+        max_concurrent_reads=reads,
     )
     if not 1 <= options.peers <= options.shards:
         raise UsageError("--peers must be between 1 and --shards")
@@ -612,6 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--epoch-duration", type=int, default=86400, metavar="SECONDS")
     create.add_argument("--genesis-time", type=int, default=None, metavar="UNIX_SECONDS")
     create.add_argument("--max-shards-per-peer", type=int, default=None)
+    create.add_argument(
+        "--bootstrap",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="an entry point for the genesis bootstrap list: /.../tcp/<port>/p2p/<peer id>",
+    )
     create.add_argument("--output", "-o", default="-", metavar="FILE")
     create.add_argument("--force", action="store_true")
     create.add_argument("--json", action="store_true")
@@ -635,6 +727,20 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--json", action="store_true", help="print JSON for scripts")
         command.add_argument(
             "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+        )
+
+    def gateway_limits(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--max-concurrent-writes",
+            type=int,
+            metavar="N",
+            help="stores in flight at once, more are refused with 429 (default 8)",
+        )
+        command.add_argument(
+            "--max-concurrent-reads",
+            type=int,
+            metavar="N",
+            help="reads in flight at once, more are refused with 429 (default 32)",
         )
 
     store = commands.add_parser("store", help="store files as blobs")
@@ -673,11 +779,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="network id, epoch, committee and limits")
     client_options(info)
+    info.add_argument(
+        "--offline",
+        action="store_true",
+        help="show the genesis committee without asking any peer for the epoch chain",
+    )
     info.set_defaults(handler=_command_info)
 
     serve = commands.add_parser("serve", help="run the HTTP gateway (publisher + aggregator)")
     serve.add_argument("--bind", default="127.0.0.1:31415", metavar="HOST:PORT")
     serve.add_argument("--max-body", type=int, default=64 * 2**20, metavar="BYTES")
+    gateway_limits(serve)
     client_options(serve)
     serve.set_defaults(handler=_command_serve)
 
@@ -697,6 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="once ready, store FILE through the network and read it back",
     )
     devnet.add_argument("--exit-after-demo", action="store_true")
+    gateway_limits(devnet)
     devnet.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
@@ -723,18 +836,48 @@ def _exit_code_of(error: WalrusError) -> int:
     return EXIT_FAILED
 
 
+def _sole_walrus_error(group: BaseExceptionGroup[BaseException]) -> WalrusError | None:
+    """The one ``WalrusError`` inside a trio exception group (cancellations aside), or None.
+
+    An error raised while a peer starts (its port taken, say) crosses the runner's nursery and
+    comes out wrapped; it deserves the same one-line report as any other ``WalrusError``.
+    """
+    import trio
+
+    pending: list[BaseException] = [group]
+    found: list[BaseException] = []
+    while pending:
+        error = pending.pop()
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        elif not isinstance(error, trio.Cancelled):
+            found.append(error)
+    if len(found) == 1 and isinstance(found[0], WalrusError):
+        return found[0]
+    return None
+
+
+def _report(error: WalrusError) -> int:
+    if isinstance(error, UsageError | ConfigError):
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"error: {error} ({error.reason})", file=sys.stderr)
+    return _exit_code_of(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     arguments = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = arguments.handler
     try:
         return handler(arguments)
-    except (UsageError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
     except WalrusError as error:
-        print(f"error: {error} ({error.reason})", file=sys.stderr)
-        return _exit_code_of(error)
+        return _report(error)
+    except BaseExceptionGroup as group:
+        sole = _sole_walrus_error(group)
+        if sole is None:
+            raise
+        return _report(sole)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

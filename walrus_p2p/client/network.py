@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -19,7 +20,8 @@ import trio
 from walrus_p2p.core import wire
 from walrus_p2p.core.committee import Committee
 from walrus_p2p.core.genesis import Genesis
-from walrus_p2p.errors import NetworkError, RequestTimeoutError, WalrusError
+from walrus_p2p.core.records import EpochRecord
+from walrus_p2p.errors import NetworkError, RequestTimeoutError, VerificationError, WalrusError
 from walrus_p2p.net.discovery import Discovery, DiscoveryConfig, open_discovery
 from walrus_p2p.net.host import Host, HostConfig, open_host
 from walrus_p2p.net.names import protocol_id
@@ -30,6 +32,8 @@ logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=wire.Message)
 
 STORAGE_PROTOCOL = "storage"
+REFRESH_INTERVAL = 30.0
+"""Seconds between two re-verifications of the epoch chain by a long-running light peer."""
 FRAME_OVERHEAD = 64 * 1024
 
 
@@ -41,6 +45,12 @@ class LightPeer:
         self.genesis = genesis
         self.discovery = discovery
         self.committee: Committee = genesis.committee
+        # The verified epoch chain (client/committee.py): records of epochs 1.., and every
+        # committee it names, so older certificates and the previous shard owners stay known.
+        self.chain: list[EpochRecord] = []
+        self.committees: dict[int, Committee] = {0: genesis.committee}
+        self._last_refresh: float | None = None
+        self._refreshed_for = -1
         self.protocol = protocol_id(genesis.network_id_text, STORAGE_PROTOCOL)
         max_sliver = genesis.limits.max_sliver_size or wire.DEFAULT_LIMITS.max_sliver_size
         self.limits = wire.WireLimits(max_sliver_size=max_sliver, max_symbol_size=max_sliver)
@@ -53,10 +63,64 @@ class LightPeer:
     def epoch(self) -> int:
         return int(self.committee.epoch)
 
+    def committee_of(self, epoch: int) -> Committee | None:
+        """The verified committee of an epoch, or None if the chain does not reach it."""
+        return self.committees.get(int(epoch))
+
+    def addresses_of(self, peer_id: PeerId) -> list[str]:
+        """The addresses the newest committee naming ``peer_id`` lists for it."""
+        for epoch in sorted(self.committees, reverse=True):
+            committee = self.committees[epoch]
+            if peer_id in committee:
+                return list(committee.member(peer_id).addresses)
+        return []
+
+    def adopt_record(self, record: EpochRecord) -> None:
+        """Extend the chain with the next epoch's record; ``VerificationError`` unless it is
+        certified by a quorum of the current committee and starts later than the one before."""
+        record.verify(self.committee, self.genesis.network_id)
+        if self.chain and record.value.start_time <= self.chain[-1].value.start_time:
+            raise VerificationError(f"epoch record {record.epoch} does not start later")
+        self.chain.append(record)
+        self.committee = record.committee
+        self.committees[int(record.epoch)] = self.committee
+
+    async def refresh_if_stale(self, *, min_interval: float = REFRESH_INTERVAL) -> None:
+        """Re-fetch and verify the epoch chain when the genesis schedule says a newer epoch
+        should exist: at once when the scheduled epoch moved since the last refresh, else at most
+        once per ``min_interval`` (the network may be late). A long-running client (the gateway)
+        so follows epoch changes. Failures are logged; the committee stays as it was."""
+        scheduled = int(self.genesis.scheduled_epoch(int(time.time())))
+        if scheduled <= self.epoch:
+            return
+        now = trio.current_time()
+        if (
+            self._last_refresh is not None
+            and scheduled == self._refreshed_for
+            and now - self._last_refresh < min_interval
+        ):
+            return
+        self._last_refresh, self._refreshed_for = now, scheduled
+        from walrus_p2p.client.committee import refresh_committee
+
+        try:
+            await refresh_committee(self)
+        except WalrusError as error:
+            logger.info("epoch chain refresh failed epoch=%d error=%s", self.epoch, error)
+
+    def holders_of(self, shard: int) -> list[PeerId]:
+        """Who to ask for a shard's slivers: its owner now, then its owner one epoch before
+        (design §5: reads of older blobs go to the old committee during a change)."""
+        holders = [self.committee.peer_of(shard)]
+        previous = self.committees.get(self.epoch - 1)
+        if previous is not None and previous.peer_of(shard) not in holders:
+            holders.append(previous.peer_of(shard))
+        return holders
+
     async def _ensure_connected(self, peer_id: PeerId, timeout: float) -> None:
         if self.host.is_connected(peer_id):
             return
-        addresses = list(self.committee.member(peer_id).addresses)
+        addresses = self.addresses_of(peer_id)
         try:
             await self.host.connect(peer_id, addresses, timeout=timeout)
             return
@@ -110,9 +174,14 @@ class LightPeer:
 
 @asynccontextmanager
 async def open_light_peer(
-    genesis: Genesis, *, seed: bytes | None = None
+    genesis: Genesis, *, seed: bytes | None = None, verify_chain: bool = True
 ) -> AsyncIterator[LightPeer]:
-    """Start a light peer (a fresh identity unless ``seed`` is given) for the network."""
+    """Start a light peer (a fresh identity unless ``seed`` is given) for the network.
+
+    With ``verify_chain`` it first fetches the epoch records from a storage peer and verifies
+    them from genesis (client/committee.py), so it works with the current committee; if no peer
+    answers it keeps the genesis committee (and logs why).
+    """
     config = HostConfig(
         seed=seed or secrets.token_bytes(32), listen_addrs=("/ip4/127.0.0.1/tcp/0",)
     )
@@ -120,4 +189,14 @@ async def open_light_peer(
         open_host(config) as host,
         open_discovery(host, DiscoveryConfig(mode="client", refresh_interval=None)) as discovery,
     ):
-        yield LightPeer(host, genesis, discovery)
+        light = LightPeer(host, genesis, discovery)
+        if verify_chain:
+            from walrus_p2p.client.committee import refresh_committee
+
+            light._last_refresh = trio.current_time()
+            light._refreshed_for = int(genesis.scheduled_epoch(int(time.time())))
+            try:
+                await refresh_committee(light)
+            except WalrusError as error:
+                logger.warning("epoch chain not verified, using epoch %d: %s", light.epoch, error)
+        yield light

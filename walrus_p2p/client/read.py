@@ -113,13 +113,14 @@ async def fetch_metadata(light: LightPeer, blob_id: BlobId, *, timeout: float) -
     )
 
 
-def _holder(
+def _holders(
     light: LightPeer, blob_id: BlobId, sliver_type: SliverType, index: int
-) -> tuple[PeerId, int]:
-    """The peer holding sliver ``index`` of ``sliver_type``, and the pair it belongs to."""
+) -> tuple[list[PeerId], int]:
+    """Peers to ask for sliver ``index``, in order (owner now, then one epoch before), and its
+    pair."""
     n_shards = light.committee.n_shards
     pair = index if sliver_type is SliverType.PRIMARY else n_shards - 1 - index
-    return light.committee.peer_of(pair_to_shard(blob_id, pair, n_shards)), pair
+    return light.holders_of(pair_to_shard(blob_id, pair, n_shards)), pair
 
 
 async def fetch_slivers(
@@ -144,9 +145,14 @@ async def fetch_slivers(
     queue = list(candidates)
 
     async def fetch_one(index: int) -> None:
-        peer_id, pair = _holder(light, blob_id, sliver_type, index)
-        if peer_id in bad_peers:
-            return
+        # During an epoch change the shard's new owner may not hold the sliver yet: fall back
+        # to its owner in the previous epoch (design §5 transition rule, LightPeer.holders_of).
+        holders, pair = _holders(light, blob_id, sliver_type, index)
+        for peer_id in holders:
+            if peer_id not in bad_peers and await fetch_from(peer_id, index, pair):
+                return
+
+    async def fetch_from(peer_id: PeerId, index: int, pair: int) -> bool:
         try:
             reply = await light.call(
                 peer_id,
@@ -165,7 +171,7 @@ async def fetch_slivers(
                 index,
                 error,
             )
-            return
+            return False
         except WalrusError as error:
             logger.info(
                 "sliver fetch failed blob=%s peer=%s sliver=%s/%d reason=%s",
@@ -175,8 +181,9 @@ async def fetch_slivers(
                 index,
                 error.reason,
             )
-            return
+            return False
         got[index] = reply.data
+        return True
 
     async def worker(nursery: trio.Nursery) -> None:
         while queue and len(got) < needed:

@@ -65,7 +65,8 @@ async def push_records(
 
 def _committee_lookup(light: LightPeer) -> records.CommitteeLookup:
     def lookup(epoch: Epoch) -> Committee | None:
-        return light.committee if epoch == light.committee.epoch else None
+        # Any epoch of the verified chain (client/committee.py), not only the current one.
+        return light.committee_of(epoch)
 
     return lookup
 

@@ -62,6 +62,7 @@ class WalrusClient:
         permanent: bool,
         progress: ProgressCallback | None = None,
     ) -> StoreOutcome:
+        await self.light.refresh_if_stale()
         return await store_blob(
             self.light,
             self.owner,
@@ -73,12 +74,15 @@ class WalrusClient:
         )
 
     async def read(self, blob_id: BlobId, *, strict: bool = False) -> bytes:
+        await self.light.refresh_if_stale()
         return await read_blob(self.light, blob_id, strict=strict, options=self.read_options)
 
     async def read_range(self, blob_id: BlobId, start: int, length: int) -> bytes:
+        await self.light.refresh_if_stale()
         return await read_range(self.light, blob_id, start, length, options=self.read_options)
 
     async def blob_status(self, blob_id: BlobId) -> BlobStatus:
+        await self.light.refresh_if_stale()
         state = await fetch_blob_state(self.light, blob_id)
         if state is None:
             raise WalrusError("no storage peer answered", reason="NOT_ENOUGH_PEERS")

@@ -206,9 +206,7 @@ def evidence_from_proof(proof: InconsistencyProof) -> InconsistencyEvidence:
         target_kind=kind,
         target_index=proof.target_index,
         symbols=tuple(
-            ProofSymbol(
-                source_index=item.source_index, symbol=item.symbol, proof=tuple(item.proof)
-            )
+            ProofSymbol(source_index=item.source_index, symbol=item.symbol, proof=tuple(item.proof))
             for item in proof.symbols
         ),
     )

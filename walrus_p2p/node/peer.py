@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import blake3
 import trio
@@ -55,9 +55,14 @@ from walrus_p2p.net.gossip import Gossip, GossipMessage, open_gossip
 from walrus_p2p.net.host import Host, HostConfig, open_host
 from walrus_p2p.net.names import protocol_id, topic
 from walrus_p2p.net.rpc import HandlerLimits
+from walrus_p2p.node.epochs import EpochOptions, EpochService
+from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.metrics import PeerMetrics, build_metrics_app, serve_http
 from walrus_p2p.storage import BlobState, BlobStore
 from walrus_p2p.types import BlobId, Epoch, PeerId, SliverKind, short_id
+
+if TYPE_CHECKING:
+    from walrus_p2p.node.healing import HealingService
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +124,13 @@ class PeerOptions:
     request_timeout: float = 120.0
     max_concurrent_requests: int = 32
     bootstrap: tuple[str, ...] = field(default_factory=tuple)
+    healing: HealingOptions = field(default_factory=HealingOptions)
+    epochs: EpochOptions = field(default_factory=EpochOptions)
+
+
+RecordListener = Callable[[BlobId, records.BlobState], None]
+"""Called (synchronously, must not block) after new records of a blob were merged."""
+RequestHandler = Callable[[Any, PeerId], Awaitable[Any]]
 
 
 class StoragePeerService:
@@ -145,10 +157,15 @@ class StoragePeerService:
         self._started_monotonic = time.monotonic()
         self._blob_states: dict[BlobId, records.BlobState] = {}
         self._records_lock = trio.Lock()
+        self._extra_handlers: dict[type[wire.Message], RequestHandler] = {}
+        self.record_listeners: list[RecordListener] = []
+        self.healing: HealingService | None = None
         self.gossip: Gossip | None = None
         self.records_topic = topic(genesis.network_id_text, RECORDS_TOPIC)
         self._announce: list[bytes] = []
         self._announce_ready = trio.Event()
+        # Epoch changes and epoch-record sync (node/epochs.py); registers its request handler.
+        self.epochs = EpochService(self, options.epochs)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -179,6 +196,11 @@ class StoragePeerService:
                     max_concurrent=self.options.max_concurrent_requests,
                 ),
             )
+            # Imported here: the healing services build on this module (node/healing.py).
+            from walrus_p2p.node.healing import HealingService
+
+            healing = HealingService(self, self.options.healing)
+            self.healing = healing
             if self.options.metrics_bind:
                 app = build_metrics_app(self.metrics, self.health)
                 await nursery.start(serve_http, app, self.options.metrics_bind)
@@ -192,8 +214,12 @@ class StoragePeerService:
                 subscription = await gossip.subscribe(self.records_topic)
                 nursery.start_soon(self._join, discovery)
                 nursery.start_soon(self._watch_connections)
+                nursery.start_soon(healing.run)
                 nursery.start_soon(self._read_records_gossip, subscription)
                 nursery.start_soon(self._publish_records_gossip)
+                if self.options.epochs.enabled:
+                    # Catches up with the epoch chain (bounded) before the peer reports started.
+                    await nursery.start(self.epochs.run)
                 logger.info(
                     "peer serving peer=%s network=%s shards=%d addrs=%s",
                     self.peer_id[:12],
@@ -259,13 +285,15 @@ class StoragePeerService:
     async def handle_request(self, payload: bytes, remote: PeerId) -> bytes:
         """Decode, dispatch, encode. Errors propagate to the rpc layer, which sends the reason."""
         try:
-            request = wire.decode(payload, REQUEST_TYPES, limits=self.limits)
+            request = wire.decode(
+                payload, REQUEST_TYPES + tuple(self._extra_handlers), limits=self.limits
+            )
         except WireError:
             self.metrics.requests.labels(type="malformed", outcome="WIRE_MALFORMED").inc()
             self.metrics.errors.labels(reason="WIRE_MALFORMED").inc()
             raise
         kind = type(request).__name__
-        handler = self._handlers()[type(request)]
+        handler = self._handlers().get(type(request)) or self._extra_handlers[type(request)]
         try:
             reply = await handler(request, remote)
         except WalrusError as error:
@@ -281,6 +309,12 @@ class StoragePeerService:
             raise
         self.metrics.requests.labels(type=kind, outcome="ok").inc()
         return wire.encode(reply, limits=self.limits)
+
+    def add_handler(self, message_type: type[wire.Message], handler: RequestHandler) -> None:
+        """Serve one more request type (healing services add theirs before the peer starts)."""
+        if message_type in REQUEST_TYPES or message_type in self._extra_handlers:
+            raise ValueError(f"{message_type.__name__} already has a handler")
+        self._extra_handlers[message_type] = handler
 
     def _handlers(self) -> dict[type[wire.Message], Callable[[Any, PeerId], Awaitable[Any]]]:
         return {
@@ -457,7 +491,9 @@ class StoragePeerService:
     # -- blob records -------------------------------------------------------------------
 
     def _committee_of(self, epoch: Epoch) -> Committee | None:
-        return self.committee if epoch == self.committee.epoch else None
+        if epoch == self.committee.epoch:
+            return self.committee
+        return self.epochs.committee_of(epoch)
 
     def _load_records(self, blob_id: BlobId) -> list[bytes]:
         prefix = bytes(blob_id)
@@ -520,6 +556,9 @@ class StoragePeerService:
                     invalid=state.is_invalid,
                 )
                 await self._in_thread(self.store.set_blob_state, blob_id, summary)
+        if accepted:
+            for listener in self.record_listeners:
+                listener(blob_id, state)
         return accepted
 
     def _is_announcer(self, blob_id: BlobId) -> bool:

@@ -1,0 +1,133 @@
+"""The epochs-topic validator of the epoch service: what is relayed, dropped, or hints a sync.
+
+No network: the service is built on a stub peer (the validator reads only the committee, the
+genesis and the chain), and messages are handed to it as gossip would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from walrus_p2p.core import wire
+from walrus_p2p.core.committee import Committee
+from walrus_p2p.core.consensus import Vote
+from walrus_p2p.core.epochs import propose_next
+from walrus_p2p.core.genesis import Genesis
+from walrus_p2p.core.identity import Identity
+from walrus_p2p.core.records import (
+    PRECOMMIT_CONTEXT,
+    PREVOTE_CONTEXT,
+    Candidacy,
+    EpochCertificate,
+    EpochRecord,
+    Signature,
+    VoteBody,
+    VoteKind,
+)
+from walrus_p2p.net.gossip import GossipMessage
+from walrus_p2p.node.epochs import EpochOptions, EpochService
+from walrus_p2p.testing.epochs import epoch_genesis
+from walrus_p2p.types import Epoch, PeerId
+
+PEERS = [Identity.from_seed(bytes([9, index]) * 16) for index in range(4)]
+OUTSIDER = Identity.from_seed(bytes([9, 99]) * 16)
+
+
+class StubPeer:
+    def __init__(self, genesis: Genesis) -> None:
+        self.genesis = genesis
+        self.committee: Committee = genesis.committee
+        self.identity = PEERS[0]
+        self.peer_id = PEERS[0].peer_id
+        self.host = None
+        self.options = dataclasses.make_dataclass("Options", [("announce_addrs", Any)])(None)
+        self.handlers: dict[type, Any] = {}
+
+    def add_handler(self, message_type: type, handler: Any) -> None:
+        self.handlers[message_type] = handler
+
+
+def make_service() -> tuple[EpochService, Genesis]:
+    genesis = epoch_genesis(
+        PEERS,
+        [f"/ip4/127.0.0.1/tcp/{4000 + index}" for index in range(4)],
+        network="gossip-rules",
+        n_shards=8,
+        epoch_seconds=60,
+    )
+    service = EpochService(StubPeer(genesis), EpochOptions())  # type: ignore[arg-type]
+    return service, genesis
+
+
+def gossip(message: wire.Message, origin: PeerId = PEERS[1].peer_id) -> GossipMessage:
+    return GossipMessage(
+        topic="t", data=wire.encode(message), origin=origin, forwarder=origin, seqno=1
+    )
+
+
+def vote(signer: Identity, network_id: bytes, epoch: int, value_id: bytes | None = None) -> Vote:
+    body = VoteBody(VoteKind.PREVOTE, network_id, Epoch(epoch), 0, value_id)
+    return Vote(body, signer.peer_id, signer.sign(PREVOTE_CONTEXT, wire.signing_bytes(body)))
+
+
+def certified(genesis: Genesis, signers: list[Identity]) -> EpochRecord:
+    value = propose_next(genesis, genesis.committee, {})
+    body = VoteBody(VoteKind.PRECOMMIT, genesis.network_id, Epoch(1), 0, value.value_id())
+    precommits = [
+        Signature(s.peer_id, s.sign(PRECOMMIT_CONTEXT, wire.signing_bytes(body))) for s in signers
+    ]
+    return EpochRecord(value, EpochCertificate(round=0, precommits=tuple(precommits)))
+
+
+def test_candidacies_must_verify_and_be_fresh() -> None:
+    service, genesis = make_service()
+
+    def candidacy(ident: Identity, epoch: int, network_id: bytes = genesis.network_id) -> Candidacy:
+        return Candidacy.create(
+            ident, network_id=network_id, epoch=epoch, addresses=[], weight=1, capacity=1
+        )
+
+    assert service._validate_gossip(gossip(candidacy(OUTSIDER, 1)))
+    assert not service._validate_gossip(gossip(candidacy(OUTSIDER, 3)))  # too far ahead
+    assert not service._validate_gossip(gossip(candidacy(OUTSIDER, 1, bytes(32))))
+    forged = dataclasses.replace(candidacy(OUTSIDER, 1), signature=bytes(64))
+    assert not service._validate_gossip(gossip(forged))
+    assert not service._validate_gossip(
+        GossipMessage(
+            topic="t",
+            data=b"\xff" * 10,
+            origin=PEERS[1].peer_id,
+            forwarder=PEERS[1].peer_id,
+            seqno=1,
+        )
+    )
+
+
+def test_votes_need_a_member_signature_for_the_next_epoch() -> None:
+    service, genesis = make_service()
+    network_id = genesis.network_id
+    assert service._validate_gossip(gossip(vote(PEERS[1], network_id, 1)))
+    assert not service._validate_gossip(gossip(vote(OUTSIDER, network_id, 1)))
+    forged = dataclasses.replace(vote(PEERS[1], network_id, 1), signature=bytes(64))
+    assert not service._validate_gossip(gossip(forged))
+    assert not service._validate_gossip(gossip(vote(PEERS[1], bytes(32), 1)))
+    # A vote of a later agreement: not relayed, but its origin is asked for the records.
+    assert not service._sync_wanted.is_set()
+    assert not service._validate_gossip(gossip(vote(PEERS[2], network_id, 3), PEERS[2].peer_id))
+    assert service._sync_wanted.is_set()
+    assert service._hinted == {PEERS[2].peer_id: 2}
+
+
+def test_records_need_a_quorum_of_the_current_committee() -> None:
+    service, genesis = make_service()
+    good = certified(genesis, PEERS[:3])  # 6 of 8 shards
+    assert service._validate_gossip(gossip(good))
+    assert not service._validate_gossip(gossip(certified(genesis, PEERS[:2])))  # 4 of 8
+    tampered = dataclasses.replace(
+        good, value=dataclasses.replace(good.value, start_time=good.value.start_time + 1)
+    )
+    assert not service._validate_gossip(gossip(tampered))
+    later = dataclasses.replace(good, value=dataclasses.replace(good.value, epoch=Epoch(4)))
+    assert not service._validate_gossip(gossip(later, PEERS[3].peer_id))
+    assert service._hinted.get(PEERS[3].peer_id) == 4

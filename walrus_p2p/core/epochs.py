@@ -1,0 +1,239 @@
+"""Epoch changes around the agreement: what a peer proposes, what it accepts, and the sync messages.
+
+Owner: the application rules of an epoch change (design §5, ``docs/epochs.md``), kept pure so
+that every peer computes the same thing from the same inputs. :mod:`walrus_p2p.core.consensus`
+decides *one* value; this module says which values an honest peer proposes and prevotes:
+
+- :func:`member_weight` -- the single source of a member's weight: a genesis member keeps its
+  genesis weight, any other candidate gets at most the smallest genesis weight (a newcomer cannot
+  buy a majority of shards by declaring a large weight);
+- :func:`propose_next` -- the committee of epoch e+1 from the verified candidacies a peer has
+  seen: members of epoch e that renewed their candidacy during e (a member that nobody heard
+  from for the whole epoch is dropped), plus new candidates; D'Hondt with the genesis cap and
+  minimal moves from epoch e; start time ``genesis.epoch_start(e+1)``;
+- :func:`check_next` -- the ``validate`` callback: the start time is the scheduled one, weights
+  come from :func:`member_weight`, the shard map is exactly D'Hondt with minimal moves for the
+  proposed members, and every newcomer has a candidacy this peer verified. It does not judge
+  which members were dropped (that depends on what each peer heard): a faulty proposer can
+  drop live members for one epoch, never add unknown keys or skew the shard map.
+
+The sync messages (:class:`GetEpochRecordsRequest` / :class:`GetEpochRecordsReply`, type ids
+65/66) let a peer or light peer fetch the epoch records it lacks over a stream; the asker verifies
+the chain itself (:func:`walrus_p2p.core.records.verify_epoch_chain`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated
+
+from walrus_p2p.core import wire
+from walrus_p2p.core.committee import Committee, Member, is_quorum
+from walrus_p2p.core.genesis import Genesis
+from walrus_p2p.core.records import Candidacy, EpochNumber, EpochRecord, EpochValue
+from walrus_p2p.core.wire import BytesSpec, IntSpec, ListSpec, Message, register
+from walrus_p2p.errors import ConfigError, VerificationError, WireError
+from walrus_p2p.types import Epoch, PeerId
+
+MAX_EPOCH_RECORD_SIZE = 256 * 1024
+"""256 members with 8 addresses each and 256 precommits stay well under this."""
+MAX_EPOCH_RECORDS_PER_REPLY = 32
+"""Records per sync reply; the asker pages with ``from_epoch``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sync messages
+
+
+@register(65)
+@dataclass(frozen=True, slots=True)
+class GetEpochRecordsRequest(Message):
+    """Ask for the epoch records of epochs ``from_epoch`` .. (at most ``limit`` of them)."""
+
+    from_epoch: EpochNumber
+    limit: Annotated[int, IntSpec(1, MAX_EPOCH_RECORDS_PER_REPLY)]
+
+
+EncodedEpochRecords = Annotated[
+    tuple[bytes, ...],
+    ListSpec(
+        BytesSpec(min_length=1, max_length=MAX_EPOCH_RECORD_SIZE), MAX_EPOCH_RECORDS_PER_REPLY
+    ),
+]
+
+
+@register(66)
+@dataclass(frozen=True, slots=True)
+class GetEpochRecordsReply(Message):
+    """Consecutive records from the requested epoch on (each its canonical encoding), and the
+    latest epoch the serving peer knows: the asker pages until it reaches ``latest_epoch``."""
+
+    records: EncodedEpochRecords
+    latest_epoch: EpochNumber
+
+
+def decode_epoch_records(encoded: tuple[bytes, ...]) -> list[EpochRecord]:
+    """Decode records of a sync reply; ``WireError`` on anything malformed."""
+    return [wire.decode(item, EpochRecord) for item in encoded]
+
+
+# --------------------------------------------------------------------------------------------
+# Weights and proposals
+
+
+def newcomer_weight_cap(genesis: Genesis) -> int:
+    """The largest weight a peer outside the genesis committee can have: the smallest positive
+    genesis weight."""
+    weights = [member.weight for member in genesis.members if member.weight > 0]
+    return min(weights) if weights else 1
+
+
+def member_weight(genesis: Genesis, peer_id: PeerId, declared: int) -> int:
+    """The weight a member gets in every committee after genesis (the one weight source).
+
+    Genesis members keep their genesis weight whatever they declare; others get what they
+    declare, capped at :func:`newcomer_weight_cap`.
+    """
+    if peer_id in genesis.committee:
+        return genesis.committee.member(peer_id).weight
+    return max(0, min(declared, newcomer_weight_cap(genesis)))
+
+
+def is_renewed(candidacy: Candidacy | None, next_epoch: int) -> bool:
+    """Signed for ``next_epoch`` or later: its peer was alive during the epoch before."""
+    return candidacy is not None and candidacy.body.epoch >= next_epoch
+
+
+def propose_next(
+    genesis: Genesis,
+    current: Committee,
+    candidacies: Mapping[PeerId, Candidacy],
+    also_alive: Collection[PeerId] = (),
+) -> EpochValue:
+    """The value this peer proposes for epoch ``current.epoch + 1``.
+
+    ``candidacies`` are verified, the latest per peer. Members of ``current`` stay if they renewed
+    their candidacy for the next epoch or are in ``also_alive`` (the caller heard from them during
+    the epoch in another way: a connection, a signed message); candidates with a renewed
+    candidacy join. If that leaves
+    too few peers to fill n shards under the cap (or no quorum of the current shard weight renewed,
+    which means this peer is probably the one cut off), every current member stays.
+    """
+    next_epoch = Epoch(current.epoch + 1)
+    members: dict[PeerId, Member] = {}
+    for member in current.members:
+        candidacy = candidacies.get(member.peer_id)
+        if is_renewed(candidacy, next_epoch):
+            assert candidacy is not None
+            members[member.peer_id] = _member_of(genesis, candidacy)
+        elif member.peer_id in also_alive:
+            members[member.peer_id] = Member(
+                peer_id=member.peer_id,
+                public_key=member.public_key,
+                weight=member_weight(genesis, member.peer_id, member.weight),
+                addresses=member.addresses,
+            )
+    renewed_weight = current.shard_weight(members)
+    for peer_id, candidacy in sorted(candidacies.items()):
+        if peer_id not in members and peer_id not in current and is_renewed(candidacy, next_epoch):
+            member = _member_of(genesis, candidacy)
+            if member.weight > 0:
+                members[peer_id] = member
+    committee = None
+    if is_quorum(renewed_weight, current.n_shards):
+        committee = _try_create(genesis, next_epoch, members.values(), current)
+    if committee is None:
+        kept = {member.peer_id: member for member in current.members}
+        kept.update({peer_id: m for peer_id, m in members.items() if peer_id not in current})
+        committee = _try_create(genesis, next_epoch, kept.values(), current)
+    if committee is None:
+        committee = _try_create(genesis, next_epoch, current.members, current)
+    if committee is None:  # the current committee always fills its own shards
+        raise ConfigError(f"cannot build a committee for epoch {next_epoch}")
+    return EpochValue.from_committee(genesis.network_id, committee, genesis.epoch_start(next_epoch))
+
+
+def _member_of(genesis: Genesis, candidacy: Candidacy) -> Member:
+    member = candidacy.member()
+    return Member(
+        peer_id=member.peer_id,
+        public_key=member.public_key,
+        weight=member_weight(genesis, member.peer_id, candidacy.body.weight),
+        addresses=member.addresses,
+    )
+
+
+def _try_create(
+    genesis: Genesis, epoch: Epoch, members: Iterable[Member], previous: Committee
+) -> Committee | None:
+    try:
+        return Committee.create(
+            epoch,
+            tuple(members),
+            genesis.n_shards,
+            max_shards_per_peer=genesis.max_shards_per_peer,
+            previous=previous,
+        )
+    except ConfigError:
+        return None
+
+
+def check_next(
+    genesis: Genesis,
+    current: Committee,
+    candidacies: Mapping[PeerId, Candidacy],
+    value: EpochValue,
+) -> bool:
+    """The ``validate`` callback of the agreement for epoch ``current.epoch + 1`` (see module)."""
+    try:
+        _check_next(genesis, current, candidacies, value)
+    except (VerificationError, ConfigError, WireError):
+        return False
+    return True
+
+
+def _check_next(
+    genesis: Genesis,
+    current: Committee,
+    candidacies: Mapping[PeerId, Candidacy],
+    value: EpochValue,
+) -> None:
+    next_epoch = current.epoch + 1
+    if value.network_id != genesis.network_id or value.epoch != next_epoch:
+        raise VerificationError("value for another network or epoch")
+    if value.start_time != genesis.epoch_start(next_epoch):
+        raise VerificationError("start time is not the scheduled one")
+    committee = value.committee
+    for member in committee.members:
+        if member.peer_id not in current:
+            candidacy = candidacies.get(member.peer_id)
+            if candidacy is None or candidacy.body.public_key != member.public_key:
+                raise VerificationError(f"no candidacy known for newcomer {member.peer_id}")
+            declared = candidacy.body.weight
+        else:
+            declared = member.weight
+        if member.weight != member_weight(genesis, member.peer_id, declared) or member.weight < 1:
+            raise VerificationError(f"weight of {member.peer_id} is not its rule weight")
+    expected = Committee.create(
+        committee.epoch,
+        committee.members,
+        genesis.n_shards,
+        max_shards_per_peer=genesis.max_shards_per_peer,
+        previous=current,
+    )
+    if expected.shard_map != committee.shard_map:
+        raise VerificationError("shard map is not D'Hondt with minimal moves")
+
+
+__all__ = [
+    "MAX_EPOCH_RECORDS_PER_REPLY",
+    "GetEpochRecordsReply",
+    "GetEpochRecordsRequest",
+    "check_next",
+    "decode_epoch_records",
+    "is_renewed",
+    "member_weight",
+    "newcomer_weight_cap",
+    "propose_next",
+]
