@@ -217,10 +217,22 @@ async def _upload(
             wire.StoreMetadataReply,
             timeout=timeout,
         )
-        async with trio.open_nursery() as slivers:
-            for pair in pairs:
-                for kind in (SliverKind.PRIMARY, SliverKind.SECONDARY):
-                    slivers.start_soon(send_sliver, peer_id, pair, kind)
+        try:
+            async with trio.open_nursery() as slivers:
+                for pair in pairs:
+                    for kind in (SliverKind.PRIMARY, SliverKind.SECONDARY):
+                        slivers.start_soon(send_sliver, peer_id, pair, kind)
+        except BaseExceptionGroup as group:
+            # Strict exception groups: one failed sliver arrives wrapped. Hand `guarded` the
+            # first WalrusError so that this peer counts as failed and the store goes on with
+            # the others; anything else (cancellation, a bug) propagates unchanged.
+            matched, rest = group.split(WalrusError)
+            if matched is None or rest is not None:
+                raise
+            first: BaseException = matched
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
         reply = await light.call(
             peer_id,
             wire.GetConfirmationRequest(blob_id=blob_id, epoch=light.epoch, permanent=permanent),
