@@ -163,8 +163,10 @@ class Signature:
 
 
 Signatures = Annotated[
-    tuple[Signature, ...], ListSpec(record_spec(Signature), MAX_SHARDS, min_length=1)
+    tuple[Signature, ...],
+    ListSpec(record_spec(Signature), MAX_SHARDS, min_length=1, strictly_increasing=True),
 ]
+"""Sorted without repeats: a decoder accepts only the one canonical order."""
 
 
 def _sorted_signatures(signatures: Iterable[Signature]) -> tuple[Signature, ...]:

@@ -460,8 +460,9 @@ class OptionalSpec(FieldSpec):
 class ListSpec(FieldSpec):
     """An array of ``min_length..max_length`` items, a ``tuple`` in Python.
 
-    With ``strictly_increasing`` the items (integers or bytes) must be sorted without repeats,
-    which gives sets one canonical encoding.
+    With ``strictly_increasing`` the items (integers, bytes, or records of an ordered dataclass,
+    compared field by field) must be sorted without repeats, which gives sets one canonical
+    encoding: a decoder never accepts a reordering that re-encodes differently.
     """
 
     item: FieldSpec
@@ -472,8 +473,8 @@ class ListSpec(FieldSpec):
     def __post_init__(self) -> None:
         if not 0 <= self.min_length <= self.max_length <= 1 << 20:
             raise ValueError(f"bad list bounds {self.min_length}..{self.max_length}")
-        if self.strictly_increasing and not isinstance(self.item, IntSpec | BytesSpec):
-            raise ValueError("strictly_increasing needs integer or bytes items")
+        if self.strictly_increasing and not isinstance(self.item, IntSpec | BytesSpec | RecordSpec):
+            raise ValueError("strictly_increasing needs integer, bytes or record items")
 
     def _check_length(self, length: int, path: str) -> None:
         if not self.min_length <= length <= self.max_length:
@@ -485,8 +486,11 @@ class ListSpec(FieldSpec):
         if self.strictly_increasing:
             for index in range(1, len(items)):
                 previous, current = items[index - 1], items[index]
-                assert isinstance(previous, int | bytes) and type(previous) is type(current)
-                if not previous < current:  # type: ignore[operator]
+                try:
+                    increasing = bool(previous < current)  # type: ignore[operator]
+                except TypeError as error:
+                    raise WireError(f"{path}: items are not comparable") from error
+                if not increasing:
                     raise WireError(f"{path}: items must be strictly increasing")
 
     def to_wire(self, value: object, limits: WireLimits | None, path: str) -> object:

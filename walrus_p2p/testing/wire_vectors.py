@@ -15,9 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from walrus_p2p.core import blob_messages, records, wire
+from walrus_p2p.core import blob_messages, consensus, epochs, records, wire
 from walrus_p2p.core.metadata import Metadata, SliverPairMetadata
-from walrus_p2p.types import BlobId, SliverKind
+from walrus_p2p.types import BlobId, Epoch, PeerId, SliverKind
 
 FORMAT = "walrus-p2p wire vectors 1"
 
@@ -128,10 +128,75 @@ def sample_messages() -> dict[str, wire.Message]:
         ),
         "AttestInvalidBlobReply": blob_messages.AttestInvalidBlobReply(
             attestation=records.Signature(
-                signer="12D3KooWRBhwfeP2Y9CDkFRBAZ1pmxUadH36TKuk3KtKm5XXP8mA",
+                signer=PeerId("12D3KooWRBhwfeP2Y9CDkFRBAZ1pmxUadH36TKuk3KtKm5XXP8mA"),
                 signature=_filled(64, 0x61),
             )
         ),
+        "BlobRecordsBatch": blob_messages.BlobRecordsBatch(
+            records=(_filled(30, 6), _filled(31, 7), _filled(32, 8))
+        ),
+        **_system_log_samples(blob_id, network_id),
+    }
+
+
+def _system_log_samples(blob_id: BlobId, network_id: bytes) -> dict[str, wire.Message]:
+    """Records, agreement messages and epoch sync messages, with fixed (not real) signatures:
+    the vectors pin the encoding, which does not check signatures."""
+    peer_a = "12D3KooWBNfeuqzCyXZWYpRPAzN3RrjPXL8ed6k4WYFkEPWxP7K8"
+    peer_b = "12D3KooWFebDLrcmXWK9bVaUcvfkuJeCddNTbJF6YnW8asJedi8p"
+    key = _filled(32, 0x30)
+    signature = _filled(64, 0x60)
+    signatures = (
+        records.Signature(PeerId(peer_a), signature),
+        records.Signature(PeerId(peer_b), _filled(64, 0x61)),
+    )
+    candidacy_body = records.CandidacyBody(
+        network_id, Epoch(4), key, ("/ip4/127.0.0.1/tcp/4001",), 3, 10**12
+    )
+    value = records.EpochValue(
+        network_id=network_id,
+        epoch=Epoch(5),
+        start_time=1_800_000_000,
+        members=(
+            records.MemberEntry(PeerId(peer_a), key, 1, ("/ip4/127.0.0.1/tcp/4001",)),
+            records.MemberEntry(PeerId(peer_b), _filled(32, 0x31), 2, ("/dns4/b/tcp/4002",)),
+        ),
+        shard_owners=(0, 1, 1, 0, 1),
+    )
+    value_id = _filled(32, 0x77)
+    vote_body = records.VoteBody(records.VoteKind.PRECOMMIT, network_id, Epoch(5), 2, value_id)
+    proposal_body = records.ProposalBody(network_id, Epoch(5), 2, value_id, 1)
+    epoch_record = records.EpochRecord(value, records.EpochCertificate(2, signatures))
+    register_body = records.BlobRegisterBody(
+        network_id, blob_id, key, 1_000_000, Epoch(3), Epoch(8), True
+    )
+    extend_body = records.BlobExtendBody(network_id, blob_id, key, Epoch(3), Epoch(12))
+    delete_body = records.BlobDeleteBody(network_id, blob_id, key, Epoch(3))
+    return {
+        "CandidacyBody": candidacy_body,
+        "Candidacy": records.Candidacy(candidacy_body, signature),
+        "EpochValue": value,
+        "VoteBody": vote_body,
+        "VoteBody/nil": records.VoteBody(records.VoteKind.PREVOTE, network_id, Epoch(5), 0, None),
+        "ProposalBody": proposal_body,
+        "EpochRecord": epoch_record,
+        "BlobRegisterBody": register_body,
+        "BlobRegister": records.BlobRegister(register_body, signature),
+        "BlobExtendBody": extend_body,
+        "BlobExtend": records.BlobExtend(extend_body, signature),
+        "BlobDeleteBody": delete_body,
+        "BlobDelete": records.BlobDelete(delete_body, signature),
+        "BlobCertificate": records.BlobCertificate(
+            network_id, blob_id, Epoch(3), False, signatures
+        ),
+        "InvalidBlobBody": records.InvalidBlobBody(network_id, Epoch(3), blob_id),
+        "BlobInvalid": records.BlobInvalid(network_id, blob_id, Epoch(3), signatures),
+        "GetEpochRecordsRequest": epochs.GetEpochRecordsRequest(from_epoch=Epoch(1), limit=16),
+        "GetEpochRecordsReply": epochs.GetEpochRecordsReply(
+            records=(wire.encode(epoch_record),), latest_epoch=Epoch(5)
+        ),
+        "Proposal": consensus.Proposal(proposal_body, value, PeerId(peer_a), signature),
+        "Vote": consensus.Vote(vote_body, PeerId(peer_b), signature),
     }
 
 
