@@ -21,9 +21,10 @@ from walrus_p2p.core import wire
 from walrus_p2p.core.committee import Committee
 from walrus_p2p.core.genesis import Genesis
 from walrus_p2p.core.records import EpochRecord
-from walrus_p2p.errors import NetworkError, RequestTimeoutError, VerificationError, WalrusError
+from walrus_p2p.errors import NetworkError, VerificationError, WalrusError
 from walrus_p2p.net.discovery import Discovery, DiscoveryConfig, open_discovery
 from walrus_p2p.net.host import Host, HostConfig, open_host
+from walrus_p2p.net.messages import call_message
 from walrus_p2p.net.names import protocol_id
 from walrus_p2p.types import PeerId
 
@@ -153,23 +154,18 @@ class LightPeer:
         timeout: float,
     ) -> M:
         """One request/reply with ``peer_id``; raises a ``WalrusError`` on any failure."""
-        payload = wire.encode(request, limits=self.limits)
-        reply: bytes | None = None
-        with trio.move_on_after(timeout):
-            await self._ensure_connected(peer_id, timeout)
-            reply = await self.host.request(
-                peer_id,
-                self.protocol,
-                payload,
-                timeout=timeout,
-                max_request=self.max_frame,
-                max_reply=self.max_frame,
-            )
-        if reply is None:
-            raise RequestTimeoutError(
-                f"{type(request).__name__} to peer={peer_id[:12]} timed out after {timeout:g}s"
-            )
-        return wire.decode(reply, expected, limits=self.limits)
+        message, _ = await call_message(
+            self.host,
+            self._ensure_connected,
+            peer_id,
+            self.protocol,
+            request,
+            expected,
+            timeout=timeout,
+            limits=self.limits,
+            max_frame=self.max_frame,
+        )
+        return message
 
 
 @asynccontextmanager

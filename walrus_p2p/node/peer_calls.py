@@ -2,8 +2,9 @@
 
 Healing (blob sync, catch-up, scrub repair, invalid-blob attestations) needs peers to ask peers:
 the same one-stream request/reply as a light peer's, but from the storage peer's host, so the
-remote sees a committee member and no second identity is created. The node layer must not
-import ``client/`` (layering rule), hence this small twin of ``client.network.LightPeer.call``.
+remote sees a committee member and no second identity is created. The request itself is
+:func:`walrus_p2p.net.messages.call_message`, shared with the light peer; what differs is how a
+peer is reached (committee addresses, then the running DHT).
 
 Every call has a deadline that covers the dial, the request and the reply; replies are decoded
 against the one message type the request expects. The reply's size is returned next to the
@@ -16,13 +17,12 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-import trio
-
 from walrus_p2p.core import wire
 from walrus_p2p.core.committee import Committee
-from walrus_p2p.errors import NetworkError, PeerUnreachableError, RequestTimeoutError, WalrusError
+from walrus_p2p.errors import NetworkError, PeerUnreachableError, WalrusError
 from walrus_p2p.net.discovery import Discovery
 from walrus_p2p.net.host import Host
+from walrus_p2p.net.messages import call_message
 from walrus_p2p.types import PeerId
 
 logger = logging.getLogger(__name__)
@@ -84,23 +84,17 @@ class PeerCaller:
         """One request/reply; returns the reply and its size in bytes. Raises ``WalrusError``."""
         if peer_id == self.host.peer_id:
             raise PeerUnreachableError("a peer does not call itself")
-        payload = wire.encode(request, limits=self.limits)
-        reply: bytes | None = None
-        with trio.move_on_after(timeout):
-            await self._ensure_connected(peer_id, timeout)
-            reply = await self.host.request(
-                peer_id,
-                self.protocol,
-                payload,
-                timeout=timeout,
-                max_request=self.max_frame,
-                max_reply=self.max_frame,
-            )
-        if reply is None:
-            raise RequestTimeoutError(
-                f"{type(request).__name__} to peer={peer_id[:12]} timed out after {timeout:g}s"
-            )
-        return wire.decode(reply, expected, limits=self.limits), len(reply)
+        return await call_message(
+            self.host,
+            self._ensure_connected,
+            peer_id,
+            self.protocol,
+            request,
+            expected,
+            timeout=timeout,
+            limits=self.limits,
+            max_frame=self.max_frame,
+        )
 
     async def call(
         self,
