@@ -175,6 +175,10 @@ def test_rejects_bad_input() -> None:
         code.fragment(5, data)
     with pytest.raises(EncodingError):
         code.encode(data, out=np.zeros((2, 11), dtype=np.uint8))
+    shared = np.zeros((5, 10), dtype=np.uint8)
+    with pytest.raises(EncodingError):  # parity written over the data it is computed from
+        code.encode(shared[:3], out=shared[2:4])
+    code.encode(shared[:3], out=shared[3:])  # adjacent, not overlapping: fine
     with pytest.raises(EncodingError):
         code.encode(np.zeros((3, 10), dtype=np.int16))
 
@@ -286,3 +290,46 @@ def test_parallel_map_keeps_order_and_nests() -> None:
         assert np.array_equal(result, code.encode(data[index]))
     assert isal.parallel_map(lambda x: x * 2, [3]) == [6]
     assert isal.parallel_map(lambda x: x * 2, []) == []
+
+
+def test_codec_works_in_a_forked_child() -> None:
+    """The thread pool of the parent is not inherited half-alive by a forked child."""
+    import multiprocessing
+
+    isal.parallel_map(lambda x: x, [1, 2, 3])  # make sure the parent's pool exists
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        assert pool.apply(_encode_in_child) == _encode_in_child()
+
+
+def _encode_in_child() -> bytes:
+    data = np.arange(4 * 400_000, dtype=np.uint32).astype(np.uint8).reshape(4, 400_000)
+    result = isal.parallel_map(lambda rows: isal.ReedSolomon(4, 2).encode(rows), [data, data])
+    return b"".join(parity.tobytes()[:64] for parity in result)
+
+
+def test_concurrent_encodes_from_many_threads_agree() -> None:
+    """Callers on several threads share the codec pool without deadlock or mixed-up output."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = encoding.EncodingConfig.for_shards(10)
+    blobs = [
+        np.random.default_rng(seed).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+        for seed in range(6)
+    ]
+    expected = [metadata.encode_blob(blob, config).blob_id for blob in blobs]
+    with ThreadPoolExecutor(4) as callers:
+        results = list(callers.map(lambda blob: metadata.encode_blob(blob, config).blob_id, blobs))
+    assert results == expected
+    assert len(set(results)) == len(blobs)
+
+
+@pytest.mark.parametrize(("k", "m"), [(3, 2), (34, 66), (171, 85), (1, 255), (255, 1)])
+def test_generator_is_the_cauchy_matrix_pyeclib_uses(k: int, m: int) -> None:
+    """Independently of the ISA-L kernels: numpy GF(2^8) math on the matrix gives pyeclib parity."""
+    matrix = isal.cauchy_matrix(k, k + m)
+    assert np.array_equal(isal.ReedSolomon(k, m).matrix, matrix)
+    data = np.random.default_rng(k).integers(0, 256, (k, 40), dtype=np.uint8)
+    _, fragments = _reference(k, m, data)
+    parity = isal.gf_matmul(matrix[k:], data)
+    assert [row.tobytes() for row in parity] == [f[HEADER:] for f in fragments[k:]]
