@@ -69,6 +69,7 @@ class HealingService:
         self._drop_send, self._drop_receive = trio.open_memory_channel[BlobId](DROP_QUEUE_SIZE)
         self.caught_up = trio.Event()
         """Set after the first catch-up round and the scan that follows it."""
+        self._catch_up_lock = trio.Lock()
         peer.add_handler(ListBlobRecordsRequest, self.catch_up.handle_list)
         peer.add_handler(AttestInvalidBlobRequest, self.invalid.handle_attest)
         peer.record_listeners.append(self._on_records)
@@ -121,7 +122,14 @@ class HealingService:
         return queued
 
     async def catch_up_now(self, sources: int | None = None) -> None:
-        """One catch-up round, then a scan for blobs to sync (failures are logged)."""
+        """One catch-up round, then a scan for blobs to sync (failures are logged); returns at
+        once if a round is already running."""
+        if self._catch_up_lock.locked():
+            return
+        async with self._catch_up_lock:
+            await self._catch_up_round(sources)
+
+    async def _catch_up_round(self, sources: int | None) -> None:
         try:
             await self.catch_up.run_round(sources)
         except WalrusError as error:
@@ -148,6 +156,8 @@ class HealingService:
                 await trio.sleep_forever()
             await self.sync.resume()
             nursery.start_soon(self._catch_up_loop)
+            if self.options.stall_catch_up_seconds > 0:
+                nursery.start_soon(self._catch_up_after_stalls)
             nursery.start_soon(
                 self._periodic,
                 "gc",
@@ -180,6 +190,21 @@ class HealingService:
             self.options.catch_up_interval,
             periodic_round,
         )
+
+    async def _catch_up_after_stalls(self) -> None:
+        """Catch up at once when this process was not running for a while (SIGSTOP, a laptop
+        that slept, a VM paused): the monotonic clock kept going, so a sleep that ends much
+        later than asked says the peer missed whatever was pushed or gossiped meanwhile (its
+        certificates among them) and would otherwise wait for the next periodic round."""
+        interval = self.options.stall_check_interval
+        await self.caught_up.wait()
+        while True:
+            before = trio.current_time()
+            await trio.sleep(interval)
+            stalled = trio.current_time() - before - interval
+            if stalled >= self.options.stall_catch_up_seconds:
+                logger.info("event loop stalled seconds=%.1f; catching up", stalled)
+                await self.catch_up_now()
 
     async def _periodic(
         self,

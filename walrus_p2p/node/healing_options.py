@@ -49,6 +49,11 @@ class HealingOptions:
     catch_up_max_pages: int = 10_000
     """Bound on pages pulled from one source in one round."""
     catch_up_page_blobs: int = 64
+    stall_catch_up_seconds: float = 10.0
+    """A pause of the peer's event loop at least this long (the process was stopped, the
+    machine slept) starts a catch-up round at once: gossip and pushes sent meanwhile are lost,
+    and the next periodic round may be ``catch_up_interval`` away. 0 turns it off."""
+    stall_check_interval: float = 1.0
 
     # scrub
     scrub_interval: float = 3600.0
