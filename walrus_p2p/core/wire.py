@@ -50,6 +50,7 @@ Type ids: 1–9 shared values (errors, confirmations), 10–31 the storage peer 
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import enum
 import functools
@@ -226,7 +227,7 @@ def _head_size(argument: int) -> int:
 # Field specs: the schema of one value.
 
 
-class FieldSpec:
+class FieldSpec(abc.ABC):
     """How one value maps to CBOR: validation both ways plus the bounds the scanner needs.
 
     ``to_wire`` turns a Python value into plain CBOR-ready data (``int``, ``bytes``, ``str``,
@@ -236,15 +237,15 @@ class FieldSpec:
 
     __slots__ = ()
 
-    def to_wire(self, value: object, limits: WireLimits | None, path: str) -> object:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def to_wire(self, value: object, limits: WireLimits | None, path: str) -> object: ...
 
-    def from_wire(self, raw: object, limits: WireLimits, path: str) -> object:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def from_wire(self, raw: object, limits: WireLimits, path: str) -> object: ...
 
+    @abc.abstractmethod
     def max_size(self, limits: WireLimits) -> int:
         """Largest encoded size of a valid value, in bytes."""
-        raise NotImplementedError
 
     def max_items(self) -> int:
         """Largest number of CBOR data items (array heads included) in a valid value."""
