@@ -569,3 +569,13 @@ def test_store_matches_a_model(
         assert listed == set(slivers)
         big = [data for data in slivers.values() if len(data) > INLINE_LIMIT]
         assert len(sliver_files(root)) == len(big)
+
+
+def test_iter_values_with_a_prefix_reads_only_those_keys(store: DiskStore) -> None:
+    keys = [b"", b"\x01", b"\x01\x00", b"\x01\xff", b"\x01\xff\x00", b"\x02", b"\xff", b"\xff\xff"]
+    for index, key in enumerate(keys):
+        store.put_value("records", key, bytes([index]))
+    store.put_value("other", b"\x01\x05", b"x")
+    for prefix in (b"", b"\x01", b"\x01\xff", b"\x02", b"\xff", b"\xff\xff", b"\x03"):
+        expected = [(key, bytes([i])) for i, key in enumerate(keys) if key.startswith(prefix)]
+        assert list(store.iter_values("records", prefix=prefix)) == expected

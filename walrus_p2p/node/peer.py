@@ -496,11 +496,8 @@ class StoragePeerService:
         return self.epochs.committee_of(epoch)
 
     def _load_records(self, blob_id: BlobId) -> list[bytes]:
-        prefix = bytes(blob_id)
         return [
-            value
-            for key, value in self.store.iter_values(RECORDS_NAMESPACE)
-            if key.startswith(prefix)
+            value for _, value in self.store.iter_values(RECORDS_NAMESPACE, prefix=bytes(blob_id))
         ]
 
     async def blob_state(self, blob_id: BlobId) -> records.BlobState:

@@ -177,8 +177,9 @@ class BlobStore(Protocol):
 
     def delete_value(self, namespace: str, key: bytes) -> bool: ...
 
-    def iter_values(self, namespace: str) -> Iterator[tuple[bytes, bytes]]:
-        """The namespace's records in key order."""
+    def iter_values(self, namespace: str, *, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """The namespace's records in key order; only keys starting with ``prefix`` (a range
+        read on the index, not a scan of the namespace)."""
         ...
 
     def close(self) -> None:

@@ -930,10 +930,19 @@ class DiskStore:
             return cursor.rowcount > 0
 
     @_translated
-    def iter_values(self, namespace: str) -> Iterator[tuple[bytes, bytes]]:
-        rows = self._query(
-            "SELECT key, value FROM records WHERE namespace = ? ORDER BY key", (namespace,)
-        )
+    def iter_values(self, namespace: str, *, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        upper = _prefix_end(bytes(prefix))
+        if upper is None:
+            rows = self._query(
+                "SELECT key, value FROM records WHERE namespace = ? AND key >= ? ORDER BY key",
+                (namespace, bytes(prefix)),
+            )
+        else:
+            rows = self._query(
+                "SELECT key, value FROM records WHERE namespace = ? AND key >= ? AND key < ? "
+                "ORDER BY key",
+                (namespace, bytes(prefix), upper),
+            )
         return iter([(bytes(key), bytes(value)) for key, value in rows])
 
     @_translated
@@ -964,3 +973,11 @@ if TYPE_CHECKING:
     def _conforms(store: DiskStore) -> BlobStore:
         """mypy proves here that DiskStore implements the BlobStore protocol."""
         return store
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key above every key starting with ``prefix`` (None: no upper bound)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
