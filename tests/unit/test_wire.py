@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from walrus_p2p.core import genesis, wire
+from walrus_p2p.core import genesis, migration, wire
 from walrus_p2p.core.metadata import Metadata, SliverPairMetadata
 from walrus_p2p.errors import ConfigError, WireError
 from walrus_p2p.testing import wire_vectors
@@ -271,8 +271,15 @@ def test_max_encoded_size_is_exact_and_maximal_messages_decode(cls: type[wire.Me
     assert isinstance(message, cls)
     encoded = wire.encode(message, limits=SMALL_LIMITS)
     maximum = wire.max_encoded_size(cls, SMALL_LIMITS)
-    if cls is wire.BlobStatusReply:  # pair indices 0..23 encode in one byte, not two
-        assert maximum - 24 == len(encoded)
+    # Index sets (strictly increasing 0..255): indices 0..23 encode in one byte, not two.
+    index_sets = {
+        wire.BlobStatusReply: 1,
+        migration.ShardsInPlaceBody: 1,
+        migration.ShardsInPlace: 1,
+        migration.GetShardsInPlaceReply: wire.MAX_SHARDS,
+    }
+    if cls in index_sets:
+        assert maximum - 24 * index_sets[cls] == len(encoded)
     else:
         assert len(encoded) == maximum
     assert wire.decode(encoded, cls, limits=SMALL_LIMITS) == message

@@ -9,6 +9,7 @@ message type the request expects, so a peer cannot answer one question with anot
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -20,13 +21,19 @@ import trio
 from walrus_p2p.core import wire
 from walrus_p2p.core.committee import Committee
 from walrus_p2p.core.genesis import Genesis
+from walrus_p2p.core.migration import (
+    GetShardsInPlaceReply,
+    GetShardsInPlaceRequest,
+    moved_shards,
+    reading_order,
+)
 from walrus_p2p.core.records import EpochRecord
 from walrus_p2p.errors import NetworkError, VerificationError, WalrusError
 from walrus_p2p.net.discovery import Discovery, DiscoveryConfig, open_discovery
 from walrus_p2p.net.host import Host, HostConfig, open_host
 from walrus_p2p.net.messages import call_message
 from walrus_p2p.net.names import protocol_id
-from walrus_p2p.types import PeerId
+from walrus_p2p.types import Epoch, PeerId
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +43,8 @@ STORAGE_PROTOCOL = "storage"
 REFRESH_INTERVAL = 30.0
 """Seconds between two re-verifications of the epoch chain by a long-running light peer."""
 FRAME_OVERHEAD = 64 * 1024
+IN_PLACE_REFRESH_INTERVAL = 5.0
+"""Seconds between two asks for in-place reports while moved shards are not all in place."""
 
 
 class LightPeer:
@@ -59,6 +68,9 @@ class LightPeer:
         self._dht_joined = False
         self._dht_lock = trio.Lock()
         self._dialled: set[PeerId] = set()
+        self.in_place: dict[int, set[int]] = {}
+        """Shards reported in place by their owners, by epoch (:meth:`refresh_in_place`)."""
+        self._in_place_checked: float | None = None
 
     @property
     def epoch(self) -> int:
@@ -110,13 +122,60 @@ class LightPeer:
             logger.info("epoch chain refresh failed epoch=%d error=%s", self.epoch, error)
 
     def holders_of(self, shard: int) -> list[PeerId]:
-        """Who to ask for a shard's slivers: its owner now, then its owner one epoch before
-        (design §5: reads of older blobs go to the old committee during a change)."""
-        holders = [self.committee.peer_of(shard)]
-        previous = self.committees.get(self.epoch - 1)
-        if previous is not None and previous.peer_of(shard) not in holders:
-            holders.append(previous.peer_of(shard))
-        return holders
+        """Who to ask for a shard's slivers, in order: its owner now and its owner one epoch
+        before. While a moved shard's new owner has not reported it in place, the previous
+        owner comes first (design §5: reads of older blobs go to the old committee during a
+        change; see :meth:`refresh_in_place`)."""
+        return reading_order(
+            shard,
+            self.committee,
+            self.committees.get(self.epoch - 1),
+            self.in_place.get(self.epoch, frozenset()),
+        )
+
+    async def refresh_in_place(
+        self, *, min_interval: float = IN_PLACE_REFRESH_INTERVAL, timeout: float = 3.0
+    ) -> None:
+        """Learn which moved shards their new owners reported in place (signed reports, checked
+        against the current committee). Cheap when nothing moved or everything is in place;
+        otherwise asks two committee members at most every ``min_interval`` seconds."""
+        epoch = self.epoch
+        previous = self.committees.get(epoch - 1)
+        if previous is None or previous.n_shards != self.committee.n_shards:
+            return
+        moved = set(moved_shards(previous, self.committee))
+        known = self.in_place.setdefault(epoch, set())
+        if not moved or moved <= known:
+            return
+        now = trio.current_time()
+        if self._in_place_checked is not None and now - self._in_place_checked < min_interval:
+            return
+        self._in_place_checked = now
+        members = list(self.committee.peer_ids)
+        random.shuffle(members)
+
+        async def ask(peer_id: PeerId) -> None:
+            try:
+                reply = await self.call(
+                    peer_id,
+                    GetShardsInPlaceRequest(epoch=Epoch(epoch)),
+                    GetShardsInPlaceReply,
+                    timeout=timeout,
+                )
+            except WalrusError as error:
+                logger.debug("in-place reports unavailable peer=%s error=%s", peer_id[:12], error)
+                return
+            for report in reply.reports:
+                try:
+                    report.verify(self.genesis.network_id, self.committee)
+                except VerificationError as error:
+                    logger.warning("bad in-place report from peer=%s: %s", peer_id[:12], error)
+                    continue
+                known.update(report.body.shards)
+
+        async with trio.open_nursery() as nursery:
+            for peer_id in members[:2]:
+                nursery.start_soon(ask, peer_id)
 
     async def _ensure_connected(self, peer_id: PeerId, timeout: float) -> None:
         if self.host.is_connected(peer_id):

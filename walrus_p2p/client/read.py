@@ -138,6 +138,8 @@ async def fetch_slivers(
 
     Returns what it got (possibly fewer than ``needed`` when peers are down or lying).
     """
+    # During an epoch change: which moved shards are in place at their new owner (ordering).
+    await light.refresh_in_place()
     candidates = list(range(metadata.shards)) if indices is None else list(indices)
     random.shuffle(candidates)
     kind = SliverKind.PRIMARY if sliver_type is SliverType.PRIMARY else SliverKind.SECONDARY

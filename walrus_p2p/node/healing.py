@@ -8,7 +8,9 @@
   — rebuild owned slivers from verified recovery symbols after a certificate or a scan;
 - :class:`~walrus_p2p.node.catchup.CatchUp` — the record listing (served and pulled);
 - :class:`~walrus_p2p.node.maintenance.Maintenance` — scrub and garbage collection;
-- :class:`~walrus_p2p.node.invalid.InvalidBlobs` — attestations and the BlobInvalid record.
+- :class:`~walrus_p2p.node.invalid.InvalidBlobs` — attestations and the BlobInvalid record;
+- :class:`~walrus_p2p.node.migration.ShardMigration` — shards pulled from their previous owner
+  at an epoch change, the "shards in place" reports, and the release of moved shards.
 
 The peer tells it about merged records through a listener (a certificate queues a sync, a
 delete or invalid record drops data at once). See ``docs/healing.md``.
@@ -30,6 +32,7 @@ from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.invalid import InvalidBlobs
 from walrus_p2p.node.maintenance import Maintenance
+from walrus_p2p.node.migration import ShardMigration
 from walrus_p2p.node.peer import (
     StoragePeerService,
     max_frame_for,
@@ -38,11 +41,12 @@ from walrus_p2p.node.peer import (
 )
 from walrus_p2p.node.peer_calls import PeerCaller
 from walrus_p2p.node.recovery import BlobSync, Recovery
-from walrus_p2p.types import BlobId, short_id
+from walrus_p2p.types import BlobId, SliverKind, short_id
 
 logger = logging.getLogger(__name__)
 
 DROP_QUEUE_SIZE = 1024
+SLIVER_KINDS = (SliverKind.PRIMARY, SliverKind.SECONDARY)
 
 
 class HealingService:
@@ -66,6 +70,16 @@ class HealingService:
         self.sync = BlobSync(peer, self.recovery, options, self.metrics, self._on_inconsistent)
         self.catch_up = CatchUp(peer, self.caller, options, self.metrics)
         self.maintenance = Maintenance(peer, self.sync, options, self.metrics)
+        self.migration = ShardMigration(
+            peer,
+            self.caller,
+            self.recovery,
+            self.lacking,
+            lambda blob_id: self.sync.notice(blob_id, delay=0.0),
+            self.sync.wait_idle,
+            options,
+            self.metrics,
+        )
         self._drop_send, self._drop_receive = trio.open_memory_channel[BlobId](DROP_QUEUE_SIZE)
         self.caught_up = trio.Event()
         """Set after the first catch-up round and the scan that follows it."""
@@ -98,23 +112,40 @@ class HealingService:
     ) -> None:
         await self.invalid.mark_invalid(blob_id, metadata, error)
 
+    async def lacking(self) -> list[BlobId]:
+        """Live certified blobs of which this peer lacks metadata or an owned sliver."""
+        peer = self.peer
+        store = peer.store
+        epoch = peer.epoch
+        committee = peer.committee
+
+        def find() -> list[BlobId]:
+            found: list[BlobId] = []
+            for info in store.iter_blobs():
+                summary = info.state
+                if summary.invalid or summary.certified_epoch is None:
+                    continue
+                if summary.end_epoch is None or summary.end_epoch <= epoch:
+                    continue
+                pairs = owned_pairs(committee, peer.peer_id, info.blob_id)
+                if not pairs:
+                    continue
+                if info.has_metadata and info.sliver_count >= 2 * len(pairs):
+                    # Slivers of shards this peer lost may be among them (kept until the new
+                    # owner is in place): check the owned ones exactly.
+                    held = {(key.pair_index, key.kind) for key in store.list_slivers(info.blob_id)}
+                    if all((pair, kind) in held for pair in pairs for kind in SLIVER_KINDS):
+                        continue
+                found.append(info.blob_id)
+            return found
+
+        return await trio.to_thread.run_sync(find)
+
     async def scan(self) -> int:
         """Queue every blob this peer must hold but lacks something of; returns how many."""
-        peer = self.peer
-        infos = await trio.to_thread.run_sync(lambda: list(peer.store.iter_blobs()))
         queued = 0
-        for info in infos:
-            summary = info.state
-            if summary.invalid or summary.certified_epoch is None:
-                continue
-            if summary.end_epoch is None or summary.end_epoch <= peer.epoch:
-                continue
-            pairs = owned_pairs(peer.committee, peer.peer_id, info.blob_id)
-            if not pairs:
-                continue
-            if info.has_metadata and info.sliver_count >= 2 * len(pairs):
-                continue
-            if self.sync.notice(info.blob_id, delay=0.0):
+        for blob_id in await self.lacking():
+            if self.sync.notice(blob_id, delay=0.0):
                 queued += 1
         self.sync.overflowed = False
         if queued:
@@ -156,6 +187,7 @@ class HealingService:
                 await trio.sleep_forever()
             await self.sync.resume()
             nursery.start_soon(self._catch_up_loop)
+            nursery.start_soon(self._migrate_after_catch_up)
             if self.options.stall_catch_up_seconds > 0:
                 nursery.start_soon(self._catch_up_after_stalls)
             nursery.start_soon(
@@ -190,6 +222,11 @@ class HealingService:
             self.options.catch_up_interval,
             periodic_round,
         )
+
+    async def _migrate_after_catch_up(self) -> None:
+        # The records first: a pulled sliver is kept only for a blob known to be live.
+        await self.caught_up.wait()
+        await self.migration.run()
 
     async def _catch_up_after_stalls(self) -> None:
         """Catch up at once when this process was not running for a while (SIGSTOP, a laptop

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from walrus_p2p.node.metrics import PeerMetrics
 from walrus_p2p.types import BlobId
@@ -78,6 +78,34 @@ class HealingMetrics:
             "Blobs this peer proved inconsistent and got an invalid-blob record for",
             registry=registry,
         )
+        self.migration_slivers = Counter(
+            "walrus_migration_slivers",
+            "Slivers pulled from a shard's previous owner, by outcome "
+            "(stored, held, not_live, bad, no_metadata)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.migration_bytes_received = Counter(
+            "walrus_migration_bytes_received",
+            "Pull reply bytes received from previous shard owners",
+            registry=registry,
+        )
+        self.migration_slivers_served = Counter(
+            "walrus_migration_slivers_served",
+            "Slivers sent to new shard owners",
+            registry=registry,
+        )
+        self.migration_slivers_released = Counter(
+            "walrus_migration_slivers_released",
+            "Slivers of moved shards dropped after the new owner reported them in place",
+            registry=registry,
+        )
+        self.shards_in_place = Gauge(
+            "walrus_shards_in_place",
+            "Shards this peer reported in place for the current epoch",
+            registry=registry,
+        )
+        self.migration_received_total = 0
         self._per_blob: OrderedDict[BlobId, int] = OrderedDict()
         self.received_total = 0
         """Every recovery byte received (symbols and metadata) since the peer started."""
@@ -94,6 +122,10 @@ class HealingMetrics:
         self.metadata_bytes_received.inc(size)
         self.total.inc(size)
         self.received_total += size
+
+    def migration_bytes(self, size: int) -> None:
+        self.migration_bytes_received.inc(size)
+        self.migration_received_total += size
 
     def recovery_bytes_of(self, blob_id: BlobId) -> int:
         """Symbol bytes received for ``blob_id`` (0 if unknown or forgotten)."""

@@ -68,3 +68,24 @@ class HealingOptions:
 
     # invalid blobs
     attestation_timeout: float = 30.0
+
+    # shard migration (node/migration.py)
+    migration_page_bytes: int = 4 * 1024 * 1024
+    """Sliver bytes per pull reply (the previous owner sends one whole sliver at least)."""
+    migration_attempts: int = 4
+    """Failed pulls in a row before the new owner gives up on the previous owner and recovers
+    the rest of the shard from symbols."""
+    migration_retry_delay: float = 2.0
+    """Seconds before the next attempt, times the attempt number."""
+    migration_parallel_shards: int = 2
+    migration_max_pages: int = 1_000_000
+    in_place_check_interval: float = 3.0
+    """Seconds between two completeness checks before reporting shards in place."""
+    in_place_max_rounds: int = 200
+    """Completeness checks (each queues blob syncs for what is missing) before giving up until
+    the next epoch."""
+    in_place_republish_interval: float = 60.0
+    """The peer's in-place report is gossiped again this often (peers that restarted lost it)."""
+    release_grace: float = 30.0
+    """Seconds the previous owner keeps a moved shard after the new owner reported it in place
+    (reads already routed to it finish)."""

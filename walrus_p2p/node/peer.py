@@ -159,6 +159,8 @@ class StoragePeerService:
         self._records_lock = trio.Lock()
         self._extra_handlers: dict[type[wire.Message], RequestHandler] = {}
         self.record_listeners: list[RecordListener] = []
+        self.migrating_shards: set[int] = set()
+        """Shards being pulled from their previous owner now (blob sync leaves them alone)."""
         self.healing: HealingService | None = None
         self.gossip: Gossip | None = None
         self.records_topic = topic(genesis.network_id_text, RECORDS_TOPIC)
@@ -278,6 +280,7 @@ class StoragePeerService:
             "shards": list(self.committee.shards_of(self.peer_id)),
             "peersConnected": connected,
             "uptimeSeconds": round(time.monotonic() - self._started_monotonic, 1),
+            **(self.healing.migration.summary() if self.healing is not None else {}),
         }
 
     # -- request dispatch ---------------------------------------------------------------

@@ -524,7 +524,14 @@ class BlobSync:
         state = await peer.blob_state(blob_id)
         if state.certificate is None or not state.is_stored_in(peer.epoch):
             return SyncOutcome.NOT_NEEDED
-        pairs = owned_pairs(peer.committee, peer.peer_id, blob_id)
+        n_shards = peer.committee.n_shards
+        # Shards being pulled from their previous owner (node/migration.py) are left alone:
+        # the migration scans for whatever the pull did not bring once it ends.
+        pairs = [
+            pair
+            for pair in owned_pairs(peer.committee, peer.peer_id, blob_id)
+            if pair_to_shard(blob_id, pair, n_shards) not in peer.migrating_shards
+        ]
         if not pairs:
             return SyncOutcome.NOT_NEEDED
 

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from walrus_p2p.core import blob_messages, consensus, epochs, records, wire
+from walrus_p2p.core import blob_messages, consensus, epochs, migration, records, wire
 from walrus_p2p.core.metadata import Metadata, SliverPairMetadata
 from walrus_p2p.types import BlobId, Epoch, PeerId, SliverKind
 
@@ -197,6 +197,33 @@ def _system_log_samples(blob_id: BlobId, network_id: bytes) -> dict[str, wire.Me
         ),
         "Proposal": consensus.Proposal(proposal_body, value, PeerId(peer_a), signature),
         "Vote": consensus.Vote(vote_body, PeerId(peer_b), signature),
+        **_migration_messages(network_id, blob_id, key, signature),
+    }
+
+
+def _migration_messages(
+    network_id: bytes, blob_id: BlobId, key: bytes, signature: bytes
+) -> dict[str, wire.Message]:
+    cursor = migration.cursor_of(blob_id, SliverKind.PRIMARY)
+    pull_body = migration.PullShardBody(network_id, Epoch(6), 4, cursor, 4 * 1024 * 1024)
+    in_place_body = migration.ShardsInPlaceBody(network_id, Epoch(6), key, (1, 4, 9))
+    in_place = migration.ShardsInPlace(in_place_body, signature)
+    return {
+        "PullShardBody": pull_body,
+        "PullShardBody/first": migration.PullShardBody(network_id, Epoch(6), 4, None, 65536),
+        "PullShardRequest": migration.PullShardRequest(pull_body, key, signature),
+        "PullShardReply": migration.PullShardReply(
+            slivers=(
+                migration.ShardSliver(blob_id, SliverKind.SECONDARY, _filled(24, 3)),
+                migration.ShardSliver(BlobId(_filled(32, 0xC0)), SliverKind.PRIMARY, b"\x07"),
+            ),
+            next_after=migration.cursor_of(BlobId(_filled(32, 0xC0)), SliverKind.PRIMARY),
+        ),
+        "PullShardReply/last": migration.PullShardReply(slivers=(), next_after=None),
+        "ShardsInPlaceBody": in_place_body,
+        "ShardsInPlace": in_place,
+        "GetShardsInPlaceRequest": migration.GetShardsInPlaceRequest(epoch=Epoch(6)),
+        "GetShardsInPlaceReply": migration.GetShardsInPlaceReply(reports=(in_place,)),
     }
 
 
