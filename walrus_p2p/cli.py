@@ -137,6 +137,7 @@ def _command_init(arguments: argparse.Namespace) -> int:
         arguments.listen or ["/ip4/127.0.0.1/tcp/0"],
         capacity_bytes=arguments.capacity,
         metrics_address=arguments.metrics,
+        weight=arguments.weight,
         force=arguments.force,
         check_genesis=not arguments.no_genesis_check,
     )
@@ -666,6 +667,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", action="append", metavar="MULTIADDR", help="e.g. /ip4/127.0.0.1/tcp/4001"
     )
     init.add_argument("--capacity", type=int, default=100 * 2**30, metavar="BYTES")
+    init.add_argument(
+        "--weight",
+        type=int,
+        default=1,
+        metavar="N",
+        help="weight declared in the candidacy (newcomers are capped at the smallest genesis "
+        "weight; genesis members keep theirs)",
+    )
     init.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
     init.add_argument("--force", action="store_true", help="rewrite the config (keeps the key)")
     init.add_argument(

@@ -72,6 +72,26 @@ def test_init_then_load(tmp_path: Path, genesis_path: Path, permissive_umask: No
     assert result.identity.seed.hex() not in (data_dir / "peer.toml").read_text()
 
 
+def test_weight_and_candidacy_come_from_peer_toml(tmp_path: Path, genesis_path: Path) -> None:
+    data_dir = tmp_path / "w"
+    result = config.init_peer(data_dir, genesis_path, LISTEN, weight=3)
+    assert result.config.weight == 3 and result.config.candidate
+    config_file = data_dir / "peer.toml"
+    text = config_file.read_text()
+    assert "weight = 3" in text and "candidate = true" in text
+    config_file.write_text(text.replace("candidate = true", "candidate = false"))
+    loaded = config.load_peer(data_dir).config
+    assert (loaded.weight, loaded.candidate) == (3, False)
+    # A config written before these keys existed still loads, with the defaults.
+    config_file.write_text(
+        "\n".join(
+            line for line in text.splitlines() if not line.startswith(("weight", "candidate"))
+        )
+    )
+    loaded = config.load_peer(data_dir).config
+    assert (loaded.weight, loaded.candidate) == (config.DEFAULT_WEIGHT, True)
+
+
 def test_devnet_peers_are_in_the_genesis_committee(tmp_path: Path, genesis_path: Path) -> None:
     loaded = config.load_peer(tmp_path / "peer-3")
     assert loaded.identity.peer_id in loaded.genesis.committee
@@ -179,6 +199,9 @@ def test_missing_files(tmp_path: Path, genesis_path: Path) -> None:
     [
         (("listen_addresses = [", "listen_addresses = 5 #["), "listen_addresses"),
         (("capacity_bytes = ", "capacity_bytes = -"), "capacity_bytes"),
+        (("weight = 1", "weight = 0"), "weight: must be an integer"),
+        (("weight = 1", 'weight = "heavy"'), "weight: must be an integer"),
+        (("candidate = true", "candidate = 1"), "candidate: must be true or false"),
         (("version = 1", "version = 1\nextra = 2"), "extra: unknown field"),
         (("version = 1", "version = [1"), "not valid TOML"),
     ],

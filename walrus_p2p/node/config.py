@@ -41,6 +41,8 @@ KEY_FILE_VERSION = 1
 CONFIG_VERSION = 1
 KEY_TYPE = "ed25519"
 DEFAULT_CAPACITY_BYTES = 100 * 2**30
+DEFAULT_WEIGHT = 1
+MAX_WEIGHT = 1 << 32
 MAX_KEY_FILE_SIZE = 4096
 MAX_CONFIG_FILE_SIZE = 1 << 20
 MAX_GENESIS_FILE_SIZE = 16 << 20
@@ -54,6 +56,11 @@ class PeerConfig:
     listen_addresses: tuple[str, ...]
     capacity_bytes: int = DEFAULT_CAPACITY_BYTES
     metrics_address: str | None = None
+    weight: int = DEFAULT_WEIGHT
+    """The weight this peer declares in its candidacy (genesis members keep their genesis
+    weight; others are capped, see ``core.epochs.member_weight``)."""
+    candidate: bool = True
+    """Announce a candidacy each epoch (a genesis member that stops announcing is dropped)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +102,7 @@ def init_peer(
     *,
     capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
     metrics_address: str | None = None,
+    weight: int = DEFAULT_WEIGHT,
     force: bool = False,
     seed: bytes | None = None,
     check_genesis: bool = True,
@@ -113,6 +121,7 @@ def init_peer(
         listen_addresses=tuple(listen_addrs),
         capacity_bytes=capacity_bytes,
         metrics_address=metrics_address,
+        weight=weight,
     )
     _validate_config(config, where=str(config_path(directory)))
     if check_genesis:
@@ -198,6 +207,11 @@ def _config_text(config: PeerConfig) -> bytes:
         + toml_text.assignment("genesis", toml_text.string(str(config.genesis_path)))
         + toml_text.assignment("listen_addresses", toml_text.string_array(config.listen_addresses))
         + toml_text.assignment("capacity_bytes", toml_text.integer(config.capacity_bytes))
+        + "# declared in the candidacy; genesis members keep their genesis weight, newcomers are\n"
+        + "# capped at the smallest genesis weight\n"
+        + toml_text.assignment("weight", toml_text.integer(config.weight))
+        + "# false: do not ask for shards (a genesis member that stops announcing is dropped)\n"
+        + toml_text.assignment("candidate", "true" if config.candidate else "false")
     )
     if config.metrics_address is None:
         text += '# metrics_address = "127.0.0.1:9184"\n'
@@ -262,7 +276,15 @@ def load_config(data_dir: str | os.PathLike[str]) -> PeerConfig:
     path = config_path(data_dir)
     where = str(path)
     document = _read_toml(path, MAX_CONFIG_FILE_SIZE)
-    allowed = {"version", "genesis", "listen_addresses", "capacity_bytes", "metrics_address"}
+    allowed = {
+        "version",
+        "genesis",
+        "listen_addresses",
+        "capacity_bytes",
+        "metrics_address",
+        "weight",
+        "candidate",
+    }
     _reject_unknown(document, allowed, where)
     if document.get("version") != CONFIG_VERSION:
         version = document.get("version")
@@ -277,11 +299,16 @@ def load_config(data_dir: str | os.PathLike[str]) -> PeerConfig:
     metrics = document.get("metrics_address")
     if metrics is not None and not isinstance(metrics, str):
         raise ConfigError("metrics_address: must be a string like 127.0.0.1:9184", path=where)
+    candidate = document.get("candidate", True)
+    if not isinstance(candidate, bool):
+        raise ConfigError("candidate: must be true or false", path=where)
     config = PeerConfig(
         genesis_path=Path(os.path.abspath(Path(data_dir) / genesis)),
         listen_addresses=tuple(listen),
         capacity_bytes=capacity,
         metrics_address=metrics,
+        weight=document.get("weight", DEFAULT_WEIGHT),
+        candidate=candidate,
     )
     _validate_config(config, where=where)
     return config
@@ -335,6 +362,9 @@ def _validate_config(config: PeerConfig, *, where: str) -> None:
     capacity = config.capacity_bytes
     if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
         raise ConfigError("capacity_bytes: must be a non-negative integer", path=where)
+    weight = config.weight
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
+        raise ConfigError(f"weight: must be an integer from 1 to {MAX_WEIGHT}", path=where)
     if config.metrics_address is not None:
         _check_metrics_address(config.metrics_address, where)
 

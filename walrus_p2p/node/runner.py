@@ -10,6 +10,7 @@ from pathlib import Path
 import trio
 
 from walrus_p2p.node.config import load_peer
+from walrus_p2p.node.epochs import EpochOptions
 from walrus_p2p.node.faults import fault_from_environment, peer_service_class
 from walrus_p2p.node.peer import PeerOptions, StoragePeerService
 from walrus_p2p.storage import open_store
@@ -40,6 +41,11 @@ async def run_peer(
             options=PeerOptions(
                 listen_addrs=loaded.config.listen_addresses,
                 metrics_bind=metrics_bind or loaded.config.metrics_address,
+                epochs=EpochOptions(
+                    candidate=loaded.config.candidate,
+                    weight=loaded.config.weight,
+                    capacity=loaded.config.capacity_bytes,
+                ),
             ),
         )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
