@@ -41,8 +41,11 @@ class WalrusClient:
         *,
         store_options: StoreOptions | None = None,
         read_options: ReadOptions | None = None,
+        background: trio.Nursery | None = None,
     ) -> None:
         self.light = light
+        self.background = background
+        """Where store tails run after a store returned (see ``StoreOptions.tail_seconds``)."""
         self.owner = owner
         self.store_options = store_options or StoreOptions()
         self.read_options = read_options or ReadOptions()
@@ -71,6 +74,7 @@ class WalrusClient:
             permanent=permanent,
             options=self.store_options,
             progress=progress,
+            background=self.background,
         )
 
     async def read(self, blob_id: BlobId, *, strict: bool = False) -> bytes:
@@ -197,5 +201,14 @@ async def open_client(
     store_options: StoreOptions | None = None,
     read_options: ReadOptions | None = None,
 ) -> AsyncIterator[WalrusClient]:
-    async with open_light_peer(genesis) as light:
-        yield WalrusClient(light, owner, store_options=store_options, read_options=read_options)
+    """A client on its own light peer. Store tails run in a nursery of the client: a store returns
+    once certified, and leaving this context waits for the tails (each at most
+    ``tail_seconds``)."""
+    async with open_light_peer(genesis) as light, trio.open_nursery() as background:
+        yield WalrusClient(
+            light,
+            owner,
+            store_options=store_options,
+            read_options=read_options,
+            background=background,
+        )

@@ -39,7 +39,10 @@ class StoreOptions:
     max_parallel_slivers: int = 16
     """Sliver uploads in flight across all peers: bounds memory to this many sliver copies."""
     tail_seconds: float = 2.0
-    """After quorum, keep sending to the remaining peers this long (so more shards hold it)."""
+    """After quorum, keep sending to the remaining peers this long (so more shards hold it).
+    With a background nursery (a long-running :class:`~walrus_p2p.client.service.WalrusClient`)
+    the store returns at certification and the tail runs in the background; without one the
+    store waits for it."""
 
 
 class BlobTooLargeError(WalrusError):
@@ -88,8 +91,13 @@ async def store_blob(
     permanent: bool,
     options: StoreOptions | None = None,
     progress: ProgressCallback | None = None,
+    background: trio.Nursery | None = None,
 ) -> StoreOutcome:
-    """Store ``data`` for ``epochs`` epochs from now; see the module docstring for the flow."""
+    """Store ``data`` for ``epochs`` epochs from now; see the module docstring for the flow.
+
+    With ``background``, uploads to the peers that had not confirmed when the quorum did go on
+    there for ``tail_seconds`` more, after this returns (the blob is certified by then; peers
+    the tail misses rebuild their slivers by blob sync)."""
     options = options or StoreOptions()
     genesis = light.genesis
     size = len(memoryview(data))
@@ -131,7 +139,13 @@ async def store_blob(
         deletable=not permanent,
     )
     confirmations = await _upload(
-        light, encoded, register, permanent=permanent, options=options, progress=progress
+        light,
+        encoded,
+        register,
+        permanent=permanent,
+        options=options,
+        progress=progress,
+        background=background,
     )
     certificate = records.BlobCertificate(
         network_id=genesis.network_id,
@@ -170,9 +184,11 @@ async def _upload(
     permanent: bool,
     options: StoreOptions,
     progress: ProgressCallback | None,
+    background: trio.Nursery | None = None,
 ) -> dict[PeerId, wire.SignedStorageConfirmation]:
     """Send records, metadata and slivers to every shard's peer; return the confirmations once
-    their signers hold a quorum of shards (plus whatever arrives during the tail)."""
+    their signers hold a quorum of shards (plus whatever arrives during the tail, when the tail
+    runs here rather than in ``background``)."""
     blob_id = encoded.blob_id
     n_shards = light.committee.n_shards
     by_peer = _pairs_by_peer(light, blob_id)
@@ -183,6 +199,8 @@ async def _upload(
     limiter = trio.CapacityLimiter(options.max_parallel_slivers)
     timeout = options.request_timeout
     encoded_register = wire.encode(register)
+    returned = trio.Event()
+    """Set when the result is handed back: uploads in the background no longer report progress."""
 
     def confirmed_weight() -> int:
         return light.committee.shard_weight(confirmations)
@@ -201,7 +219,7 @@ async def _upload(
                 wire.StoreSliverReply,
                 timeout=timeout,
             )
-        if progress is not None:
+        if progress is not None and not returned.is_set():
             progress(len(sliver))
 
     async def upload_to(peer_id: PeerId, pairs: list[int]) -> None:
@@ -259,15 +277,16 @@ async def _upload(
                 error,
             )
 
-    async with trio.open_nursery() as nursery:
+    uploads_scope = trio.CancelScope()
 
-        async def run_all() -> None:
+    async def run_all() -> None:
+        with uploads_scope:
             async with trio.open_nursery() as uploads:
                 for peer_id, pairs in by_peer.items():
                     uploads.start_soon(guarded, peer_id, pairs)
-            all_done.set()
+        all_done.set()
 
-        nursery.start_soon(run_all)
+    async def wait_quorum_or_done() -> None:
         async with trio.open_nursery() as waiter:
 
             async def wait_quorum() -> None:
@@ -280,12 +299,34 @@ async def _upload(
 
             waiter.start_soon(wait_quorum)
             waiter.start_soon(wait_done)
-        if quorum_reached.is_set() and not all_done.is_set():
-            with trio.move_on_after(options.tail_seconds):
-                await all_done.wait()
-        nursery.cancel_scope.cancel()
 
-    weight = confirmed_weight()
+    async def tail() -> None:
+        with trio.move_on_after(options.tail_seconds):
+            await all_done.wait()
+        uploads_scope.cancel()
+
+    if background is None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_all)
+            await wait_quorum_or_done()
+            if quorum_reached.is_set() and not all_done.is_set():
+                await tail()
+            nursery.cancel_scope.cancel()
+    else:
+        background.start_soon(run_all)
+        try:
+            await wait_quorum_or_done()
+        except BaseException:
+            uploads_scope.cancel()
+            raise
+        if quorum_reached.is_set() and not all_done.is_set():
+            background.start_soon(tail)
+        else:
+            uploads_scope.cancel()
+
+    result = dict(confirmations)  # confirmations arriving later (background tail) are not used
+    returned.set()
+    weight = light.committee.shard_weight(result)
     if not is_quorum(weight, n_shards):
         needed = math.ceil((2 * n_shards + 1) / 3)
         detail = "; ".join(f"{peer[:12]}: {why}" for peer, why in sorted(failures.items())[:5])
@@ -293,4 +334,4 @@ async def _upload(
             f"only {weight} of {n_shards} shards confirmed blob {short_id(blob_id)}, "
             f"{needed} needed ({detail})"
         )
-    return confirmations
+    return result
