@@ -134,14 +134,23 @@ async def fetch_slivers(
     options: ReadOptions,
     bad_peers: set[PeerId],
 ) -> dict[int, bytes]:
-    """Fetch and verify slivers in random order, ``needed`` + a few in flight, until ``needed``.
+    """Fetch and verify slivers, ``needed`` + a few in flight, until ``needed``.
 
-    Returns what it got (possibly fewer than ``needed`` when peers are down or lying).
+    Systematic slivers (the source rows or columns, which decode by copying) come first, each
+    group in random order; the pair rotation by blob id spreads them over different peers for
+    different blobs. Returns what it got (possibly fewer than ``needed`` when peers are down or
+    lying).
     """
     # During an epoch change: which moved shards are in place at their new owner (ordering).
     await light.refresh_in_place()
-    candidates = list(range(metadata.shards)) if indices is None else list(indices)
-    random.shuffle(candidates)
+    config = metadata.config
+    source = config.kp if sliver_type is SliverType.PRIMARY else config.ks
+    pool = list(range(metadata.shards)) if indices is None else list(indices)
+    systematic = [index for index in pool if index < source]
+    parity = [index for index in pool if index >= source]
+    random.shuffle(systematic)
+    random.shuffle(parity)
+    candidates = systematic + parity
     kind = SliverKind.PRIMARY if sliver_type is SliverType.PRIMARY else SliverKind.SECONDARY
     got: dict[int, bytes] = {}
     queue = list(candidates)
