@@ -475,6 +475,7 @@ def _command_info(arguments: argparse.Namespace) -> int:
     genesis = load_genesis(_genesis_path(arguments))
     committee = genesis.committee
     start_time = genesis.genesis_time
+    arriving: list[int] = []
     verified = False
     problem: str | None = "offline" if arguments.offline else None
     if not arguments.offline:
@@ -482,17 +483,22 @@ def _command_info(arguments: argparse.Namespace) -> int:
 
         from walrus_p2p.client.committee import refresh_committee
         from walrus_p2p.client.network import open_light_peer
+        from walrus_p2p.core.migration import moved_shards
 
-        async def fetch() -> tuple[Any, int, str | None]:
+        async def fetch() -> tuple[Any, int, str | None, list[int]]:
             async with open_light_peer(genesis, verify_chain=False) as light:
                 try:
                     await refresh_committee(light)
                 except WalrusError as error:
-                    return light.committee, 0, str(error)
+                    return light.committee, 0, str(error), []
                 start = light.chain[-1].value.start_time if light.chain else genesis.genesis_time
-                return light.committee, start, None
+                previous = light.committee_of(light.epoch - 1)
+                moved = [] if previous is None else sorted(moved_shards(previous, light.committee))
+                await light.refresh_in_place(min_interval=0.0)
+                in_place = light.in_place.get(light.epoch, set())
+                return light.committee, start, None, [s for s in moved if s not in in_place]
 
-        committee, start_time, problem = trio.run(fetch)
+        committee, start_time, problem, arriving = trio.run(fetch)
         verified = problem is None
     epoch = int(committee.epoch)
     n_shards = genesis.n_shards
@@ -517,6 +523,11 @@ def _command_info(arguments: argparse.Namespace) -> int:
                 "shards": list(committee.shards_of(member.peer_id)),
                 "weight": member.weight,
                 "addresses": list(member.addresses),
+                # Shards this member gained at this epoch and has not reported in place yet
+                # (reads of older blobs still go to their previous owner first).
+                "shardsArriving": [
+                    shard for shard in arriving if committee.peer_of(shard) == member.peer_id
+                ],
             }
             for member in committee.members
         ],
@@ -548,8 +559,10 @@ def _command_info(arguments: argparse.Namespace) -> int:
     )
     for entry in summary["committee"]:
         shards = ",".join(str(shard) for shard in entry["shards"]) or "-"
+        pending = ",".join(str(shard) for shard in entry["shardsArriving"])
+        arriving_text = f" arriving={pending}" if pending else ""
         print(
-            f"  {entry['peerId']} weight={entry['weight']} shards={shards} "
+            f"  {entry['peerId']} weight={entry['weight']} shards={shards}{arriving_text} "
             f"{' '.join(entry['addresses'])}"
         )
     return EXIT_OK

@@ -176,7 +176,9 @@ async def test_restarted_peer_catches_up_after_missing_two_epochs() -> None:
             assert restarted.running.epoch >= 2
 
 
-async def test_transition_writes_go_to_new_committee_reads_fall_back_to_old() -> None:
+async def test_transition_writes_go_to_new_committee_reads_fall_back_to_old(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Healing off: the newcomer must not recover its new shard's slivers on its own, so the
     # read below can only succeed through the previous owner.
     with trio.fail_after(85):
@@ -208,6 +210,18 @@ async def test_transition_writes_go_to_new_committee_reads_fall_back_to_old() ->
                 for shard in shards:
                     holders = light.holders_of(shard)
                     assert holders[1] == newcomer.peer_id and len(holders) == 2
+                # `walrus-peer info` lists them as arriving at the newcomer.
+                genesis_file = tmp_path / "genesis.toml"
+                genesis_file.write_text(genesis_to_toml(genesis))
+                capsys.readouterr()
+                code = await trio.to_thread.run_sync(
+                    cli.main, ["info", "--genesis", str(genesis_file), "--json"]
+                )
+                assert code == 0
+                info = json.loads(capsys.readouterr().out)
+                arriving = {e["peerId"]: e["shardsArriving"] for e in info["committee"]}
+                assert sorted(arriving.pop(newcomer.peer_id)) == sorted(shards)
+                assert not any(arriving.values())
                 metadata = await fetch_metadata(light, old_blob, timeout=10)
                 pairs = [pair_of_shard(old_blob, shard, genesis.n_shards) for shard in shards]
                 got = await fetch_slivers(

@@ -10,16 +10,21 @@ moved slivers. Real libp2p hosts on 127.0.0.1 and the wall clock, under ``trio.f
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
+from walrus_p2p import cli
 from walrus_p2p.client.read import ReadOptions, fetch_metadata, fetch_slivers
 from walrus_p2p.client.service import open_client
 from walrus_p2p.core.committee import Committee
 from walrus_p2p.core.encoding import SliverType, shard_to_pair
+from walrus_p2p.core.genesis import genesis_to_toml
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.core.metadata import Metadata, verify_sliver
 from walrus_p2p.core.migration import PullShardRequest, gained_shards
@@ -110,7 +115,9 @@ def wrap_pull_handler(
     return original
 
 
-async def test_new_peer_pulls_its_shards_and_serves_older_blobs() -> None:
+async def test_new_peer_pulls_its_shards_and_serves_older_blobs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with trio.fail_after(90):
         async with open_epoch_network(
             4, 8, epoch_seconds=EPOCH_SECONDS, healing=FAST_HEALING
@@ -172,6 +179,18 @@ async def test_new_peer_pulls_its_shards_and_serves_older_blobs() -> None:
                     assert await client.read(blob_id) == data
                 for shard in gained:
                     assert light.holders_of(shard)[0] == newcomer.peer_id
+
+            # `walrus-peer info`: nothing is arriving any more.
+            genesis_file = tmp_path / "genesis.toml"
+            genesis_file.write_text(genesis_to_toml(genesis))
+            capsys.readouterr()
+            code = await trio.to_thread.run_sync(
+                cli.main, ["info", "--genesis", str(genesis_file), "--json"]
+            )
+            assert code == 0
+            info = json.loads(capsys.readouterr().out)
+            assert info["epoch"] == epoch
+            assert all(entry["shardsArriving"] == [] for entry in info["committee"])
 
 
 def network_peer(network: EpochTestNetwork, peer_id: PeerId) -> EpochPeer:
