@@ -1,16 +1,20 @@
 """A multi-process test network: peer directories made by the CLI, `walrus-peer run` children.
 
 Owner: tests/testnet. :func:`init_process_network` does what an operator does: ``walrus-peer
-init`` for each peer (a free 127.0.0.1 port each), then ``walrus-peer genesis create`` over
-their directories. :class:`PeerProcess` runs one ``walrus-peer run`` in its own process group
-(so a kill reaches everything it started), with its output in ``<data dir>/peer.log``.
-:class:`ProcessNetwork` is a context manager that kills every child it started on exit,
-whatever happened; :func:`wait_until_answering` polls a peer with a real storage request
-through a light peer until it answers or a deadline passes.
+init`` for each peer (a free 127.0.0.1 port each, or the addresses the caller gives), then
+``walrus-peer genesis create`` over their directories. :class:`PeerProcess` runs one
+``walrus-peer run`` in its own process group (so a kill reaches everything it started), with its
+output in ``<data dir>/peer.log``, optionally behind a command prefix (``ip netns exec NS``, so
+that the peer runs in a network namespace). :class:`ProcessNetwork` is a context manager that
+kills every child it started on exit, whatever happened; :func:`wait_until_answering` polls a
+peer with a real storage request through a light peer until it answers or a deadline passes;
+:func:`holds_verified_slivers` asks a peer for its slivers of a blob and checks them against the
+blob's metadata.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -26,16 +30,19 @@ import trio
 
 from walrus_p2p.client.network import LightPeer
 from walrus_p2p.core import wire
+from walrus_p2p.core.encoding import SliverType, shard_to_pair
 from walrus_p2p.core.genesis import Genesis
+from walrus_p2p.core.metadata import Metadata, verify_sliver
 from walrus_p2p.errors import WalrusError
 from walrus_p2p.node.config import load_genesis
 from walrus_p2p.testing.network import EPOCH_DURATION_SECONDS, free_tcp_port, genesis_time_now
-from walrus_p2p.types import BlobId, PeerId
+from walrus_p2p.types import BlobId, PeerId, SliverKind
 
 CLI_TIMEOUT = 60.0
 """Upper bound for one offline CLI command (init, genesis create) on a loaded machine."""
 STOP_GRACE = 10.0
 LOG_NAME = "peer.log"
+_PR_SET_PDEATHSIG = 1
 
 
 def cli_command(*arguments: str) -> list[str]:
@@ -90,14 +97,24 @@ def init_process_network(
     n_shards: int,
     *,
     network: str = "testnet-proc",
+    listen_addresses: Sequence[str] | None = None,
 ) -> NetworkFiles:
-    """Initialise ``peers`` data directories and their genesis with the CLI."""
+    """Initialise ``peers`` data directories and their genesis with the CLI.
+
+    ``listen_addresses``: one TCP multiaddr per peer (it listens there and the genesis lists it);
+    by default a free 127.0.0.1 port each.
+    """
+    if listen_addresses is not None and len(listen_addresses) != peers:
+        raise ValueError(f"{len(listen_addresses)} listen addresses for {peers} peers")
     directory.mkdir(parents=True, exist_ok=True)
     genesis_path = directory / "genesis.toml"
     made: list[PeerDir] = []
     for index in range(peers):
         path = directory / f"peer-{index:02d}"
-        address = f"/ip4/127.0.0.1/tcp/{free_tcp_port()}"
+        if listen_addresses is None:
+            address = f"/ip4/127.0.0.1/tcp/{free_tcp_port()}"
+        else:
+            address = listen_addresses[index]
         output = _checked(
             "init",
             "--data-dir",
@@ -130,14 +147,28 @@ def init_process_network(
     return NetworkFiles(directory, genesis_path, load_genesis(genesis_path), tuple(made))
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel kills it when the parent goes away."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 @dataclass(slots=True)
 class PeerProcess:
-    """One `walrus-peer run` child (restartable: ``start`` again after it exited)."""
+    """One `walrus-peer run` child (restartable: ``start`` again after it exited).
+
+    ``command_prefix`` goes before the command (``ip netns exec NS`` runs the peer in that
+    network namespace; it execs, so the child is still the peer itself). With
+    ``die_with_parent`` the kernel SIGKILLs the child when this process dies
+    (``PR_SET_PDEATHSIG``), so a crashed test run leaves no peer behind.
+    """
 
     data_dir: Path
     extra_arguments: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    command_prefix: tuple[str, ...] = ()
+    die_with_parent: bool = False
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -154,12 +185,16 @@ class PeerProcess:
             log.write(f"--- start {self.starts} ---\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                cli_command("run", "--data-dir", str(self.data_dir), *self.extra_arguments),
+                [
+                    *self.command_prefix,
+                    *cli_command("run", "--data-dir", str(self.data_dir), *self.extra_arguments),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 env=env,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
 
     @property
@@ -210,11 +245,31 @@ class PeerProcess:
 
 
 class ProcessNetwork:
-    """Peer processes of one network; :meth:`running` kills every child it started."""
+    """Peer processes of one network; :meth:`running` kills every child it started.
 
-    def __init__(self, files: NetworkFiles, extra_arguments: Sequence[str] = ()) -> None:
+    ``command_prefixes``: one command prefix per peer (see :class:`PeerProcess`), none by default.
+    """
+
+    def __init__(
+        self,
+        files: NetworkFiles,
+        extra_arguments: Sequence[str] = (),
+        *,
+        command_prefixes: Sequence[Sequence[str]] | None = None,
+        die_with_parent: bool = False,
+    ) -> None:
+        if command_prefixes is not None and len(command_prefixes) != len(files.peers):
+            raise ValueError(f"{len(command_prefixes)} prefixes for {len(files.peers)} peers")
         self.files = files
-        self.processes = [PeerProcess(peer.path, tuple(extra_arguments)) for peer in files.peers]
+        self.processes = [
+            PeerProcess(
+                peer.path,
+                tuple(extra_arguments),
+                command_prefix=tuple(command_prefixes[index]) if command_prefixes else (),
+                die_with_parent=die_with_parent,
+            )
+            for index, peer in enumerate(files.peers)
+        ]
 
     @property
     def genesis(self) -> Genesis:
@@ -273,12 +328,48 @@ async def wait_until_answering(
     )
 
 
+async def holds_verified_slivers(
+    light: LightPeer,
+    peer_id: PeerId,
+    shard: int,
+    blob_id: BlobId,
+    metadata: Metadata,
+    *,
+    timeout: float,
+) -> bool:
+    """Whether the peer holding ``shard`` has the blob's metadata and both slivers of that
+    shard's pair, and serves slivers that verify against ``metadata`` (False on any error)."""
+    n_shards = light.committee.n_shards
+    pair = shard_to_pair(blob_id, shard, n_shards)
+    try:
+        status = await light.call(
+            peer_id, wire.BlobStatusRequest(blob_id=blob_id), wire.BlobStatusReply, timeout=timeout
+        )
+        if not status.has_metadata or pair not in status.stored_pair_indices:
+            return False
+        for kind, sliver_type, sliver in (
+            (SliverKind.PRIMARY, SliverType.PRIMARY, pair),
+            (SliverKind.SECONDARY, SliverType.SECONDARY, n_shards - 1 - pair),
+        ):
+            reply = await light.call(
+                peer_id,
+                wire.GetSliverRequest(blob_id=blob_id, pair_index=pair, sliver_kind=kind),
+                wire.GetSliverReply,
+                timeout=timeout,
+            )
+            verify_sliver(metadata, sliver_type, sliver, reply.data)
+    except WalrusError:
+        return False
+    return True
+
+
 __all__ = [
     "NetworkFiles",
     "PeerDir",
     "PeerProcess",
     "ProcessNetwork",
     "cli_command",
+    "holds_verified_slivers",
     "init_process_network",
     "run_cli",
     "wait_until_answering",
