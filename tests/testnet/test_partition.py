@@ -29,10 +29,9 @@ The scenario (n = 20 shards, one per peer: f = 6, write quorum 14, kp = 8, ks = 
 5. healed: the group answers again, every blob reads back exactly (strict: re-encoded, blob id
    recomputed) and the minority's blob is still not certified;
 6. (second test) the formerly isolated peers rebuild their slivers of the two blobs they missed
-   (verified against the metadata) and every peer holds every blob. This xfails today when
-   the wait times out (any other error fails it): a peer that kept running through a
-   partition has no trigger to catch up once it heals (docs/healing.md); it passes only when
-   the gossip that carried both certificates happens to get through after the heal.
+   (verified against the metadata) and every peer holds every blob: a peer that kept running
+   through the partition notices that the committee is reachable again and catches up
+   (docs/healing.md, "Catch-up").
 
 Bounds: every await has a deadline, the module a pytest timeout; the fixture kills every peer
 process and deletes every namespace it made (and leftovers of a crashed run of the same pid
@@ -574,31 +573,22 @@ async def test_isolated_group_of_f_peers_cannot_certify_and_no_blob_is_lost(
     )
 
 
-CATCH_UP_GAP = (
-    "peer gap (docs/healing.md, Catch-up): a peer that kept running through a partition has no "
-    "trigger to catch up once it heals; it learns a certificate it missed only if the gossip "
-    "that carried it happens to get through after the heal, or at the periodic round (10 min)"
-)
-
-
 async def test_formerly_isolated_peers_rebuild_the_blobs_they_missed(network: Network) -> None:
     """After the heal, each peer of the isolated group rebuilds its slivers of the two blobs
     certified while it was cut off (blob sync from recovery symbols, verified against the
     metadata) within HEAL_TIMEOUT; then every one of the 20 peers holds every blob.
 
-    Today this xfails (imperatively, so that any other error still fails it): see
-    ``CATCH_UP_GAP``. Once peers catch up after a partition on their own, it passes every time
-    and the ``pytest.xfail`` below should go."""
+    A peer that kept running through the partition notices it: most of its pings of committee
+    members failed, then three in a row succeed, and it runs a catch-up round at once
+    (``HealingService._catch_up_after_isolation``). Before that existed this test failed: the
+    certificates of the missed blobs reached the group only if a gossip message got through
+    after the heal, or at the periodic round 10 minutes later."""
     net = network
     if net.partition is None:
         pytest.skip("needs the partition of the previous test")
     group, missed = net.partition.group, net.partition.missed
     with inside(net.lab.client):
-        try:
-            seconds = await wait_holding(net, group, missed, HEAL_TIMEOUT)
-        except AssertionError as error:
-            print(f"\n{error}\nXFAIL: {CATCH_UP_GAP}")
-            pytest.xfail(CATCH_UP_GAP)
+        seconds = await wait_holding(net, group, missed, HEAL_TIMEOUT)
         print(
             f"\nisolated peers {group} hold the {len(missed)} blobs they missed "
             f"{time.monotonic() - net.partition.healed:.1f}s after the heal"

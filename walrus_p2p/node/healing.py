@@ -19,11 +19,13 @@ delete or invalid record drops data at once). See ``docs/healing.md``.
 from __future__ import annotations
 
 import logging
+import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import trio
 
-from walrus_p2p.core import records
+from walrus_p2p.core import records, wire
 from walrus_p2p.core.blob_messages import AttestInvalidBlobRequest, ListBlobRecordsRequest
 from walrus_p2p.core.metadata import InconsistentSliverError, Metadata
 from walrus_p2p.errors import WalrusError
@@ -41,12 +43,16 @@ from walrus_p2p.node.peer import (
 )
 from walrus_p2p.node.peer_calls import PeerCaller
 from walrus_p2p.node.recovery import BlobSync, Recovery
-from walrus_p2p.types import BlobId, SliverKind, short_id
+from walrus_p2p.types import BlobId, PeerId, SliverKind, short_id
 
 logger = logging.getLogger(__name__)
 
 DROP_QUEUE_SIZE = 1024
 SLIVER_KINDS = (SliverKind.PRIMARY, SliverKind.SECONDARY)
+REACHABILITY_WINDOW = 6
+REACHABILITY_MIN_PINGS = 4
+PING_BLOB_ID = BlobId(bytes(32))
+"""A blob id nobody stores: a status request for it is the cheapest request a peer answers."""
 
 
 class HealingService:
@@ -190,6 +196,8 @@ class HealingService:
             nursery.start_soon(self._migrate_after_catch_up)
             if self.options.stall_catch_up_seconds > 0:
                 nursery.start_soon(self._catch_up_after_stalls)
+            if self.options.reachability_interval > 0:
+                nursery.start_soon(self._catch_up_after_isolation)
             nursery.start_soon(
                 self._periodic,
                 "gc",
@@ -242,6 +250,52 @@ class HealingService:
             if stalled >= self.options.stall_catch_up_seconds:
                 logger.info("event loop stalled seconds=%.1f; catching up", stalled)
                 await self.catch_up_now()
+
+    async def _catch_up_after_isolation(self) -> None:
+        """Catch up at once when this peer was cut off from most of the committee while it kept
+        running (a partition, a lost link): nothing stalled, TCP connections may even look alive,
+        but the pushes and gossip of that time never arrived. A random committee member is pinged
+        every ``reachability_interval``; with half or more of the last pings failed the peer
+        counts as cut off, and when three pings in a row succeed again after at least
+        ``stall_catch_up_seconds`` cut off, a catch-up round (then a scan) runs."""
+        window: deque[bool] = deque(maxlen=REACHABILITY_WINDOW)
+        cut_off_since: float | None = None
+        await self.caught_up.wait()
+        while True:
+            await trio.sleep(self.options.reachability_interval)
+            others = [p for p in self.peer.committee.peer_ids if p != self.peer.peer_id]
+            if not others:
+                continue
+            window.append(await self._ping(random.choice(others)))
+            failed = window.count(False)
+            now = trio.current_time()
+            if cut_off_since is None:
+                if len(window) >= REACHABILITY_MIN_PINGS and 2 * failed >= len(window):
+                    cut_off_since = now
+                    logger.info(
+                        "most committee members unreachable failed=%d of %d", failed, len(window)
+                    )
+            elif list(window)[-3:] == [True, True, True]:
+                cut_off = now - cut_off_since
+                cut_off_since = None
+                window.clear()
+                if cut_off >= self.options.stall_catch_up_seconds:
+                    logger.info(
+                        "committee reachable again after seconds=%.1f; catching up", cut_off
+                    )
+                    await self.catch_up_now()
+
+    async def _ping(self, peer_id: PeerId) -> bool:
+        try:
+            await self.caller.call(
+                peer_id,
+                wire.BlobStatusRequest(blob_id=PING_BLOB_ID),
+                wire.BlobStatusReply,
+                timeout=self.options.reachability_timeout,
+            )
+        except WalrusError:
+            return False
+        return True
 
     async def _periodic(
         self,

@@ -54,6 +54,11 @@ class HealingOptions:
     machine slept) starts a catch-up round at once: gossip and pushes sent meanwhile are lost,
     and the next periodic round may be ``catch_up_interval`` away. 0 turns it off."""
     stall_check_interval: float = 1.0
+    reachability_interval: float = 3.0
+    """Seconds between two pings of a random committee member. A peer that keeps running but
+    loses the network (a partition, a cable) sees most pings fail; when they succeed again
+    after at least ``stall_catch_up_seconds`` it runs a catch-up round at once. 0 turns it off."""
+    reachability_timeout: float = 3.0
 
     # scrub
     scrub_interval: float = 3600.0
