@@ -21,7 +21,7 @@ from walrus_p2p.core.blob_messages import (
     decode_records,
     encode_records,
 )
-from walrus_p2p.core.committee import Committee
+from walrus_p2p.core.committee import Committee, is_quorum
 from walrus_p2p.errors import VerificationError, WalrusError
 from walrus_p2p.types import BlobId, Epoch, PeerId, short_id
 
@@ -34,13 +34,19 @@ async def push_records(
     items: list[records.BlobRecord],
     *,
     timeout: float = 10.0,
+    background: trio.Nursery | None = None,
 ) -> int:
-    """Send records to every committee member at once; returns how many peers took them."""
+    """Send records to every committee member at once; returns how many peers took them.
+
+    With ``background``, returns as soon as peers holding a quorum of shards took them (or every
+    push ended); the pushes to the others go on there, each bounded by ``timeout``. So a peer
+    that is down costs the caller nothing once a quorum has the records."""
     encoded = encode_records(items)
-    delivered = 0
+    committee = light.committee
+    delivered: list[PeerId] = []
+    enough = trio.Event()
 
     async def push(peer_id: PeerId) -> None:
-        nonlocal delivered
         try:
             await light.call(
                 peer_id,
@@ -48,7 +54,6 @@ async def push_records(
                 PostBlobRecordsReply,
                 timeout=timeout,
             )
-            delivered += 1
         except WalrusError as error:
             logger.info(
                 "record push failed blob=%s peer=%s reason=%s",
@@ -56,11 +61,23 @@ async def push_records(
                 peer_id[:12],
                 error.reason,
             )
+            return
+        delivered.append(peer_id)
+        if is_quorum(committee.shard_weight(delivered), committee.n_shards):
+            enough.set()
 
-    async with trio.open_nursery() as nursery:
-        for peer_id in light.committee.peer_ids:
-            nursery.start_soon(push, peer_id)
-    return delivered
+    async def push_all() -> None:
+        async with trio.open_nursery() as nursery:
+            for peer_id in committee.peer_ids:
+                nursery.start_soon(push, peer_id)
+        enough.set()
+
+    if background is None:
+        await push_all()
+    else:
+        background.start_soon(push_all)
+        await enough.wait()
+    return len(delivered)
 
 
 def _committee_lookup(light: LightPeer) -> records.CommitteeLookup:

@@ -155,7 +155,7 @@ async def store_blob(
         confirmations=tuple(records.confirmation_signature(c) for c in confirmations.values()),
     )
     certificate.verify(genesis.network_id, light.committee)
-    delivered = await push_records(light, blob_id, [register, certificate])
+    delivered = await push_records(light, blob_id, [register, certificate], background=background)
     logger.info(
         "blob certified blob=%s size=%d confirmations=%d certificate_delivered=%d",
         short_id(blob_id),
