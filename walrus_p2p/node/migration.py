@@ -299,7 +299,7 @@ class ShardMigration:
                         nursery.start_soon(self._pull_limited, limiter, epoch, shard, source)
             finally:
                 peer.migrating_shards.difference_update(gained)
-        await self._complete(epoch)
+        await self._complete(epoch, announce=bool(gained))
 
     async def _pull_limited(
         self, limiter: trio.CapacityLimiter, epoch: int, shard: int, source: PeerId
@@ -435,8 +435,9 @@ class ShardMigration:
                 "records of pulled blob unavailable blob=%s error=%s", short_id(blob_id), error
             )
 
-    async def _complete(self, epoch: int) -> None:
-        """Recover whatever is still missing, then report every owned shard in place."""
+    async def _complete(self, epoch: int, *, announce: bool) -> None:
+        """Recover whatever is still missing, then report every owned shard in place (gossiped
+        only by a peer that gained shards: readers care about moved shards alone)."""
         peer = self.peer
         shards = peer.committee.shards_of(peer.peer_id)
         for round_ in range(1, self.options.in_place_max_rounds + 1):
@@ -467,11 +468,15 @@ class ShardMigration:
         self.in_place.set()
         self.metrics.shards_in_place.set(len(shards))
         logger.info("shards in place epoch=%d shards=%d", epoch, len(shards))
-        await self._publish(report)
+        if announce:
+            await self._publish(report)
 
     async def _republish_until_cancelled(self, epoch: int) -> None:
         own = self.reports.get(epoch, {}).get(self.peer.peer_id)
-        if own is None:
+        previous = self.peer.epochs.committee_of(epoch - 1) if epoch > 0 else None
+        if own is None or previous is None:
+            return
+        if not gained_shards(previous, self.peer.committee, self.peer.peer_id):
             return
         while True:
             await trio.sleep(self.options.in_place_republish_interval * random.uniform(0.8, 1.2))
