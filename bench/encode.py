@@ -29,10 +29,11 @@ Columns:
 * symbol   a helper's cost to compute one recovery symbol (one output fragment of one codec
            call, ``encoding.recovery_symbol``), median over helpers, microseconds.
 
-Large ``bytes`` objects (the decoded blob) come from glibc's mmap with 4 KiB pages, and the
-first touch of each page costs more than copying into it (128 MB: ~80 ms against ~13 ms with
-huge pages here). numpy already asks for huge pages for its own arrays; ``--malloc-hugepages``
-shows what ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in a peer's environment buys.
+Large ``bytes`` objects come from glibc's mmap with 4 KiB pages, and the first touch of each
+page costs more than copying into it (128 MB: ~80 ms against ~13 ms with huge pages here).
+numpy asks for huge pages for its own arrays, and the decoders ask for them (``madvise``) for
+the ``bytes`` they return and write the rows straight into it; ``--malloc-hugepages`` shows
+what ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in a peer's environment still buys on top.
 
 Figures depend on the load: the machine is shared, so the load average is printed with them.
 Benchmarks print; they never assert on speed.

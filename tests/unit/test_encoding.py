@@ -128,6 +128,20 @@ def test_codec_decodes_and_reconstructs_from_any_k_fragments(k: int, total: int)
         codec.decode(k, total, {index: full[index] for index in range(1, k)})
 
 
+@with_each_codec
+def test_codec_reconstructs_into_a_given_buffer(codec: encoding.ErasureCodec) -> None:
+    k, total = 5, 9
+    data = np.frombuffer(pattern(k * 11, seed=3), dtype=np.uint8).reshape(k, 11)
+    full = np.concatenate([data, codec.encode(k, total, data)])
+    available = {index: full[index] for index in (1, 3, 6, 7, 8)}
+    wanted = [0, 1, 2, 4]
+    out = np.zeros((len(wanted), 11), dtype=np.uint8)
+    assert codec.reconstruct(k, total, available, wanted, out=out) is out
+    assert np.array_equal(out, full[wanted])
+    with pytest.raises(EncodingError):
+        codec.reconstruct(k, total, available, wanted, out=np.zeros((3, 11), dtype=np.uint8))
+
+
 def test_codec_rejects_bad_parameters_and_ragged_fragments() -> None:
     codec = PyeclibCodec()
     rows = np.zeros((3, 4), dtype=np.uint8)
@@ -286,6 +300,42 @@ def test_parity_only_primary_slivers_decode() -> None:
     encoded = encoding.encode(blob, config, hash_symbols=False)
     parity = {index: encoded.primary_sliver(index) for index in range(config.n - config.kp, 10)}
     assert encoding.decode_primary(config, len(blob), parity) == blob
+
+
+@with_each_codec
+@pytest.mark.parametrize("n", [4, 7, 10])
+def test_decoding_in_place_into_bytes(
+    n: int, codec: encoding.ErasureCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Big results are written straight into the returned ``bytes`` (here at any size)."""
+    monkeypatch.setattr(encoding, "_MIN_IN_PLACE_RESULT", 1)
+    config = EncodingConfig.for_shards(n)
+    rng = random.Random(n)
+    for length in boundary_lengths(config):
+        blob = pattern(length, seed=length)
+        encoded = encoding.encode(blob, config, hash_symbols=False, codec=codec)
+        for primaries in (range(config.kp), rng.sample(range(n), config.kp)):
+            slivers = {index: encoded.primary_sliver(index) for index in primaries}
+            decoded = encoding.decode_primary(config, length, slivers, codec=codec)
+            assert type(decoded) is bytes and decoded == blob
+        secondaries = rng.sample(range(n), config.ks)
+        slivers = {index: encoded.secondary_sliver(index) for index in secondaries}
+        decoded = encoding.decode_secondary(config, length, slivers, codec=codec)
+        assert type(decoded) is bytes and decoded == blob
+
+
+def test_a_big_blob_round_trips_into_plain_bytes() -> None:
+    """Big enough for the in-place huge-page result and the parallel copy into the secondary
+    slivers (both only above a few MB)."""
+    config = EncodingConfig.for_shards(4)
+    length = encoding._MIN_IN_PLACE_RESULT + 12_345
+    blob = pattern(length, seed=4)
+    encoded = encoding.encode(blob, config, hash_symbols=False)
+    primary = {index: encoded.primary_sliver(index) for index in (1, 3)}
+    decoded = encoding.decode_primary(config, length, primary)
+    assert type(decoded) is bytes and decoded == blob
+    secondary = {index: encoded.secondary_sliver(index) for index in (0, 1, 2)}
+    assert encoding.decode_secondary(config, length, secondary) == blob
 
 
 def test_decoding_rejects_too_few_or_malformed_slivers() -> None:

@@ -368,6 +368,17 @@ def test_read_consistency_checks_pass_for_a_consistent_blob(written: Written) ->
         meta.check_read_consistency(written.metadata, blob + b"\x00")
 
 
+def test_read_check_on_several_threads_agrees(
+    written: Written, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check spreads rows over threads for big rows; forced here on a small blob."""
+    monkeypatch.setattr(meta, "_PARALLEL_CHECK_ROW_BYTES", 0)
+    meta.check_read_consistency(written.metadata, written.blob)
+    for position in (0, len(written.blob) - 1):
+        with pytest.raises(InconsistentBlobError):
+            meta.check_read_consistency(written.metadata, flip_bit(written.blob, 8 * position))
+
+
 def test_read_of_an_inconsistent_blob_is_reported() -> None:
     n, liar_row = 7, 6
     config, matrix, metadata = lying_writer(n, liar_row, seed=11, liar_type=PRIMARY)

