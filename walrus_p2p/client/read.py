@@ -153,7 +153,7 @@ async def fetch_slivers(
     candidates = systematic + parity
     kind = SliverKind.PRIMARY if sliver_type is SliverType.PRIMARY else SliverKind.SECONDARY
     got: dict[int, bytes] = {}
-    queue = list(candidates)
+    queue = candidates[::-1]  # workers pop from the end: systematic slivers first
 
     async def fetch_one(index: int) -> None:
         # During an epoch change the shard's new owner may not hold the sliver yet: fall back
