@@ -10,7 +10,10 @@ Run from the repository root::
 Each (size, n) cell runs in a fresh subprocess, so its peak RSS is its own (``ru_maxrss`` of
 that child: the interpreter, the blob and everything the encoder keeps). Inside a cell, one
 warm-up run touches the memory first (on this VM the very first touch of fresh memory costs
-1-2 s of system time per GiB), then ``--repeat`` timed runs; the table shows medians. The 1 GiB
+1-2 s of system time per GiB), then ``--repeat`` timed runs; the table shows medians. Each
+timed run drops the previous result first, so from 8 MiB to 512 MiB of output the encoder
+writes into the buffer it kept from the run before, as a peer encoding blob after blob does
+(``encoding._ReusedBuffer``); a caller that still holds the last result gets fresh pages. The 1 GiB
 run is a single cold run: its MB/s mostly measures those first touches; its point is the RSS.
 
 Columns:

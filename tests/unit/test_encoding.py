@@ -216,6 +216,68 @@ def test_rows_first_and_columns_first_expansion_agree(n: int, codec: encoding.Er
     assert columns_first[config.kp :, config.ks :].any()
 
 
+@with_each_codec
+@pytest.mark.parametrize("n", [4, 7, 10, 20])
+@pytest.mark.parametrize("extra", [0, 1, 37])
+def test_column_by_column_encoder_gives_the_same_bytes(
+    n: int, extra: int, codec: encoding.ErasureCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Big symbols take the cache-blocked path (hash each column as it is made): same layout,
+    same hashes, same blob id as the whole-matrix path, padded tail or not."""
+    config = EncodingConfig.for_shards(n)
+    blob = pattern(config.kp * config.ks * 40 - extra, seed=n + extra)
+    monkeypatch.setattr(encoding, "_BY_COLUMN_MIN_SYMBOL", 1 << 62)
+    reference = encoding.encode(blob, config, codec=codec)
+    monkeypatch.setattr(encoding, "_BY_COLUMN_MIN_SYMBOL", 2)
+    monkeypatch.setattr(encoding, "_BY_COLUMN_MIN_LENGTH", 0)
+    check_layout(config, blob, codec)
+    by_columns = encoding.encode(blob, config, codec=codec)
+    assert reference.symbol_hashes is not None and by_columns.symbol_hashes is not None
+    assert np.array_equal(reference.symbol_hashes, by_columns.symbol_hashes)
+    assert np.array_equal(reference.secondary_columns, by_columns.secondary_columns)
+    for mine, theirs in zip(reference.primary_rows, by_columns.primary_rows, strict=True):
+        assert np.array_equal(mine, theirs)
+    assert reference.column_roots is None
+    assert by_columns.column_roots == tuple(
+        merkle.root_of_leaf_hashes(reference.symbol_hashes[:, column].tobytes())
+        for column in range(n)
+    )
+
+
+def test_output_buffers_are_reused_only_when_nothing_refers_to_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(encoding, "_BY_COLUMN_MIN_SYMBOL", 2)
+    monkeypatch.setattr(encoding, "_BY_COLUMN_MIN_LENGTH", 0)
+    monkeypatch.setattr(encoding, "_REUSE_MIN_BYTES", 1)
+    monkeypatch.setattr(encoding, "_output_buffers", encoding._ReusedBuffer())
+    config = EncodingConfig.for_shards(7)
+    first_blob, second_blob = pattern(20_000, seed=1), pattern(20_000, seed=2)
+    expected = bytes(encoding.encode(first_blob, config).secondary_sliver(6))
+    expected_second = bytes(encoding.encode(second_blob, config).secondary_sliver(6))
+
+    def buffer_of(encoded: encoding.EncodedBlob) -> int:
+        base = encoded.secondary_columns.base
+        assert base is not None
+        return id(base)
+
+    first = encoding.encode(first_blob, config)  # the previous result is gone: reused
+    first_buffer = buffer_of(first)
+    sliver = first.secondary_sliver(6)
+    del first
+    second = encoding.encode(second_blob, config)  # ``sliver`` still refers to the buffer
+    assert buffer_of(second) != first_buffer
+    assert bytes(sliver) == expected
+    assert bytes(second.secondary_sliver(6)) == expected_second
+    del sliver, second
+    third = encoding.encode(second_blob, config)
+    assert buffer_of(third) == first_buffer
+    encoding.release_encoder_buffers()
+    assert bytes(third.secondary_sliver(6)) == expected_second  # still valid after the release
+    del third
+    assert encoding._output_buffers._buffer is None
+
+
 def test_encoding_does_not_copy_full_source_rows() -> None:
     config = EncodingConfig.for_shards(4)
     blob = bytearray(pattern(config.kp * config.ks * 8))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from blake3 import blake3
 from hypothesis import given, settings
@@ -121,6 +122,14 @@ def test_leaf_hashes_of_symbols_hashes_each_symbol() -> None:
     assert digests == b"".join(merkle.leaf_hash(buffer[start : start + 4]) for start in (0, 4, 8))
     with pytest.raises(ValueError):
         merkle.leaf_hashes_of_symbols(buffer, 5)
+
+
+def test_leaf_hashes_of_separate_buffers() -> None:
+    matrix = np.arange(60, dtype=np.uint8).reshape(3, 20)
+    symbols = [row.data for row in matrix[:, 4:12]]  # rows of a strided view
+    expected = b"".join(merkle.leaf_hash(bytes(symbol)) for symbol in symbols)
+    assert merkle.leaf_hashes(symbols) == expected
+    assert merkle.leaf_hashes([]) == b""
 
 
 def test_bad_inputs_to_tree_are_rejected() -> None:

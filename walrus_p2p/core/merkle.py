@@ -18,7 +18,7 @@ single blake3 call over a 64-byte slice, with no list of small objects to build.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from blake3 import blake3
@@ -88,6 +88,19 @@ def leaf_hashes_of_symbols(buffer: BytesLike, symbol_size: int) -> bytes:
     update, digest, reset = hasher.update, hasher.digest, hasher.reset
     for start in range(0, len(view), symbol_size):
         update(view[start : start + symbol_size])
+        output += digest()
+        reset()
+    return bytes(output)
+
+
+def leaf_hashes(symbols: Iterable[BytesLike]) -> bytes:
+    """Leaf hashes of separate symbol buffers (for example the rows of a strided array),
+    concatenated; like :func:`leaf_hashes_of_symbols` for symbols that are not adjacent."""
+    output = bytearray()
+    hasher = _LEAF_HASHER.copy()
+    update, digest, reset = hasher.update, hasher.digest, hasher.reset
+    for symbol in symbols:
+        update(symbol)
         output += digest()
         reset()
     return bytes(output)

@@ -139,7 +139,9 @@ def compute_metadata(encoded: EncodedBlob) -> Metadata:
     n = encoded.config.n
     hashes = encoded.symbol_hashes
     row_roots = [merkle.root_of_leaf_hashes(hashes[row].tobytes()) for row in range(n)]
-    column_roots = [merkle.root_of_leaf_hashes(hashes[:, column].tobytes()) for column in range(n)]
+    column_roots = encoded.column_roots or [
+        merkle.root_of_leaf_hashes(hashes[:, column].tobytes()) for column in range(n)
+    ]
     pairs = tuple(
         SliverPairMetadata(row_roots[pair], column_roots[pair_secondary_index(pair, n)])
         for pair in range(n)
