@@ -185,9 +185,11 @@ def median(values: list[float]) -> float:
 
 
 async def throughput(
-    client: WalrusClient, sizes: list[int], reps: int
+    client: WalrusClient, sizes: list[int], reps: int, settle: float = 0.0
 ) -> dict[int, tuple[float, float]]:
-    """size MiB -> (median store seconds, median read seconds)."""
+    """size MiB -> (median store seconds, median read seconds). A store is timed until it is
+    certified (the tail to the last peers goes on in the background); with ``settle`` the read
+    starts that many seconds later, on a network that finished the store's tail and syncs."""
     results: dict[int, tuple[float, float]] = {}
     for size_mib in sizes:
         stores: list[float] = []
@@ -198,6 +200,7 @@ async def throughput(
                 started = time.perf_counter()
                 outcome = await client.store(data, epochs=1, permanent=False)
                 stored = time.perf_counter() - started
+                await trio.sleep(settle)
                 started = time.perf_counter()
                 back = await client.read(outcome.blob_id)
                 read = time.perf_counter() - started
@@ -301,7 +304,7 @@ async def run(arguments: argparse.Namespace, directory: Path) -> None:
             wait_for_quiet(arguments.max_load, arguments.wait_quiet)
             load_before = os.getloadavg()
             cpu_before = sum(cpu_seconds(peer.process.pid) for peer in bench.peers)
-            results = await throughput(client, arguments.sizes, arguments.reps)
+            results = await throughput(client, arguments.sizes, arguments.reps, arguments.settle)
             p50, p95, worst = await small_reads(client, arguments.small_reads)
             load_after = os.getloadavg()
             cpu_used = sum(cpu_seconds(peer.process.pid) for peer in bench.peers) - cpu_before
@@ -369,6 +372,12 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=20)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 100], help="MiB")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds between a store and the read of the same blob (default: none)",
+    )
     parser.add_argument("--small-reads", type=int, default=50)
     parser.add_argument("--repair-sizes", type=int, nargs="*", default=[16], help="MiB")
     parser.add_argument("--max-load", type=float, default=2.5)
