@@ -27,7 +27,6 @@ from walrus_p2p.types import BlobId, PeerId, short_id
 
 logger = logging.getLogger(__name__)
 
-PING_BLOB_ID = BlobId(bytes(32))
 STATUS_CACHE_SECONDS = 2.0
 
 
@@ -168,7 +167,7 @@ class WalrusClient:
                 try:
                     await self.light.call(
                         peer_id,
-                        wire.BlobStatusRequest(blob_id=PING_BLOB_ID),
+                        wire.BlobStatusRequest(blob_id=wire.PING_BLOB_ID),
                         wire.BlobStatusReply,
                         timeout=3.0,
                     )

@@ -76,6 +76,7 @@ __all__ = [
     "MAX_ERROR_REASON_LENGTH",
     "MAX_PROOF_LENGTH",
     "MAX_SHARDS",
+    "PING_BLOB_ID",
     "PUBLIC_KEY_LENGTH",
     "SIGNATURE_LENGTH",
     "U8",
@@ -1136,6 +1137,11 @@ class GetRecoverySymbolReply(Message):
 
     symbol: SymbolData
     proof: MerkleProof
+
+
+PING_BLOB_ID = BlobId(bytes(HASH_LENGTH))
+"""A blob id nobody stores: a :class:`BlobStatusRequest` for it is the cheapest request a
+storage peer answers, so clients and peers use it as a ping."""
 
 
 @register(22)

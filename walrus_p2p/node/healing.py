@@ -51,8 +51,6 @@ DROP_QUEUE_SIZE = 1024
 SLIVER_KINDS = (SliverKind.PRIMARY, SliverKind.SECONDARY)
 REACHABILITY_WINDOW = 6
 REACHABILITY_MIN_PINGS = 4
-PING_BLOB_ID = BlobId(bytes(32))
-"""A blob id nobody stores: a status request for it is the cheapest request a peer answers."""
 
 
 class HealingService:
@@ -289,7 +287,7 @@ class HealingService:
         try:
             await self.caller.call(
                 peer_id,
-                wire.BlobStatusRequest(blob_id=PING_BLOB_ID),
+                wire.BlobStatusRequest(blob_id=wire.PING_BLOB_ID),
                 wire.BlobStatusReply,
                 timeout=self.options.reachability_timeout,
             )
