@@ -118,7 +118,7 @@ def blobs(gateway: Gateway, http: httpx.Client) -> dict[int, tuple[bytes, dict[s
     """Random blobs of every size in BLOB_SIZES, stored once through the main gateway."""
     stored: dict[int, tuple[bytes, dict[str, Any]]] = {}
     for size in BLOB_SIZES:
-        data = secrets.token_bytes(size)
+        data = fresh_bytes(size)
         reply = http.put(f"{gateway.url}/v1/blobs", params={"epochs": EPOCHS}, content=data)
         assert reply.status_code == 200, reply.text
         stored[size] = (data, reply.json())
@@ -126,6 +126,19 @@ def blobs(gateway: Gateway, http: httpx.Client) -> dict[int, tuple[bytes, dict[s
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+_ONE_BYTE_BLOBS: set[bytes] = set()
+
+
+def fresh_bytes(size: int) -> bytes:
+    """Random bytes that no other test of this module stored: a 1-byte blob has only 256 values,
+    so without this, two tests' "new" 1-byte blobs collide (alreadyCertified) once in ~100 runs."""
+    data = secrets.token_bytes(size)
+    if size == 1:
+        unused = sorted(set(range(256)) - {blob[0] for blob in _ONE_BYTE_BLOBS})
+        data = bytes([secrets.choice(unused)])
+        _ONE_BYTE_BLOBS.add(data)
+    return data
 
 
 class _AnyInt:
@@ -273,7 +286,7 @@ def test_http_store_and_read_back_identical_bytes(
     assert reply.content == big[40 * MIB + 3 : 42 * MIB + 3]
 
     # A permanent store says so, and the same bytes under another lifetime keep their id.
-    small = secrets.token_bytes(1)
+    small = fresh_bytes(1)
     reply = http.put(
         f"{gateway.url}/v1/blobs", params={"epochs": 1, "permanent": "true"}, content=small
     )
@@ -296,7 +309,7 @@ def test_cli_store_and_read_back_identical_bytes(
     files = []
     for size in (0, 1, MIB):
         path = tmp_path / f"blob-{size}.bin"
-        path.write_bytes(secrets.token_bytes(size))
+        path.write_bytes(fresh_bytes(size))
         files.append(path)
     results = devnet.cli_json("store", *map(str, files), "--epochs", str(EPOCHS))
     assert isinstance(results, list) and len(results) == len(files)
@@ -329,7 +342,7 @@ def test_cli_store_of_64_mib_has_bounded_peak_memory(
     64 MiB blob stays under 12x the blob + 150 MiB; the blob reads back identical via the CLI."""
     size = 64 * MIB
     path = tmp_path / "big.bin"
-    data = secrets.token_bytes(size)
+    data = fresh_bytes(size)
     path.write_bytes(data)
     output = tmp_path / "store.json"
     started = time.monotonic()
