@@ -59,7 +59,6 @@ import pytest
 import trio
 
 from walrus_p2p.client.network import LightPeer, open_light_peer
-from walrus_p2p.client.read import fetch_metadata
 from walrus_p2p.client.service import WalrusClient, open_client
 from walrus_p2p.client.store import StoreOptions
 from walrus_p2p.core.encoding import EncodingConfig
@@ -67,9 +66,9 @@ from walrus_p2p.core.genesis import Genesis
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.core.metadata import blob_id_of
 from walrus_p2p.errors import QuorumError
+from walrus_p2p.testing import processes
 from walrus_p2p.testing.processes import (
     ProcessNetwork,
-    holds_verified_slivers,
     init_process_network,
     wait_until_answering,
 )
@@ -454,44 +453,14 @@ async def wait_holding(
     net: Network, indices: Sequence[int], blob_ids: Sequence[BlobId], timeout: float
 ) -> float:
     """Until every given peer holds verified slivers of every given blob; returns seconds."""
-    started = time.monotonic()
-    missing = {(index, blob_id) for index in indices for blob_id in blob_ids}
-    async with open_light_peer(net.genesis, verify_chain=False) as light:
-        with trio.fail_after(CALL_TIMEOUT * 3):
-            metadata = {
-                blob_id: await fetch_metadata(light, blob_id, timeout=CALL_TIMEOUT)
-                for blob_id in blob_ids
-            }
-
-        async def check(
-            light: LightPeer, index: int, blob_id: BlobId, limiter: trio.CapacityLimiter
-        ) -> None:
-            async with limiter:
-                if await holds_verified_slivers(
-                    light,
-                    net.peer_id(index),
-                    net.shard_of(index),
-                    blob_id,
-                    metadata[blob_id],
-                    timeout=CALL_TIMEOUT,
-                ):
-                    missing.discard((index, blob_id))
-
-        with trio.move_on_after(timeout):
-            while missing:
-                limiter = trio.CapacityLimiter(8)
-                async with trio.open_nursery() as nursery:
-                    for index, blob_id in sorted(missing):
-                        nursery.start_soon(check, light, index, blob_id, limiter)
-                if missing:
-                    await trio.sleep(1.0)
-    assert not missing, (
-        f"after {timeout:g}s these (peer, blob) still lack verified slivers: "
-        + ", ".join(f"({index}, {short_id(blob_id)})" for index, blob_id in sorted(missing))
-        + "\n"
-        + net.log_tails(sorted({index for index, _ in missing}))
+    return await processes.wait_holding(
+        net.genesis,
+        {index: (net.peer_id(index), net.shard_of(index)) for index in indices},
+        blob_ids,
+        timeout=timeout,
+        call_timeout=CALL_TIMEOUT,
+        logs=net.log_tails,
     )
-    return time.monotonic() - started
 
 
 # -- the scenario -------------------------------------------------------------------------------

@@ -40,17 +40,17 @@ import trio
 from testnet_kit import Devnet, tail
 
 from walrus_p2p.client.network import LightPeer, open_light_peer
-from walrus_p2p.client.read import ReadOptions, fetch_metadata
+from walrus_p2p.client.read import ReadOptions
 from walrus_p2p.client.service import WalrusClient, open_client
 from walrus_p2p.core import wire
 from walrus_p2p.core.committee import quorum_threshold
-from walrus_p2p.core.encoding import EncodingConfig, SliverType, pair_to_shard, shard_to_pair
+from walrus_p2p.core.encoding import EncodingConfig, pair_to_shard, shard_to_pair
 from walrus_p2p.core.genesis import Genesis
 from walrus_p2p.core.identity import Identity
-from walrus_p2p.core.metadata import Metadata, verify_sliver
 from walrus_p2p.errors import WalrusError
 from walrus_p2p.node.config import ensure_identity, load_genesis
-from walrus_p2p.types import BlobId, PeerId, SliverKind, short_id
+from walrus_p2p.testing.processes import wait_holding
+from walrus_p2p.types import BlobId, PeerId, short_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -228,74 +228,22 @@ def payload(size: int) -> bytes:
     return random.randbytes(size)
 
 
-async def holds_verified_slivers(
-    net: Network, light: LightPeer, index: int, blob_id: BlobId, metadata: Metadata
-) -> bool:
-    """Peer ``index`` has the metadata and both slivers of its pair of the blob, and serves
-    slivers that verify against the blob's metadata."""
-    peer_id = net.peer_id(index)
-    try:
-        status = await light.call(
-            peer_id,
-            wire.BlobStatusRequest(blob_id=blob_id),
-            wire.BlobStatusReply,
-            timeout=CALL_TIMEOUT,
-        )
-        pair = net.pair_of(index, blob_id)
-        if not status.has_metadata or pair not in status.stored_pair_indices:
-            return False
-        for kind, sliver_type, sliver in (
-            (SliverKind.PRIMARY, SliverType.PRIMARY, pair),
-            (SliverKind.SECONDARY, SliverType.SECONDARY, SHARDS - 1 - pair),
-        ):
-            reply = await light.call(
-                peer_id,
-                wire.GetSliverRequest(blob_id=blob_id, pair_index=pair, sliver_kind=kind),
-                wire.GetSliverReply,
-                timeout=CALL_TIMEOUT,
-            )
-            verify_sliver(metadata, sliver_type, sliver, reply.data)  # raises if wrong
-    except WalrusError:
-        return False
-    return True
-
-
 async def wait_healed(
     net: Network, indices: Sequence[int], blob_ids: Sequence[BlobId], timeout: float
 ) -> float:
     """Until every given peer holds verified slivers of every given blob; returns seconds."""
-    started = time.monotonic()
-    missing = {(index, blob_id) for index in indices for blob_id in blob_ids}
-    async with open_light_peer(net.genesis, verify_chain=False) as light:
-        with trio.fail_after(CALL_TIMEOUT * 3):
-            metadata = {
-                blob_id: await fetch_metadata(light, blob_id, timeout=CALL_TIMEOUT)
-                for blob_id in blob_ids
-            }
 
-        async def check(index: int, blob_id: BlobId, limiter: trio.CapacityLimiter) -> None:
-            async with limiter:
-                if await holds_verified_slivers(net, light, index, blob_id, metadata[blob_id]):
-                    missing.discard((index, blob_id))
+    def logs(missing: list[int]) -> str:
+        return "\n".join(f"== peer {index} ==\n{node_log_tail(net, index)}" for index in missing)
 
-        with trio.move_on_after(timeout):
-            while missing:
-                limiter = trio.CapacityLimiter(8)
-                async with trio.open_nursery() as nursery:
-                    for index, blob_id in sorted(missing):
-                        nursery.start_soon(check, index, blob_id, limiter)
-                if missing:
-                    await trio.sleep(1.0)
-    assert not missing, (
-        f"after {timeout:g}s these (peer, blob) still lack slivers: "
-        + ", ".join(f"({index}, {short_id(blob_id)})" for index, blob_id in sorted(missing))
-        + "\n"
-        + "\n".join(
-            f"== peer {index} ==\n{node_log_tail(net, index)}"
-            for index in sorted({index for index, _ in missing})
-        )
+    return await wait_holding(
+        net.genesis,
+        {index: (net.peer_id(index), net.devnet.peers[index].shards[0]) for index in indices},
+        blob_ids,
+        timeout=timeout,
+        call_timeout=CALL_TIMEOUT,
+        logs=logs,
     )
-    return time.monotonic() - started
 
 
 def node_log_tail(net: Network, index: int, lines: int = 15) -> str:

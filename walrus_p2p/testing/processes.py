@@ -21,14 +21,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
-from walrus_p2p.client.network import LightPeer
+from walrus_p2p.client.network import LightPeer, open_light_peer
+from walrus_p2p.client.read import fetch_metadata
 from walrus_p2p.core import wire
 from walrus_p2p.core.encoding import SliverType, shard_to_pair
 from walrus_p2p.core.genesis import Genesis
@@ -36,7 +37,7 @@ from walrus_p2p.core.metadata import Metadata, verify_sliver
 from walrus_p2p.errors import WalrusError
 from walrus_p2p.node.config import load_genesis
 from walrus_p2p.testing.network import EPOCH_DURATION_SECONDS, free_tcp_port, genesis_time_now
-from walrus_p2p.types import BlobId, PeerId, SliverKind
+from walrus_p2p.types import BlobId, PeerId, SliverKind, short_id
 
 CLI_TIMEOUT = 60.0
 """Upper bound for one offline CLI command (init, genesis create) on a loaded machine."""
@@ -374,3 +375,50 @@ __all__ = [
     "run_cli",
     "wait_until_answering",
 ]
+
+
+async def wait_holding(
+    genesis: Genesis,
+    holders: Mapping[int, tuple[PeerId, int]],
+    blob_ids: Sequence[BlobId],
+    *,
+    timeout: float,
+    call_timeout: float,
+    logs: Callable[[list[int]], str] = lambda indices: "",
+) -> float:
+    """Until every peer of ``holders`` (index -> peer id and the shard it holds) serves verified
+    slivers of every blob (:func:`holds_verified_slivers`, polled each second, 8 checks at a
+    time); returns the seconds it took. ``AssertionError`` after ``timeout`` naming what is
+    still missing, followed by ``logs`` of the peers concerned."""
+    started = time.monotonic()
+    missing = {(index, blob_id) for index in holders for blob_id in blob_ids}
+    async with open_light_peer(genesis, verify_chain=False) as light:
+        with trio.fail_after(call_timeout * 3):
+            metadata = {
+                blob_id: await fetch_metadata(light, blob_id, timeout=call_timeout)
+                for blob_id in blob_ids
+            }
+
+        async def check(index: int, blob_id: BlobId, limiter: trio.CapacityLimiter) -> None:
+            peer_id, shard = holders[index]
+            async with limiter:
+                if await holds_verified_slivers(
+                    light, peer_id, shard, blob_id, metadata[blob_id], timeout=call_timeout
+                ):
+                    missing.discard((index, blob_id))
+
+        with trio.move_on_after(timeout):
+            while missing:
+                limiter = trio.CapacityLimiter(8)
+                async with trio.open_nursery() as nursery:
+                    for index, blob_id in sorted(missing):
+                        nursery.start_soon(check, index, blob_id, limiter)
+                if missing:
+                    await trio.sleep(1.0)
+    assert not missing, (
+        f"after {timeout:g}s these (peer, blob) still lack verified slivers: "
+        + ", ".join(f"({index}, {short_id(blob_id)})" for index, blob_id in sorted(missing))
+        + "\n"
+        + logs(sorted({index for index, _ in missing}))
+    )
+    return time.monotonic() - started
