@@ -51,7 +51,7 @@ from walrus_p2p.errors import (
     RequestTimeoutError,
     WireError,
 )
-from walrus_p2p.net import rpc
+from walrus_p2p.net import _fastpath, rpc
 from walrus_p2p.net._groups import is_nursery_closed, sole_body_error
 from walrus_p2p.net.logs import route_libp2p_logs
 from walrus_p2p.net.stream import Stream
@@ -516,6 +516,7 @@ async def open_host(config: HostConfig) -> AsyncIterator[Host]:
     )
     # 250 ms of dead time added to every dial (swarm.py: dial_peer's happy-eyeballs loop).
     libp2p_swarm._HAPPY_EYEBALLS_DELAY = 0.0
+    _fastpath.install()
     # MuxerMultistream.new_conn builds `Yamux(...)` by name for /yamux/1.0.0 and ignores the
     # class given in muxer_opt, so the shielded subclass goes in through the module global.
     libp2p_muxer_multistream.Yamux = _ShieldedYamux  # type: ignore[attr-defined]

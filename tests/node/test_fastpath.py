@@ -1,0 +1,103 @@
+"""The transport settings of ``net/_fastpath.py``: bytes arrive exactly, reads keep their
+"at most n bytes" contract, and yamux frames fit one Noise message."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+from libp2p.io.trio import TrioTCPStream
+from libp2p.security.noise import io as noise_io
+from libp2p.stream_muxer.yamux import yamux as yamux_module
+
+from tests.node.netkit import STEP, open_peer
+from walrus_p2p.net import _fastpath
+from walrus_p2p.net.names import protocol_id
+from walrus_p2p.net.stream import Stream
+
+BULK = protocol_id("test-net", "bulk")
+
+
+async def test_buffered_socket_reads_return_exact_bytes_and_respect_n() -> None:
+    _fastpath.install()
+    left, right = trio.socket.socketpair()
+    reader = TrioTCPStream(trio.SocketStream(left))
+    writer = trio.SocketStream(right)
+    generator = random.Random(7)
+    payload = generator.randbytes(3 * _fastpath.RECEIVE_SIZE + 12345)
+
+    async def send() -> None:
+        view = memoryview(payload)
+        offset = 0
+        while offset < len(payload):
+            step = generator.choice((1, 2, 17, 4096, 70_000, 300_000))
+            await writer.send_all(view[offset : offset + step])
+            offset += step
+        await writer.aclose()
+
+    received = bytearray()
+    with trio.fail_after(STEP):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            while True:
+                want = generator.choice((None, 1, 2, 12, 1000, 65_535, 1 << 20))
+                chunk = await reader.read(want)
+                if not chunk:
+                    break
+                assert want is None or len(chunk) <= want
+                received += chunk
+    assert bytes(received) == payload
+    assert await reader.read(10) == b""
+    await reader.close()
+
+
+async def test_large_transfers_arrive_exactly_and_frames_fit_one_noise_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    written: list[int] = []
+    original = noise_io.BaseNoiseMsgReadWriter.write_msg
+
+    async def recording(
+        self: noise_io.BaseNoiseMsgReadWriter, msg: bytes, prefix_encoded: bool = False
+    ) -> None:
+        written.append(len(msg))
+        await original(self, msg, prefix_encoded)
+
+    monkeypatch.setattr(noise_io.BaseNoiseMsgReadWriter, "write_msg", recording)
+    async with open_peer("alice") as alice, open_peer("bob") as bob:
+        assert yamux_module.MAX_MESSAGE_SIZE == noise_io.MAX_PLAINTEXT_LENGTH
+        received: list[bytes] = []
+
+        async def sink(stream: Stream) -> None:
+            data = bytearray()
+            while chunk := await stream.read(1 << 20):
+                data += chunk
+            received.append(bytes(data))
+            await stream.write(len(data).to_bytes(8, "big"))
+
+        bob.host.set_stream_handler(BULK, sink)
+        payloads = [random.Random(index).randbytes(3_000_000 + index) for index in range(4)]
+        with trio.fail_after(4 * STEP):
+            await alice.host.connect(bob.host.peer_id, bob.host.listen_addrs, timeout=STEP)
+
+            async def send(payload: bytes) -> None:
+                stream = await alice.host.open_stream(bob.host.peer_id, BULK)
+                try:
+                    await stream.write(payload)
+                    await stream.close_write()
+                    answer = await stream.read(8)
+                    assert int.from_bytes(answer, "big") == len(payload)
+                finally:
+                    await stream.close()
+
+            async with trio.open_nursery() as nursery:
+                for payload in payloads:
+                    nursery.start_soon(send, payload)
+        assert sorted(received) == sorted(payloads)
+        # Every yamux frame fits one Noise message (64 KiB frames were split in two), and the
+        # data went in full frames.
+        assert max(written) <= noise_io.MAX_PLAINTEXT_LENGTH
+        per_frame = noise_io.MAX_PLAINTEXT_LENGTH - yamux_module.HEADER_SIZE
+        full = sum(1 for size in written if size == noise_io.MAX_PLAINTEXT_LENGTH)
+        assert full >= sum(len(payload) // per_frame for payload in payloads)
