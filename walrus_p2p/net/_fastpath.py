@@ -11,11 +11,12 @@ Measured here (2 cores, loopback, one connection, 200 MiB in 1 MiB writes,
    65,519 bytes of plaintext, so every full frame went out as two Noise messages, the second of
    17 bytes: two encryptions, two socket writes and two reads at the other end. The frame limit
    is lowered to the Noise limit. The remote sees ordinary, slightly smaller frames.
-2. **Window credit in batches.** With ``PY_YAMUX_RELEASE_ON_READ`` on (the library default), a
-   reader sends a WINDOW_UPDATE frame after every read, however small, and the writer then sends
-   frames the size of those small credits. Off, credit goes back once half the window has been
-   read (go-yamux's rule). The variable is the library's own, read at every call; it is only set
-   when the environment does not already set it.
+2. **Window credit in batches.** py-libp2p's reader sends a WINDOW_UPDATE after nearly every
+   read (its "partial slack" and "release on read" rules), so a receiver answered each 64 KiB
+   DATA frame with an encrypted frame of its own, and the writer handled it. Credit now goes
+   back only once at least half of the receive window has been consumed: go-yamux's rule, and
+   the first rule of py-libp2p's own method, whose window auto-tuning is kept. A writer never
+   waits for it unless the reader stops reading (then more than half the window is buffered).
 3. **Buffered socket reads.** ``TrioTCPStream.read(n)`` asked the kernel for exactly ``n``
    bytes: one ``recv`` for every 2-byte Noise length prefix and at least one for each body. It
    now receives up to 256 KiB at a time and serves later reads from what it holds, returning at
@@ -33,7 +34,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 from typing import Any
 
 import trio
@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 * 1024
 """Largest single ``recv`` of the buffered socket reader."""
+
+TARGET_WINDOW = 4 * 1024 * 1024
+"""Receive window each stream works towards from its first read (the library's cap: 16 MiB)."""
 
 MMAP_THRESHOLD = 32 * 1024 * 1024
 """Allocations below this come from the heap (glibc's largest allowed value on 64-bit)."""
@@ -103,13 +106,40 @@ async def _buffered_read(self: Any, n: int | None = None) -> bytes:
         return data[:n]
 
 
+class _BatchedCreditStream(yamux_module.YamuxStream):
+    """A yamux stream that returns receive credit in batches of at least half its window.
+
+    ``Yamux.open_stream`` and the frame reader build streams through the module name
+    ``YamuxStream``, which :func:`install` points here.
+    """
+
+    def __init__(self, stream_id: int, conn: Any, is_initiator: bool) -> None:
+        super().__init__(stream_id, conn, is_initiator)
+        # The library reached about this window after a stream's first few reads, through its
+        # auto-tuning of many small updates; with batched credit it would stay at 256 KiB and
+        # the writer would poll every 10 ms for credit. The first update grants it.
+        self.target_recv_window = max(self.target_recv_window, TARGET_WINDOW)
+
+    async def _auto_tune_and_send_window_update(self, *, bytes_read: int = 0) -> None:
+        increment = 0
+        async with self.window_lock:
+            buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+            # What the remote may not send yet although we have read it.
+            delta = self.target_recv_window - (self.recv_window + buffered)
+            if delta > 0 and delta >= self._grow_threshold():
+                increment = self._grow_to_delta(buffered)
+                increment += self._apply_autotune_epoch(buffered)
+        if increment > 0:
+            await self.send_window_update(increment, skip_lock=True)
+
+
 def install() -> None:
     """Apply the four settings (idempotent; they affect the whole process)."""
     global _installed
     if _installed:
         return
     yamux_module.MAX_MESSAGE_SIZE = noise_io.MAX_PLAINTEXT_LENGTH
-    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+    yamux_module.YamuxStream = _BatchedCreditStream  # type: ignore[misc]
     libp2p_io_trio.TrioTCPStream.read = _buffered_read  # type: ignore[method-assign]
     _keep_freed_memory()
     _installed = True
