@@ -71,15 +71,17 @@ class StreamEndedError(WireError):
 
 
 async def read_exactly(stream: ByteStream, size: int, what: str) -> bytes:
-    buffer = bytearray()
-    while len(buffer) < size:
-        chunk = await stream.read(min(size - len(buffer), READ_CHUNK))
+    # The chunks are joined once at the end: a growing bytearray copied a multi-megabyte
+    # sliver several times over, and then once more into bytes.
+    chunks: list[bytes] = []
+    got = 0
+    while got < size:
+        chunk = await stream.read(min(size - got, READ_CHUNK))
         if not chunk:
-            raise StreamEndedError(
-                f"stream ended inside a frame {what}: got={len(buffer)} expected={size}"
-            )
-        buffer += chunk
-    return bytes(buffer)
+            raise StreamEndedError(f"stream ended inside a frame {what}: got={got} expected={size}")
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def read_header(stream: ByteStream, *, max_size: int) -> int:
