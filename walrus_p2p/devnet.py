@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -63,11 +64,36 @@ def peer_dir(directory: Path, index: int) -> Path:
     return directory / f"peer-{index:02d}"
 
 
-def _free_port() -> int:
+_EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_LISTEN_PORT = 10000
+
+
+def free_tcp_port() -> int:
+    """A loopback TCP port that is free now and that no outgoing connection will take first.
+
+    Binding port 0 hands out a port of the kernel's ephemeral range, the range every outgoing
+    connection takes its source port from: while 20 peers dialled each other, one of them took
+    the port picked for a peer that had not bound it yet (seen in ``bench/network.py``). So the
+    port is picked at random below that range, where only explicit binds land.
+    """
+    try:
+        lowest_ephemeral = int(_EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        lowest_ephemeral = 0
+    if lowest_ephemeral > _LOWEST_LISTEN_PORT + 1000:
+        generator = random.SystemRandom()
+        for _attempt in range(200):
+            port = generator.randint(_LOWEST_LISTEN_PORT, lowest_ephemeral - 1)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        chosen: int = probe.getsockname()[1]
+        return chosen
 
 
 def prepare(options: DevnetOptions) -> Genesis:
@@ -91,7 +117,7 @@ def prepare(options: DevnetOptions) -> Genesis:
             init_peer(
                 data_dir,
                 genesis_path,
-                [f"/ip4/127.0.0.1/tcp/{_free_port()}"],
+                [f"/ip4/127.0.0.1/tcp/{free_tcp_port()}"],
                 capacity_bytes=options.capacity_bytes,
                 check_genesis=False,
             )

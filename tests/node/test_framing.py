@@ -34,16 +34,18 @@ class MemoryStream:
         del self.buffer[: len(taken)]
         return taken
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         await trio.lowlevel.checkpoint()
         self.buffer += data
 
 
 async def test_round_trip_in_small_chunks() -> None:
     stream = MemoryStream()
-    for payload in (b"", b"a", b"hello world" * 1000, bytes(range(256)) * 300):
+    # The last two take the large-frame path: one and three write chunks.
+    payloads = (b"", b"a", b"hello world" * 1000, bytes(range(256)) * 300, bytes(range(256)) * 9000)
+    for payload in payloads:
         await write_frame(stream, payload, max_size=len(payload))
-        assert await read_frame(stream, max_size=1 << 20, timeout=5) == payload
+        assert await read_frame(stream, max_size=4 << 20, timeout=5) == payload
     assert not stream.buffer
 
 

@@ -1,10 +1,9 @@
 """Process-wide settings for bulk transfer: three in py-libp2p's TCP + Noise + yamux path that
 cost no compatibility, and one in the C allocator.
 
-Measured here (2 cores, loopback, one connection, 200 MiB in 1 MiB writes,
-``/tmp``-style micro-benchmark of two ``open_host`` processes): one stream went from 228 to
-485 MB/s and the receiver's CPU for 400 MiB from 1.4 to 0.6 s; twenty streams from 213 to
-305 MB/s. What each does:
+Measured with ``bench/transport.py`` (two processes on loopback, 200 MiB in 1 MiB writes):
+one stream 227-248 -> 503-522 MB/s, twenty streams 220-231 -> 425-429 MB/s, and the receiver's
+CPU 4.2-4.6 -> 2.0-2.4 ms per MiB. What each does:
 
 1. **One Noise message per yamux frame.** yamux sends DATA frames of up to 64 KiB of payload
    (``MAX_MESSAGE_SIZE``, 12-byte header included), but a Noise transport message holds at most

@@ -38,7 +38,7 @@ class ByteStream(Protocol):
         """Return 1..max_bytes bytes, or ``b""`` at end of stream."""
         ...
 
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes | memoryview) -> None: ...
 
 
 def encode_header(size: int) -> bytes:
@@ -55,10 +55,12 @@ async def write_frame(stream: ByteStream, payload: bytes, *, max_size: int) -> N
     if len(payload) <= 64 * 1024:
         await stream.write(encode_header(len(payload)) + payload)
     else:
-        await stream.write(encode_header(len(payload)))
+        # The header rides with the first chunk; the chunks are views, not copies.
         view = memoryview(payload)
-        for offset in range(0, len(payload), READ_CHUNK):
-            await stream.write(bytes(view[offset : offset + READ_CHUNK]))
+        first = READ_CHUNK - HEADER_SIZE
+        await stream.write(encode_header(len(payload)) + view[:first])
+        for offset in range(first, len(payload), READ_CHUNK):
+            await stream.write(view[offset : offset + READ_CHUNK])
 
 
 class StreamEndedError(WireError):

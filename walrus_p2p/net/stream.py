@@ -57,7 +57,7 @@ class Stream:
             ) from error
         return bytes(data)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         try:
             await self._raw.write(data)
         except (StreamClosed, StreamReset, StreamError, OSError) as error:

@@ -14,7 +14,6 @@ so a light peer can talk to every peer as soon as the context is entered.
 from __future__ import annotations
 
 import hashlib
-import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +30,7 @@ from walrus_p2p.client.store import StoreOptions
 from walrus_p2p.core.committee import Member
 from walrus_p2p.core.genesis import Genesis, Limits, create_genesis_toml, parse_genesis
 from walrus_p2p.core.identity import Identity
+from walrus_p2p.devnet import free_tcp_port
 from walrus_p2p.node.epochs import EpochOptions
 from walrus_p2p.node.peer import PeerOptions, StoragePeerService
 from walrus_p2p.storage import BlobStore, open_store
@@ -53,14 +53,6 @@ DEFAULT_CAPACITY_BYTES = 1 << 30
 def seed_for(network: str, name: str) -> bytes:
     """The deterministic 32-byte identity seed of a named test identity."""
     return hashlib.sha256(f"walrus-p2p test identity {network} {name}".encode()).digest()
-
-
-def free_tcp_port() -> int:
-    """A loopback TCP port that was free a moment ago (bind to port 0 and release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True, slots=True)
