@@ -74,11 +74,12 @@ def load() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-def wait_for_quiet(max_load: float, timeout: float) -> None:
-    """Wait (bounded) until the 1-minute load average is at most ``max_load``."""
+async def wait_for_quiet(max_load: float, timeout: float) -> None:
+    """Wait (bounded) until the 1-minute load average is at most ``max_load``; the client's
+    connections stay served meanwhile."""
     deadline = time.monotonic() + timeout
     while os.getloadavg()[0] > max_load and time.monotonic() < deadline:
-        time.sleep(5.0)
+        await trio.sleep(5.0)
     quiet = os.getloadavg()[0] <= max_load
     print(f"load average {load()} ({'quiet' if quiet else 'NOT quiet: figures are skewed'})")
 
@@ -301,7 +302,7 @@ async def run(arguments: argparse.Namespace, directory: Path) -> None:
         await trio.sleep(5.0)
         owner, _ = ensure_identity(directory / "client")
         async with open_client(bench.genesis, owner) as client:
-            wait_for_quiet(arguments.max_load, arguments.wait_quiet)
+            await wait_for_quiet(arguments.max_load, arguments.wait_quiet)
             load_before = os.getloadavg()
             cpu_before = sum(cpu_seconds(peer.process.pid) for peer in bench.peers)
             results = await throughput(client, arguments.sizes, arguments.reps, arguments.settle)

@@ -49,6 +49,16 @@ async def test_round_trip_in_small_chunks() -> None:
     assert not stream.buffer
 
 
+async def test_prefix_is_part_of_the_frame() -> None:
+    stream = MemoryStream(chunk=70_000)
+    for payload in (b"", b"reply", bytes(range(256)) * 9000):
+        await write_frame(stream, payload, max_size=len(payload) + 1, prefix=b"\x00")
+        assert await read_frame(stream, max_size=4 << 20, timeout=5) == b"\x00" + payload
+    with pytest.raises(WireError):
+        await write_frame(stream, b"12345", max_size=5, prefix=b"\x00")
+    assert not stream.buffer
+
+
 async def test_oversized_frame_is_refused_before_reading_the_body() -> None:
     stream = MemoryStream(encode_header(2**32 - 1) + b"x" * 10, eof=False)
     with pytest.raises(WireError, match="too large"):

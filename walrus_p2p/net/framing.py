@@ -47,19 +47,23 @@ def encode_header(size: int) -> bytes:
     return size.to_bytes(HEADER_SIZE, "big")
 
 
-async def write_frame(stream: ByteStream, payload: bytes, *, max_size: int) -> None:
-    """Write one frame; refuses payloads above ``max_size`` (the peer would reject them)."""
-    if len(payload) > max_size:
-        raise WireError(f"frame too large to send: size={len(payload)} max={max_size}")
+async def write_frame(
+    stream: ByteStream, payload: bytes | memoryview, *, max_size: int, prefix: bytes = b""
+) -> None:
+    """Write one frame of ``prefix + payload`` (the prefix spares the caller a copy of a large
+    payload); refuses frames above ``max_size`` (the peer would reject them)."""
+    view = memoryview(payload).cast("B")
+    size = len(prefix) + len(view)
+    if size > max_size:
+        raise WireError(f"frame too large to send: size={size} max={max_size}")
     # One write for small frames: fewer muxer frames and syscalls.
-    if len(payload) <= 64 * 1024:
-        await stream.write(encode_header(len(payload)) + payload)
+    if size <= 64 * 1024:
+        await stream.write(encode_header(size) + prefix + view)
     else:
-        # The header rides with the first chunk; the chunks are views, not copies.
-        view = memoryview(payload)
-        first = READ_CHUNK - HEADER_SIZE
-        await stream.write(encode_header(len(payload)) + view[:first])
-        for offset in range(first, len(payload), READ_CHUNK):
+        # The header rides with the first chunk; the other chunks are views, not copies.
+        first = READ_CHUNK - HEADER_SIZE - len(prefix)
+        await stream.write(encode_header(size) + prefix + view[:first])
+        for offset in range(first, len(view), READ_CHUNK):
             await stream.write(view[offset : offset + READ_CHUNK])
 
 

@@ -171,15 +171,14 @@ async def serve_stream(
             logger.error("handler returned %s, not bytes protocol=%s", type(reply), protocol)
             ok = await _send_error(stream, WalrusError.reason, "internal error")
             return
-        framed = bytes([STATUS_OK]) + bytes(reply)
-        if len(framed) - 1 > limits.max_reply:
-            logger.error("reply too large protocol=%s size=%d", protocol, len(framed) - 1)
+        if len(reply) > limits.max_reply:
+            logger.error("reply too large protocol=%s size=%d", protocol, len(reply))
             ok = await _send_error(stream, WalrusError.reason, "internal error")
             return
         written = False
         try:
-            with trio.move_on_after(limits.read_timeout + len(framed) / 1_000_000):
-                await write_frame(stream, framed, max_size=len(framed))
+            with trio.move_on_after(limits.read_timeout + len(reply) / 1_000_000):
+                await write_frame(stream, reply, max_size=len(reply) + 1, prefix=bytes([STATUS_OK]))
                 written = True
         except (NetworkError, WireError) as error:
             logger.info(
