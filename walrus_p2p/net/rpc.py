@@ -19,7 +19,6 @@ a connection after 256 unclosed ones (design §7).
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ from walrus_p2p.errors import (
 from walrus_p2p.net.framing import (
     StreamEndedError,
     read_exactly,
-    read_frame,
     read_header,
     write_frame,
 )
@@ -86,7 +84,21 @@ def decode_reply(frame: bytes) -> bytes:
     """Return the reply body, or raise the :class:`RemoteError` the server sent."""
     if not frame:
         raise WireError("empty reply frame")
-    status, body = frame[0], frame[1:]
+    return decode_reply_parts(frame[0], frame[1:])
+
+
+async def read_reply(stream: Stream, *, max_size: int) -> bytes:
+    """Read one reply frame and return its body (or raise the server's error), reading the
+    status byte on its own so that a multi-megabyte body is not copied once more to drop it."""
+    size = await read_header(stream, max_size=max_size + 1)
+    if size == 0:
+        raise WireError("empty reply frame")
+    status = await read_exactly(stream, 1, "status")
+    return decode_reply_parts(status[0], await read_exactly(stream, size - 1, "body"))
+
+
+def decode_reply_parts(status: int, body: bytes) -> bytes:
+    """:func:`decode_reply` for a status byte and a body read apart."""
     if status == STATUS_OK:
         return body
     if status != STATUS_ERROR:
@@ -224,18 +236,18 @@ async def exchange(
 
     if len(payload) > max_request:
         raise WireError(f"request too large: size={len(payload)} max={max_request}")
-    frame: bytes | None = None
+    reply: bytes | None = None
     read_error: WalrusError | None = None
     # Errors are caught inside the nursery body: trio wraps anything escaping it in an
     # ExceptionGroup (strict_exception_groups), which callers should never see.
     async with trio.open_nursery() as nursery:
         nursery.start_soon(send)
         try:
-            frame = await read_frame(stream, max_size=max_reply + 1, timeout=math.inf)
+            reply = await read_reply(stream, max_size=max_reply)
         except WalrusError as error:
             read_error = error
         nursery.cancel_scope.cancel()
-    if frame is None:
+    if reply is None:
         if isinstance(read_error, NetworkError) and write_error:
             raise write_error[0]
         if read_error is None:  # pragma: no cover - read_frame returns or raises
@@ -246,4 +258,4 @@ async def exchange(
                 f"({read_error})"
             ) from read_error
         raise read_error
-    return decode_reply(frame)
+    return reply
