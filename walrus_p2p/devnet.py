@@ -66,6 +66,7 @@ def peer_dir(directory: Path, index: int) -> Path:
 
 _EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _LOWEST_LISTEN_PORT = 10000
+_handed_out: set[int] = set()
 
 
 def free_tcp_port() -> int:
@@ -74,7 +75,8 @@ def free_tcp_port() -> int:
     Binding port 0 hands out a port of the kernel's ephemeral range, the range every outgoing
     connection takes its source port from: while 20 peers dialled each other, one of them took
     the port picked for a peer that had not bound it yet (seen in ``bench/network.py``). So the
-    port is picked at random below that range, where only explicit binds land.
+    port is picked at random below that range, where only explicit binds land, and never twice
+    in one process (ports are often handed out long before their process binds them).
     """
     try:
         lowest_ephemeral = int(_EPHEMERAL_PORTS.read_text().split()[0])
@@ -84,11 +86,14 @@ def free_tcp_port() -> int:
         generator = random.SystemRandom()
         for _attempt in range(200):
             port = generator.randint(_LOWEST_LISTEN_PORT, lowest_ephemeral - 1)
+            if port in _handed_out:
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
                 try:
                     probe.bind(("127.0.0.1", port))
                 except OSError:
                     continue
+            _handed_out.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

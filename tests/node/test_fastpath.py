@@ -1,5 +1,5 @@
-"""The transport settings of ``net/_fastpath.py``: bytes arrive exactly, reads keep their
-"at most n bytes" contract, and yamux frames fit one Noise message."""
+"""The transport settings of ``net/_fastpath.py``: bytes arrive exactly, the replaced readers
+keep their contracts, and yamux frames fit one Noise message."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import random
 
 import pytest
 import trio
+from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
 from libp2p.io.trio import TrioTCPStream
 from libp2p.security.noise import io as noise_io
+from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux as yamux_module
 
 from tests.node.netkit import STEP, open_peer
@@ -50,6 +52,70 @@ async def test_buffered_socket_reads_return_exact_bytes_and_respect_n() -> None:
     assert bytes(received) == payload
     assert await reader.read(10) == b""
     await reader.close()
+
+
+class Messages:
+    """A decrypted-message source for ``SecureSession.read``: hands out fixed messages, then
+    ``b""`` (a closed connection)."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        self.messages = list(messages)
+
+    async def read_msg(self) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self.messages.pop(0) if self.messages else b""
+
+
+class Chunks:
+    """A reader whose ``read(n)`` returns at most ``chunk`` bytes, then ``b""``."""
+
+    def __init__(self, data: bytes, chunk: int) -> None:
+        self.data = data
+        self.chunk = chunk
+
+    async def read(self, n: int) -> bytes:
+        await trio.lowlevel.checkpoint()
+        taken, self.data = self.data[: min(n, self.chunk)], self.data[min(n, self.chunk) :]
+        return taken
+
+
+async def test_secure_session_reads_keep_their_contract() -> None:
+    _fastpath.install()
+    generator = random.Random(11)
+    messages = [generator.randbytes(generator.choice((1, 12, 300, 65_519))) for _ in range(60)]
+    stream = b"".join(messages)
+    session = object.__new__(SecureSession)  # only ``conn`` is used by ``read``
+    session.conn = Messages(messages)
+    received = bytearray()
+    while len(received) < len(stream):
+        want = generator.choice((None, 1, 12, 5000, 65_507, 200_000))
+        left = len(stream) - len(received)
+        chunk = await session.read(want)
+        if want is not None:
+            # Exactly n bytes while the connection lasts; the rest when it closes after some.
+            assert len(chunk) == min(want, left)
+        assert chunk
+        received += chunk
+    assert bytes(received) == stream
+    assert await session.read(0) == b""
+    with pytest.raises(ConnectionClosedError):
+        await session.read(10)
+    with pytest.raises(ConnectionClosedError):
+        await session.read(None)
+
+
+async def test_read_exactly_returns_n_bytes_or_reports_what_it_got() -> None:
+    _fastpath.install()
+    data = random.Random(3).randbytes(100_000)
+    assert await _fastpath._read_exactly(Chunks(data, 1 << 20), 100_000) == data
+    assert await _fastpath._read_exactly(Chunks(data, 7_000), 100_000) == data
+    assert await _fastpath._read_exactly(Chunks(data, 7_000), 12) == data[:12]
+    with pytest.raises(IncompleteReadError) as caught:
+        await _fastpath._read_exactly(Chunks(data[:500], 100), 1000)
+    assert caught.value.received_bytes == 500
+    with pytest.raises(IncompleteReadError) as caught:
+        await _fastpath._read_exactly(Chunks(b"", 100), 12)
+    assert caught.value.is_clean_close
 
 
 async def test_large_transfers_arrive_exactly_and_frames_fit_one_noise_message(
