@@ -2,8 +2,8 @@
 cost no compatibility, one that saves copies of received bytes, and one in the C allocator.
 
 Measured with ``bench/transport.py`` (two processes on loopback, 200 MiB in 1 MiB writes):
-one stream 227-248 -> 503-522 MB/s, twenty streams 220-231 -> 425-429 MB/s, and the receiver's
-CPU 4.2-4.6 -> 2.0-2.4 ms per MiB. What each does:
+one stream 227-248 -> 487-522 MB/s, twenty streams 220-231 -> 469-471 MB/s, and the receiver's
+CPU 4.2-4.6 -> 2.0-2.2 ms per MiB. What each does:
 
 1. **One Noise message per yamux frame.** yamux sends DATA frames of up to 64 KiB of payload
    (``MAX_MESSAGE_SIZE``, 12-byte header included), but a Noise transport message holds at most
