@@ -87,14 +87,15 @@ def decode_reply(frame: bytes) -> bytes:
     return decode_reply_parts(frame[0], frame[1:])
 
 
-async def read_reply(stream: Stream, *, max_size: int) -> bytes:
-    """Read one reply frame and return its body (or raise the server's error), reading the
-    status byte on its own so that a multi-megabyte body is not copied once more to drop it."""
+async def read_reply(stream: Stream, *, max_size: int) -> tuple[int, bytes]:
+    """Read one reply frame as its status byte and its body (for :func:`decode_reply_parts`),
+    reading the status byte on its own so that a multi-megabyte body is not copied once more
+    to drop it."""
     size = await read_header(stream, max_size=max_size + 1)
     if size == 0:
         raise WireError("empty reply frame")
     status = await read_exactly(stream, 1, "status")
-    return decode_reply_parts(status[0], await read_exactly(stream, size - 1, "body"))
+    return status[0], await read_exactly(stream, size - 1, "body")
 
 
 def decode_reply_parts(status: int, body: bytes) -> bytes:
@@ -236,7 +237,7 @@ async def exchange(
 
     if len(payload) > max_request:
         raise WireError(f"request too large: size={len(payload)} max={max_request}")
-    reply: bytes | None = None
+    reply: tuple[int, bytes] | None = None
     read_error: WalrusError | None = None
     # Errors are caught inside the nursery body: trio wraps anything escaping it in an
     # ExceptionGroup (strict_exception_groups), which callers should never see.
@@ -250,7 +251,7 @@ async def exchange(
     if reply is None:
         if isinstance(read_error, NetworkError) and write_error:
             raise write_error[0]
-        if read_error is None:  # pragma: no cover - read_frame returns or raises
+        if read_error is None:  # pragma: no cover - read_reply returns or raises
             raise NetworkError("no reply")
         if isinstance(read_error, StreamEndedError):
             raise PeerUnreachableError(
@@ -258,4 +259,4 @@ async def exchange(
                 f"({read_error})"
             ) from read_error
         raise read_error
-    return reply
+    return decode_reply_parts(*reply)
