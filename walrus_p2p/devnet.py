@@ -66,6 +66,8 @@ def peer_dir(directory: Path, index: int) -> Path:
 
 _EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _LOWEST_LISTEN_PORT = 10000
+_HIGHEST_LISTEN_PORT = 29999
+"""Picked ports stay below 30000, clear of fixed defaults such as the gateway's 31415."""
 _handed_out: set[int] = set()
 
 
@@ -82,10 +84,11 @@ def free_tcp_port() -> int:
         lowest_ephemeral = int(_EPHEMERAL_PORTS.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         lowest_ephemeral = 0
-    if lowest_ephemeral > _LOWEST_LISTEN_PORT + 1000:
+    highest = min(lowest_ephemeral - 1, _HIGHEST_LISTEN_PORT)
+    if highest > _LOWEST_LISTEN_PORT + 1000:
         generator = random.SystemRandom()
         for _attempt in range(200):
-            port = generator.randint(_LOWEST_LISTEN_PORT, lowest_ephemeral - 1)
+            port = generator.randint(_LOWEST_LISTEN_PORT, highest)
             if port in _handed_out:
                 continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
