@@ -887,9 +887,43 @@ def _report(error: WalrusError) -> int:
     return _exit_code_of(error)
 
 
+# Commands whose only positional argument is one blob id.
+_BLOB_ID_COMMANDS = frozenset({"read", "status", "extend", "delete"})
+
+
+def _looks_like_blob_id(token: str) -> bool:
+    from walrus_p2p.errors import WireError
+    from walrus_p2p.types import blob_id_from_text
+
+    try:
+        blob_id_from_text(token)
+    except WireError:
+        return False
+    return True
+
+
+def _protect_dash_blob_ids(argv: Sequence[str]) -> list[str]:
+    """A blob id is URL-safe base64 and one in 64 begins with '-', which argparse takes for an
+    option. For the commands whose positional is a blob id, such a token is moved behind a
+    ``--`` so that ``walrus-peer read -cwGw... -o out`` works as the user means it. A token that
+    is not a well-formed blob id, or an argv that already has ``--``, is left as it is."""
+    tokens = list(argv)
+    if "--" in tokens:
+        return tokens
+    command_at = next((i for i, token in enumerate(tokens) if not token.startswith("-")), None)
+    if command_at is None or tokens[command_at] not in _BLOB_ID_COMMANDS:
+        return tokens
+    head, tail = tokens[: command_at + 1], tokens[command_at + 1 :]
+    moved = [token for token in tail if token.startswith("-") and _looks_like_blob_id(token)]
+    if not moved:
+        return tokens
+    kept = [token for token in tail if token not in moved]
+    return [*head, *kept, "--", *moved]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    arguments = parser.parse_args(argv)
+    arguments = parser.parse_args(_protect_dash_blob_ids(sys.argv[1:] if argv is None else argv))
     handler: Callable[[argparse.Namespace], int] = arguments.handler
     try:
         return handler(arguments)

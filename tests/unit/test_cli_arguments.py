@@ -1,0 +1,62 @@
+"""Command-line parsing of blob ids: one id in 64 begins with '-', and must still be accepted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from walrus_p2p.cli import _protect_dash_blob_ids, build_parser, main
+from walrus_p2p.types import blob_id_to_text
+
+DASH_ID = blob_id_to_text(bytes([0xF9]) + bytes(31))
+
+
+def test_the_sample_id_begins_with_a_dash() -> None:
+    assert DASH_ID.startswith("-") and len(DASH_ID) == 43
+
+
+def test_plain_argparse_takes_a_dash_id_for_an_option() -> None:
+    """Why the protection exists: without it the read command is refused."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["read", DASH_ID, "-o", "out.bin"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected_id"),
+    [
+        (["read", DASH_ID, "-o", "out.bin"], DASH_ID),
+        (["read", "-o", "out.bin", DASH_ID, "--strict"], DASH_ID),
+        (["status", DASH_ID, "--json"], DASH_ID),
+        (["extend", DASH_ID, "--epochs", "3"], DASH_ID),
+        (["delete", "--log-level", "debug", DASH_ID], DASH_ID),
+        (["read", "--", DASH_ID, "-o", "x"], None),
+    ],
+)
+def test_dash_blob_ids_parse_as_the_positional(argv: list[str], expected_id: str | None) -> None:
+    if expected_id is None:
+        # An argv with its own '--' is left exactly as given.
+        assert _protect_dash_blob_ids(argv) == argv
+        return
+    arguments = build_parser().parse_args(_protect_dash_blob_ids(argv))
+    assert arguments.blob_id == expected_id
+    assert arguments.command == argv[0]
+
+
+def test_only_well_formed_ids_and_only_blob_id_commands_are_touched() -> None:
+    not_an_id = "-" + "A" * 41 + "B"  # 43 characters, but not canonical base64 of 32 bytes
+    assert _protect_dash_blob_ids(["read", not_an_id, "-o", "x"]) == ["read", not_an_id, "-o", "x"]
+    store = ["store", DASH_ID, "--epochs", "1"]
+    assert _protect_dash_blob_ids(store) == store
+
+
+def test_main_reads_a_dash_id_past_the_parser(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through main(): the command gets as far as loading its (missing) genesis file, so the
+    error is about that file and not a usage error about BLOB_ID."""
+    missing = tmp_path / "no-genesis.toml"
+    code = main(["read", DASH_ID, "-o", str(tmp_path / "out"), "--genesis", str(missing)])
+    err = capsys.readouterr().err
+    assert "BLOB_ID" not in err
+    assert code != 0 and str(missing.name) in err, err
