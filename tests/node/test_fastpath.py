@@ -167,3 +167,62 @@ async def test_large_transfers_arrive_exactly_and_frames_fit_one_noise_message(
         per_frame = noise_io.MAX_PLAINTEXT_LENGTH - yamux_module.HEADER_SIZE
         full = sum(1 for size in written if size == noise_io.MAX_PLAINTEXT_LENGTH)
         assert full >= sum(len(payload) // per_frame for payload in payloads)
+
+
+class _Message:
+    def __init__(self, record: bytes | None) -> None:
+        self.senderRecord = record or b""
+        self._has = record is not None
+
+    def HasField(self, name: str) -> bool:
+        assert name == "senderRecord"
+        return self._has
+
+
+class _PeerId:
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def to_bytes(self) -> bytes:
+        return self.raw
+
+
+class _Host:
+    """Stands for a libp2p host (the cache is kept per host, weakly)."""
+
+
+def test_gossip_signed_records_are_verified_once_per_refresh_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[bytes, int]] = []
+    verdicts = {b"good": True, b"bad": False}
+
+    def original(message: _Message, host: _Host, peer_id: _PeerId) -> bool:
+        calls.append((message.senderRecord, id(host)))
+        return verdicts[message.senderRecord]
+
+    now = [1000.0]
+    monkeypatch.setattr(_fastpath, "_original_consume_signed_record", original)
+    monkeypatch.setattr(_fastpath.time, "monotonic", lambda: now[0])
+    host, other_host = _Host(), _Host()
+    sender = _PeerId(b"peer-a")
+
+    assert _fastpath._consume_signed_record(_Message(None), host, sender)
+    assert calls == []  # no record: nothing to check, as in the library
+
+    for _ in range(3):
+        assert _fastpath._consume_signed_record(_Message(b"good"), host, sender)
+    assert calls == [(b"good", id(host))]
+    # Another host in the same process keeps its own peerstore: it checks for itself.
+    assert _fastpath._consume_signed_record(_Message(b"good"), other_host, sender)
+    # The same bytes from another peer are another record.
+    assert _fastpath._consume_signed_record(_Message(b"good"), host, _PeerId(b"peer-b"))
+    assert len(calls) == 3
+    # A failing record is refused every time and never remembered.
+    for attempt in range(2):
+        assert not _fastpath._consume_signed_record(_Message(b"bad"), host, sender)
+        assert len(calls) == 4 + attempt
+    # After the refresh period the record is checked (and its addresses stored) again.
+    now[0] += _fastpath.SIGNED_RECORD_REFRESH + 1
+    assert _fastpath._consume_signed_record(_Message(b"good"), host, sender)
+    assert len(calls) == 6

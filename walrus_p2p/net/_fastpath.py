@@ -38,7 +38,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
+import time
+import weakref
+from collections import OrderedDict
 from typing import Any
 
 import trio
@@ -46,6 +50,7 @@ from libp2p.io import msgio as libp2p_msgio
 from libp2p.io import trio as libp2p_io_trio
 from libp2p.io import utils as libp2p_io_utils
 from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
+from libp2p.pubsub import gossipsub as gossipsub_module
 from libp2p.security.noise import io as noise_io
 from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux as yamux_module
@@ -201,11 +206,89 @@ class _BatchedCreditStream(yamux_module.YamuxStream):
             await self.send_window_update(increment, skip_lock=True)
 
 
+_original_read_data_body = yamux_module.Yamux._read_data_body
+_original_env = yamux_module._py_yamux_env
+_original_env_set = yamux_module._py_yamux_env_set
+
+
+@functools.cache
+def _env_once(name: str, default: str = "") -> str:
+    """``PY_YAMUX_*`` tuning variables, read once per process (yamux read them from
+    ``os.environ`` several times for every frame)."""
+    return str(_original_env(name, default))
+
+
+@functools.cache
+def _env_set_once(name: str) -> bool:
+    return bool(_original_env_set(name))
+
+
+async def _read_data_body(self: Any, length: int) -> bytes:
+    """``Yamux._read_data_body`` without a cancel scope when the body is already decrypted.
+
+    The library bounds the wait for a DATA frame's body with ``trio.fail_after`` on every
+    frame. A frame arrives in one Noise message (setting 1), read together with its header, so
+    the body is nearly always held already and the read cannot wait: that case is served
+    directly. Otherwise the library's bounded read runs, as before.
+    """
+    session = self.secured_conn
+    held: bytes | None = getattr(session, "_walrus_held", None)
+    if held is not None and len(held) - session._walrus_position >= length:
+        data: bytes = await _session_read(session, length)
+        return data
+    body: bytes = await _original_read_data_body(self, length)
+    return body
+
+
+SIGNED_RECORD_REFRESH = 60.0
+"""Seconds during which a gossip sender's signed peer record, byte-identical to one this host
+already accepted from the same peer, is not verified and stored again."""
+_SIGNED_RECORD_CACHE = 1024
+"""Accepted records remembered per host (oldest forgotten first)."""
+
+_original_consume_signed_record = gossipsub_module.maybe_consume_signed_record  # type: ignore[attr-defined]
+_accepted_records: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[bytes, bytes], float]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _consume_signed_record(message: Any, host: Any, peer_id: Any) -> bool:
+    """``maybe_consume_signed_record`` for gossipsub, verifying each record once a minute.
+
+    Every gossipsub RPC carries its sender's signed peer record, and the library parsed it,
+    checked its Ed25519 signature and rewrote the sender's addresses in the peerstore for every
+    RPC received. A record whose exact bytes this host accepted from the same peer less than
+    :data:`SIGNED_RECORD_REFRESH` seconds ago is accepted again without that work; any other
+    record (new, changed, or one that failed) goes through the library's function.
+    """
+    if not message.HasField("senderRecord"):
+        return True
+    accepted = _accepted_records.get(host)
+    if accepted is None:
+        accepted = _accepted_records[host] = OrderedDict()
+    key = (peer_id.to_bytes(), bytes(message.senderRecord))
+    now = time.monotonic()
+    last = accepted.get(key)
+    if last is not None and now - last < SIGNED_RECORD_REFRESH:
+        return True
+    ok = bool(_original_consume_signed_record(message, host, peer_id))
+    if ok:
+        accepted[key] = now
+        accepted.move_to_end(key)
+        while len(accepted) > _SIGNED_RECORD_CACHE:
+            accepted.popitem(last=False)
+    return ok
+
+
 def install() -> None:
-    """Apply the five settings (idempotent; they affect the whole process)."""
+    """Apply the settings (idempotent; they affect the whole process)."""
     global _installed
     if _installed:
         return
+    yamux_module._py_yamux_env = _env_once
+    gossipsub_module.maybe_consume_signed_record = _consume_signed_record  # type: ignore[attr-defined,assignment]
+    yamux_module._py_yamux_env_set = _env_set_once
+    yamux_module.Yamux._read_data_body = _read_data_body  # type: ignore[method-assign]
     yamux_module.MAX_MESSAGE_SIZE = noise_io.MAX_PLAINTEXT_LENGTH
     yamux_module.YamuxStream = _BatchedCreditStream  # type: ignore[misc]
     libp2p_io_trio.TrioTCPStream.read = _buffered_read  # type: ignore[method-assign]

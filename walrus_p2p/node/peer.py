@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -72,6 +73,8 @@ RECORDS_NAMESPACE = "blob-records"
 STORAGE_PROTOCOL = "storage"
 RECORDS_TOPIC = "blob-records"
 GOSSIP_BATCH_SECONDS = 2.0
+VERIFIED_RECORDS_KEPT = 4096
+"""Digests of verified blob records a peer remembers (32 bytes each)."""
 
 T = TypeVar("T")
 
@@ -157,6 +160,8 @@ class StoragePeerService:
         self._started_monotonic = time.monotonic()
         self._blob_states: dict[BlobId, records.BlobState] = {}
         self._records_lock = trio.Lock()
+        self._verified_records: OrderedDict[bytes, None] = OrderedDict()
+        """Digests of the encodings of blob records that verified (see :meth:`verify_record`)."""
         self._extra_handlers: dict[type[wire.Message], RequestHandler] = {}
         self.record_listeners: list[RecordListener] = []
         self.migrating_shards: set[int] = set()
@@ -521,6 +526,26 @@ class StoragePeerService:
         self._blob_states[blob_id] = state
         return state
 
+    def verify_record(self, record: records.BlobRecord) -> None:
+        """``records.verify_blob_record``, done once per distinct record.
+
+        A record's validity never changes: its signatures are over its own bytes, and a
+        certificate is checked against the committee of its own epoch, which is fixed once
+        known. The same certificate reaches a peer several times (pushed by the client, then on
+        gossip, where the topic validator and the merge each checked it), each time 2f+1
+        Ed25519 signatures. So the digests of the last :data:`VERIFIED_RECORDS_KEPT` records
+        that verified are kept, and only a record not among them is checked. A record that
+        fails is never kept.
+        """
+        digest = blake3.blake3(wire.encode(record)).digest()
+        if digest in self._verified_records:
+            self._verified_records.move_to_end(digest)
+            return
+        records.verify_blob_record(record, self.genesis.network_id, self._committee_of)
+        self._verified_records[digest] = None
+        while len(self._verified_records) > VERIFIED_RECORDS_KEPT:
+            self._verified_records.popitem(last=False)
+
     async def merge_records(
         self, blob_id: BlobId, items: list[records.BlobRecord], *, announce: bool = True
     ) -> int:
@@ -531,7 +556,7 @@ class StoragePeerService:
         rather than one per peer.
         """
         for record in items:
-            records.verify_blob_record(record, self.genesis.network_id, self._committee_of)
+            self.verify_record(record)
         accepted = 0
         async with self._records_lock:
             state = await self.blob_state(blob_id)
@@ -570,7 +595,7 @@ class StoragePeerService:
         """Gossip topic validator: every record in the batch must verify, or none is relayed."""
         batch = wire.decode(message.data, BlobRecordsBatch)
         for record in decode_any_records(batch.records):
-            records.verify_blob_record(record, self.genesis.network_id, self._committee_of)
+            self.verify_record(record)
         return True
 
     async def _read_records_gossip(self, subscription: Any) -> None:
