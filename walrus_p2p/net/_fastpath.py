@@ -50,7 +50,9 @@ from libp2p.io import msgio as libp2p_msgio
 from libp2p.io import trio as libp2p_io_trio
 from libp2p.io import utils as libp2p_io_utils
 from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
+from libp2p.network.stream.net_stream import NetStream
 from libp2p.pubsub import gossipsub as gossipsub_module
+from libp2p.pubsub import pubsub as pubsub_module
 from libp2p.security.noise import io as noise_io
 from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux as yamux_module
@@ -253,11 +255,12 @@ _accepted_records: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[bytes, bytes
 
 
 def _consume_signed_record(message: Any, host: Any, peer_id: Any) -> bool:
-    """``maybe_consume_signed_record`` for gossipsub, verifying each record once a minute.
+    """``maybe_consume_signed_record`` for pubsub, verifying each record once a minute.
 
     Every gossipsub RPC carries its sender's signed peer record, and the library parsed it,
     checked its Ed25519 signature and rewrote the sender's addresses in the peerstore for every
-    RPC received. A record whose exact bytes this host accepted from the same peer less than
+    RPC received, twice (in the pubsub reader and again in gossipsub's RPC handler). A record
+    whose exact bytes this host accepted from the same peer less than
     :data:`SIGNED_RECORD_REFRESH` seconds ago is accepted again without that work; any other
     record (new, changed, or one that failed) goes through the library's function.
     """
@@ -280,13 +283,80 @@ def _consume_signed_record(message: Any, host: Any, peer_id: Any) -> bool:
     return ok
 
 
+class _QuickLock:
+    """A ``trio.Lock`` that does not yield to the scheduler when it is free.
+
+    ``trio.Lock.acquire`` always passes through the scheduler, taken or not. py-libp2p takes
+    about a dozen such locks for every yamux frame (socket, muxer, stream window, stream state;
+    about 14 acquisitions per 64 KiB frame counted in a read), nearly always free: each one a
+    trip through trio's run loop. Here a free lock is taken at once, as ``acquire_nowait``
+    does, and a held one is waited for exactly as before (the underlying ``trio.Lock`` keeps
+    its fairness and its errors). A critical section without ``await`` was already atomic
+    under trio; one with ``await`` still excludes the others.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+
+    def acquire_nowait(self) -> None:
+        self._lock.acquire_nowait()
+
+    async def acquire(self) -> None:
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def statistics(self) -> Any:
+        return self._lock.statistics()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
+_QUICK_LOCKS: dict[Any, tuple[str, ...]] = {
+    yamux_module.Yamux: ("streams_lock", "_write_lock"),
+    yamux_module.YamuxStream: ("window_lock", "close_lock"),
+    libp2p_io_trio.TrioTCPStream: ("read_lock", "write_lock"),
+    NetStream: ("_state_lock",),
+}
+"""The py-libp2p objects whose locks become :class:`_QuickLock` as they are built."""
+
+
+def _with_quick_locks(cls: Any, names: tuple[str, ...]) -> None:
+    original_init = cls.__init__
+
+    @functools.wraps(original_init)
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        for name in names:
+            if isinstance(getattr(self, name, None), trio.Lock):
+                setattr(self, name, _QuickLock())
+
+    cls.__init__ = init
+
+
 def install() -> None:
     """Apply the settings (idempotent; they affect the whole process)."""
     global _installed
     if _installed:
         return
     yamux_module._py_yamux_env = _env_once
-    gossipsub_module.maybe_consume_signed_record = _consume_signed_record  # type: ignore[attr-defined,assignment]
+    for cls, names in _QUICK_LOCKS.items():
+        _with_quick_locks(cls, names)
+    for module in (pubsub_module, gossipsub_module):
+        module.maybe_consume_signed_record = _consume_signed_record  # type: ignore[attr-defined]
     yamux_module._py_yamux_env_set = _env_set_once
     yamux_module.Yamux._read_data_body = _read_data_body  # type: ignore[method-assign]
     yamux_module.MAX_MESSAGE_SIZE = noise_io.MAX_PLAINTEXT_LENGTH

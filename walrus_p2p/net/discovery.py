@@ -171,18 +171,41 @@ class Discovery:
                 logger.info("periodic dht refresh failed error=%s", error)
 
 
+IDENTIFY_WAIT = 1.0
+"""Longest wait for identify's protocol list of a peer that opened a kad stream."""
+IDENTIFY_POLL = 0.02
+_WAITED_KEPT = 4096
+
+
 def _only_servers_from_inbound(dht: Any) -> Any:
     """Stop the kad handler from adding peers that identify says are clients.
 
     ``KadDHT._do_handle_stream`` calls ``add_peer(peer, skip_server_mode_check=True)`` for
     every inbound kad stream, so light peers asking a question land in routing tables. The
-    replacement lets ``RoutingTable.add_peer`` check identify's protocol list (it still admits
-    a peer identify has not reported on yet). Returns the original method.
+    replacement lets ``RoutingTable.add_peer`` check identify's protocol list. That check
+    admits a peer identify has not reported on yet, and a light peer's first question can
+    arrive before identify's answer does: so the replacement first waits for that answer, up
+    to :data:`IDENTIFY_WAIT` seconds once per peer (a peer whose identify never comes is then
+    admitted as before). Returns the original method.
     """
     original = dht.add_peer
+    waited: set[Any] = set()
+
+    def identified(peer_id: Any) -> bool:
+        try:
+            return bool(dht.host.get_peerstore().get_protocols(peer_id))
+        except Exception:
+            return False
 
     async def add_peer(peer_id: Any, *, skip_server_mode_check: bool = False) -> bool:
         del skip_server_mode_check
+        if peer_id not in waited and not identified(peer_id):
+            with trio.move_on_after(IDENTIFY_WAIT):
+                while not identified(peer_id):
+                    await trio.sleep(IDENTIFY_POLL)
+            if len(waited) >= _WAITED_KEPT:
+                waited.clear()
+            waited.add(peer_id)
         result: bool = await original(peer_id, skip_server_mode_check=False)
         return result
 
