@@ -779,3 +779,49 @@ def test_signature_lists_have_one_canonical_order() -> None:
     assert reordered != encoded
     expect_wire_error(reordered, type(certificate))
     assert wire.decode(encoded, type(certificate)) == certificate
+
+
+@pytest.mark.parametrize(
+    "length", [1, 23, 24, 255, 256, 65_535, 65_536, 65_537, 200_000, (1 << 20) + 3]
+)
+@pytest.mark.parametrize("as_view", [False, True])
+def test_encode_parts_gives_the_same_bytes_without_copying_the_sliver(
+    length: int, as_view: bool
+) -> None:
+    data = bytes((index * 7 + length) % 251 for index in range(length))
+    plain = wire.StoreSliverRequest(
+        blob_id=BlobId(bytes(range(32))), pair_index=3, sliver_kind=SliverKind.SECONDARY, data=data
+    )
+    source = bytearray(data)
+    field: object = memoryview(source) if as_view else data
+    message = dataclasses.replace(plain, data=field)  # type: ignore[arg-type]
+    head, tail = wire.encode_parts(message)
+    assert head + tail == wire.encode(plain)
+    assert wire.decode(head + tail, wire.StoreSliverRequest) == plain
+    if as_view or length >= wire.PARTS_MIN_TAIL:
+        assert len(tail) == length
+        if as_view:  # a view of the caller's buffer, not a copy
+            source[0] ^= 0xFF
+            assert tail[0] == source[0]
+    else:
+        assert len(tail) == 0
+
+
+def test_encode_parts_checks_the_sliver_like_encode() -> None:
+    base = wire.StoreSliverRequest(
+        blob_id=BlobId(bytes(32)), pair_index=0, sliver_kind=SliverKind.PRIMARY, data=b"x"
+    )
+    too_long = dataclasses.replace(base, data=memoryview(bytes(97)))  # type: ignore[arg-type]
+    with pytest.raises(WireError):
+        wire.encode_parts(too_long, limits=SMALL_LIMITS)
+    empty = dataclasses.replace(base, data=memoryview(b""))  # type: ignore[arg-type]
+    with pytest.raises(WireError):
+        wire.encode_parts(empty)
+    # A strided view is copied once, and still encodes the same bytes.
+    strided = memoryview(bytes(range(200)))[::2]
+    message = dataclasses.replace(base, data=strided)  # type: ignore[arg-type]
+    head, tail = wire.encode_parts(message)
+    assert head + tail == wire.encode(dataclasses.replace(base, data=strided.tobytes()))
+    # A message whose last field is not a byte string is encoded whole.
+    reply = wire.StoreSliverReply()
+    assert wire.encode_parts(reply) == (wire.encode(reply), memoryview(b""))

@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import trio
 
@@ -213,8 +214,10 @@ async def _upload(
         async with limiter:
             await light.call(
                 peer_id,
+                # The view goes to wire.encode_parts (in call_message), which writes it from
+                # the encoder's buffer: no copy of the sliver is made to send it.
                 wire.StoreSliverRequest(
-                    blob_id=blob_id, pair_index=pair, sliver_kind=kind, data=bytes(sliver)
+                    blob_id=blob_id, pair_index=pair, sliver_kind=kind, data=cast(bytes, sliver)
                 ),
                 wire.StoreSliverReply,
                 timeout=timeout,

@@ -126,6 +126,7 @@ __all__ = [
     "WireLimits",
     "decode",
     "encode",
+    "encode_parts",
     "max_encoded_size",
     "message_class",
     "message_type_id",
@@ -327,12 +328,14 @@ class BytesSpec(FieldSpec):
     def _check(self, value: object, limits: WireLimits | None, path: str) -> bytes:
         if not isinstance(value, bytes):
             raise WireError(f"{path}: expected bytes, got {type(value).__name__}")
-        length = len(value)
+        self.check_length(len(value), limits, path)
+        return value
+
+    def check_length(self, length: int, limits: WireLimits | None, path: str) -> None:
         cap = _resolve_cap(self.max_length, limits)
         if length < self.min_length or (cap is not None and length > cap):
             bound = f"{self.min_length}..{cap if cap is not None else self.max_length}"
             raise WireError(f"{path}: {length} bytes, expected {bound}")
-        return value
 
     def to_wire(self, value: object, limits: WireLimits | None, path: str) -> object:
         return self._check(value, limits, path)
@@ -820,6 +823,48 @@ def encode(message: Message, *, limits: WireLimits | None = None) -> bytes:
         return cbor2.dumps([cls.type_id, *fields], canonical=True)
     except Exception as error:  # cannot happen for schema-checked values; keep the promise
         raise WireError(f"{cls.__name__}: cannot encode: {error}") from error
+
+
+PARTS_MIN_TAIL = 64 * 1024
+"""From this size a trailing byte string is handed out as a view by :func:`encode_parts`."""
+
+
+def _bytes_head(length: int) -> bytes:
+    """The canonical (shortest) CBOR head of a byte string of ``length`` bytes."""
+    if length < 24:
+        return bytes([0x40 | length])
+    size = _head_size(length)
+    return bytes([0x40 | {2: 24, 3: 25, 5: 26, 9: 27}[size]]) + length.to_bytes(size - 1, "big")
+
+
+def encode_parts(message: Message, *, limits: WireLimits | None = None) -> tuple[bytes, memoryview]:
+    """``encode(message)`` as ``(head, tail)`` with ``head + tail`` the same bytes, without
+    copying a large trailing byte string.
+
+    When the message's last field is a byte string that is a ``memoryview`` or at least
+    :data:`PARTS_MIN_TAIL` bytes, ``tail`` is a view of it and ``head`` the encoding up to its
+    CBOR head; otherwise ``tail`` is empty. A sliver then goes from the encoder's buffer to the
+    muxer without the two copies of ``bytes(sliver)`` and ``cbor2.dumps``. That field alone may
+    be a (C-contiguous) ``memoryview`` here; its length is checked as ``encode`` checks it.
+    """
+    cls = type(message)
+    spec = record_spec(cls)
+    if spec.fields:
+        name, field_spec = spec.fields[-1]
+        value = getattr(message, name)
+        if isinstance(field_spec, BytesSpec) and (
+            isinstance(value, memoryview)
+            or (isinstance(value, bytes) and len(value) >= PARTS_MIN_TAIL)
+        ):
+            view = memoryview(value)
+            view = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
+            # The placeholder passes the field's own checks; the view's length is checked here.
+            placeholder = bytes(field_spec.min_length)
+            field_spec.check_length(len(view), limits, f"{cls.__name__}.{name}")
+            head = encode(dataclasses.replace(message, **{name: placeholder}), limits=limits)
+            cut = len(head) - _head_size(len(placeholder)) - len(placeholder)
+            return head[:cut] + _bytes_head(len(view)), view
+    return encode(message, limits=limits), memoryview(b"")
 
 
 def signing_bytes(body: Message) -> bytes:

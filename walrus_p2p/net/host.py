@@ -353,28 +353,30 @@ class Host:
         self,
         peer_id: str,
         protocol_id: str,
-        payload: bytes,
+        payload: bytes | memoryview,
         *,
         timeout: float,
         max_reply: int = rpc.DEFAULT_MAX_REPLY,
         max_request: int = rpc.DEFAULT_MAX_REQUEST,
+        prefix: bytes = b"",
     ) -> bytes:
-        """Send ``payload`` on a new stream and return the reply; ``timeout`` covers it all
-        (dial, protocol negotiation, request, reply).
+        """Send ``prefix + payload`` on a new stream and return the reply; ``timeout`` covers
+        it all (dial, protocol negotiation, request, reply).
 
         Raises :class:`RequestTimeoutError`, :class:`PeerUnreachableError`,
         :class:`RemoteError` (the server answered with an error), :class:`WireError` (the reply
         is malformed, truncated or above ``max_reply``) or :class:`NetworkError`.
         """
-        if len(payload) > max_request:
-            raise WireError(f"request too large: size={len(payload)} max={max_request}")
+        size = len(prefix) + len(payload)
+        if size > max_request:
+            raise WireError(f"request too large: size={size} max={max_request}")
         reply: bytes | None = None
         with trio.move_on_after(timeout):
             stream = await self.open_stream(peer_id, protocol_id)
             ok = False
             try:
                 reply = await rpc.exchange(
-                    stream, payload, max_request=max_request, max_reply=max_reply
+                    stream, payload, max_request=max_request, max_reply=max_reply, prefix=prefix
                 )
                 ok = True
             finally:

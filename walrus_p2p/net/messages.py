@@ -42,14 +42,16 @@ async def call_message(
     ``RequestTimeoutError``, ``PeerUnreachableError``, ``RemoteError`` (the peer refused, with
     its reason) or ``WireError`` (a malformed or unexpected reply).
     """
-    payload = wire.encode(request, limits=limits)
+    # A sliver in the request is written from where it lies, not copied into the encoding.
+    head, tail = wire.encode_parts(request, limits=limits)
     reply: bytes | None = None
     with trio.move_on_after(timeout):
         await connect(peer_id, timeout)
         reply = await host.request(
             peer_id,
             protocol,
-            payload,
+            tail,
+            prefix=head,
             timeout=timeout,
             max_request=max_frame,
             max_reply=max_frame,

@@ -215,12 +215,14 @@ async def serve_stream(
 
 async def exchange(
     stream: Stream,
-    payload: bytes,
+    payload: bytes | memoryview,
     *,
     max_request: int,
     max_reply: int,
+    prefix: bytes = b"",
 ) -> bytes:
-    """Send one request and read its reply on an open stream (no deadline of its own).
+    """Send one request, ``prefix + payload``, and read its reply on an open stream (no
+    deadline of its own).
 
     The request is written in a task of its own while the reply is awaited: a server that
     rejects an oversized request answers at once and stops reading, and a writer blocked on the
@@ -230,13 +232,13 @@ async def exchange(
 
     async def send() -> None:
         try:
-            await write_frame(stream, payload, max_size=max_request)
+            await write_frame(stream, payload, max_size=max_request, prefix=prefix)
             await stream.close_write()
         except WalrusError as error:
             write_error.append(error)
 
-    if len(payload) > max_request:
-        raise WireError(f"request too large: size={len(payload)} max={max_request}")
+    if len(prefix) + len(payload) > max_request:
+        raise WireError(f"request too large: size={len(prefix) + len(payload)} max={max_request}")
     reply: tuple[int, bytes] | None = None
     read_error: WalrusError | None = None
     # Errors are caught inside the nursery body: trio wraps anything escaping it in an
