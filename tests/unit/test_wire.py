@@ -825,3 +825,35 @@ def test_encode_parts_checks_the_sliver_like_encode() -> None:
     # A message whose last field is not a byte string is encoded whole.
     reply = wire.StoreSliverReply()
     assert wire.encode_parts(reply) == (wire.encode(reply), memoryview(b""))
+
+
+@pytest.mark.parametrize("length", [1, 65_535, 65_536, 300_001])
+def test_decode_view_tail_gives_a_view_of_a_large_trailing_sliver(length: int) -> None:
+    data = bytes((index * 13) % 256 for index in range(length))
+    encoded = wire.encode(wire.GetSliverReply(data=data))
+    viewed = wire.decode(encoded, wire.GetSliverReply, view_tail=True)
+    assert bytes(viewed.data) == data
+    if length >= wire.PARTS_MIN_TAIL:
+        assert isinstance(viewed.data, memoryview) and viewed.data.obj is encoded
+    else:
+        assert type(viewed.data) is bytes
+    request = wire.StoreSliverRequest(
+        blob_id=BlobId(bytes(range(32))), pair_index=7, sliver_kind=SliverKind.PRIMARY, data=data
+    )
+    back = wire.decode(wire.encode(request), wire.StoreSliverRequest, view_tail=True)
+    assert (back.blob_id, back.pair_index, back.sliver_kind) == (
+        BlobId(bytes(range(32))),
+        7,
+        SliverKind.PRIMARY,
+    )
+    assert bytes(back.data) == data
+
+
+def test_decode_view_tail_rejects_what_decode_rejects() -> None:
+    encoded = wire.encode(wire.GetSliverReply(data=bytes(100_000)))
+    for bad in (encoded[:-1], encoded + b"\x00", encoded[:3] + b"\xff" + encoded[4:]):
+        with pytest.raises(WireError):
+            wire.decode(bad, wire.GetSliverReply, view_tail=True)
+    limits = wire.WireLimits(max_sliver_size=99_999, max_symbol_size=40)
+    with pytest.raises(WireError):
+        wire.decode(encoded, wire.GetSliverReply, limits=limits, view_tail=True)

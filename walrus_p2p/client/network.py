@@ -211,8 +211,11 @@ class LightPeer:
         expected: type[M],
         *,
         timeout: float,
+        view_tail: bool = False,
     ) -> M:
-        """One request/reply with ``peer_id``; raises a ``WalrusError`` on any failure."""
+        """One request/reply with ``peer_id``; raises a ``WalrusError`` on any failure.
+        ``view_tail``: a large trailing byte string of the reply (a sliver) is a view, not a
+        copy (:func:`walrus_p2p.core.wire.decode`)."""
         message, _ = await call_message(
             self.host,
             self._ensure_connected,
@@ -223,6 +226,7 @@ class LightPeer:
             timeout=timeout,
             limits=self.limits,
             max_frame=self.max_frame,
+            view_tail=view_tail,
         )
         return message
 

@@ -213,6 +213,7 @@ async def fetch_slivers(
                 wire.GetSliverRequest(blob_id=blob_id, pair_index=pair, sliver_kind=kind),
                 wire.GetSliverReply,
                 timeout=options.request_timeout,
+                view_tail=True,  # the sliver is only verified and decoded: no copy of it
             )
             verified_against = await _metadata_of(metadata)
             await trio.to_thread.run_sync(

@@ -974,29 +974,47 @@ def _expected_classes(expected: object) -> tuple[type[Message], ...]:
 
 
 @overload
-def decode(data: bytes | bytearray, expected: type[M], *, limits: WireLimits = ...) -> M: ...
+def decode(
+    data: bytes | bytearray, expected: type[M], *, limits: WireLimits = ..., view_tail: bool = ...
+) -> M: ...
 @overload
 def decode(
-    data: bytes | bytearray, expected: tuple[type[A], type[B]], *, limits: WireLimits = ...
+    data: bytes | bytearray,
+    expected: tuple[type[A], type[B]],
+    *,
+    limits: WireLimits = ...,
+    view_tail: bool = ...,
 ) -> A | B: ...
 @overload
 def decode(
-    data: bytes | bytearray, expected: tuple[type[A], type[B], type[C]], *, limits: WireLimits = ...
+    data: bytes | bytearray,
+    expected: tuple[type[A], type[B], type[C]],
+    *,
+    limits: WireLimits = ...,
+    view_tail: bool = ...,
 ) -> A | B | C: ...
 @overload
 def decode(
-    data: bytes | bytearray, expected: tuple[type[Message], ...], *, limits: WireLimits = ...
+    data: bytes | bytearray,
+    expected: tuple[type[Message], ...],
+    *,
+    limits: WireLimits = ...,
+    view_tail: bool = ...,
 ) -> Message: ...
 def decode(
     data: bytes | bytearray,
     expected: type[Message] | tuple[type[Message], ...],
     *,
     limits: WireLimits = DEFAULT_LIMITS,
+    view_tail: bool = False,
 ) -> Message:
     """Parse one message of an ``expected`` type from untrusted ``data``.
 
     ``limits`` are the network's caps (from genesis); any malformed, oversized, non-canonical or
-    unexpected input raises :class:`WireError` and nothing else.
+    unexpected input raises :class:`WireError` and nothing else. With ``view_tail``, a last
+    field that is a byte string of at least :data:`PARTS_MIN_TAIL` bytes comes out as a
+    ``memoryview`` of ``data`` instead of a copy (the counterpart of :func:`encode_parts`; for
+    callers that only read the field, such as a client verifying a sliver).
     """
     classes = _expected_classes(expected)
     if not isinstance(data, bytes | bytearray):
@@ -1005,14 +1023,50 @@ def decode(
     if len(data) > largest:
         raise WireError(f"message of {len(data)} bytes exceeds the maximum of {largest}")
     try:
-        return _decode_checked(bytes(data) if type(data) is not bytes else data, classes, limits)
+        return _decode_checked(
+            bytes(data) if type(data) is not bytes else data, classes, limits, view_tail
+        )
     except WireError:
         raise
     except Exception as error:  # a decoder bug must not become a crash; tests look for these
         raise WireError(f"undecodable message: {type(error).__name__}") from error
 
 
-def _decode_checked(data: bytes, classes: tuple[type[Message], ...], limits: WireLimits) -> Message:
+def _skip_item(data: bytes, position: int) -> int:
+    """The position after the item at ``position`` (in data that :func:`_scan` accepted)."""
+    pending = 1
+    while pending:
+        pending -= 1
+        major, argument, position = _read_head(data, position)
+        if major in (_MAJOR_BYTES, _MAJOR_TEXT):
+            position += argument
+        elif major == _MAJOR_ARRAY:
+            pending += argument
+    return position
+
+
+def _tail_view(
+    data: bytes, cls: type[Message], field_count: int, limits: WireLimits
+) -> tuple[bytes, str, memoryview] | None:
+    """For ``view_tail``: the message with its large last byte string replaced by the field's
+    shortest allowed placeholder, the field's name and a view of the real bytes; or None."""
+    name, spec = record_spec(cls).fields[-1]
+    if not isinstance(spec, BytesSpec):
+        return None
+    _, _, position = _read_head(data, 0)
+    for _ in range(field_count - 1):
+        position = _skip_item(data, position)
+    major, length, start = _read_head(data, position)
+    if major != _MAJOR_BYTES or length < PARTS_MIN_TAIL:
+        return None
+    spec.check_length(length, limits, f"{cls.__name__}.{name}")
+    placeholder = data[:position] + _bytes_head(spec.min_length) + bytes(spec.min_length)
+    return placeholder, name, memoryview(data)[start : start + length]
+
+
+def _decode_checked(
+    data: bytes, classes: tuple[type[Message], ...], limits: WireLimits, view_tail: bool = False
+) -> Message:
     major, field_count, position = _read_head(data, 0)
     if major != _MAJOR_ARRAY:
         raise WireError("a message must be a CBOR array")
@@ -1031,14 +1085,18 @@ def _decode_checked(data: bytes, classes: tuple[type[Message], ...], limits: Wir
             f"{cls.__name__}: {field_count - 1} fields, expected {bounds.field_count - 1}"
         )
     _scan(data, bounds)
+    tail = _tail_view(data, cls, field_count, limits) if view_tail and field_count > 1 else None
     try:
-        raw = _loads(data, bounds.max_depth)
+        raw = _loads(data if tail is None else tail[0], bounds.max_depth)
     except Exception as error:  # cbor2 errors, invalid UTF-8, MemoryError
         raise WireError(f"{cls.__name__}: malformed CBOR: {error}") from error
     if type(raw) is not list or not raw or raw[0] != type_id:
         raise WireError(f"{cls.__name__}: malformed message")
     message = record_spec(cls).decode_fields(raw[1:], limits, cls.__name__)
     assert isinstance(message, cls)
+    if tail is not None:
+        _, name, view = tail
+        message = dataclasses.replace(message, **{name: view})
     return message
 
 

@@ -35,12 +35,14 @@ async def call_message(
     timeout: float,
     limits: wire.WireLimits,
     max_frame: int,
+    view_tail: bool = False,
 ) -> tuple[M, int]:
     """Send ``request`` to ``peer_id`` and return the decoded reply and its size in bytes.
 
     ``timeout`` covers everything, connecting included. Raises a ``WalrusError`` on any failure:
     ``RequestTimeoutError``, ``PeerUnreachableError``, ``RemoteError`` (the peer refused, with
-    its reason) or ``WireError`` (a malformed or unexpected reply).
+    its reason) or ``WireError`` (a malformed or unexpected reply). ``view_tail``: see
+    :func:`walrus_p2p.core.wire.decode`.
     """
     # A sliver in the request is written from where it lies, not copied into the encoding.
     head, tail = wire.encode_parts(request, limits=limits)
@@ -60,4 +62,4 @@ async def call_message(
         raise RequestTimeoutError(
             f"{type(request).__name__} to peer={peer_id[:12]} timed out after {timeout:g}s"
         )
-    return wire.decode(reply, expected, limits=limits), len(reply)
+    return wire.decode(reply, expected, limits=limits, view_tail=view_tail), len(reply)
