@@ -35,7 +35,15 @@ class StubLight:
     def holders_of(self, shard: int) -> list[PeerId]:
         return [PeerId(f"peer-{shard}")]
 
-    async def call(self, peer_id: PeerId, request: Any, expected: Any, *, timeout: float) -> Any:
+    async def call(
+        self,
+        peer_id: PeerId,
+        request: Any,
+        expected: Any,
+        *,
+        timeout: float,
+        view_tail: bool = False,
+    ) -> Any:
         assert isinstance(request, wire.GetSliverRequest)
         assert request.sliver_kind is SliverKind.PRIMARY
         index = request.pair_index
@@ -44,12 +52,15 @@ class StubLight:
         data = bytes(self.encoded.encoded.sliver(SliverType.PRIMARY, index))
         if index in self.lying:
             data = bytes([data[0] ^ 1]) + data[1:]
-        return wire.GetSliverReply(data=data)
+        # Through the wire as a real peer's reply: with ``view_tail`` the sliver is a view.
+        return wire.decode(
+            wire.encode(wire.GetSliverReply(data=data)), wire.GetSliverReply, view_tail=view_tail
+        )
 
 
 async def test_reads_ask_for_systematic_slivers_first_and_skip_liars() -> None:
     config = EncodingConfig.for_shards(N_SHARDS)
-    encoded = encode_blob(random.Random(5).randbytes(100_000), config)
+    encoded = encode_blob(random.Random(5).randbytes(1_000_000), config)  # slivers > 64 KiB
     kp = config.kp
     light = StubLight(encoded, lying=set())
     got = await fetch_slivers(

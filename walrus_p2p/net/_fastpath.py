@@ -194,6 +194,7 @@ class _BatchedCreditStream(yamux_module.YamuxStream):
         # auto-tuning of many small updates; with batched credit it would stay at 256 KiB and
         # the writer would poll every 10 ms for credit. The first update grants it.
         self.target_recv_window = max(self.target_recv_window, TARGET_WINDOW)
+        self.rw_lock = _ExclusiveWriteLock()  # type: ignore[assignment]
 
     async def _auto_tune_and_send_window_update(self, *, bytes_read: int = 0) -> None:
         increment = 0
@@ -323,6 +324,23 @@ class _QuickLock:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._lock.release()
+
+
+class _ExclusiveWriteLock:
+    """Stands in for a yamux stream's ``ReadWriteLock``, of which yamux takes only the write
+    side (one writer per stream at a time): the same exclusion from one :class:`_QuickLock`,
+    without the generator-based context manager and the semaphore's scheduler trip."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = _QuickLock()
+
+    def write_lock(self) -> _QuickLock:
+        return self._lock
+
+    def read_lock(self) -> _QuickLock:  # unused by yamux; exclusive is the safe reading
+        return self._lock
 
 
 _QUICK_LOCKS: dict[Any, tuple[str, ...]] = {
