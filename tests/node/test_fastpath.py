@@ -226,3 +226,43 @@ def test_gossip_signed_records_are_verified_once_per_refresh_period(
     now[0] += _fastpath.SIGNED_RECORD_REFRESH + 1
     assert _fastpath._consume_signed_record(_Message(b"good"), host, sender)
     assert len(calls) == 6
+
+
+async def test_quick_lock_excludes_like_a_trio_lock_and_skips_the_scheduler_when_free() -> None:
+    lock = _fastpath._QuickLock()
+    order: list[str] = []
+
+    async def holder(task_status: trio.TaskStatus[None]) -> None:
+        async with lock:
+            order.append("holder in")
+            task_status.started()
+            await trio.sleep(0.01)  # holds the lock across an await
+            order.append("holder out")
+
+    async def waiter() -> None:
+        async with lock:
+            order.append("waiter in")
+
+    with trio.fail_after(STEP):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(holder)
+            assert lock.locked()
+            nursery.start_soon(waiter)
+    assert order == ["holder in", "holder out", "waiter in"]
+    assert not lock.locked()
+
+    # Free: taken and released without passing through the scheduler (no other task runs).
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        for _ in range(3):
+            async with lock:
+                pass
+        assert ran == []
+    assert ran == ["other"]
+    with pytest.raises(RuntimeError):  # the trio.Lock underneath keeps its errors
+        lock.release()

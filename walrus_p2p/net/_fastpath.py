@@ -1,9 +1,10 @@
-"""Process-wide settings for bulk transfer: three in py-libp2p's TCP + Noise + yamux path that
-cost no compatibility, one that saves copies of received bytes, and one in the C allocator.
+"""Process-wide settings for bulk transfer in py-libp2p's TCP + Noise + yamux path (none costs
+compatibility), one in the C allocator, and one in pubsub.
 
 Measured with ``bench/transport.py`` (two processes on loopback, 200 MiB in 1 MiB writes):
-one stream 227-248 -> 487-522 MB/s, twenty streams 220-231 -> 469-471 MB/s, and the receiver's
-CPU 4.2-4.6 -> 2.0-2.2 ms per MiB. What each does:
+one stream 227-248 -> 487-522 MB/s with 1-5, -> 740-769 MB/s with 6 too; twenty streams
+220-231 -> 469-471 -> 611-635 MB/s; the receiver's CPU 4.2-4.6 -> 2.0-2.2 -> 1.3-1.6 ms per
+MiB. What each does:
 
 1. **One Noise message per yamux frame.** yamux sends DATA frames of up to 64 KiB of payload
    (``MAX_MESSAGE_SIZE``, 12-byte header included), but a Noise transport message holds at most
@@ -32,6 +33,11 @@ CPU 4.2-4.6 -> 2.0-2.2 ms per MiB. What each does:
    3 µs on this VM: CBOR-encoding a 3 MB sliver reply and framing it took 5.4 ms, and 0.25 ms
    with the thresholds below (``mallopt``; without glibc nothing changes). The price is that up
    to ``TRIM_THRESHOLD`` bytes of freed heap stay resident.
+6. **Fewer trips through the scheduler.** The locks py-libp2p takes for every frame become
+   :class:`_QuickLock` (free: taken at once; held: waited for as before), a yamux stream's
+   write lock is one of them, yamux's ``PY_YAMUX_*`` variables are read once, and a DATA body
+   already decrypted is read without a cancel scope of its own.
+7. **Signed peer records checked once a minute** in pubsub (:func:`_consume_signed_record`).
 """
 
 from __future__ import annotations
@@ -370,13 +376,13 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    yamux_module._py_yamux_env = _env_once
     for cls, names in _QUICK_LOCKS.items():
         _with_quick_locks(cls, names)
-    for module in (pubsub_module, gossipsub_module):
-        module.maybe_consume_signed_record = _consume_signed_record  # type: ignore[attr-defined]
+    yamux_module._py_yamux_env = _env_once
     yamux_module._py_yamux_env_set = _env_set_once
     yamux_module.Yamux._read_data_body = _read_data_body  # type: ignore[method-assign]
+    for module in (pubsub_module, gossipsub_module):
+        module.maybe_consume_signed_record = _consume_signed_record  # type: ignore[attr-defined]
     yamux_module.MAX_MESSAGE_SIZE = noise_io.MAX_PLAINTEXT_LENGTH
     yamux_module.YamuxStream = _BatchedCreditStream  # type: ignore[misc]
     libp2p_io_trio.TrioTCPStream.read = _buffered_read  # type: ignore[method-assign]
