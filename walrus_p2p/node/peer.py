@@ -526,7 +526,7 @@ class StoragePeerService:
         self._blob_states[blob_id] = state
         return state
 
-    def verify_record(self, record: records.BlobRecord) -> None:
+    def verify_record(self, record: records.BlobRecord, encoded: bytes | None = None) -> bytes:
         """``records.verify_blob_record``, done once per distinct record.
 
         A record's validity never changes: its signatures are over its own bytes, and a
@@ -535,16 +535,18 @@ class StoragePeerService:
         gossip, where the topic validator and the merge each checked it), each time 2f+1
         Ed25519 signatures. So the digests of the last :data:`VERIFIED_RECORDS_KEPT` records
         that verified are kept, and only a record not among them is checked. A record that
-        fails is never kept.
+        fails is never kept. ``encoded`` is the record's encoding when the caller has it;
+        returns the digest of that encoding.
         """
-        digest = blake3.blake3(wire.encode(record)).digest()
+        digest = blake3.blake3(wire.encode(record) if encoded is None else encoded).digest()
         if digest in self._verified_records:
             self._verified_records.move_to_end(digest)
-            return
+            return digest
         records.verify_blob_record(record, self.genesis.network_id, self._committee_of)
         self._verified_records[digest] = None
         while len(self._verified_records) > VERIFIED_RECORDS_KEPT:
             self._verified_records.popitem(last=False)
+        return digest
 
     async def merge_records(
         self, blob_id: BlobId, items: list[records.BlobRecord], *, announce: bool = True
@@ -555,14 +557,16 @@ class StoragePeerService:
         per blob (see :meth:`_is_announcer`), batched, so the news costs one message per blob
         rather than one per peer.
         """
-        for record in items:
-            self.verify_record(record)
+        encodings = [wire.encode(record) for record in items]
+        digests = [
+            self.verify_record(record, encoded)
+            for record, encoded in zip(items, encodings, strict=True)
+        ]
         accepted = 0
         async with self._records_lock:
             state = await self.blob_state(blob_id)
-            for record in items:
-                encoded = wire.encode(record)
-                key = bytes(blob_id) + blake3.blake3(encoded).digest()[:16]
+            for record, encoded, digest in zip(items, encodings, digests, strict=True):
+                key = bytes(blob_id) + digest[:16]
                 existing = await self._in_thread(self.store.get_value, RECORDS_NAMESPACE, key)
                 if existing is not None:
                     continue
