@@ -7,6 +7,7 @@ import logging
 import pytest
 import trio
 
+from walrus_p2p.core import memory
 from walrus_p2p.errors import ConfigError, RemoteError, RequestTimeoutError, WireError
 from walrus_p2p.net.framing import encode_header, read_frame, write_frame
 from walrus_p2p.net.logs import RateLimitedForwarder
@@ -57,6 +58,30 @@ async def test_prefix_is_part_of_the_frame() -> None:
     with pytest.raises(WireError):
         await write_frame(stream, b"12345", max_size=5, prefix=b"\x00")
     assert not stream.buffer
+
+
+async def test_big_frames_are_read_into_one_bytes_object_whatever_the_chunks() -> None:
+    # At MIN_HUGE_BYTES and above, read_exactly copies the chunks into a bytes object on huge
+    # pages instead of joining them: the payload must come out the same, of type bytes.
+    size = memory.MIN_HUGE_BYTES + 12_345
+    payload = bytes(range(251)) * (size // 251) + b"tail"
+    for chunk in (70_001, 1 << 20, size):
+        stream = MemoryStream(chunk=chunk)
+        await write_frame(stream, payload, max_size=len(payload))
+        got = await read_frame(stream, max_size=len(payload), timeout=10)
+        assert type(got) is bytes and got == payload
+        assert stream.largest_read_request <= 1 << 20
+        assert not stream.buffer
+
+
+async def test_a_big_frame_cut_short_is_an_error_not_a_short_payload() -> None:
+    size = memory.MIN_HUGE_BYTES + 1
+    stream = MemoryStream(encode_header(size) + b"x" * (size - 1), chunk=1 << 20)
+    with pytest.raises(WireError, match="ended inside a frame"):
+        await read_frame(stream, max_size=size, timeout=10)
+    stalled = MemoryStream(encode_header(size) + b"x" * 1000, chunk=1 << 20, eof=False)
+    with pytest.raises(RequestTimeoutError):
+        await read_frame(stalled, max_size=size, timeout=0.2)
 
 
 async def test_oversized_frame_is_refused_before_reading_the_body() -> None:

@@ -29,9 +29,7 @@ The decoders write a big blob straight into the ``bytes`` they return (see :func
 
 from __future__ import annotations
 
-import ctypes
 import enum
-import mmap
 import struct
 import sys
 import threading
@@ -44,7 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pyeclib.ec_iface import ECDriver, ECDriverError
 
-from walrus_p2p.core import isal, merkle
+from walrus_p2p.core import isal, memory, merkle
 from walrus_p2p.errors import EncodingError
 
 MIN_SHARDS = 4
@@ -776,11 +774,13 @@ def expand_sliver(
     symbol_size: int,
     *,
     codec: ErasureCodec | None = None,
+    out: ByteArray | None = None,
 ) -> ByteArray:
     """The full row (primary) or column (secondary) of ``n`` symbols, shape ``(n, S)``.
 
     This is what a sliver hash commits to; verifying a sliver and proving a recovery symbol
-    both start here.
+    both start here. ``out`` (``n * S`` bytes, 1-D or ``(n, S)``) receives the result instead of
+    a new array.
     """
     codec = codec or _default_codec
     symbols = config.source_symbols(sliver_type)
@@ -789,7 +789,12 @@ def expand_sliver(
         raise EncodingError(
             f"{sliver_type.value} sliver must be {symbols * symbol_size} bytes, got {len(values)}"
         )
-    expanded = np.empty((config.n, symbol_size), dtype=np.uint8)
+    if out is None:
+        expanded = np.empty((config.n, symbol_size), dtype=np.uint8)
+    elif out.size != config.n * symbol_size or not out.flags.c_contiguous:
+        raise EncodingError(f"out must be {config.n * symbol_size} contiguous bytes")
+    else:
+        expanded = out.reshape(config.n, symbol_size)
     expanded[:symbols] = values.reshape(symbols, symbol_size)
     codec.encode(symbols, config.n, expanded[:symbols], out=expanded[symbols:])
     return expanded
@@ -939,55 +944,18 @@ def decode_secondary(
 _MIN_IN_PLACE_RESULT = 8 << 20
 """Decoded blobs at least this big are built in place on huge pages (see :func:`_new_bytes`);
 below it, page faults cost little and one decode call into a temporary is cheaper."""
-_HUGE_PAGE = 2 << 20
 
 
 def _builds_in_place(length: int) -> bool:
-    return length >= _MIN_IN_PLACE_RESULT and sys.implementation.name == "cpython"
+    # Never below 2 bytes: CPython shares its empty and 1-byte bytes objects.
+    return length >= max(_MIN_IN_PLACE_RESULT, 2) and memory.fills_in_place()
 
 
 def _new_bytes(length: int) -> tuple[bytes, ByteArray]:
-    """A new ``bytes`` of ``length`` bytes and a writable array over it, for the caller to fill.
-
-    Why: a decoded blob is returned as ``bytes``, and CPython takes a big one from glibc's
-    ``mmap`` on 4 KiB pages; the first touch of each page then costs more than copying the data
-    into it (about 80 ms for 128 MB here, against about 13 ms on 2 MiB pages). ``bytes(length)``
-    comes from ``calloc``, which leaves fresh pages untouched; before anything touches them we
-    ask for transparent huge pages with ``madvise`` (the kernel's THP mode here is
-    ``madvise``), and the decoder writes the rows straight into the object: no fault per 4 KiB
-    page and no copy out of a temporary buffer.
-
-    Writing into a ``bytes`` is sound only because nobody else has seen the object yet (C code
-    does the same after ``PyBytes_FromStringAndSize(NULL, n)``); the caller must fill all of it
-    before letting it go, and drop the array. CPython only (see :func:`_builds_in_place`).
-    """
-    result = bytes(length)
-    address = int(np.frombuffer(result, dtype=np.uint8).ctypes.data)
-    start = -(-address // _HUGE_PAGE) * _HUGE_PAGE
-    stop = (address + length) // _HUGE_PAGE * _HUGE_PAGE
-    if stop > start:
-        _advise_huge_pages(start, stop - start)
-    writable = (ctypes.c_uint8 * length).from_address(address)
-    return result, np.frombuffer(memoryview(writable), dtype=np.uint8)
-
-
-_libc: ctypes.CDLL | None = None
-
-
-def _advise_huge_pages(address: int, length: int) -> None:
-    """``madvise(MADV_HUGEPAGE)`` on a page-aligned range; only a hint, so failures are ignored."""
-    global _libc
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)
-    if advice is None:
-        return
-    try:
-        if _libc is None:
-            _libc = ctypes.CDLL(None, use_errno=True)
-            _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            _libc.madvise.restype = ctypes.c_int
-        _libc.madvise(address, length, advice)
-    except (OSError, AttributeError):
-        return
+    """A new ``bytes`` on huge pages for the decoder to fill (:func:`memory.new_bytes`): a
+    decoded 128 MB blob cost about 80 ms of page faults on 4 KiB pages, about 13 ms on 2 MiB
+    pages, and is written straight into the object, not copied out of a temporary."""
+    return memory.new_bytes(length)
 
 
 def decode(

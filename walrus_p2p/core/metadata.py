@@ -26,7 +26,7 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from walrus_p2p.core import isal, merkle
+from walrus_p2p.core import isal, memory, merkle
 from walrus_p2p.core.encoding import (
     ByteArray,
     BytesLike,
@@ -182,8 +182,12 @@ def sliver_root(
     *,
     codec: ErasureCodec | None = None,
 ) -> bytes:
-    """The hash a sliver must have: root over its ``n`` expanded symbols."""
-    expanded = expand_sliver(config, sliver_type, sliver, symbol_size, codec=codec)
+    """The hash a sliver must have: root over its ``n`` expanded symbols.
+
+    The expansion is only hashed, so it goes to this thread's scratch array
+    (:func:`memory.scratch`): checking a sliver does not fault in ``n * S`` fresh bytes."""
+    out = memory.scratch(config.n * symbol_size)
+    expanded = expand_sliver(config, sliver_type, sliver, symbol_size, codec=codec, out=out)
     return merkle.root_of_leaf_hashes(
         merkle.leaf_hashes_of_symbols(expanded.reshape(-1).data, symbol_size)
     )

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import trio
 
+from walrus_p2p.core import memory
 from walrus_p2p.errors import RequestTimeoutError, WireError
 
 HEADER_SIZE = 4
@@ -77,6 +78,8 @@ class StreamEndedError(WireError):
 
 
 async def read_exactly(stream: ByteStream, size: int, what: str) -> bytes:
+    if size >= memory.MIN_HUGE_BYTES and memory.fills_in_place():
+        return await _read_into_new_bytes(stream, size, what)
     # The chunks are joined once at the end: a growing bytearray copied a multi-megabyte
     # sliver several times over, and then once more into bytes.
     chunks: list[bytes] = []
@@ -88,6 +91,30 @@ async def read_exactly(stream: ByteStream, size: int, what: str) -> bytes:
         chunks.append(chunk)
         got += len(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _read_into_new_bytes(stream: ByteStream, size: int, what: str) -> bytes:
+    """A big frame (a sliver) is copied chunk by chunk into a ``bytes`` on huge pages
+    (:func:`walrus_p2p.core.memory.new_bytes`): the same one copy as joining the chunks, without
+    a page fault per 4 KiB of it. The pages are only touched as data arrives, so a sender that
+    announces a big frame and stalls does not make this reader hold the memory. On a short
+    stream the half-filled object is dropped unseen."""
+    result, array = memory.new_bytes(size)
+    target = array.data
+    got = 0
+    try:
+        while got < size:
+            chunk = await stream.read(min(size - got, READ_CHUNK))
+            if not chunk:
+                raise StreamEndedError(
+                    f"stream ended inside a frame {what}: got={got} expected={size}"
+                )
+            target[got : got + len(chunk)] = chunk
+            got += len(chunk)
+    finally:
+        target.release()
+        del array
+    return result
 
 
 async def read_header(stream: ByteStream, *, max_size: int) -> int:
