@@ -579,3 +579,83 @@ def test_iter_values_with_a_prefix_reads_only_those_keys(store: DiskStore) -> No
     for prefix in (b"", b"\x01", b"\x01\xff", b"\x02", b"\xff", b"\xff\xff", b"\x03"):
         expected = [(key, bytes([i])) for i, key in enumerate(keys) if key.startswith(prefix)]
         assert list(store.iter_values("records", prefix=prefix)) == expected
+
+
+BIG_SIZES = [
+    _disk._DIRECT_MIN_BYTES,
+    _disk._DIRECT_MIN_BYTES + 1,
+    _disk._WRITE_CHUNK + 4097,
+    2 * _disk._WRITE_CHUNK,
+]
+
+
+@pytest.mark.parametrize("size", BIG_SIZES)
+def test_big_durable_slivers_are_written_directly_and_read_back_exactly(
+    root: Path, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened_flags: list[int] = []
+    real_open = os.open
+
+    def recording_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        opened_flags.append(flags)
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_disk.os, "open", recording_open)
+    with open_store(root, capacity_bytes=1 << 26, inline_limit=INLINE_LIMIT) as store:
+        store.put_metadata(blob(1), b"m")
+        data = payload(size, size)
+        store.put_sliver(blob(1), 2, P, data)
+        direct = any(flags & getattr(os, "O_DIRECT", 0) for flags in opened_flags)
+        if store._direct:  # this file system takes O_DIRECT: the file went through it
+            assert direct
+        assert store.get_sliver(blob(1), 2, P) == data
+        (file,) = sliver_files(store.path)
+        assert file.stat().st_size == size  # the padding of the last block was cut off
+    with open_store(root, capacity_bytes=1 << 26, create=False) as store:
+        assert store.get_sliver(blob(1), 2, P) == data
+
+
+def test_a_file_system_that_refuses_o_direct_gets_ordinary_writes(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+    direct_flag = getattr(os, "O_DIRECT", 0)
+    refused: list[int] = []
+
+    def refusing_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & direct_flag:
+            refused.append(flags)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_disk.os, "open", refusing_open)
+    size = _disk._DIRECT_MIN_BYTES + 10
+    with open_store(root, capacity_bytes=1 << 26, inline_limit=INLINE_LIMIT) as store:
+        store.put_metadata(blob(1), b"m")
+        for pair in range(3):
+            store.put_sliver(blob(1), pair, P, payload(pair, size))
+        for pair in range(3):
+            assert store.get_sliver(blob(1), pair, P) == payload(pair, size)
+        assert not store._direct
+    assert len(refused) == (1 if direct_flag else 0)  # tried once, then not again
+
+
+def test_other_errors_of_a_direct_write_are_not_swallowed(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not getattr(os, "O_DIRECT", 0):
+        pytest.skip("no O_DIRECT here")
+
+    def failing_pwrite(fd: int, data: object, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_disk.os, "pwrite", failing_pwrite)
+    with open_store(root, capacity_bytes=1 << 26, inline_limit=INLINE_LIMIT) as store:
+        store.put_metadata(blob(1), b"m")
+        if not store._direct:
+            pytest.skip("this file system refuses O_DIRECT")
+        with pytest.raises(StorageFullError):
+            store.put_sliver(blob(1), 0, P, payload(1, _disk._DIRECT_MIN_BYTES))
+        assert not store.has_sliver(blob(1), 0, P)
+        assert sliver_files(store.path) == []
+        assert not list((store.path / "tmp").iterdir())
