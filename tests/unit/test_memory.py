@@ -75,3 +75,15 @@ def test_expand_sliver_into_out_matches_a_fresh_expansion() -> None:
             size,
             out=np.empty(config.n * size - 1, dtype=np.uint8),
         )
+
+
+def test_same_bytes_compares_whole_buffers_of_any_kind() -> None:
+    data = bytes(range(256)) * 4000
+    assert memory.same_bytes(data, bytearray(data))
+    assert memory.same_bytes(memoryview(data), np.frombuffer(data, dtype=np.uint8))
+    assert memory.same_bytes(b"", b"")
+    assert not memory.same_bytes(data, data[:-1])
+    for position in (0, len(data) // 2, len(data) - 1):
+        changed = bytearray(data)
+        changed[position] ^= 1
+        assert not memory.same_bytes(data, changed)

@@ -379,6 +379,38 @@ def test_read_check_on_several_threads_agrees(
             meta.check_read_consistency(written.metadata, flip_bit(written.blob, 8 * position))
 
 
+def test_read_check_hashes_only_rows_it_has_no_verified_sliver_for(
+    written: Written, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = written.config
+    hashed: list[bytes] = []
+    real_root = meta.sliver_root
+
+    def counting_root(*args: object, **kwargs: object) -> bytes:
+        root = real_root(*args, **kwargs)  # type: ignore[arg-type]
+        hashed.append(root)
+        return root
+
+    monkeypatch.setattr(meta, "sliver_root", counting_root)
+    plain = {row: written.sliver(PRIMARY, row) for row in range(config.kp)}
+    meta.check_read_consistency(written.metadata, written.blob, verified_primaries=plain)
+    assert hashed == []  # every row equals its verified sliver: one memcmp each
+    some = {row: plain[row] for row in range(1, config.kp)}
+    meta.check_read_consistency(written.metadata, written.blob, verified_primaries=some)
+    assert hashed == [written.metadata.sliver_hash(PRIMARY, 0)]
+    # A row that differs from the sliver said to be verified is hashed, and so caught.
+    for position in (0, len(written.blob) - 1):
+        hashed.clear()
+        damaged = flip_bit(written.blob, 8 * position)
+        with pytest.raises(InconsistentBlobError):
+            meta.check_read_consistency(written.metadata, damaged, verified_primaries=plain)
+        assert len(hashed) == 1
+    # decode_blob passes its (verified) primary slivers on.
+    hashed.clear()
+    assert meta.decode_blob(written.metadata, PRIMARY, plain) == written.blob
+    assert hashed == [written.metadata.sliver_hash(PRIMARY, row) for row in range(config.kp)]
+
+
 def test_read_of_an_inconsistent_blob_is_reported() -> None:
     n, liar_row = 7, 6
     config, matrix, metadata = lying_writer(n, liar_row, seed=11, liar_type=PRIMARY)
