@@ -87,3 +87,48 @@ def test_same_bytes_compares_whole_buffers_of_any_kind() -> None:
         changed = bytearray(data)
         changed[position] ^= 1
         assert not memory.same_bytes(data, changed)
+
+
+def test_bytes_pool_reuses_only_objects_nobody_holds() -> None:
+    pool = memory.BytesPool(max_bytes=1 << 20)
+    first, array = pool.take(1000)
+    array[:] = 1
+    del array
+    held, array = pool.take(1000)  # `first` is still held here: a new object
+    assert held is not first
+    del array
+    assert pool.reused == 0
+    hash(first)  # a cached hash must not survive reuse
+    first_id = id(first)
+    del first
+    again, array = pool.take(1000)
+    assert id(again) == first_id and pool.reused == 1
+    array[:] = 2
+    del array
+    assert again == b"\x02" * 1000
+    assert hash(again) == hash(b"\x02" * 1000)
+    other_size, array = pool.take(999)  # sizes must match exactly
+    del array
+    assert len(other_size) == 999 and pool.reused == 1
+    view = memoryview(held)  # a view keeps the object busy
+    del held
+    busy, array = pool.take(1000)
+    del array
+    assert busy is not view.obj
+    view.release()
+
+
+def test_bytes_pool_keeps_at_most_max_bytes() -> None:
+    pool = memory.BytesPool(max_bytes=3000)
+    for _ in range(5):
+        taken, array = pool.take(1000)
+        del array, taken
+    assert pool.reused == 4  # the same idle object each time
+    kept = [pool.take(1000) for _ in range(5)]  # all busy: five objects
+    del kept
+    assert sum(len(item) for item in pool._items) <= 3000
+    big, array = pool.take(4000)  # larger than the pool: never kept
+    del array, big
+    assert all(len(item) == 1000 for item in pool._items)
+    pool.clear()
+    assert pool._items == []

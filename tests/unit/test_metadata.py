@@ -405,6 +405,17 @@ def test_read_check_hashes_only_rows_it_has_no_verified_sliver_for(
         with pytest.raises(InconsistentBlobError):
             meta.check_read_consistency(written.metadata, damaged, verified_primaries=plain)
         assert len(hashed) == 1
+    # Nonzero bytes in a sliver's padding (past the blob's end) send that row to hashing.
+    row_length = config.ks * written.metadata.symbol_size
+    last_row, used = divmod(len(written.blob), row_length)
+    if used and last_row < config.kp:
+        hashed.clear()
+        padded = bytearray(plain[last_row])
+        padded[-1] ^= 1
+        meta.check_read_consistency(
+            written.metadata, written.blob, verified_primaries={**plain, last_row: bytes(padded)}
+        )
+        assert hashed == [written.metadata.sliver_hash(PRIMARY, last_row)]
     # decode_blob passes its (verified) primary slivers on.
     hashed.clear()
     assert meta.decode_blob(written.metadata, PRIMARY, plain) == written.blob

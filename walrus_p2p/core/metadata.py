@@ -26,6 +26,8 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from walrus_p2p.core import isal, memory, merkle
 from walrus_p2p.core.encoding import (
     ByteArray,
@@ -475,8 +477,9 @@ def check_read_consistency(
 
     ``verified_primaries`` (index -> primary sliver already verified against ``metadata``)
     spares the default check the hashing of rows it already knows: a padded row byte-equal to
-    its verified sliver has that sliver's hash, so one ``memcmp`` replaces expanding and
-    hashing it. A row that differs (nonzero padding in the sliver, say) is hashed as before.
+    its verified sliver has that sliver's hash, so one ``memcmp`` (and a zero test of the
+    sliver's padding) replaces expanding and hashing it. A row that differs (nonzero padding
+    in the sliver, say) is hashed as before.
     """
     config = metadata.config
     length = len(memoryview(blob).cast("B"))
@@ -491,13 +494,27 @@ def check_read_consistency(
     def root(values: ByteArray) -> bytes:
         return sliver_root(config, SliverType.PRIMARY, values.data, size, codec=codec)
 
-    rows = source_rows(config, blob, size)
     known = verified_primaries or {}
-    unchecked = [
-        row
-        for row, values in enumerate(rows)
-        if row not in known or not memory.same_bytes(values, known[row])
-    ]
+    data = np.frombuffer(blob, dtype=np.uint8)
+    row_length = config.ks * size
+
+    def same_as_verified(row: int) -> bool:
+        """Row ``row`` of the zero-padded blob equals its verified sliver (no padded copy)."""
+        if row not in known:
+            return False
+        sliver = np.frombuffer(known[row], dtype=np.uint8)
+        start = min(row * row_length, length)
+        stop = min(start + row_length, length)
+        return (
+            sliver.size == row_length
+            and memory.same_bytes(data[start:stop], sliver[: stop - start])
+            and not sliver[stop - start :].any()
+        )
+
+    unchecked = [row for row in range(config.kp) if not same_as_verified(row)]
+    if not unchecked:
+        return
+    rows = source_rows(config, blob, size)
     if config.n * size >= _PARALLEL_CHECK_ROW_BYTES and len(unchecked) > 1:
         # one row per task, over the codec threads
         roots = isal.parallel_map(root, [rows[row] for row in unchecked])

@@ -31,6 +31,11 @@ MAX_FRAME_LIMIT = 2**32 - 1
 READ_CHUNK = 1 << 20
 """Largest single read request; keeps one read from pinning a huge buffer in the muxer."""
 
+FRAME_POOL = memory.BytesPool(192 << 20)
+"""Big frames (slivers) are received into ``bytes`` objects reused from here once nobody holds
+them any more (see :class:`walrus_p2p.core.memory.BytesPool`): a client reading blobs of one
+size, or a peer storing them, receives into the same memory again."""
+
 
 class ByteStream(Protocol):
     """What framing needs from a stream."""
@@ -94,12 +99,13 @@ async def read_exactly(stream: ByteStream, size: int, what: str) -> bytes:
 
 
 async def _read_into_new_bytes(stream: ByteStream, size: int, what: str) -> bytes:
-    """A big frame (a sliver) is copied chunk by chunk into a ``bytes`` on huge pages
-    (:func:`walrus_p2p.core.memory.new_bytes`): the same one copy as joining the chunks, without
-    a page fault per 4 KiB of it. The pages are only touched as data arrives, so a sender that
-    announces a big frame and stalls does not make this reader hold the memory. On a short
-    stream the half-filled object is dropped unseen."""
-    result, array = memory.new_bytes(size)
+    """A big frame (a sliver) is copied chunk by chunk into a ``bytes`` reused from
+    :data:`FRAME_POOL` when one of its size is free, else new on huge pages: the same one copy
+    as joining the chunks, without a page fault per 4 KiB of it (or any, when reused). A new
+    object's pages are only touched as data arrives, so a sender that announces a big frame
+    and stalls does not make this reader hold more than the pool already keeps. On a short
+    stream the half-filled object is dropped (or left in the pool) unseen."""
+    result, array = FRAME_POOL.take(size)
     target = array.data
     got = 0
     try:
