@@ -16,7 +16,7 @@ import trio
 
 from walrus_p2p.client.network import LightPeer
 from walrus_p2p.client.service import WalrusClient
-from walrus_p2p.core import records, wire
+from walrus_p2p.core import memory, records, wire
 from walrus_p2p.core.blob_messages import (
     PostBlobRecordsReply,
     PostBlobRecordsRequest,
@@ -34,9 +34,10 @@ from walrus_p2p.core.metadata import (
     verify_sliver,
 )
 from walrus_p2p.errors import RemoteError, VerificationError, WalrusError
-from walrus_p2p.net.framing import encode_header, read_frame, write_frame
+from walrus_p2p.net.framing import FRAME_POOL, encode_header, read_frame, write_frame
 from walrus_p2p.net.rpc import decode_reply
 from walrus_p2p.net.stream import Stream
+from walrus_p2p.node import peer as peer_module
 from walrus_p2p.testing.network import TestNetwork, TestPeer, open_test_light_peer
 from walrus_p2p.types import PeerId, SliverKind
 
@@ -201,6 +202,36 @@ async def test_client_store_then_read_gives_identical_bytes(
         outcome = await client.store(data, epochs=2, permanent=False)
     with trio.fail_after(30):
         assert await client.read(outcome.blob_id) == data
+    with trio.fail_after(30):
+        assert await client.read(outcome.blob_id, strict=True) == data
+
+
+async def test_big_slivers_are_stored_from_views_and_frames_are_reused(
+    network: TestNetwork, client: WalrusClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slivers of 4 MiB and more arrive in pooled frames: a peer stores a view of the frame
+    (no copy), a reader decodes from views, and the frames are handed out again once free."""
+    data = secrets.token_bytes(20 << 20)  # n = 10: primary slivers of 5 MiB
+    assert len(data) // 4 >= memory.MIN_HUGE_BYTES
+    checked: list[tuple[type, int]] = []
+    real_verify = peer_module.verify_sliver
+
+    def recording_verify(metadata: object, kind: object, index: int, sliver: object) -> None:
+        checked.append((type(sliver), len(sliver)))  # type: ignore[arg-type]
+        real_verify(metadata, kind, index, sliver)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(peer_module, "verify_sliver", recording_verify)
+    with trio.fail_after(60):
+        outcome = await client.store(data, epochs=2, permanent=False)
+    with trio.fail_after(30):
+        assert await client.read(outcome.blob_id) == data
+    reused = FRAME_POOL.reused
+    with trio.fail_after(30):
+        assert await client.read(outcome.blob_id) == data
+    assert FRAME_POOL.reused > reused
+    big = {kind for kind, size in checked if size >= memory.MIN_HUGE_BYTES}
+    small = {kind for kind, size in checked if size < memory.MIN_HUGE_BYTES}
+    assert big == {memoryview} and small == {bytes}
     with trio.fail_after(30):
         assert await client.read(outcome.blob_id, strict=True) == data
 

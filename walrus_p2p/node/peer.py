@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import blake3
 import trio
 
-from walrus_p2p.core import records, wire
+from walrus_p2p.core import memory, records, wire
 from walrus_p2p.core.blob_messages import (
     MAX_GOSSIP_BATCH_BYTES,
     BlobRecordsBatch,
@@ -292,10 +292,15 @@ class StoragePeerService:
 
     async def handle_request(self, payload: bytes, remote: PeerId) -> bytes:
         """Decode, dispatch, encode. Errors propagate to the rpc layer, which sends the reason."""
+        types = REQUEST_TYPES + tuple(self._extra_handlers)
         try:
-            request = wire.decode(
-                payload, REQUEST_TYPES + tuple(self._extra_handlers), limits=self.limits
-            )
+            # A sliver to store is checked and written, never kept: it stays a view of the
+            # received frame (no 13 MiB copy into fresh memory per sliver), and the frame goes
+            # back to framing's pool once the handler is done. Other requests get bytes.
+            big = len(payload) >= memory.MIN_HUGE_BYTES
+            request = wire.decode(payload, types, limits=self.limits, view_tail=big)
+            if big and not isinstance(request, wire.StoreSliverRequest):
+                request = wire.decode(payload, types, limits=self.limits)
         except WireError:
             self.metrics.requests.labels(type="malformed", outcome="WIRE_MALFORMED").inc()
             self.metrics.errors.labels(reason="WIRE_MALFORMED").inc()
