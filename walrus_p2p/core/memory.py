@@ -30,8 +30,9 @@ from numpy.typing import NDArray
 
 HUGE_PAGE = 2 << 20
 MIN_HUGE_BYTES = 4 << 20
-"""Below this, :func:`new_bytes` is plain ``bytearray``-then-``bytes`` territory: callers use
-ordinary allocation (huge pages would round small buffers up, and faults cost little)."""
+"""From this size :func:`new_bytes` asks for huge pages, and framing pools received frames;
+below it callers allocate as usual (huge pages would round small buffers up, and faults cost
+little)."""
 SCRATCH_MAX_BYTES = 64 << 20
 """A thread keeps at most this much scratch; bigger requests get a fresh array each time."""
 
