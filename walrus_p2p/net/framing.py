@@ -84,7 +84,7 @@ class StreamEndedError(WireError):
 
 async def read_exactly(stream: ByteStream, size: int, what: str) -> bytes:
     if size >= memory.MIN_HUGE_BYTES and memory.fills_in_place():
-        return await _read_into_new_bytes(stream, size, what)
+        return await _read_into_pooled_bytes(stream, size, what)
     # The chunks are joined once at the end: a growing bytearray copied a multi-megabyte
     # sliver several times over, and then once more into bytes.
     chunks: list[bytes] = []
@@ -98,7 +98,7 @@ async def read_exactly(stream: ByteStream, size: int, what: str) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _read_into_new_bytes(stream: ByteStream, size: int, what: str) -> bytes:
+async def _read_into_pooled_bytes(stream: ByteStream, size: int, what: str) -> bytes:
     """A big frame (a sliver) is copied chunk by chunk into a ``bytes`` reused from
     :data:`FRAME_POOL` when one of its size is free, else new on huge pages: the same one copy
     as joining the chunks, without a page fault per 4 KiB of it (or any, when reused). A new
