@@ -705,10 +705,11 @@ class DiskStore:
         """
         if not (self._fsync and self._direct and view.nbytes >= _DIRECT_MIN_BYTES):
             return False
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_DIRECT", 0)
-        if flags & getattr(os, "O_DIRECT", 0) == 0:
+        direct = getattr(os, "O_DIRECT", 0)
+        if not direct:
             self._direct = False
             return False
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | direct
         try:
             fd = os.open(temporary, flags, 0o644)
         except OSError as error:
@@ -716,6 +717,7 @@ class DiskStore:
                 raise
             self._direct = False
             return False
+        refused = False
         try:
             chunk = _aligned_chunk.get()
             source = view.cast("B")
@@ -736,13 +738,15 @@ class DiskStore:
                 os.ftruncate(fd, size)
             os.fsync(fd)
         except OSError as error:
-            os.close(fd)
-            temporary.unlink()
             if error.errno != errno.EINVAL:
-                raise
+                raise  # the caller removes the temporary file
+            refused = True
+        finally:
+            os.close(fd)
+        if refused:
+            temporary.unlink()
             self._direct = False
             return False
-        os.close(fd)
         return True
 
     @_translated
