@@ -4,14 +4,15 @@ Why: CPython and numpy take every big buffer from glibc's ``mmap``; the first to
 4 KiB page then faults into the kernel. Here (a 2-core VM) a fault costs 3 µs on a quiet
 machine and about 10 µs among 20 busy peer processes, so receiving a 100 MiB blob into fresh
 4 KiB pages and checking its slivers cost a reading client 0.3-0.6 CPU-s of system time, more
-than the user time of the whole read. Two remedies, both used on hot paths only:
+than the user time of the whole read. Three remedies, all used on hot paths only:
 
 * :func:`new_bytes`: a ``bytes`` object for the caller to fill, on transparent huge pages (the
-  kernel's THP mode here is ``madvise``): one fault per 2 MiB. Received frames
-  (:func:`walrus_p2p.net.framing.read_exactly`) and decoded blobs use it.
+  kernel's THP mode here is ``madvise``): one fault per 2 MiB. :class:`BytesPool` makes its
+  new objects with it.
 * :func:`scratch`: a per-thread array reused from call to call, for results that are hashed
   and dropped (a sliver's expansion to ``n`` symbols when it is checked).
-* :class:`BytesPool`: ``bytes`` objects for big received frames, reused once nobody holds
+* :class:`BytesPool`: ``bytes`` objects for big received frames
+  (:func:`walrus_p2p.net.framing.read_exactly`) and decoded blobs, reused once nobody holds
   them. On this VM fresh memory is dear even on huge pages: the balloon driver reports freed
   2 MiB blocks to the host (``page_reporting_order`` 9), and taking them back costs a host
   fault; decoding a 100 MiB blob into fresh pages took 57-225 ms of system time inside a
@@ -105,11 +106,17 @@ def new_bytes(length: int) -> tuple[bytes, NDArray[np.uint8]]:
         # CPython hands out shared objects for b"" and the 1-byte strings: never write those.
         raise ValueError(f"new_bytes is for big buffers, not {length} bytes")
     result = bytes(length)
-    address = int(np.frombuffer(result, dtype=np.uint8).ctypes.data)
+    array = _writable(result)
     if length >= MIN_HUGE_BYTES:
-        advise_huge_pages(address, length)
-    writable = (ctypes.c_uint8 * length).from_address(address)
-    return result, np.frombuffer(memoryview(writable), dtype=np.uint8)
+        advise_huge_pages(int(array.ctypes.data), length)
+    return result, array
+
+
+def _writable(result: bytes) -> NDArray[np.uint8]:
+    """A writable array over the data of a ``bytes`` object that nobody else sees."""
+    address = int(np.frombuffer(result, dtype=np.uint8).ctypes.data)
+    writable = (ctypes.c_uint8 * len(result)).from_address(address)
+    return np.frombuffer(memoryview(writable), dtype=np.uint8)
 
 
 _HASH_OFFSET = bytes.__basicsize__ - 1 - ctypes.sizeof(ctypes.c_ssize_t)
@@ -146,9 +153,7 @@ class BytesPool:
                     self._items.append(result)
                     ctypes.c_ssize_t.from_address(id(result) + _HASH_OFFSET).value = -1
                     self.reused += 1
-                    address = int(np.frombuffer(result, dtype=np.uint8).ctypes.data)
-                    writable = (ctypes.c_uint8 * length).from_address(address)
-                    return result, np.frombuffer(memoryview(writable), dtype=np.uint8)
+                    return result, _writable(result)
             result, array = new_bytes(length)
             if length <= self.max_bytes:
                 self._items.append(result)
