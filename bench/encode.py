@@ -39,6 +39,9 @@ the ``bytes`` they return and write the rows straight into it; ``--malloc-hugepa
 what ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in a peer's environment still buys on top.
 
 Figures depend on the load: the machine is shared, so the load average is printed with them.
+The header also says which leaf hasher ran: the C helper (``walrus_p2p/core/_leafhash.c``,
+built by the install where a C compiler is found; AVX-512 CPUs) or the blake3 package alone
+(``WALRUS_NATIVE_HASH=0`` in the environment forces the latter, to compare).
 Benchmarks print; they never assert on speed.
 """
 
@@ -279,9 +282,13 @@ def main() -> None:
 
     sizes = [(label, SIZES[label]) for label in args.sizes.split(",")]
     shards = [int(value) for value in args.shards.split(",")]
+    from walrus_p2p.core import merkle
+
+    hasher = "C, 16 lanes" if merkle.native_leaf_hashing() else "blake3 package"
     print(
         f"# bench/encode.py  cpus={len(os.sched_getaffinity(0))}  repeat={args.repeat}"
-        f"  malloc_hugepages={args.malloc_hugepages}  load average {_load()}"
+        f"  malloc_hugepages={args.malloc_hugepages}  leaf hasher: {hasher}"
+        f"  load average {_load()}"
     )
     header = (
         f"{'size':>6} {'n':>4} {'codec':>7} | {'encode MB/s':>11} {'cpu s':>6} {'MB/cpu-s':>8} |"

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pyeclib.ec_iface import ECDriver
 
 from walrus_p2p.core import encoding, merkle
+from walrus_p2p.core.metadata import compute_metadata
 from walrus_p2p.core.encoding import EncodingConfig, PyeclibCodec, SliverType
 from walrus_p2p.errors import EncodingError
 
@@ -219,11 +220,19 @@ def test_rows_first_and_columns_first_expansion_agree(n: int, codec: encoding.Er
 @with_each_codec
 @pytest.mark.parametrize("n", [4, 7, 10, 20])
 @pytest.mark.parametrize("extra", [0, 1, 37])
+@pytest.mark.parametrize("native", [True, False], ids=["c-leaf-hasher", "blake3-package"])
 def test_column_by_column_encoder_gives_the_same_bytes(
-    n: int, extra: int, codec: encoding.ErasureCodec, monkeypatch: pytest.MonkeyPatch
+    n: int,
+    extra: int,
+    native: bool,
+    codec: encoding.ErasureCodec,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Big symbols take the cache-blocked path (hash each column as it is made): same layout,
-    same hashes, same blob id as the whole-matrix path, padded tail or not."""
+    same hashes, same blob id as the whole-matrix path, padded tail or not, with the C leaf
+    hasher (where it is built and the CPU has AVX-512) and without it."""
+    if not native:
+        monkeypatch.setattr(merkle, "_NATIVE", None)
     config = EncodingConfig.for_shards(n)
     blob = pattern(config.kp * config.ks * 40 - extra, seed=n + extra)
     monkeypatch.setattr(encoding, "_BY_COLUMN_MIN_SYMBOL", 1 << 62)
@@ -238,9 +247,17 @@ def test_column_by_column_encoder_gives_the_same_bytes(
     for mine, theirs in zip(reference.primary_rows, by_columns.primary_rows, strict=True):
         assert np.array_equal(mine, theirs)
     assert reference.column_roots is None
-    assert by_columns.column_roots == tuple(
+    expected_roots = tuple(
         merkle.root_of_leaf_hashes(reference.symbol_hashes[:, column].tobytes())
         for column in range(n)
+    )
+    if merkle.native_leaf_hashing():  # roots are left to the metadata, all in a few calls
+        assert by_columns.column_roots is None
+    else:
+        assert by_columns.column_roots == expected_roots
+    assert compute_metadata(by_columns) == compute_metadata(reference)
+    assert tuple(pair.secondary_hash for pair in compute_metadata(by_columns).hashes) == tuple(
+        expected_roots[encoding.pair_secondary_index(pair, n)] for pair in range(n)
     )
 
 

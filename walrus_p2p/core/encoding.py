@@ -631,9 +631,9 @@ def _encode_by_columns(
     codec: ErasureCodec,
     symbol_size: int,
     source: Sequence[ByteArray],
-) -> tuple[ByteArray, ByteArray, ByteArray, tuple[bytes, ...]]:
+) -> tuple[ByteArray, ByteArray, ByteArray, tuple[bytes, ...] | None]:
     """Primary parity rows, secondary slivers, all ``n*n`` leaf hashes (each symbol hashed
-    while it is still in cache) and the ``n`` column roots.
+    while it is still in cache) and the ``n`` column roots (None: left to the metadata).
 
     One pass of tasks over the codec threads, taken in this order:
 
@@ -644,7 +644,9 @@ def _encode_by_columns(
        ``c`` for ``c < ks``; for ``c >= ks`` the sliver made by the rows) are hashed, then the
        primary code expands them into ``E[kp:n, c]``, which is hashed at once. For ``c < ks``
        that is column ``c`` of the primary parity rows, written in place; for ``c >= ks`` it is
-       the corner, stored nowhere, computed into a per-thread scratch. Then the column root.
+       the corner, stored nowhere, computed into a per-thread scratch. Then the column root
+       (unless the C leaf hasher is in use: then :func:`metadata.compute_metadata` computes
+       all roots in a few calls).
 
     A column's sources (``kp*S``) and outputs (``(n-kp)*S``) stay in the cache between being
     written and being hashed, where a whole-matrix codec call followed by a hashing pass would
@@ -665,14 +667,18 @@ def _encode_by_columns(
     rows_lock = threading.Lock()
     rows_done = threading.Event()
     column_roots: list[bytes] = [b""] * n
+    # With the C leaf hasher, the metadata computes all 2n roots afterwards in a few calls.
+    batched_roots = merkle.native_leaf_hashing()
 
     def expand_row(row: int) -> None:
         nonlocal rows_left
         try:
-            out = columns[ks:, row, :]
-            codec.encode(ks, n, source[row].reshape(ks, size), out=out)
-            digests = merkle.leaf_hashes([symbol.data for symbol in out])
-            symbol_hashes[row, ks:, :] = _as_array(digests).reshape(n - ks, hash_length)
+            symbols = source[row].reshape(ks, size)
+            # The transpose first: it reads the row in order, and leaves it in the cache for
+            # the codec, which reads its ks inputs in small interleaved blocks (slow from memory).
+            columns[:ks, row, :] = symbols
+            codec.encode(ks, n, symbols, out=columns[ks:, row, :])
+            # E[row, ks:n] is hashed with the rest of its column (one call for n symbols).
         finally:
             with rows_lock:
                 rows_left -= 1
@@ -681,24 +687,22 @@ def _encode_by_columns(
 
     def expand_column(column: int) -> None:
         sources = columns[column]
+        rows_done.wait()  # the rows wrote this sliver (started first: at most a short wait)
         if column < ks:
-            start = column * size
-            for row, values in enumerate(source):
-                sources[row] = values[start : start + size]
-            digests = merkle.leaf_hashes_of_symbols(secondary_columns[column].data, size)
-            symbol_hashes[:kp, column, :] = _as_array(digests).reshape(kp, hash_length)
             out: ByteArray = parity_symbols[:, column, :]
         else:
-            rows_done.wait()  # this sliver comes from the rows (started first: no real wait)
             out = getattr(scratch, "parity", None)  # type: ignore[assignment]
             if out is None:
                 out = scratch.parity = np.empty((n - kp, size), dtype=np.uint8)
         codec.encode(kp, n, sources, out=out)
-        digests = merkle.leaf_hashes([symbol.data for symbol in out])
-        symbol_hashes[kp:, column, :] = _as_array(digests).reshape(n - kp, hash_length)
-        # The column is complete: its root (a secondary sliver hash) costs ~100 small hashes
-        # that hold the GIL, better spent here while the other thread hashes symbols.
-        column_roots[column] = merkle.root_of_leaf_hashes(symbol_hashes[:, column].tobytes())
+        # The whole column E[0:n, column] at once, while the codec's inputs and outputs are
+        # still in cache.
+        digests = merkle.leaf_hashes_of_rows(sources, out)
+        symbol_hashes[:, column, :] = _as_array(digests).reshape(n, hash_length)
+        if not batched_roots:
+            # The column is complete: its root (a secondary sliver hash) costs ~100 small
+            # hashes that hold the GIL, better spent here while the other thread hashes symbols.
+            column_roots[column] = merkle.root_of_leaf_hashes(symbol_hashes[:, column].tobytes())
 
     # One pass, taken in this order: the rows, then the source columns, then the corner
     # columns, which need the rows (tasks are handed out in order, so the rows are all taken
@@ -706,7 +710,8 @@ def _encode_by_columns(
     tasks: list[tuple[Callable[[int], None], int]] = [(expand_row, row) for row in range(kp)]
     tasks += [(expand_column, column) for column in range(n)]
     isal.parallel_map(lambda task: task[0](task[1]), tasks)
-    return primary_parity, secondary_columns, symbol_hashes, tuple(column_roots)
+    roots = None if batched_roots else tuple(column_roots)
+    return primary_parity, secondary_columns, symbol_hashes, roots
 
 
 _PARALLEL_HASH_MIN_SYMBOL = 4096

@@ -17,10 +17,15 @@ single blake3 call over a 64-byte slice, with no list of small objects to build.
 
 from __future__ import annotations
 
+import ctypes
 import hmac
-from collections.abc import Iterable, Iterator, Sequence
+import importlib.util
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 from blake3 import blake3
 
 from walrus_p2p.errors import VerificationError
@@ -74,15 +79,132 @@ def inner_hash(left: bytes, right: bytes) -> bytes:
     return bytes(hasher.digest())
 
 
+# -- many leaves at once ---------------------------------------------------------------------
+#
+# Leaf hashes are most of the hashing of an encode (every symbol of the n x n expanded matrix)
+# and of a sliver check (n symbols). The C helper ``_leafhash`` (built from
+# ``walrus_p2p/core/_leafhash.c`` when the package is installed) hashes many symbols of one
+# length per call, sixteen at a time in AVX-512 lanes, without the GIL; the blake3 package then
+# hashes one symbol per Python call. Both give the same bytes: the helper is checked against the
+# blake3 package when loaded, and not used if it differs, is missing, or the CPU lacks AVX-512.
+# WALRUS_NATIVE_HASH=0 in the environment turns it off (to compare, or to rule it out).
+
+_NATIVE_MIN_SYMBOLS = 2
+"""Hash through the helper from this many symbols: one symbol gains nothing from its lanes."""
+
+
+def _load_native() -> Callable[..., int] | None:
+    if os.environ.get("WALRUS_NATIVE_HASH", "1") == "0":
+        return None
+    try:
+        spec = importlib.util.find_spec("walrus_p2p.core._leafhash")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        function = ctypes.CDLL(spec.origin).walrus_leaf_hashes
+    except (OSError, AttributeError):
+        return None
+    # CDLL, not PyDLL: the call releases the GIL, so the codec threads hash in parallel.
+    function.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_size_t,
+        ctypes.c_char_p,
+        ctypes.c_void_p,
+    ]
+    function.restype = ctypes.c_int
+    return function if _native_agrees(function) else None
+
+
+def _native_call(
+    function: Callable[..., int], addresses: npt.NDArray[np.uint64], length: int, key: bytes
+) -> bytes | None:
+    output = np.empty(len(addresses) * HASH_LENGTH, dtype=np.uint8)
+    status = function(addresses.ctypes.data, len(addresses), length, key, output.ctypes.data)
+    return output.tobytes() if status == 0 else None
+
+
+def _native_agrees(function: Callable[..., int]) -> bool:
+    """The helper's digests equal the blake3 package's, around every chunk and block edge."""
+    data = bytes(range(256)) * 40  # 10,240 bytes, not periodic at 64 or 1,024
+    for length in (0, 1, 63, 64, 65, 1023, 1024, 1025, 2048, 3073, 5000):
+        count = 17  # one full group of sixteen lanes and one part-empty group
+        buffers = [data[start : start + length] for start in range(count)]
+        arrays = [np.frombuffer(buffer, dtype=np.uint8) for buffer in buffers]
+        addresses = np.array(
+            [array.ctypes.data if length else 0 for array in arrays], dtype=np.uint64
+        )
+        for key in (LEAF_KEY, INNER_KEY):
+            got = _native_call(function, addresses, length, key)
+            if got is None:  # no AVX-512 here
+                return False
+            if got != b"".join(keyed_hash(key, buffer) for buffer in buffers):
+                return False
+    return True
+
+
+_NATIVE = _load_native()
+
+
+def native_leaf_hashing() -> bool:
+    """Whether leaf hashes go through the C helper here (see the comment above)."""
+    return _NATIVE is not None
+
+
+def leaf_hashes_at(addresses: npt.NDArray[np.uint64], symbol_size: int) -> bytes | None:
+    """Leaf hashes of the ``symbol_size``-byte symbols at ``addresses`` (C helper), or None
+    when the helper is not in use. The caller keeps the memory alive and unchanged meanwhile."""
+    if _NATIVE is None or len(addresses) == 0:
+        return None
+    return _native_call(
+        _NATIVE, np.ascontiguousarray(addresses, dtype=np.uint64), symbol_size, LEAF_KEY
+    )
+
+
+def leaf_hashes_of_rows(*arrays: npt.NDArray[np.uint8]) -> bytes:
+    """Leaf hashes of the rows of 2-D uint8 arrays with contiguous rows (any row stride), all
+    rows of one length: those of the first array, then the next, concatenated. One call of the
+    C helper for all of them, so that its sixteen lanes stay full."""
+    lengths = {array.shape[1] for array in arrays if array.ndim == 2}
+    if len(lengths) > 1 or any(
+        array.ndim != 2 or (array.shape[1] > 1 and array.strides[1] != 1) for array in arrays
+    ):
+        raise ValueError("rows must be 2-D arrays of contiguous rows of one length")
+    count = sum(array.shape[0] for array in arrays)
+    size = lengths.pop() if lengths else 0
+    if count >= _NATIVE_MIN_SYMBOLS and size:
+        addresses = np.concatenate(
+            [
+                array.ctypes.data
+                + np.arange(array.shape[0], dtype=np.uint64) * np.uint64(array.strides[0])
+                for array in arrays
+            ]
+        )
+        digests = leaf_hashes_at(addresses, size)
+        if digests is not None:
+            return digests
+    return leaf_hashes(row.data for array in arrays for row in array)
+
+
 def leaf_hashes_of_symbols(buffer: BytesLike, symbol_size: int) -> bytes:
     """Leaf hashes of consecutive ``symbol_size``-byte symbols in ``buffer``, concatenated.
 
-    This is the one per-symbol Python loop of the encoder, so it works on a memoryview and
-    appends digests to one ``bytearray`` instead of building a list of small objects.
+    Through the C helper when it is in use; otherwise this is a Python loop over the symbols,
+    so it works on a memoryview and appends digests to one ``bytearray`` instead of building a
+    list of small objects.
     """
     view = memoryview(buffer).cast("B")
     if symbol_size <= 0 or len(view) % symbol_size:
         raise ValueError("buffer length must be a positive multiple of the symbol size")
+    count = len(view) // symbol_size
+    if _NATIVE is not None and count >= _NATIVE_MIN_SYMBOLS:
+        array = np.frombuffer(view, dtype=np.uint8)
+        addresses = array.ctypes.data + np.arange(count, dtype=np.uint64) * np.uint64(symbol_size)
+        digests = leaf_hashes_at(addresses, symbol_size)
+        if digests is not None:
+            return digests
     output = bytearray()
     hasher = _LEAF_HASHER.copy()
     update, digest, reset = hasher.update, hasher.digest, hasher.reset
@@ -141,6 +263,35 @@ def root_of_leaf_hashes(leaf_hashes: BytesLike) -> bytes:
     while len(level) > HASH_LENGTH:
         level = _next_level(level)
     return level
+
+
+def roots_of_trees(leaf_hashes: npt.NDArray[np.uint8]) -> list[bytes]:
+    """Merkle roots of ``T`` trees of ``L`` leaves each, from a ``(T, L, 32)`` uint8 array.
+
+    Same roots as :func:`root_of_leaf_hashes` tree by tree; with the C helper, each level of all
+    the trees is one call (a level's inner nodes are keyed hashes of 64-byte inputs), so the 2n
+    trees of a blob's metadata cost a few calls instead of ~2n^2 Python-level hashes.
+    """
+    if leaf_hashes.ndim != 3 or leaf_hashes.shape[2] != HASH_LENGTH or leaf_hashes.shape[1] < 1:
+        raise ValueError("leaf hashes must have shape (trees, leaves >= 1, 32)")
+    trees = leaf_hashes.shape[0]
+    if _NATIVE is None or trees == 0:
+        return [root_of_leaf_hashes(tree.tobytes()) for tree in leaf_hashes]
+    level = np.ascontiguousarray(leaf_hashes, dtype=np.uint8)
+    empty = np.frombuffer(EMPTY_NODE_HASH, dtype=np.uint8)
+    while level.shape[1] > 1:
+        if level.shape[1] % 2:
+            padding = np.broadcast_to(empty, (trees, 1, HASH_LENGTH))
+            level = np.concatenate((level, padding), axis=1)
+        pairs = trees * level.shape[1] // 2
+        addresses = level.ctypes.data + np.arange(pairs, dtype=np.uint64) * np.uint64(
+            2 * HASH_LENGTH
+        )
+        digests = _native_call(_NATIVE, addresses, 2 * HASH_LENGTH, INNER_KEY)
+        if digests is None:  # pragma: no cover - the helper was checked on this CPU at load
+            return [root_of_leaf_hashes(tree.tobytes()) for tree in leaf_hashes]
+        level = np.frombuffer(digests, dtype=np.uint8).reshape(trees, -1, HASH_LENGTH)
+    return [tree.tobytes() for tree in level[:, 0, :]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,10 +140,8 @@ def compute_metadata(encoded: EncodedBlob) -> Metadata:
         raise EncodingError("the blob was encoded without symbol hashes")
     n = encoded.config.n
     hashes = encoded.symbol_hashes
-    row_roots = [merkle.root_of_leaf_hashes(hashes[row].tobytes()) for row in range(n)]
-    column_roots = encoded.column_roots or [
-        merkle.root_of_leaf_hashes(hashes[:, column].tobytes()) for column in range(n)
-    ]
+    row_roots = merkle.roots_of_trees(hashes)
+    column_roots = encoded.column_roots or merkle.roots_of_trees(hashes.transpose(1, 0, 2))
     pairs = tuple(
         SliverPairMetadata(row_roots[pair], column_roots[pair_secondary_index(pair, n)])
         for pair in range(n)
