@@ -1,8 +1,9 @@
 """Build script for the one C helper; everything else is in pyproject.toml.
 
-``walrus_p2p/core/_leafhash.c`` (keyed blake3 of many equal-length symbols at once, see its
-header) is optional: without a C compiler the install still succeeds, and
-:mod:`walrus_p2p.core.merkle` hashes with the blake3 package alone.
+``walrus_p2p/core/_native.c`` (keyed blake3 of many equal-length symbols at once, and a loop
+that runs the ISA-L kernel block by block; see its header and :mod:`walrus_p2p.core.native`)
+is optional: without a C compiler the install still succeeds, and the package runs on the
+blake3 package and Python loops alone.
 """
 
 from setuptools import Extension, setup
@@ -10,8 +11,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "walrus_p2p.core._leafhash",
-            sources=["walrus_p2p/core/_leafhash.c"],
+            "walrus_p2p.core._native",
+            sources=["walrus_p2p/core/_native.c"],
             extra_compile_args=["-O3"],
             optional=True,
         )

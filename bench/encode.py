@@ -39,9 +39,9 @@ the ``bytes`` they return and write the rows straight into it; ``--malloc-hugepa
 what ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in a peer's environment still buys on top.
 
 Figures depend on the load: the machine is shared, so the load average is printed with them.
-The header also says which leaf hasher ran: the C helper (``walrus_p2p/core/_leafhash.c``,
+The header also says which leaf hasher ran: the C helper (``walrus_p2p/core/_native.c``,
 built by the install where a C compiler is found; AVX-512 CPUs) or the blake3 package alone
-(``WALRUS_NATIVE_HASH=0`` in the environment forces the latter, to compare).
+(``WALRUS_P2P_NATIVE=0`` in the environment forces the latter, to compare).
 Benchmarks print; they never assert on speed.
 """
 

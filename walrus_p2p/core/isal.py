@@ -31,11 +31,12 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from walrus_p2p.core import native
 from walrus_p2p.errors import EncodingError
 
 __all__ = [
@@ -180,6 +181,97 @@ def load_library() -> _Library:
             "cannot load ISA-L: " + ("; ".join(problems) or "no candidate library found")
         )
         raise _library_error
+
+
+_PREFETCH_BYTES = 1 << 20
+"""How much of the next block of every source the block loop asks the cache for (all of it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _BlockDriver:
+    """``walrus_encode_blocks`` of the C helper (:mod:`walrus_p2p.core.native`): the kernel run
+    block by block over a range of the fragments in one call, prefetching the next block."""
+
+    function: Callable[..., int]
+    encode_address: int
+
+    def run(
+        self,
+        tables: int,
+        k: int,
+        rows: int,
+        sources: int,
+        outputs: int,
+        start: int,
+        stop: int,
+        block: int,
+    ) -> None:
+        status = self.function(
+            self.encode_address,
+            tables,
+            k,
+            rows,
+            sources,
+            outputs,
+            start,
+            stop,
+            block,
+            _PREFETCH_BYTES,
+        )
+        if status != 0:
+            raise EncodingError("the block loop refused its arguments")
+
+
+_drivers: dict[str, _BlockDriver | None] = {}
+
+
+def _block_driver(library: _Library) -> _BlockDriver | None:
+    """The C block loop for this ISA-L library, checked once against calls made from Python."""
+    if library.path in _drivers:
+        return _drivers[library.path]
+    driver: _BlockDriver | None = None
+    helper = native.library()
+    function = getattr(helper, "walrus_encode_blocks", None) if helper is not None else None
+    if function is not None:
+        function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        function.argtypes += [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_size_t] * 4
+        function.restype = ctypes.c_int
+        kernel: Any = library.ec_encode_data  # a ctypes function pointer
+        address = ctypes.cast(kernel, ctypes.c_void_p).value
+        if address is not None:
+            driver = _BlockDriver(function, address)
+            if not _driver_agrees(library, driver):
+                driver = None
+    _drivers[library.path] = driver
+    return driver
+
+
+def _driver_agrees(library: _Library, driver: _BlockDriver) -> bool:
+    """The loop gives the bytes of one kernel call per block made from Python."""
+    k, rows, length, block = 5, 3, 3000, 1024
+    rng = np.random.default_rng(11)
+    data = rng.integers(0, 256, (k, length), dtype=np.uint8)
+    coefficients = rng.integers(1, 256, (rows, k), dtype=np.uint8)
+    tables = np.zeros(32 * k * rows, dtype=np.uint8)
+    library.ec_init_tables(k, rows, coefficients.ctypes.data, tables.ctypes.data)
+    sources = np.array([row.ctypes.data for row in data], dtype=np.uint64)
+    expected, got = (np.zeros((rows, length), dtype=np.uint8) for _ in range(2))
+    for offset in range(0, length, block):
+        size = min(block, length - offset)
+        step = np.uint64(offset)
+        outputs = np.array([row.ctypes.data for row in expected], dtype=np.uint64) + step
+        source_block = sources + step
+        library.ec_encode_data(
+            size, k, rows, tables.ctypes.data, source_block.ctypes.data, outputs.ctypes.data
+        )
+    outputs = np.array([row.ctypes.data for row in got], dtype=np.uint64)
+    try:
+        driver.run(
+            tables.ctypes.data, k, rows, sources.ctypes.data, outputs.ctypes.data, 0, length, block
+        )
+    except EncodingError:
+        return False
+    return bool(np.array_equal(expected, got)) and bool(expected.any())
 
 
 # GF(2^8) with the polynomial x^8+x^4+x^3+x^2+1 (0x11d) and generator 2, as in ISA-L.
@@ -479,10 +571,32 @@ class ReedSolomon:
         ]
         encode = self._library.ec_encode_data
         table_pointer = _address(tables)
-        source_pointers = sources.pointers
-        output_pointers = outputs.pointers
+        source_pointers = np.ascontiguousarray(sources.pointers)
+        output_pointers = np.ascontiguousarray(outputs.pointers)
+        driver = _block_driver(self._library)
 
         def run(start: int, stop: int) -> None:
+            if driver is not None:
+                # One C call per codeword's run of blocks (see walrus_encode_blocks).
+                index = start
+                while index < stop:
+                    b, first, _ = blocks[index]
+                    end = index + 1
+                    while end < stop and blocks[end][0] == b:
+                        end += 1
+                    _, last, size = blocks[end - 1]
+                    driver.run(
+                        table_pointer,
+                        k,
+                        rows,
+                        _address(source_pointers[b]),
+                        _address(output_pointers[b]),
+                        first,
+                        last + size,
+                        block,
+                    )
+                    index = end
+                return
             for b, offset, size in blocks[start:stop]:
                 step = np.uint64(offset)
                 # Local names keep the pointer tables alive for the duration of the call.

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import hmac
-import importlib.util
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from blake3 import blake3
 
+from walrus_p2p.core import native
 from walrus_p2p.errors import VerificationError
 
 HASH_LENGTH = 32
@@ -82,31 +81,27 @@ def inner_hash(left: bytes, right: bytes) -> bytes:
 # -- many leaves at once ---------------------------------------------------------------------
 #
 # Leaf hashes are most of the hashing of an encode (every symbol of the n x n expanded matrix)
-# and of a sliver check (n symbols). The C helper ``_leafhash`` (built from
-# ``walrus_p2p/core/_leafhash.c`` when the package is installed) hashes many symbols of one
-# length per call, sixteen at a time in AVX-512 lanes, without the GIL; the blake3 package then
-# hashes one symbol per Python call. Both give the same bytes: the helper is checked against the
-# blake3 package when loaded, and not used if it differs, is missing, or the CPU lacks AVX-512.
-# WALRUS_NATIVE_HASH=0 in the environment turns it off (to compare, or to rule it out).
+# and of a sliver check (n symbols). The C helper (:mod:`walrus_p2p.core.native`) hashes many
+# symbols of one length per call, sixteen at a time in AVX-512 lanes, without the GIL; without
+# it the blake3 package hashes one symbol per Python call. Both give the same bytes: the helper
+# is checked against the blake3 package when loaded, and not used if it differs, is missing, or
+# the CPU lacks AVX-512 (WALRUS_P2P_NATIVE=0 in the environment turns it off).
+
+NATIVE_LANES = 16
+"""Symbols the C helper hashes side by side (one AVX-512 vector of 32-bit words)."""
 
 _NATIVE_MIN_SYMBOLS = 2
 """Hash through the helper from this many symbols: one symbol gains nothing from its lanes."""
 
 
 def _load_native() -> Callable[..., int] | None:
-    if os.environ.get("WALRUS_NATIVE_HASH", "1") == "0":
+    library = native.library()
+    if library is None:
         return None
     try:
-        spec = importlib.util.find_spec("walrus_p2p.core._leafhash")
-    except (ImportError, ValueError):
+        function = library.walrus_leaf_hashes
+    except AttributeError:
         return None
-    if spec is None or spec.origin is None:
-        return None
-    try:
-        function = ctypes.CDLL(spec.origin).walrus_leaf_hashes
-    except (OSError, AttributeError):
-        return None
-    # CDLL, not PyDLL: the call releases the GIL, so the codec threads hash in parallel.
     function.argtypes = [
         ctypes.c_void_p,
         ctypes.c_size_t,

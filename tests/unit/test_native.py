@@ -1,4 +1,4 @@
-"""The C leaf hasher (``walrus_p2p/core/_leafhash.c``): the same digests as the blake3 package,
+"""The C leaf hasher (``walrus_p2p/core/_native.c``): the same digests as the blake3 package,
 for every length around blake3's block and chunk edges, every lane count and strided rows; the
 batched Merkle roots equal the tree-by-tree ones; a helper that disagrees is refused."""
 
@@ -143,7 +143,7 @@ def test_a_helper_that_disagrees_is_refused() -> None:
 
 def test_environment_switch_turns_the_helper_off() -> None:
     code = "from walrus_p2p.core import merkle; print(merkle.native_leaf_hashing())"
-    environment = {**os.environ, "WALRUS_NATIVE_HASH": "0"}
+    environment = {**os.environ, "WALRUS_P2P_NATIVE": "0"}
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,

@@ -201,3 +201,44 @@ int walrus_leaf_hashes(const uint8_t *const *inputs, size_t count, size_t len,
 }
 
 #endif
+
+/* ---- ISA-L block driver ---------------------------------------------------------------------
+ * Runs ISA-L's ec_encode_data (its address is passed in: the library is the one in the pyeclib
+ * wheel, found by walrus_p2p.core.isal) over the byte range [start, stop) of k source and rows
+ * output fragments, one block of `block` bytes at a time so that the sources of a block stay in
+ * the L2 cache while the kernel walks them once per group of outputs. Before each block it asks
+ * for the first `prefetch` bytes of the next block of every source (software prefetch): the
+ * kernel reads k interleaved streams, more than the hardware prefetcher follows, so cold sources
+ * would otherwise come from memory one miss at a time. Same bytes as calling the kernel block
+ * by block from Python, without a Python call (and the GIL) per block. Returns 0, or -1 for
+ * arguments out of range (nothing written). */
+typedef void (*walrus_ec_encode)(int, int, int, unsigned char *, unsigned char **, unsigned char **);
+
+int walrus_encode_blocks(void *encode, unsigned char *tables, int k, int rows,
+                         const uint64_t *sources, const uint64_t *outputs, size_t start,
+                         size_t stop, size_t block, size_t prefetch)
+{
+    if (encode == NULL || k < 1 || k > 256 || rows < 1 || rows > 256 || block == 0 ||
+        block > ((size_t)1 << 30) || start > stop)
+        return -1;
+    walrus_ec_encode run = (walrus_ec_encode)encode;
+    unsigned char *src[256], *out[256];
+    for (size_t offset = start; offset < stop; offset += block) {
+        size_t length = stop - offset < block ? stop - offset : block;
+        size_t next = offset + length;
+        if (prefetch && next < stop) {
+            size_t ahead = stop - next < prefetch ? stop - next : prefetch;
+            for (int j = 0; j < k; j++) {
+                const char *base = (const char *)(uintptr_t)sources[j] + next;
+                for (size_t byte = 0; byte < ahead; byte += 64)
+                    __builtin_prefetch(base + byte, 0, 3);
+            }
+        }
+        for (int j = 0; j < k; j++)
+            src[j] = (unsigned char *)(uintptr_t)sources[j] + offset;
+        for (int i = 0; i < rows; i++)
+            out[i] = (unsigned char *)(uintptr_t)outputs[i] + offset;
+        run((int)length, k, rows, tables, src, out);
+    }
+    return 0;
+}
