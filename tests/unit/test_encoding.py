@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from pyeclib.ec_iface import ECDriver
 
 from walrus_p2p.core import encoding, merkle
-from walrus_p2p.core.metadata import compute_metadata
 from walrus_p2p.core.encoding import EncodingConfig, PyeclibCodec, SliverType
+from walrus_p2p.core.metadata import compute_metadata
 from walrus_p2p.errors import EncodingError
 
 SMALL_SHARDS = [4, 5, 7, 10, 13, 20]

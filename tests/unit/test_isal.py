@@ -333,3 +333,47 @@ def test_generator_is_the_cauchy_matrix_pyeclib_uses(k: int, m: int) -> None:
     _, fragments = _reference(k, m, data)
     parity = isal.gf_matmul(matrix[k:], data)
     assert [row.tobytes() for row in parity] == [f[HEADER:] for f in fragments[k:]]
+
+
+@pytest.mark.parametrize("prefetch", [0, 64, 1 << 20])
+@pytest.mark.parametrize(("k", "m", "batch", "length"), [(34, 66, 1, 100_003), (13, 7, 5, 30_001)])
+def test_c_block_loop_gives_the_bytes_of_the_python_loop(
+    k: int, m: int, batch: int, length: int, prefetch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The helper's block loop (one C call per run of blocks, prefetching the next block) and
+    the Python loop (one kernel call per block) write the same parity, pyeclib's, over many
+    blocks, a short last block and batched codewords."""
+    library = isal.load_library()
+    if isal._block_driver(library) is None:
+        pytest.skip("the C helper is not built here")
+    monkeypatch.setattr(isal, "_PREFETCH_BYTES", prefetch)
+    rng = np.random.default_rng(k + m + batch)
+    data = rng.integers(0, 256, (batch, k, length), dtype=np.uint8)
+    code = isal.ReedSolomon(k, m, threads=1)
+    with_loop = code.encode(data)
+    monkeypatch.setitem(isal._drivers, library.path, None)
+    assert isal._block_driver(library) is None
+    assert np.array_equal(code.encode(data), with_loop)
+    _, fragments = _reference(k, m, data[-1])
+    assert with_loop[-1, m - 1].tobytes() == fragments[k + m - 1][HEADER:]
+
+
+def test_c_block_loop_refuses_bad_arguments() -> None:
+    library = isal.load_library()
+    driver = isal._block_driver(library)
+    if driver is None:
+        pytest.skip("the C helper is not built here")
+    for k, rows, block in [(0, 1, 64), (1, 0, 64), (257, 1, 64), (1, 1, 0)]:
+        with pytest.raises(EncodingError):
+            driver.run(0, k, rows, 0, 0, 0, 64, block)
+    with pytest.raises(EncodingError):
+        driver.run(0, 1, 1, 0, 0, 100, 50, 64)  # start after stop
+
+
+def test_a_block_loop_that_disagrees_is_refused() -> None:
+    library = isal.load_library()
+
+    def wrong(*arguments: object) -> int:
+        return 0  # claims success, writes nothing
+
+    assert not isal._driver_agrees(library, isal._BlockDriver(wrong, 1))

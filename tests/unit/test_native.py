@@ -1,6 +1,7 @@
-"""The C leaf hasher (``walrus_p2p/core/_native.c``): the same digests as the blake3 package,
-for every length around blake3's block and chunk edges, every lane count and strided rows; the
-batched Merkle roots equal the tree-by-tree ones; a helper that disagrees is refused."""
+"""The C helper (``walrus_p2p/core/_native.c``): its leaf hasher gives the same digests as the
+blake3 package, for every length around blake3's block and chunk edges, every lane count and
+strided rows; the batched Merkle roots equal the tree-by-tree ones; a helper that disagrees is
+refused. (Its ISA-L block loop is tested in test_isal.py.)"""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from blake3 import blake3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from walrus_p2p.core import merkle
+from walrus_p2p.core import isal, merkle
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,6 +49,11 @@ def test_helper_is_in_use_where_it_can_be() -> None:
     if sys.platform != "linux" or not wanted <= _cpu_flags() or shutil.which("cc") is None:
         pytest.skip("no AVX-512 or no C compiler here: the blake3 package is used instead")
     assert merkle.native_leaf_hashing()
+    try:
+        library = isal.load_library()
+    except isal.IsalUnavailableError:  # pragma: no cover - depends on the machine
+        return
+    assert isal._block_driver(library) is not None
 
 
 @needs_native
