@@ -335,18 +335,16 @@ def test_generator_is_the_cauchy_matrix_pyeclib_uses(k: int, m: int) -> None:
     assert [row.tobytes() for row in parity] == [f[HEADER:] for f in fragments[k:]]
 
 
-@pytest.mark.parametrize("prefetch", [0, 64, 1 << 20])
 @pytest.mark.parametrize(("k", "m", "batch", "length"), [(34, 66, 1, 100_003), (13, 7, 5, 30_001)])
 def test_c_block_loop_gives_the_bytes_of_the_python_loop(
-    k: int, m: int, batch: int, length: int, prefetch: int, monkeypatch: pytest.MonkeyPatch
+    k: int, m: int, batch: int, length: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The helper's block loop (one C call per run of blocks, prefetching the next block) and
-    the Python loop (one kernel call per block) write the same parity, pyeclib's, over many
-    blocks, a short last block and batched codewords."""
+    """The helper's block loop (one C call per run of blocks) and the Python loop (one kernel
+    call per block) write the same parity, pyeclib's, over many blocks, a short last block and
+    batched codewords."""
     library = isal.load_library()
     if isal._block_driver(library) is None:
         pytest.skip("the C helper is not built here")
-    monkeypatch.setattr(isal, "_PREFETCH_BYTES", prefetch)
     rng = np.random.default_rng(k + m + batch)
     data = rng.integers(0, 256, (batch, k, length), dtype=np.uint8)
     code = isal.ReedSolomon(k, m, threads=1)

@@ -74,14 +74,22 @@ compress16(__m512i cv[8], const __m512i m[16], uint32_t counter, uint32_t block_
 }
 
 /* Index vectors of the four stages of a 16x16 transpose of 32-bit words. */
-static const int32_t LO8[16] __attribute__((aligned(64))) = {0,1,2,3,4,5,6,7,16,17,18,19,20,21,22,23};
-static const int32_t HI8[16] __attribute__((aligned(64))) = {8,9,10,11,12,13,14,15,24,25,26,27,28,29,30,31};
-static const int32_t LO4[16] __attribute__((aligned(64))) = {0,1,2,3,16,17,18,19,8,9,10,11,24,25,26,27};
-static const int32_t HI4[16] __attribute__((aligned(64))) = {4,5,6,7,20,21,22,23,12,13,14,15,28,29,30,31};
-static const int32_t LO2[16] __attribute__((aligned(64))) = {0,1,16,17,4,5,20,21,8,9,24,25,12,13,28,29};
-static const int32_t HI2[16] __attribute__((aligned(64))) = {2,3,18,19,6,7,22,23,10,11,26,27,14,15,30,31};
-static const int32_t LO1[16] __attribute__((aligned(64))) = {0,16,2,18,4,20,6,22,8,24,10,26,12,28,14,30};
-static const int32_t HI1[16] __attribute__((aligned(64))) = {1,17,3,19,5,21,7,23,9,25,11,27,13,29,15,31};
+static const int32_t LO8[16] __attribute__((aligned(64))) = {
+    0,1,2,3,4,5,6,7,16,17,18,19,20,21,22,23};
+static const int32_t HI8[16] __attribute__((aligned(64))) = {
+    8,9,10,11,12,13,14,15,24,25,26,27,28,29,30,31};
+static const int32_t LO4[16] __attribute__((aligned(64))) = {
+    0,1,2,3,16,17,18,19,8,9,10,11,24,25,26,27};
+static const int32_t HI4[16] __attribute__((aligned(64))) = {
+    4,5,6,7,20,21,22,23,12,13,14,15,28,29,30,31};
+static const int32_t LO2[16] __attribute__((aligned(64))) = {
+    0,1,16,17,4,5,20,21,8,9,24,25,12,13,28,29};
+static const int32_t HI2[16] __attribute__((aligned(64))) = {
+    2,3,18,19,6,7,22,23,10,11,26,27,14,15,30,31};
+static const int32_t LO1[16] __attribute__((aligned(64))) = {
+    0,16,2,18,4,20,6,22,8,24,10,26,12,28,14,30};
+static const int32_t HI1[16] __attribute__((aligned(64))) = {
+    1,17,3,19,5,21,7,23,9,25,11,27,13,29,15,31};
 
 #define STAGE(d)                                                            \
     {                                                                       \
@@ -202,21 +210,19 @@ int walrus_leaf_hashes(const uint8_t *const *inputs, size_t count, size_t len,
 
 #endif
 
-/* ---- ISA-L block driver ---------------------------------------------------------------------
+/* ---- ISA-L block loop -----------------------------------------------------------------------
  * Runs ISA-L's ec_encode_data (its address is passed in: the library is the one in the pyeclib
  * wheel, found by walrus_p2p.core.isal) over the byte range [start, stop) of k source and rows
- * output fragments, one block of `block` bytes at a time so that the sources of a block stay in
- * the L2 cache while the kernel walks them once per group of outputs. Before each block it asks
- * for the first `prefetch` bytes of the next block of every source (software prefetch): the
- * kernel reads k interleaved streams, more than the hardware prefetcher follows, so cold sources
- * would otherwise come from memory one miss at a time. Same bytes as calling the kernel block
- * by block from Python, without a Python call (and the GIL) per block. Returns 0, or -1 for
- * arguments out of range (nothing written). */
-typedef void (*walrus_ec_encode)(int, int, int, unsigned char *, unsigned char **, unsigned char **);
+ * output fragments, one block of `block` bytes at a time, so that the sources of a block stay
+ * in the L2 cache while the kernel walks them once per group of outputs. The same kernel calls
+ * as a loop in Python, without a Python call (and a release and retake of the GIL) per block.
+ * Returns 0, or -1 for arguments out of range (nothing written). */
+typedef void (*walrus_ec_encode)(int, int, int, unsigned char *, unsigned char **,
+                                 unsigned char **);
 
 int walrus_encode_blocks(void *encode, unsigned char *tables, int k, int rows,
                          const uint64_t *sources, const uint64_t *outputs, size_t start,
-                         size_t stop, size_t block, size_t prefetch)
+                         size_t stop, size_t block)
 {
     if (encode == NULL || k < 1 || k > 256 || rows < 1 || rows > 256 || block == 0 ||
         block > ((size_t)1 << 30) || start > stop)
@@ -225,15 +231,6 @@ int walrus_encode_blocks(void *encode, unsigned char *tables, int k, int rows,
     unsigned char *src[256], *out[256];
     for (size_t offset = start; offset < stop; offset += block) {
         size_t length = stop - offset < block ? stop - offset : block;
-        size_t next = offset + length;
-        if (prefetch && next < stop) {
-            size_t ahead = stop - next < prefetch ? stop - next : prefetch;
-            for (int j = 0; j < k; j++) {
-                const char *base = (const char *)(uintptr_t)sources[j] + next;
-                for (size_t byte = 0; byte < ahead; byte += 64)
-                    __builtin_prefetch(base + byte, 0, 3);
-            }
-        }
         for (int j = 0; j < k; j++)
             src[j] = (unsigned char *)(uintptr_t)sources[j] + offset;
         for (int i = 0; i < rows; i++)

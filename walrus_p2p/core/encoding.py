@@ -706,9 +706,11 @@ def _encode_by_columns(
 
     # The C leaf hasher runs 16 symbols per vector: a column of n = 100 symbols would leave 12
     # of 16 lanes empty in its last group. So each column leaves its first n % 16 source
-    # symbols (they stay in place, in the secondary slivers) to a few tasks at the end, which
-    # hash them in full groups: 6.25 instead of 7 groups per column at n = 100.
-    spare = min(n % merkle.NATIVE_LANES, kp) if batched_roots else 0
+    # symbols (they stay in place, in the secondary slivers) to tasks at the end, which hash
+    # them in full groups: 6.25 instead of 7 groups per column at n = 100. Below 16 shards a
+    # column fills no group; its symbols go to the blake3 package (merkle.leaf_hashes_at).
+    lanes = merkle.NATIVE_LANES
+    spare = min(n % lanes, kp) if batched_roots and n > lanes else 0
     spare_addresses = (
         np.uint64(secondary_columns.ctypes.data)
         + np.arange(n, dtype=np.uint64)[:, None] * np.uint64(kp * size)
@@ -729,9 +731,8 @@ def _encode_by_columns(
     # long before; there is no barrier between the phases).
     tasks: list[tuple[Callable[[Any], None], Any]] = [(expand_row, row) for row in range(kp)]
     tasks += [(expand_column, column) for column in range(n)]
-    group = 7 * merkle.NATIVE_LANES  # spare symbols per task: whole groups
-    count = len(spare_addresses)
-    tasks += [(hash_spares, (start, min(start + group, count))) for start in range(0, count, group)]
+    count = len(spare_addresses)  # one group of lanes per task: small tasks end together
+    tasks += [(hash_spares, (start, min(start + lanes, count))) for start in range(0, count, lanes)]
     isal.parallel_map(lambda task: task[0](task[1]), tasks)
     roots = None if batched_roots else tuple(column_roots)
     return primary_parity, secondary_columns, symbol_hashes, roots

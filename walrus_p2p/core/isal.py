@@ -183,14 +183,10 @@ def load_library() -> _Library:
         raise _library_error
 
 
-_PREFETCH_BYTES = 1 << 20
-"""How much of the next block of every source the block loop asks the cache for (all of it)."""
-
-
 @dataclass(frozen=True, slots=True)
 class _BlockDriver:
     """``walrus_encode_blocks`` of the C helper (:mod:`walrus_p2p.core.native`): the kernel run
-    block by block over a range of the fragments in one call, prefetching the next block."""
+    block by block over a range of the fragments in one call."""
 
     function: Callable[..., int]
     encode_address: int
@@ -216,7 +212,6 @@ class _BlockDriver:
             start,
             stop,
             block,
-            _PREFETCH_BYTES,
         )
         if status != 0:
             raise EncodingError("the block loop refused its arguments")
@@ -234,7 +229,7 @@ def _block_driver(library: _Library) -> _BlockDriver | None:
     function = getattr(helper, "walrus_encode_blocks", None) if helper is not None else None
     if function is not None:
         function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-        function.argtypes += [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_size_t] * 4
+        function.argtypes += [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_size_t] * 3
         function.restype = ctypes.c_int
         kernel: Any = library.ec_encode_data  # a ctypes function pointer
         address = ctypes.cast(kernel, ctypes.c_void_p).value
