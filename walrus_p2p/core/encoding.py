@@ -637,16 +637,17 @@ def _encode_by_columns(
 
     One pass of tasks over the codec threads, taken in this order:
 
-    1. row ``r`` of the source: the secondary code expands it (``ks`` symbols, contiguous in
-       the blob) into ``E[r, ks:n]``, written into secondary slivers ``ks..n-1`` and hashed at
-       once;
-    2. column ``c``: its ``kp`` source symbols (copied out of the blob into secondary sliver
-       ``c`` for ``c < ks``; for ``c >= ks`` the sliver made by the rows) are hashed, then the
-       primary code expands them into ``E[kp:n, c]``, which is hashed at once. For ``c < ks``
-       that is column ``c`` of the primary parity rows, written in place; for ``c >= ks`` it is
-       the corner, stored nowhere, computed into a per-thread scratch. Then the column root
+    1. row ``r`` of the source (``ks`` symbols, contiguous in the blob): copied into secondary
+       slivers ``0..ks-1`` (symbol ``r`` of each), then the secondary code expands it into
+       ``E[r, ks:n]``, written into secondary slivers ``ks..n-1``;
+    2. column ``c`` (after all rows): the primary code expands its ``kp`` symbols (secondary
+       sliver ``c``) into ``E[kp:n, c]``: for ``c < ks`` column ``c`` of the primary parity
+       rows, written in place; for ``c >= ks`` the corner, stored nowhere, computed into a
+       per-thread scratch. Then the whole column is hashed in one call (with the C leaf
+       hasher, the first ``n mod 16`` sources are left to step 3), and its root computed
        (unless the C leaf hasher is in use: then :func:`metadata.compute_metadata` computes
-       all roots in a few calls).
+       all roots in a few calls);
+    3. with the C leaf hasher, the sources left over by step 2, in full groups of 16.
 
     A column's sources (``kp*S``) and outputs (``(n-kp)*S``) stay in the cache between being
     written and being hashed, where a whole-matrix codec call followed by a hashing pass would
