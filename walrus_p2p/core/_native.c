@@ -73,39 +73,37 @@ compress16(__m512i cv[8], const __m512i m[16], uint32_t counter, uint32_t block_
     cv[4] = XOR(v4, v12); cv[5] = XOR(v5, v13); cv[6] = XOR(v6, v14); cv[7] = XOR(v7, v15);
 }
 
-/* Index vectors of the four stages of a 16x16 transpose of 32-bit words. */
-static const int32_t LO8[16] __attribute__((aligned(64))) = {
-    0,1,2,3,4,5,6,7,16,17,18,19,20,21,22,23};
-static const int32_t HI8[16] __attribute__((aligned(64))) = {
-    8,9,10,11,12,13,14,15,24,25,26,27,28,29,30,31};
-static const int32_t LO4[16] __attribute__((aligned(64))) = {
-    0,1,2,3,16,17,18,19,8,9,10,11,24,25,26,27};
-static const int32_t HI4[16] __attribute__((aligned(64))) = {
-    4,5,6,7,20,21,22,23,12,13,14,15,28,29,30,31};
-static const int32_t LO2[16] __attribute__((aligned(64))) = {
-    0,1,16,17,4,5,20,21,8,9,24,25,12,13,28,29};
-static const int32_t HI2[16] __attribute__((aligned(64))) = {
-    2,3,18,19,6,7,22,23,10,11,26,27,14,15,30,31};
-static const int32_t LO1[16] __attribute__((aligned(64))) = {
-    0,16,2,18,4,20,6,22,8,24,10,26,12,28,14,30};
-static const int32_t HI1[16] __attribute__((aligned(64))) = {
-    1,17,3,19,5,21,7,23,9,25,11,27,13,29,15,31};
+/* Index vectors of the four stages of a 16x16 transpose of 32-bit words: stage s swaps the
+ * off-diagonal d x d blocks (d = 8 >> s) between rows i and i + d. Filled once at load. */
+static int32_t STAGE_INDEX[4][2][16] __attribute__((aligned(64)));
 
-#define STAGE(d)                                                            \
-    {                                                                       \
-        const __m512i ilo = _mm512_load_si512(LO##d), ihi = _mm512_load_si512(HI##d); \
-        for (int i = 0; i < 16; i++) {                                      \
-            if (i & d) continue;                                            \
-            __m512i a = r[i], b = r[i + d];                                 \
-            r[i] = _mm512_permutex2var_epi32(a, ilo, b);                    \
-            r[i + d] = _mm512_permutex2var_epi32(a, ihi, b);                \
-        }                                                                   \
+__attribute__((constructor)) static void fill_stage_index(void)
+{
+    for (int s = 0; s < 4; s++) {
+        int d = 8 >> s;
+        for (int j = 0; j < 16; j++) {
+            STAGE_INDEX[s][0][j] = (j & d) ? 16 + j - d : j;
+            STAGE_INDEX[s][1][j] = (j & d) ? 16 + j : j + d;
+        }
+    }
+}
+
+#define STAGE(s, d)                                                                 \
+    {                                                                               \
+        const __m512i ilo = _mm512_load_si512(STAGE_INDEX[s][0]);                   \
+        const __m512i ihi = _mm512_load_si512(STAGE_INDEX[s][1]);                   \
+        for (int i = 0; i < 16; i++) {                                              \
+            if (i & d) continue;                                                    \
+            __m512i a = r[i], b = r[i + d];                                         \
+            r[i] = _mm512_permutex2var_epi32(a, ilo, b);                            \
+            r[i + d] = _mm512_permutex2var_epi32(a, ihi, b);                        \
+        }                                                                           \
     }
 
 /* rows[i] holds 16 words of lane i; afterwards rows[w] holds word w of every lane. */
 __attribute__((target("arch=x86-64-v4"))) static inline void transpose16(__m512i r[16])
 {
-    STAGE(8) STAGE(4) STAGE(2) STAGE(1)
+    STAGE(0, 8) STAGE(1, 4) STAGE(2, 2) STAGE(3, 1)
 }
 
 /* Hash the 16 inputs of len bytes in lock step: chunks of 1,024 bytes (blocks of 64, the last
