@@ -48,6 +48,8 @@ def test_helper_is_in_use_where_it_can_be() -> None:
     wanted = {"avx512f", "avx512vl", "avx512bw", "avx512dq"}
     if sys.platform != "linux" or not wanted <= _cpu_flags() or shutil.which("cc") is None:
         pytest.skip("no AVX-512 or no C compiler here: the blake3 package is used instead")
+    if os.environ.get("WALRUS_P2P_NATIVE") == "0":
+        pytest.skip("WALRUS_P2P_NATIVE=0 turns the helper off")
     assert merkle.native_leaf_hashing()
     try:
         library = isal.load_library()
