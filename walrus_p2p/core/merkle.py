@@ -214,13 +214,9 @@ def leaf_hashes_of_symbols(buffer: BytesLike, symbol_size: int) -> bytes:
     view = memoryview(buffer).cast("B")
     if symbol_size <= 0 or len(view) % symbol_size:
         raise ValueError("buffer length must be a positive multiple of the symbol size")
-    count = len(view) // symbol_size
-    if _NATIVE is not None and count >= _NATIVE_MIN_SYMBOLS:
-        array = np.frombuffer(view, dtype=np.uint8)
-        addresses = array.ctypes.data + np.arange(count, dtype=np.uint64) * np.uint64(symbol_size)
-        digests = leaf_hashes_at(addresses, symbol_size)
-        if digests is not None:
-            return digests
+    if _NATIVE is not None:
+        rows = np.frombuffer(view, dtype=np.uint8).reshape(-1, symbol_size)
+        return leaf_hashes_of_rows(rows)
     output = bytearray()
     hasher = _LEAF_HASHER.copy()
     update, digest, reset = hasher.update, hasher.digest, hasher.reset
