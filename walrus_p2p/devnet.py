@@ -127,6 +127,7 @@ def prepare(options: DevnetOptions) -> Genesis:
                 genesis_path,
                 [f"/ip4/127.0.0.1/tcp/{free_tcp_port()}"],
                 capacity_bytes=options.capacity_bytes,
+                metrics_address=f"127.0.0.1:{free_tcp_port()}",
                 check_genesis=False,
             )
         members.append(genesis_member(data_dir, 1))

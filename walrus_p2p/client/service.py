@@ -161,6 +161,8 @@ class WalrusClient:
             now = time.monotonic()
             if self._status is not None and now - self._status_time < STATUS_CACHE_SECONDS:
                 return self._status
+            # The committee to ping is the current one (and `epoch` below what users expect).
+            await self.light.refresh_if_stale()
             reachable: set[PeerId] = set()
 
             async def ping(peer_id: PeerId) -> None:

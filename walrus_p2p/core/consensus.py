@@ -390,6 +390,16 @@ class EpochAgreement:
             messages += [vote for vote in polka.by_signer.values() if vote.value_id == value_id]
         return tuple(dict.fromkeys(messages))
 
+    def counted(self, vote: Vote) -> bool:
+        """Whether ``vote`` is the one counted for its signer, kind and round (it verified and
+        was that signer's first such vote)."""
+        votes = self._votes.get((vote.kind, vote.round))
+        return votes is not None and votes.by_signer.get(vote.signer) == vote
+
+    def has_quorum_of(self, kind: VoteKind, round_: int) -> bool:
+        """Votes of ``kind`` in ``round_``, for any value or nil, hold a quorum of shards."""
+        return self._quorum(self._total(kind, round_))
+
     # Receiving -----------------------------------------------------------------------------
 
     def _accept(self, message: Signed) -> bool:

@@ -19,7 +19,9 @@ decides *one* value; this module says which values an honest peer proposes and p
 
 The sync messages (:class:`GetEpochRecordsRequest` / :class:`GetEpochRecordsReply`, type ids
 65/66) let a peer or light peer fetch the epoch records it lacks over a stream; the asker verifies
-the chain itself (:func:`walrus_p2p.core.records.verify_epoch_chain`).
+the chain itself (:func:`walrus_p2p.core.records.verify_epoch_chain`). The consensus messages of
+an agreement travel directly between committee members in :class:`EpochMessagesRequest` /
+:class:`EpochMessagesReply` (type ids 82/83; docs/epochs.md, "Transport").
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Annotated
 from walrus_p2p.core import wire
 from walrus_p2p.core.committee import Committee, Member, is_quorum
 from walrus_p2p.core.genesis import Genesis
-from walrus_p2p.core.records import Candidacy, EpochNumber, EpochRecord, EpochValue
+from walrus_p2p.core.records import Candidacy, EpochNumber, EpochRecord, EpochValue, Round
 from walrus_p2p.core.wire import BytesSpec, IntSpec, ListSpec, Message, register
 from walrus_p2p.errors import ConfigError, VerificationError, WireError
 from walrus_p2p.types import Epoch, PeerId
@@ -71,6 +73,48 @@ class GetEpochRecordsReply(Message):
 
     records: EncodedEpochRecords
     latest_epoch: EpochNumber
+
+
+MAX_EPOCH_MESSAGES_PER_BATCH = 256
+"""Consensus messages in one direct batch (a peer's own messages of every round plus one polka
+fit: three a round, and at most one prevote per member)."""
+INCARNATION_LENGTH = 8
+Incarnation = Annotated[
+    bytes, BytesSpec(min_length=INCARNATION_LENGTH, max_length=INCARNATION_LENGTH)
+]
+
+EncodedConsensusMessages = Annotated[
+    tuple[bytes, ...],
+    ListSpec(
+        BytesSpec(min_length=1, max_length=MAX_EPOCH_RECORD_SIZE), MAX_EPOCH_MESSAGES_PER_BATCH
+    ),
+]
+
+
+@register(82)
+@dataclass(frozen=True, slots=True)
+class EpochMessagesRequest(Message):
+    """Consensus messages (``Proposal``, ``Vote``, ``EpochRecord`` encodings) sent directly to one
+    committee member, with the sender's position: the epoch it is agreeing on, its round, and
+    the random ``incarnation`` of its process (a new one tells the receiver that the sender
+    restarted and lost what it was sent). docs/epochs.md, "Transport"."""
+
+    epoch: EpochNumber
+    round: Round
+    incarnation: Incarnation
+    messages: EncodedConsensusMessages
+
+
+@register(83)
+@dataclass(frozen=True, slots=True)
+class EpochMessagesReply(Message):
+    """The receiver's answer: its own position, and what it saw the sender lacks (the record of
+    an epoch the sender is still agreeing on, or its own messages and polka after the sender
+    restarted or fell behind). Empty in the common case."""
+
+    epoch: EpochNumber
+    round: Round
+    messages: EncodedConsensusMessages
 
 
 def decode_epoch_records(encoded: tuple[bytes, ...]) -> list[EpochRecord]:
@@ -227,7 +271,11 @@ def _check_next(
 
 
 __all__ = [
+    "INCARNATION_LENGTH",
+    "MAX_EPOCH_MESSAGES_PER_BATCH",
     "MAX_EPOCH_RECORDS_PER_REPLY",
+    "EpochMessagesReply",
+    "EpochMessagesRequest",
     "GetEpochRecordsReply",
     "GetEpochRecordsRequest",
     "check_next",

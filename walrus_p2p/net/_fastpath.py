@@ -38,6 +38,12 @@ MiB. What each does:
    write lock is one of them, yamux's ``PY_YAMUX_*`` variables are read once, and a DATA body
    already decrypted is read without a cancel scope of its own.
 7. **Signed peer records checked once a minute** in pubsub (:func:`_consume_signed_record`).
+8. **The own signed peer record built once a minute** (:func:`_envelope_for_rpc`): pubsub,
+   gossipsub and the DHT attach it to every RPC they send, and the library rebuilt the host's
+   address list (multiaddr parsing) for each one to check that the cached record was current:
+   ~19 % of a peer's CPU in a 20-peer epoch change (docs/network.md, "Gossip cost").
+9. **Bytes written to TCP are counted** (:data:`walrus_p2p.net.traffic.TRAFFIC`), for the
+   network-wide traffic figures of ``bench/epochs.py``: one integer addition per write.
 """
 
 from __future__ import annotations
@@ -56,12 +62,16 @@ from libp2p.io import msgio as libp2p_msgio
 from libp2p.io import trio as libp2p_io_trio
 from libp2p.io import utils as libp2p_io_utils
 from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
+from libp2p.kad_dht import kad_dht as kad_dht_module
+from libp2p.kad_dht import peer_routing as peer_routing_module
 from libp2p.network.stream.net_stream import NetStream
 from libp2p.pubsub import gossipsub as gossipsub_module
 from libp2p.pubsub import pubsub as pubsub_module
 from libp2p.security.noise import io as noise_io
 from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux as yamux_module
+
+from walrus_p2p.net.traffic import TRAFFIC
 
 logger = logging.getLogger(__name__)
 
@@ -290,6 +300,39 @@ def _consume_signed_record(message: Any, host: Any, peer_id: Any) -> bool:
     return ok
 
 
+_original_env_to_send = pubsub_module.env_to_send_in_RPC  # type: ignore[attr-defined]
+_ENVELOPE_MODULES = (pubsub_module, gossipsub_module, kad_dht_module, peer_routing_module)
+_own_envelopes: weakref.WeakKeyDictionary[Any, tuple[float, tuple[bytes, bool]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _envelope_for_rpc(host: Any) -> tuple[bytes, bool]:
+    """``env_to_send_in_RPC``, asking the library (which rebuilds the host's addresses to see
+    whether its cached record is current) at most once per :data:`SIGNED_RECORD_REFRESH`.
+
+    A host's listen addresses change only when it starts listening; within a minute the record
+    the library returned last is returned again. Addresses that change are picked up within
+    that minute, as the library's own record cache on the receiving side already allows.
+    """
+    now = time.monotonic()
+    cached = _own_envelopes.get(host)
+    if cached is not None and now - cached[0] < SIGNED_RECORD_REFRESH:
+        return cached[1][0], False
+    result: tuple[bytes, bool] = _original_env_to_send(host)
+    _own_envelopes[host] = (now, result)
+    return result
+
+
+_original_tcp_write = libp2p_io_trio.TrioTCPStream.write
+
+
+async def _counted_write(self: Any, data: bytes) -> None:
+    """``TrioTCPStream.write``, counting the bytes (:data:`TRAFFIC`)."""
+    TRAFFIC.transport_bytes_sent += len(data)
+    await _original_tcp_write(self, data)
+
+
 class _QuickLock:
     """A ``trio.Lock`` that does not yield to the scheduler when it is free.
 
@@ -383,6 +426,9 @@ def install() -> None:
     yamux_module.Yamux._read_data_body = _read_data_body  # type: ignore[method-assign]
     for module in (pubsub_module, gossipsub_module):
         module.maybe_consume_signed_record = _consume_signed_record  # type: ignore[attr-defined]
+    for module in _ENVELOPE_MODULES:
+        module.env_to_send_in_RPC = _envelope_for_rpc  # type: ignore[attr-defined]
+    libp2p_io_trio.TrioTCPStream.write = _counted_write  # type: ignore[method-assign]
     yamux_module.MAX_MESSAGE_SIZE = noise_io.MAX_PLAINTEXT_LENGTH
     yamux_module.YamuxStream = _BatchedCreditStream  # type: ignore[misc]
     libp2p_io_trio.TrioTCPStream.read = _buffered_read  # type: ignore[method-assign]

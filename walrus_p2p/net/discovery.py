@@ -41,10 +41,15 @@ DhtMode = Literal["server", "client"]
 @dataclass(frozen=True, slots=True)
 class DiscoveryConfig:
     """``refresh_interval``: seconds between routing-table refreshes (None: never, beyond the
-    library's own 600 s). ``random_walk``: the library's random-walk refresher (costly)."""
+    library's own 600 s). ``random_walk``: the library's random-walk refresher (costly).
+
+    A refresh is a network walk: every peer asked answers with up to 20 signed peer records,
+    each checked (Ed25519) by the asker. At 20 peers a refresh every 60 s was the largest part
+    of an idle peer's CPU (docs/network.md, "Idle cost"), for a table that did not change; the
+    bootstrap refreshes at once, so 600 s (the library's own pace) is enough afterwards."""
 
     mode: DhtMode = "server"
-    refresh_interval: float | None = 60.0
+    refresh_interval: float | None = 600.0
     random_walk: bool = False
     bootstrap_timeout: float = 10.0
 

@@ -33,7 +33,6 @@ import trio
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as MESHSUB_10
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_11
-from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12 as MESHSUB_12
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 
@@ -41,12 +40,25 @@ from walrus_p2p.errors import ConfigError, NetworkError, WireError
 from walrus_p2p.net._groups import sole_body_error
 from walrus_p2p.net._service import run_guarded_service
 from walrus_p2p.net.host import Host
+from walrus_p2p.net.traffic import TRAFFIC
 from walrus_p2p.types import PeerId
 
 logger = logging.getLogger(__name__)
 
-GOSSIP_PROTOCOLS = (MESHSUB_12, MESHSUB_11, MESHSUB_10)
-"""Standard gossipsub versions only (js/go interoperate); py-libp2p's 1.3+/2.0 are left out."""
+GOSSIP_PROTOCOLS = (MESHSUB_11, MESHSUB_10)
+"""Standard gossipsub versions only (js/go interoperate); py-libp2p's 1.3+/2.0 are left out,
+and so is 1.2: its IDONTWANT is worth it for large messages only, but py-libp2p sends one to
+every mesh peer for *every* message received, whatever its size (go-libp2p: from 1 KiB on).
+Our topics carry small signed records: at 20 peers IDONTWANT was ~20 % of a peer's CPU during
+an epoch change (docs/network.md, "Gossip cost")."""
+
+
+class _CountedGossipSub(GossipSub):
+    """GossipSub that counts every RPC it sends (:data:`walrus_p2p.net.traffic.TRAFFIC`)."""
+
+    def send_rpc(self, peer_id: Any, rpc: Any, priority: bool = False) -> None:
+        TRAFFIC.count("gossip", rpc.ByteSize())
+        super().send_rpc(peer_id, rpc, priority)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +88,7 @@ class GossipConfig:
     peers batch records and stay at a few messages per second network-wide (design §7).
     """
 
-    heartbeat_interval: int = 1
+    heartbeat_interval: int = 3
     degree: int = 6
     degree_low: int = 4
     degree_high: int = 12
@@ -285,7 +297,7 @@ async def open_gossip(host: Host, config: GossipConfig | None = None) -> AsyncIt
         raise ConfigError("gossip queue size and heartbeat interval must be positive")
     # Read by Pubsub.subscribe when it opens each topic's queue (pubsub.py).
     libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE = config.subscription_queue_size
-    router = GossipSub(
+    router = _CountedGossipSub(
         protocols=list(GOSSIP_PROTOCOLS),
         degree=config.degree,
         degree_low=config.degree_low,

@@ -16,6 +16,7 @@ import trio
 from walrus_p2p.core import wire
 from walrus_p2p.errors import RequestTimeoutError
 from walrus_p2p.net.host import Host
+from walrus_p2p.net.traffic import TRAFFIC
 from walrus_p2p.types import PeerId
 
 M = TypeVar("M", bound=wire.Message)
@@ -46,6 +47,7 @@ async def call_message(
     """
     # A sliver in the request is written from where it lies, not copied into the encoding.
     head, tail = wire.encode_parts(request, limits=limits)
+    TRAFFIC.count(type(request).__name__, len(head) + len(tail))
     reply: bytes | None = None
     with trio.move_on_after(timeout):
         await connect(peer_id, timeout)

@@ -40,6 +40,7 @@ from walrus_p2p.net.framing import (
     write_frame,
 )
 from walrus_p2p.net.stream import Stream
+from walrus_p2p.net.traffic import TRAFFIC
 from walrus_p2p.types import PeerId
 
 logger = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ async def serve_stream(
         try:
             with trio.move_on_after(limits.read_timeout + len(reply) / 1_000_000):
                 await write_frame(stream, reply, max_size=len(reply) + 1, prefix=bytes([STATUS_OK]))
+                TRAFFIC.count("reply", len(reply) + 1)
                 written = True
         except (NetworkError, WireError) as error:
             logger.info(

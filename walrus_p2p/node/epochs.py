@@ -1,16 +1,20 @@
-"""The epoch change service of a storage peer: agreement over gossip, records on disk, catch-up.
+"""The epoch change service of a storage peer: agreement over direct links, records, catch-up.
 
-Owner: issue 4's networking glue around :mod:`walrus_p2p.core.consensus` (``docs/epochs.md``,
-"Protocol glue"). Per epoch e the service
+The networking glue around :mod:`walrus_p2p.core.consensus` (``docs/epochs.md``, "Protocol glue"
+and "Transport"). Per epoch e the service
 
 - announces this peer's signed :class:`~walrus_p2p.core.records.Candidacy` for epoch e+1 on the
-  gossip topic ``walrus-p2p/<network>/epochs`` a few times per epoch (it doubles as the liveness
-  signal: a member no one heard a renewed candidacy from during e is dropped at e+1);
+  gossip topic ``walrus-p2p/<network>/epochs`` once per epoch, a random moment after each change
+  (it doubles as the liveness signal of peers that are not members yet);
 - at ``genesis.epoch_start(e+1)`` starts the :class:`~walrus_p2p.core.consensus.EpochAgreement`
   of epoch e's committee, proposing :func:`walrus_p2p.core.epochs.propose_next` and prevoting only
-  values that pass :func:`walrus_p2p.core.epochs.check_next`; its proposals, votes and the final
-  record travel on the same topic, its timeouts are trio timers, and ``rebroadcast()`` is
-  published every ``rebroadcast_interval`` until the decision;
+  values that pass :func:`walrus_p2p.core.epochs.check_next`; its proposals and votes go
+  directly to the other members (:mod:`walrus_p2p.node.epoch_links`, protocol
+  ``/walrus-p2p/<network>/epochs/1.0.0``), its timeouts are trio timers that grow with the
+  measured round trips and with the rounds the last change needed; nothing is sent again on a
+  timer: a member that restarted or fell behind is sent what it lacks in the reply to its own
+  next request, and the certified record goes out on gossip once per epoch (for peers outside
+  the committee), by the first decider in proposer order that has not seen it there yet;
 - on a decision (its own, a record on gossip, or a record fetched by sync) verifies the record
   against epoch e's committee, writes it to the store (namespace ``epoch-records``, key the
   8-byte epoch) *before* switching, then switches ``peer.committee`` -- and with it the shards the
@@ -23,9 +27,9 @@ members and verifies each against the committee before it, before the peer repor
 (bounded by ``initial_sync_timeout``, then it keeps trying in the background). Later it syncs
 again when the schedule says a change is overdue or gossip shows a later epoch.
 
-The gossip topic validator decodes, then checks what can be checked against the current
-committee (signatures of proposals and votes for epoch e+1, records for e+1, candidacies' own
-signatures and freshness); everything else is dropped and not relayed.
+The gossip topic validator takes candidacies (their own signature, fresh) and the first record
+of each epoch (checked against the committee before it); everything else is dropped and not
+relayed. Catch-up requests back off exponentially while they bring nothing new.
 
 Every proposal and vote this peer signs, and every proposal it receives for the running
 agreement, is journaled in the store before it is sent or handled; a peer restarted in the middle
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,24 +62,29 @@ from walrus_p2p.core.consensus import (
     Vote,
 )
 from walrus_p2p.core.epochs import (
+    INCARNATION_LENGTH,
+    MAX_EPOCH_RECORD_SIZE,
     MAX_EPOCH_RECORDS_PER_REPLY,
+    EpochMessagesReply,
+    EpochMessagesRequest,
     GetEpochRecordsReply,
     GetEpochRecordsRequest,
     check_next,
     decode_epoch_records,
     propose_next,
 )
-from walrus_p2p.core.identity import PublicKey
 from walrus_p2p.core.records import (
-    PROPOSAL_CONTEXT,
     Candidacy,
     EpochRecord,
+    VoteKind,
     newer_candidacy,
-    vote_context,
 )
 from walrus_p2p.errors import RequestTimeoutError, VerificationError, WalrusError, WireError
 from walrus_p2p.net.gossip import GossipMessage, Subscription
-from walrus_p2p.net.names import topic
+from walrus_p2p.net.names import protocol_id, topic
+from walrus_p2p.net.rpc import HandlerLimits
+from walrus_p2p.node.epoch_links import MAX_BATCH_BYTES, EpochLinks, take_batch
+from walrus_p2p.node.peer_calls import PeerCaller
 from walrus_p2p.types import Epoch, PeerId
 
 if TYPE_CHECKING:
@@ -83,11 +93,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EPOCHS_TOPIC = "epochs"
+EPOCHS_PROTOCOL = "epochs"
+"""Stream protocol of the direct consensus messages (its own concurrency, apart from slivers)."""
 EPOCH_RECORDS_NAMESPACE = "epoch-records"
 JOURNAL_NAMESPACE = "epoch-journal"
 """Write-ahead log of the running agreement: key = 8-byte epoch + 16-byte hash of the message."""
-GOSSIP_TYPES = (Proposal, Vote, EpochRecord, Candidacy)
+GOSSIP_TYPES = (Candidacy, EpochRecord)
+DIRECT_TYPES = (Proposal, Vote, EpochRecord)
 OUTBOX_SIZE = 4096
+EARLY_MESSAGES_KEPT = 4096
+"""Consensus messages of the agreement after this peer's current one, kept until it starts."""
+GOSSIP_RECORD_EPOCHS_KEPT = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +113,8 @@ class EpochOptions:
     ``candidate``: announce a candidacy (genesis members and peers that want shards); ``weight``
     is the declared weight (genesis members keep their genesis weight regardless, see
     :func:`walrus_p2p.core.epochs.member_weight`). ``clock`` gives unix seconds (tests may skew
-    it). ``announce_interval`` defaults to a third of the epoch, at most 10 minutes.
+    it). ``announce_interval`` defaults to the epoch duration, at most 10 minutes (a renewal also
+    goes out after every change).
     """
 
     enabled: bool = True
@@ -105,12 +122,23 @@ class EpochOptions:
     weight: int = 1
     capacity: int = 1 << 40
     timeouts: TimeoutPolicy = field(default_factory=TimeoutPolicy)
-    rebroadcast_interval: float = 3.0
+    """The base timeouts; each agreement adds what it measured (``EpochService.timeouts_now``)."""
     announce_interval: float | None = None
     request_timeout: float = 10.0
     initial_sync_timeout: float = 20.0
     sync_grace: float = 8.0
     """Seconds past a scheduled epoch start after which the peer asks others for the record."""
+    sync_backoff_max: float = 60.0
+    """Longest wait between two catch-up attempts that brought nothing (it doubles from
+    ``sync_grace``, jittered)."""
+    record_announce_step: float = 0.5
+    """A decided record goes on gossip after this many seconds times the peer's rank in the
+    proposer order of the deciding round, unless gossip brought it first."""
+    member_renewal_interval: float = 600.0
+    """A committee member renews an unchanged candidacy this often (see ``_announce_loop``)."""
+    announce_jitter: float = 2.0
+    """The candidacy renewal after a change waits a random part of this (at most a quarter of
+    the announce interval), so the members' renewals do not all go out in the same instant."""
     clock: Callable[[], float] = time.time
 
 
@@ -131,6 +159,7 @@ class EpochService:
         self.genesis = peer.genesis
         self.network_id = peer.genesis.network_id
         self.topic = topic(peer.genesis.network_id_text, EPOCHS_TOPIC)
+        self.protocol = protocol_id(peer.genesis.network_id_text, EPOCHS_PROTOCOL)
         self.records: dict[int, EpochRecord] = {}
         self.committees: dict[int, Committee] = {0: peer.genesis.committee}
         self.candidacies: dict[PeerId, Candidacy] = {}
@@ -138,16 +167,28 @@ class EpochService:
         self.synced = trio.Event()
         self.changed = trio.Event()
         """Set (and replaced) whenever the committee changes; wait on it in tests."""
+        self.incarnation = secrets.token_bytes(INCARNATION_LENGTH)
+        """Random per process: tells the other members when this peer restarted."""
+        self.links: EpochLinks | None = None
         self._apply_lock = trio.Lock()
         self._sync_wanted = trio.Event()
         self._hinted: dict[PeerId, int] = {}
         self._heard: dict[PeerId, int] = {}
+        self._incarnations: dict[PeerId, bytes] = {}
+        self._answered: dict[PeerId, tuple[int, int]] = {}
+        self._early: list[Proposal | Vote] = []
+        self._relays: dict[tuple[int, VoteKind, int], _Relay] = {}
+        self._gossip_records: set[int] = set()
+        self._last_rounds = 0
         self.evidence: list[Equivocation] = []
         """Equivocations seen in finished agreements (two signed messages of one signer)."""
         self.restored = 0
         """Agreements resumed from the journal after a restart."""
+        self.syncs = 0
+        """Catch-up attempts (each asks one or two peers)."""
         self._send, self._receive = trio.open_memory_channel[bytes](OUTBOX_SIZE)
         self._timers: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None
         peer.add_handler(GetEpochRecordsRequest, self._serve_records)
 
     # -- state ------------------------------------------------------------------------------
@@ -195,6 +236,8 @@ class EpochService:
         self.records[int(record.epoch)] = record
         self.committees[int(record.epoch)] = committee
         self.peer.committee = committee
+        self._last_rounds = int(record.certificate.round)
+        self.peer.metrics.epoch_switched(int(record.epoch), int(record.certificate.round))
         changed, self.changed = self.changed, trio.Event()
         changed.set()
 
@@ -218,16 +261,21 @@ class EpochService:
             )
             before = self.current
             self._switch(record)
+            if self.links is not None:
+                # Members that have not acknowledged this peer's last messages get the record
+                # instead: it decides their agreement at once.
+                self.links.replace_pending(encoded)
             await trio.to_thread.run_sync(self._prune_journal, int(record.epoch))
             committee = record.committee
             logger.info(
-                "epoch changed epoch=%d source=%s round=%d members=%d shards=%d->%d",
+                "epoch changed epoch=%d source=%s round=%d members=%d shards=%d->%d late=%.1fs",
                 record.epoch,
                 source,
                 record.certificate.round,
                 len(committee.members),
                 len(before.shards_of(self.peer.peer_id)),
                 len(committee.shards_of(self.peer.peer_id)),
+                self.options.clock() - self.genesis.epoch_start(record.epoch),
             )
             return True
 
@@ -235,16 +283,45 @@ class EpochService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         gossip = self.peer.gossip
-        assert gossip is not None, "the peer opens gossip before the epoch service"
+        host = self.peer.host
+        assert gossip is not None and host is not None, "the peer opens its host and gossip first"
         await trio.to_thread.run_sync(self.load)
+        caller = PeerCaller(
+            host,
+            protocol=self.protocol,
+            limits=self.peer.limits,
+            max_frame=MAX_DIRECT_FRAME,
+            committee=lambda: self.current,
+            discovery=self.peer.discovery,
+        )
+        self.links = EpochLinks(
+            caller,
+            incarnation=self.incarnation,
+            position=self._position,
+            on_reply=self._on_reply,
+            request_timeout=self.options.request_timeout,
+        )
+        host.set_handler(
+            self.protocol,
+            self._handle_direct,
+            HandlerLimits(
+                max_request=MAX_DIRECT_FRAME,
+                max_reply=MAX_DIRECT_FRAME,
+                read_timeout=self.options.request_timeout,
+                handler_timeout=self.options.request_timeout * 3,
+                max_concurrent=64,
+            ),
+        )
         gossip.set_validator(self.topic, self._validate_gossip)
         subscription = await gossip.subscribe(self.topic)
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.links.run)
             nursery.start_soon(self._publish_loop)
             nursery.start_soon(self._read_gossip, subscription)
             if self._behind_schedule(grace=0.0):
                 with trio.move_on_after(self.options.initial_sync_timeout):
-                    await self.sync()
+                    await self.sync(max_sources=2)
             first = await self._prepare_agreement()
             self.synced.set()
             task_status.started()
@@ -256,6 +333,27 @@ class EpochService:
     def _behind_schedule(self, *, grace: float) -> bool:
         """The clock says epoch e+1 should have started ``grace`` seconds ago."""
         return self.options.clock() >= self.genesis.epoch_start(self.epoch + 1) + grace
+
+    def _position(self) -> tuple[int, int]:
+        agreement = self.agreement
+        if agreement is None:
+            return self.epoch + 1, 0
+        return int(agreement.epoch), int(agreement.round)
+
+    def timeouts_now(self) -> TimeoutPolicy:
+        """The timeouts of the next agreement: the configured base, scaled up by half for each
+        round (at most four) the last change needed, plus a few measured round trips to the
+        members. A slow machine or network thus gets longer rounds instead of more rounds
+        (docs/epochs.md, "Transport")."""
+        base = self.options.timeouts
+        slow = 1.0 + 0.5 * min(self._last_rounds, 4)
+        delay = 0.0 if self.links is None else self.links.delay()
+        return TimeoutPolicy(
+            propose=base.propose * slow + 4 * delay,
+            prevote=base.prevote * slow + 2 * delay,
+            precommit=base.precommit * slow + 2 * delay,
+            increment=base.increment * slow + delay,
+        )
 
     async def _prepare_agreement(self) -> tuple[EpochAgreement, trio.Event]:
         """The agreement for the next epoch, resumed from the journal if this peer voted in it
@@ -276,6 +374,12 @@ class EpochService:
                 logger.warning("epoch journal unusable, observing only error=%s", error)
                 agreement = self._new_agreement(committee, observer=True)
         self.agreement = agreement
+        self._relays = {}
+        early, self._early = self._early, []
+        for message in early:
+            if message.body.epoch == agreement.epoch:
+                # Kept while this peer was still in the agreement before (it acknowledged them).
+                agreement.handle(message, trio.current_time())
         return agreement, changed
 
     async def _epoch_loop(self, first: tuple[EpochAgreement, trio.Event]) -> None:
@@ -307,11 +411,11 @@ class EpochService:
             signer=signer,
             own_value=None,
             validate=lambda value: check_next(self.genesis, committee, self.candidacies, value),
-            timeouts=self.options.timeouts,
+            timeouts=self.timeouts_now(),
         )
 
     async def _drive(self, agreement: EpochAgreement) -> None:
-        """Start the agreement at the scheduled end of the epoch, then rebroadcast until done."""
+        """Start the agreement at the scheduled end of the epoch."""
         delay = self.genesis.epoch_start(agreement.epoch) - self.options.clock()
         if delay > 0:
             await trio.sleep(delay)
@@ -320,16 +424,20 @@ class EpochService:
                 self.genesis, agreement.committee, self.candidacies, self._alive(agreement)
             )
         logger.info(
-            "epoch agreement started epoch=%d voter=%s",
+            "epoch agreement started epoch=%d voter=%s timeouts=%s",
             agreement.epoch,
             agreement.signer is not None,
+            agreement.timeouts,
         )
         await self._process(agreement, agreement.start(trio.current_time()))
-        while True:
-            await trio.sleep(self.options.rebroadcast_interval)
-            if agreement.signer is not None:
-                for message in agreement.rebroadcast():
-                    self._queue(message)
+
+    def _voters(self, agreement: EpochAgreement) -> list[PeerId]:
+        committee = agreement.committee
+        return [
+            peer
+            for peer in committee.peer_ids
+            if peer != self.peer.peer_id and committee.shards_of(peer)
+        ]
 
     async def _process(self, agreement: EpochAgreement, output: Output) -> None:
         if agreement is not self.agreement:
@@ -339,18 +447,211 @@ class EpochService:
             # Persist before sending: a restarted peer must not sign a second, different message
             # for a round and step it already signed in (docs/epochs.md, restore).
             await self._journal(int(agreement.epoch), own)
-        for message in output.messages:
-            self._queue(message)
+            self._route(agreement, own)
         timers = self._timers
         for timeout in output.timeouts:
             if timers is not None:
                 timers.start_soon(self._timer, agreement, timeout)
         if output.decision is not None:
-            await self.apply_record(output.decision, source="agreement")
+            record = output.decision
+            if await self.apply_record(record, source="agreement") and self._nursery is not None:
+                self._nursery.start_soon(self._announce_record, agreement, record)
+
+    def _route(self, agreement: EpochAgreement, own: list[Proposal | Vote]) -> None:
+        """Send what this peer signed: a proposal to every member; a vote to the proposer of
+        its round, which relays the votes of its round to everyone in batches, or, when this
+        peer is that proposer, into its own relay (docs/epochs.md, "Transport"). A vote the
+        proposer's relay does not answer in time goes to everyone (:meth:`_fallback`)."""
+        links = self.links
+        if links is None:
+            return
+        proposals = [wire.encode(m) for m in own if isinstance(m, Proposal)]
+        links.send(self._voters(agreement), proposals)
+        for vote in (m for m in own if isinstance(m, Vote)):
+            proposer = agreement.proposer(vote.round)
+            if proposer == self.peer.peer_id:
+                self._relay_vote(agreement, vote)
+            else:
+                links.send([proposer], [wire.encode(vote)])
+                if self._timers is not None:
+                    self._timers.start_soon(self._fallback, agreement, vote)
+
+    def _relay_window(self) -> float:
+        delay = 0.0 if self.links is None else self.links.delay()
+        return min(1.0, max(0.05, 3 * delay))
+
+    def _relay_vote(self, agreement: EpochAgreement, vote: Vote) -> None:
+        """Collect a counted vote of a round this peer proposes in; relay in batches: at once
+        when the step's votes reach a quorum, else after a short window."""
+        key = (int(agreement.epoch), vote.kind, int(vote.round))
+        relay = self._relays.get(key)
+        if relay is None:
+            relay = self._relays[key] = _Relay()
+        encoded = wire.encode(vote)
+        if encoded in relay.seen:
+            return
+        relay.seen.add(encoded)
+        relay.pending.append(encoded)
+        if agreement.has_quorum_of(vote.kind, vote.round):
+            relay.ready.set()
+        if not relay.scheduled and self._timers is not None:
+            relay.scheduled = True
+            self._timers.start_soon(self._flush_relay, agreement, relay)
+
+    async def _flush_relay(self, agreement: EpochAgreement, relay: _Relay) -> None:
+        with trio.move_on_after(self._relay_window()):
+            await relay.ready.wait()
+        relay.scheduled = False
+        relay.ready = trio.Event()
+        batch, relay.pending = relay.pending, []
+        if batch and self.links is not None and agreement is self.agreement:
+            self.links.send(self._voters(agreement), batch)
+
+    async def _fallback(self, agreement: EpochAgreement, vote: Vote) -> None:
+        """Evidence that the proposer's relay is missing (a crashed or slow proposer): the
+        votes of this step do not reach a quorum here in time. Then this peer's own messages of
+        the round go to every member directly, as in plain Tendermint."""
+        delay = 0.0 if self.links is None else self.links.delay()
+        await trio.sleep(max(1.0, 4 * delay + self._relay_window()))
+        if (
+            agreement is not self.agreement
+            or agreement.decision is not None
+            or agreement.has_quorum_of(vote.kind, vote.round)
+            or self.links is None
+        ):
+            return
+        own = [
+            wire.encode(m)
+            for m in agreement.rebroadcast()
+            if isinstance(m, Proposal | Vote) and m.round == vote.round
+        ]
+        logger.info(
+            "epoch relay missing epoch=%d round=%d kind=%s: sending to every member",
+            agreement.epoch,
+            vote.round,
+            vote.kind.name.lower(),
+        )
+        self.links.send(self._voters(agreement), own)
 
     async def _timer(self, agreement: EpochAgreement, timeout: Timeout) -> None:
         await trio.sleep_until(timeout.deadline)
         await self._process(agreement, agreement.on_timeout(timeout, trio.current_time()))
+
+    async def _announce_record(self, agreement: EpochAgreement, record: EpochRecord) -> None:
+        """Put a record this peer decided on gossip, for the peers outside the committee, unless
+        a peer ranked before it in the deciding round's proposer order did so first."""
+        order = agreement.proposers
+        deciding = int(record.certificate.round) % len(order)
+        rotated = order[deciding:] + order[:deciding]
+        rank = rotated.index(self.peer.peer_id) if self.peer.peer_id in rotated else len(order)
+        await trio.sleep(rank * self.options.record_announce_step + random.uniform(0, 0.25))
+        if int(record.epoch) not in self._gossip_records:
+            self._queue(record)
+
+    # -- direct messages ---------------------------------------------------------------------
+
+    async def _handle_direct(self, payload: bytes, remote: PeerId) -> bytes:
+        request = wire.decode(payload, EpochMessagesRequest, limits=self.peer.limits)
+        self.peer.check_rate(remote, "EpochMessagesRequest")
+        reply = await self.serve_messages(request, remote)
+        return wire.encode(reply, limits=self.peer.limits)
+
+    async def serve_messages(
+        self, request: EpochMessagesRequest, remote: PeerId
+    ) -> EpochMessagesReply:
+        """Take a member's consensus messages; answer with what it evidently lacks."""
+        known = any(remote in committee for committee in self.committees.values())
+        if not known and int(request.epoch) <= self.epoch + 1:
+            raise WalrusError(
+                f"peer={remote[:12]} is not a member of a committee this peer knows",
+                reason="NOT_A_MEMBER",
+            )
+        self._heard[remote] = self.epoch
+        ours, _round = self._position()
+        if int(request.epoch) > ours:
+            self._hint(remote, int(request.epoch) - 1)
+        for raw in request.messages:
+            try:
+                message = wire.decode(raw, DIRECT_TYPES)
+            except WireError as error:
+                logger.info("epoch message malformed peer=%s error=%s", remote[:12], error)
+                continue
+            await self._take(message, source=remote)
+        evidence = self._evidence_for(remote, request)
+        epoch, round_ = self._position()
+        return EpochMessagesReply(epoch=Epoch(epoch), round=round_, messages=evidence)
+
+    async def _on_reply(self, remote: PeerId, reply: EpochMessagesReply) -> None:
+        ours, _round = self._position()
+        if int(reply.epoch) > ours:
+            self._hint(remote, int(reply.epoch) - 1)
+        for raw in reply.messages:
+            try:
+                message = wire.decode(raw, DIRECT_TYPES)
+            except WireError as error:
+                logger.info("epoch reply malformed peer=%s error=%s", remote[:12], error)
+                continue
+            await self._take(message, source=remote)
+
+    async def _take(self, message: Proposal | Vote | EpochRecord, *, source: PeerId) -> None:
+        if isinstance(message, EpochRecord):
+            if int(message.epoch) > self.epoch + 1:
+                self._hint(source, int(message.epoch))
+            else:
+                await self.apply_record(message, source=f"direct:{source[:12]}")
+            return
+        agreement = self.agreement
+        epoch = int(message.body.epoch)
+        if agreement is None or message.body.network_id != self.network_id:
+            return
+        if epoch == agreement.epoch:
+            if isinstance(message, Proposal) and agreement.signer is not None:
+                # The proposal of a value this peer may precommit (and so lock on).
+                await self._journal(epoch, [message])
+            await self._process(agreement, agreement.handle(message, trio.current_time()))
+            if (
+                isinstance(message, Vote)
+                and agreement.proposer(message.round) == self.peer.peer_id
+                and agreement.signer is not None
+                and agreement.counted(message)
+            ):
+                self._relay_vote(agreement, message)
+        elif epoch == agreement.epoch + 1:
+            # The next agreement has begun elsewhere while this peer has not switched yet: the
+            # sender counts these as delivered, so they are kept for when it does.
+            if len(self._early) < EARLY_MESSAGES_KEPT:
+                self._early.append(message)
+            self._hint(source, epoch - 1)
+        elif epoch > agreement.epoch + 1:
+            self._hint(source, epoch - 1)
+
+    def _evidence_for(self, remote: PeerId, request: EpochMessagesRequest) -> tuple[bytes, ...]:
+        """What ``remote`` evidently lacks, for the reply to its request:
+
+        - the record of the epoch it is still agreeing on, if this peer has it;
+        - after it restarted (a new incarnation) or when it is in an earlier round of the
+          same agreement: this peer's own messages of the agreement and its valid value's
+          polka (``EpochAgreement.rebroadcast``), once per round of this peer.
+        """
+        asked = int(request.epoch)
+        if asked <= self.epoch:
+            record = self.records.get(asked)
+            return () if record is None else (wire.encode(record),)
+        agreement = self.agreement
+        previous = self._incarnations.get(remote)
+        self._incarnations[remote] = request.incarnation
+        if agreement is None or asked != agreement.epoch or agreement.signer is None:
+            return ()
+        restarted = previous is not None and previous != request.incarnation
+        position = (int(agreement.epoch), int(agreement.round))
+        behind = request.round < agreement.round and self._answered.get(remote) != position
+        if not (restarted or behind) or not agreement.started:
+            return ()
+        self._answered[remote] = position
+        # The newest first (own messages of the current round, then the polka, then older), as
+        # many as fit one reply.
+        encoded = [wire.encode(message) for message in reversed(agreement.rebroadcast())]
+        return tuple(take_batch(encoded))
 
     # -- journal ----------------------------------------------------------------------------
 
@@ -419,48 +720,30 @@ class EpochService:
         if isinstance(decoded, Candidacy):
             decoded.verify(self.network_id)
             return self.epoch <= decoded.body.epoch <= self.epoch + 2
-        if isinstance(decoded, EpochRecord):
-            epoch = int(decoded.epoch)
-            if epoch > self.epoch + 1:
-                self._hint(message.origin, epoch)
-                return False
-            # The record that just switched this peer (epoch == e) is still relayed: peers
-            # that missed the decision need it, and this peer's own announcement of it is
-            # usually published after the switch.
-            previous = self.committees.get(epoch - 1)
-            if epoch < self.epoch or previous is None:
-                return False
-            decoded.verify(previous, self.network_id)
-            return True
-        assert isinstance(decoded, Proposal | Vote)
-        epoch = int(decoded.body.epoch)
-        if decoded.body.network_id != self.network_id:
-            return False
+        epoch = int(decoded.epoch)
         if epoch > self.epoch + 1:
-            self._hint(message.origin, epoch - 1)
+            self._hint(message.origin, epoch)
             return False
-        if epoch <= self.epoch:
-            # Votes of the agreement that just finished: only this peer's own last messages go
-            # out (they were queued before the switch); nothing older is relayed.
-            return epoch == self.epoch and message.origin == self.peer.peer_id
-        self._verify_signed(decoded)
+        # One record per epoch is relayed: deciders may each publish one (with different
+        # precommit sets), and any one of them is enough for everyone. The record that just
+        # switched this peer (epoch == e) is still relayed once: peers outside the committee
+        # need it, and the decider's own announcement comes after its switch.
+        # This peer's own announcement is checked like any other (the validator runs on local
+        # publishes, twice) but is not what makes it drop later copies.
+        own = message.origin == self.peer.peer_id
+        previous = self.committees.get(epoch - 1)
+        if epoch < self.epoch or previous is None or (epoch in self._gossip_records and not own):
+            return False
+        decoded.verify(previous, self.network_id)
+        self._gossip_records.add(epoch)
+        while len(self._gossip_records) > GOSSIP_RECORD_EPOCHS_KEPT:
+            self._gossip_records.discard(min(self._gossip_records))
         return True
-
-    def _verify_signed(self, message: Proposal | Vote) -> None:
-        committee = self.current
-        if isinstance(message, Proposal):
-            signer, context, signature = message.proposer, PROPOSAL_CONTEXT, message.signature
-        else:
-            signer, context = message.signer, vote_context(message.kind)
-            signature = message.signature
-        if not committee.shards_of(signer):
-            raise VerificationError(f"{signer} holds no shard in epoch {committee.epoch}")
-        key = PublicKey(committee.member(signer).public_key)
-        key.verify(context, wire.signing_bytes(message.body), signature)
 
     def _alive(self, agreement: EpochAgreement) -> set[PeerId]:
         """Members heard from during this epoch besides renewals: connected now, or the origin
-        of a valid epochs-topic message while this peer was in the epoch."""
+        of a valid epochs-topic message or direct consensus request while this peer was in the
+        epoch."""
         host = self.peer.host
         previous = int(agreement.epoch) - 1
         alive = {peer for peer, epoch in self._heard.items() if epoch >= previous}
@@ -481,15 +764,8 @@ class EpochService:
                 continue
             if isinstance(decoded, Candidacy):
                 self._learn_candidacy(decoded)
-            elif isinstance(decoded, EpochRecord):
+            else:
                 await self.apply_record(decoded, source="gossip")
-            elif isinstance(decoded, Proposal | Vote):
-                agreement = self.agreement
-                if agreement is not None and decoded.body.epoch == agreement.epoch:
-                    if isinstance(decoded, Proposal) and agreement.signer is not None:
-                        # The proposal of a value this peer may precommit (and so lock on).
-                        await self._journal(int(agreement.epoch), [decoded])
-                    await self._process(agreement, agreement.handle(decoded, trio.current_time()))
 
     def _learn_candidacy(self, candidacy: Candidacy) -> None:
         """Keep the newest verified candidacy of each peer (the validator verified it)."""
@@ -516,16 +792,38 @@ class EpochService:
     def _announce_interval(self) -> float:
         if self.options.announce_interval is not None:
             return self.options.announce_interval
-        return max(1.0, min(self.genesis.epoch_duration_seconds / 3, 600.0))
+        return max(1.0, min(float(self.genesis.epoch_duration_seconds), 600.0))
 
     async def _announce_loop(self) -> None:
-        """Renew the candidacy a few times per epoch, and at once after each change."""
+        """Announce the candidacy at start; then a peer outside the committee renews it a random
+        moment after each change (and every announce interval), while a member renews only when
+        what it announces changed or ``member_renewal_interval`` passed: during the epoch the
+        others see it alive through its connection and its consensus messages
+        (``propose_next(also_alive=...)``), so per-epoch renewals of every member would only
+        cost a gossip flood per member and change."""
+        first = True
+        last: tuple[tuple[str, ...], float] | None = None
         while True:
-            candidacy = self.own_candidacy()
-            self._learn_candidacy(candidacy)
-            self._queue(candidacy)
             changed = self.changed
-            with trio.move_on_after(self._announce_interval()):
+            interval = self._announce_interval()
+            if not first:
+                # After a change every candidate renews at once; spread them out a little.
+                await trio.sleep(random.uniform(0, min(self.options.announce_jitter, interval / 4)))
+            first = False
+            candidacy = self.own_candidacy()
+            member = bool(self.current.shards_of(self.peer.peer_id))
+            now = trio.current_time()
+            content = tuple(candidacy.body.addresses)
+            if (
+                not member
+                or last is None
+                or last[0] != content
+                or now - last[1] >= self.options.member_renewal_interval
+            ):
+                self._learn_candidacy(candidacy)
+                self._queue(candidacy)
+                last = (content, now)
+            with trio.move_on_after(interval):
                 await changed.wait()
 
     # -- sync -------------------------------------------------------------------------------
@@ -539,14 +837,26 @@ class EpochService:
         return GetEpochRecordsReply(records=encoded, latest_epoch=Epoch(self.epoch))
 
     async def _sync_loop(self) -> None:
+        """Catch up when another peer showed a later epoch, or when the schedule says a change
+        is overdue. While attempts bring nothing (a slow change: nobody has the record yet),
+        the wait between them doubles from ``sync_grace`` up to ``sync_backoff_max``."""
+        fruitless = 0
         while True:
             wanted = self._sync_wanted
-            with trio.move_on_after(self.options.rebroadcast_interval * 2):
+            wait = min(self.options.sync_backoff_max, self.options.sync_grace * 2.0**fruitless)
+            with trio.move_on_after(wait * random.uniform(0.75, 1.25)):
                 await wanted.wait()
-            if wanted.is_set():
+            hinted = wanted.is_set()
+            if hinted:
                 self._sync_wanted = trio.Event()
-            if wanted.is_set() or self._behind_schedule(grace=self.options.sync_grace):
-                await self.sync()
+            if not (hinted or self._behind_schedule(grace=self.options.sync_grace)):
+                fruitless = 0
+                continue
+            before = self.epoch
+            await self.sync(max_sources=2 if hinted else 1)
+            fruitless = 0 if self.epoch > before else fruitless + 1
+            # At most one attempt a second, however many hints arrive.
+            await trio.sleep(1.0)
 
     def _sources(self) -> list[PeerId]:
         """Peers to ask: those that showed a later epoch first, then random members."""
@@ -559,9 +869,10 @@ class EpochService:
         random.shuffle(members)
         return hinted + members
 
-    async def sync(self, *, max_sources: int = 4) -> int:
+    async def sync(self, *, max_sources: int = 2) -> int:
         """Fetch and apply the records this peer lacks; returns how many were applied."""
         applied = 0
+        self.syncs += 1
         for source in self._sources()[:max_sources]:
             try:
                 applied += await self._sync_from(source)
@@ -601,8 +912,6 @@ class EpochService:
     async def _call(self, peer_id: PeerId, request: GetEpochRecordsRequest) -> GetEpochRecordsReply:
         host = self.peer.host
         assert host is not None
-        from walrus_p2p.node.peer import max_frame_for, storage_protocol_id
-
         timeout = self.options.request_timeout
         reply: bytes | None = None
         with trio.move_on_after(timeout):
@@ -610,11 +919,26 @@ class EpochService:
                 await host.connect(peer_id, self._addresses_of(peer_id), timeout=timeout)
             reply = await host.request(
                 peer_id,
-                storage_protocol_id(self.genesis),
+                self.peer.protocol,
                 wire.encode(request),
                 timeout=timeout,
-                max_reply=max_frame_for(self.genesis),
+                max_reply=self.peer.max_frame,
             )
         if reply is None:
             raise RequestTimeoutError(f"epoch sync from peer={peer_id[:12]} timed out")
         return wire.decode(reply, GetEpochRecordsReply)
+
+
+@dataclass
+class _Relay:
+    """The votes of one step that this peer, as the round's proposer, relays to everyone."""
+
+    pending: list[bytes] = field(default_factory=list)
+    seen: set[bytes] = field(default_factory=set)
+    ready: trio.Event = field(default_factory=trio.Event)
+    scheduled: bool = False
+
+
+MAX_DIRECT_FRAME = MAX_BATCH_BYTES + 2 * MAX_EPOCH_RECORD_SIZE
+"""Largest direct request or reply: one batch (a batch holds at least one message, at most
+one record's size)."""

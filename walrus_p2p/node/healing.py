@@ -260,7 +260,11 @@ class HealingService:
         cut_off_since: float | None = None
         await self.caught_up.wait()
         while True:
-            await trio.sleep(self.options.reachability_interval)
+            healthy = len(window) >= REACHABILITY_MIN_PINGS and all(window)
+            interval = self.options.reachability_interval
+            if healthy and cut_off_since is None:
+                interval = max(interval, self.options.reachability_idle_interval)
+            await trio.sleep(interval)
             others = [p for p in self.peer.committee.peer_ids if p != self.peer.peer_id]
             if not others:
                 continue

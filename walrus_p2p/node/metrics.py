@@ -15,11 +15,46 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from walrus_p2p.net.traffic import TRAFFIC, Traffic
+
+
+class TrafficCollector(Collector):
+    """The net layer's traffic counters of this process (:mod:`walrus_p2p.net.traffic`):
+    ``walrus_control_messages_sent_total{kind}``, ``walrus_control_bytes_sent_total{kind}`` and
+    ``walrus_net_bytes_sent_total`` (everything written to TCP)."""
+
+    def __init__(self, traffic: Traffic = TRAFFIC) -> None:
+        self.traffic = traffic
+
+    def collect(self) -> Any:
+        messages = CounterMetricFamily(
+            "walrus_control_messages_sent",
+            "Requests (by wire type), replies and gossip RPCs this process sent",
+            labels=["kind"],
+        )
+        sizes = CounterMetricFamily(
+            "walrus_control_bytes_sent",
+            "Bytes of the requests, replies and gossip RPCs this process sent, by kind",
+            labels=["kind"],
+        )
+        for kind in sorted(self.traffic.messages):
+            messages.add_metric([kind], self.traffic.messages[kind])
+            sizes.add_metric([kind], self.traffic.bytes[kind])
+        yield messages
+        yield sizes
+        yield CounterMetricFamily(
+            "walrus_net_bytes_sent",
+            "Bytes this process wrote to TCP connections (libp2p framing included)",
+            value=self.traffic.transport_bytes_sent,
+        )
 
 
 class PeerMetrics:
@@ -63,7 +98,26 @@ class PeerMetrics:
             "Bytes received for sliver recovery",
             registry=self.registry,
         )
+        self.epoch_current = Gauge(
+            "walrus_epoch_current", "The epoch this peer is in", registry=self.registry
+        )
+        self.epoch_last_switch_unix = Gauge(
+            "walrus_epoch_last_switch_unix",
+            "Unix time at which this peer switched to its current epoch",
+            registry=self.registry,
+        )
+        self.epoch_decided_round = Gauge(
+            "walrus_epoch_decided_round",
+            "Consensus round whose precommits certified the current epoch",
+            registry=self.registry,
+        )
+        self.registry.register(TrafficCollector())
         self.started_at = time.time()
+
+    def epoch_switched(self, epoch: int, round_: int) -> None:
+        self.epoch_current.set(epoch)
+        self.epoch_last_switch_unix.set(time.time())
+        self.epoch_decided_round.set(round_)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

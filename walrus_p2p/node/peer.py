@@ -59,6 +59,7 @@ from walrus_p2p.net.rpc import HandlerLimits
 from walrus_p2p.node.epochs import EpochOptions, EpochService
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.metrics import PeerMetrics, build_metrics_app, serve_http
+from walrus_p2p.node.ratelimit import RequestRates
 from walrus_p2p.storage import BlobState, BlobStore
 from walrus_p2p.types import BlobId, Epoch, PeerId, SliverKind, short_id
 
@@ -153,7 +154,10 @@ class StoragePeerService:
         self.options = options
         self.committee: Committee = genesis.committee
         self.metrics = PeerMetrics()
+        self.rates = RequestRates()
         self.limits = wire_limits_for(genesis)
+        self.protocol = storage_protocol_id(genesis)
+        self.max_frame = max_frame_for(genesis)
         self.host: Host | None = None
         self.discovery: Discovery | None = None
         self.started = trio.Event()
@@ -272,7 +276,7 @@ class StoragePeerService:
                 self.metrics.storage_used_bytes.set(used)
             except StorageError as error:
                 logger.warning("storage accounting failed error=%s", error)
-            await trio.sleep(5.0)
+            await trio.sleep(15.0)
 
     def health(self) -> dict[str, Any]:
         connected = len(self.host.connected_peers()) if self.host is not None else 0
@@ -308,6 +312,7 @@ class StoragePeerService:
         kind = type(request).__name__
         handler = self._handlers().get(type(request)) or self._extra_handlers[type(request)]
         try:
+            self.check_rate(remote, kind)
             reply = await handler(request, remote)
         except WalrusError as error:
             self.metrics.requests.labels(type=kind, outcome=error.reason).inc()
@@ -322,6 +327,11 @@ class StoragePeerService:
             raise
         self.metrics.requests.labels(type=kind, outcome="ok").inc()
         return wire.encode(reply, limits=self.limits)
+
+    def check_rate(self, remote: PeerId, kind: str) -> None:
+        """Refuse a control-plane request beyond the remote's rate (node/ratelimit.py)."""
+        if not self.rates.allow(remote, kind):
+            raise ProtocolRefusal("RATE_LIMITED", f"too many {kind} from this peer; retry later")
 
     def add_handler(self, message_type: type[wire.Message], handler: RequestHandler) -> None:
         """Serve one more request type (healing services add theirs before the peer starts)."""

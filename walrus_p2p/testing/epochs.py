@@ -190,7 +190,7 @@ async def open_epoch_network(
     healing: HealingOptions | None = None,
 ) -> AsyncIterator[EpochTestNetwork]:
     """Genesis peers ``peer0``.. of a network whose epoch 1 starts ``epoch_seconds`` from now."""
-    options = options or EpochOptions(timeouts=FAST_TIMEOUTS, rebroadcast_interval=1.0)
+    options = options or EpochOptions(timeouts=FAST_TIMEOUTS)
     identities = [Identity.from_seed(seed_for(network, f"peer{index}")) for index in range(peers)]
     addresses = [f"/ip4/127.0.0.1/tcp/{free_tcp_port()}" for _ in identities]
     genesis = epoch_genesis(

@@ -197,6 +197,15 @@ def _system_log_samples(blob_id: BlobId, network_id: bytes) -> dict[str, wire.Me
         ),
         "Proposal": consensus.Proposal(proposal_body, value, PeerId(peer_a), signature),
         "Vote": consensus.Vote(vote_body, PeerId(peer_b), signature),
+        "EpochMessagesRequest": epochs.EpochMessagesRequest(
+            epoch=Epoch(4),
+            round=1,
+            incarnation=_filled(epochs.INCARNATION_LENGTH, 0x70),
+            messages=(wire.encode(consensus.Vote(vote_body, PeerId(peer_b), signature)),),
+        ),
+        "EpochMessagesReply": epochs.EpochMessagesReply(
+            epoch=Epoch(4), round=2, messages=(wire.encode(epoch_record),)
+        ),
         **_migration_messages(network_id, blob_id, key, signature),
     }
 

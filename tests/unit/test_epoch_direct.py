@@ -1,0 +1,287 @@
+"""The direct consensus path of the epoch service (docs/epochs.md, "Transport").
+
+No network: the service runs on a stub peer (committee, genesis, an in-memory store for the
+journal and the records); requests are handed to :meth:`EpochService.serve_messages` as the
+epochs protocol handler would, and :class:`EpochLinks` talks to a scripted caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+import pytest
+import trio
+
+from walrus_p2p.core import wire
+from walrus_p2p.core.committee import Committee
+from walrus_p2p.core.consensus import EpochAgreement, Step, Timeout, Vote
+from walrus_p2p.core.epochs import (
+    EpochMessagesReply,
+    EpochMessagesRequest,
+    propose_next,
+)
+from walrus_p2p.core.genesis import Genesis
+from walrus_p2p.core.identity import Identity
+from walrus_p2p.core.records import (
+    PRECOMMIT_CONTEXT,
+    PREVOTE_CONTEXT,
+    EpochCertificate,
+    EpochRecord,
+    Signature,
+    VoteBody,
+    VoteKind,
+)
+from walrus_p2p.errors import PeerUnreachableError, WalrusError
+from walrus_p2p.node.epoch_links import EpochLinks, take_batch
+from walrus_p2p.node.epochs import EpochOptions, EpochService
+from walrus_p2p.node.metrics import PeerMetrics
+from walrus_p2p.node.ratelimit import Rate, RequestRates
+from walrus_p2p.testing.epochs import epoch_genesis
+from walrus_p2p.types import Epoch, PeerId
+
+PEERS = [Identity.from_seed(bytes([7, index]) * 16) for index in range(4)]
+OUTSIDER = Identity.from_seed(bytes([7, 99]) * 16)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, bytes], bytes] = {}
+
+    def get_value(self, namespace: str, key: bytes) -> bytes | None:
+        return self.values.get((namespace, key))
+
+    def put_value(self, namespace: str, key: bytes, value: bytes) -> None:
+        self.values[(namespace, key)] = value
+
+    def delete_value(self, namespace: str, key: bytes) -> None:
+        self.values.pop((namespace, key), None)
+
+    def iter_values(self, namespace: str) -> list[tuple[bytes, bytes]]:
+        return sorted((k, v) for (n, k), v in self.values.items() if n == namespace)
+
+
+class StubPeer:
+    def __init__(self, genesis: Genesis) -> None:
+        self.genesis = genesis
+        self.committee: Committee = genesis.committee
+        self.identity = PEERS[0]
+        self.peer_id = PEERS[0].peer_id
+        self.host = None
+        self.store = MemoryStore()
+        self.metrics = PeerMetrics()
+        self.rates = RequestRates()
+        self.limits = wire.DEFAULT_LIMITS
+        self.options = dataclasses.make_dataclass("Options", [("announce_addrs", Any)])(None)
+
+    def add_handler(self, message_type: type, handler: Any) -> None:
+        pass
+
+    def check_rate(self, remote: PeerId, kind: str) -> None:
+        if not self.rates.allow(remote, kind):
+            raise WalrusError("limited", reason="RATE_LIMITED")
+
+
+def make_service() -> tuple[EpochService, Genesis]:
+    genesis = epoch_genesis(
+        PEERS,
+        [f"/ip4/127.0.0.1/tcp/{5000 + index}" for index in range(4)],
+        network="direct-rules",
+        n_shards=8,
+        epoch_seconds=3600,
+        start_in=-10,
+    )
+    service = EpochService(StubPeer(genesis), EpochOptions())  # type: ignore[arg-type]
+    return service, genesis
+
+
+def prevote(signer: Identity, genesis: Genesis, round_: int = 0) -> Vote:
+    body = VoteBody(VoteKind.PREVOTE, genesis.network_id, Epoch(1), round_, None)
+    return Vote(body, signer.peer_id, signer.sign(PREVOTE_CONTEXT, wire.signing_bytes(body)))
+
+
+def certified(genesis: Genesis) -> EpochRecord:
+    value = propose_next(genesis, genesis.committee, {})
+    body = VoteBody(VoteKind.PRECOMMIT, genesis.network_id, Epoch(1), 0, value.value_id())
+    precommits = [
+        Signature(s.peer_id, s.sign(PRECOMMIT_CONTEXT, wire.signing_bytes(body))) for s in PEERS[:3]
+    ]
+    return EpochRecord(value, EpochCertificate(round=0, precommits=tuple(precommits)))
+
+
+def request(
+    messages: list[wire.Message],
+    *,
+    epoch: int = 1,
+    round_: int = 0,
+    incarnation: bytes = b"A" * 8,
+) -> EpochMessagesRequest:
+    return EpochMessagesRequest(
+        epoch=Epoch(epoch),
+        round=round_,
+        incarnation=incarnation,
+        messages=tuple(wire.encode(m) for m in messages),
+    )
+
+
+async def running_agreement(service: EpochService) -> EpochAgreement:
+    agreement, _changed = await service._prepare_agreement()
+    agreement.own_value = propose_next(service.genesis, agreement.committee, {})
+    await service._process(agreement, agreement.start(trio.current_time()))
+    return agreement
+
+
+async def test_member_votes_are_counted_and_outsiders_refused() -> None:
+    service, genesis = make_service()
+    agreement = await running_agreement(service)
+    reply = await service.serve_messages(request([prevote(PEERS[1], genesis)]), PEERS[1].peer_id)
+    assert isinstance(reply, EpochMessagesReply)
+    assert reply.epoch == 1 and reply.messages == ()
+    votes = agreement._votes[(VoteKind.PREVOTE, 0)].by_signer
+    assert PEERS[1].peer_id in votes
+    # A forged vote in the same batch is dropped, the batch is still answered.
+    forged = dataclasses.replace(prevote(PEERS[2], genesis), signature=bytes(64))
+    await service.serve_messages(request([forged]), PEERS[2].peer_id)
+    assert PEERS[2].peer_id not in votes
+    with pytest.raises(WalrusError) as refused:
+        await service.serve_messages(request([prevote(OUTSIDER, genesis)]), OUTSIDER.peer_id)
+    assert refused.value.reason == "NOT_A_MEMBER"
+    assert OUTSIDER.peer_id not in votes
+
+
+async def test_malformed_messages_in_a_batch_are_skipped() -> None:
+    service, genesis = make_service()
+    agreement = await running_agreement(service)
+    batch = EpochMessagesRequest(
+        epoch=Epoch(1),
+        round=0,
+        incarnation=b"A" * 8,
+        messages=(b"\x82\x01", wire.encode(prevote(PEERS[3], genesis))),
+    )
+    await service.serve_messages(batch, PEERS[3].peer_id)
+    assert PEERS[3].peer_id in agreement._votes[(VoteKind.PREVOTE, 0)].by_signer
+
+
+async def test_a_later_epoch_hints_a_sync_from_the_sender() -> None:
+    service, _genesis = make_service()
+    await running_agreement(service)
+    assert not service._sync_wanted.is_set()
+    await service.serve_messages(request([], epoch=3), PEERS[2].peer_id)
+    assert service._sync_wanted.is_set()
+    assert service._hinted == {PEERS[2].peer_id: 2}
+
+
+async def test_evidence_goes_to_peers_that_restarted_or_fell_behind() -> None:
+    service, _genesis = make_service()
+    agreement = await running_agreement(service)
+    member = PEERS[1].peer_id
+    # Past the propose timeout of round 0: this peer has signed a prevote.
+    await service._process(
+        agreement, agreement.on_timeout(Timeout(Step.PROPOSE, 0, 0.0), trio.current_time())
+    )
+    own = {wire.encode(m) for m in agreement.rebroadcast()}
+    assert own
+    # Same round, first contact: nothing to add.
+    assert (await service.serve_messages(request([]), member)).messages == ()
+    # The same process again: still nothing.
+    assert (await service.serve_messages(request([]), member)).messages == ()
+    # A new incarnation (it restarted and lost what it was sent): everything this peer signed.
+    reply = await service.serve_messages(request([], incarnation=b"B" * 8), member)
+    assert set(reply.messages) == own
+    # Behind by a round: sent once per round of this peer, not on every request.
+    agreement.round = 2
+    behind = request([], round_=1, incarnation=b"B" * 8)
+    assert set((await service.serve_messages(behind, member)).messages) == own
+    assert (await service.serve_messages(behind, member)).messages == ()
+
+
+async def test_a_peer_still_agreeing_on_a_decided_epoch_gets_the_record() -> None:
+    service, genesis = make_service()
+    await running_agreement(service)
+    record = certified(genesis)
+    assert await service.apply_record(record, source="test")
+    assert service.epoch == 1
+    reply = await service.serve_messages(request([]), PEERS[2].peer_id)
+    assert reply.messages == (wire.encode(record),)
+    assert service.peer.metrics.epoch_current._value.get() == 1  # type: ignore[attr-defined]
+
+
+def test_take_batch_bounds_count_and_bytes() -> None:
+    items = [bytes([i]) * 100 for i in range(10)]
+    assert take_batch(items, max_count=3) == items[:3]
+    assert take_batch(items, max_bytes=250) == items[:2]
+    assert take_batch([b"x" * 1000], max_bytes=10) == [b"x" * 1000]  # one always goes
+    assert take_batch([]) == []
+
+
+def test_request_rates_refuse_beyond_the_burst_and_refill() -> None:
+    now = [0.0]
+    rates = RequestRates({"Ping": Rate(2.0, 3.0)}, max_entries=2, clock=lambda: now[0])
+    peer = PeerId("peer-a")
+    assert [rates.allow(peer, "Ping") for _ in range(4)] == [True, True, True, False]
+    assert rates.allow(PeerId("peer-b"), "Ping")  # buckets are per peer
+    assert rates.allow(peer, "Other")  # kinds without a rate are not limited
+    now[0] += 0.5  # one token back
+    assert rates.allow(peer, "Ping") and not rates.allow(peer, "Ping")
+    assert rates.refused == 2
+    rates.allow(PeerId("peer-c"), "Ping")
+    assert len(rates._buckets) == 2  # bounded table
+
+
+class ScriptedCaller:
+    """Fails the first ``failures`` calls, then answers with ``reply``; records what it got."""
+
+    def __init__(self, failures: int, reply: EpochMessagesReply) -> None:
+        self.host = type("H", (), {"peer_id": PeerId("self")})()
+        self.failures = failures
+        self.reply = reply
+        self.calls: list[tuple[float, EpochMessagesRequest]] = []
+
+    async def call(
+        self, peer: PeerId, message: EpochMessagesRequest, expected: type, *, timeout: float
+    ) -> EpochMessagesReply:
+        self.calls.append((trio.current_time(), message))
+        if len(self.calls) <= self.failures:
+            raise PeerUnreachableError("down")
+        return self.reply
+
+
+async def test_links_retry_with_backoff_and_deliver_replies(autojump_clock: Any) -> None:
+    evidence = EpochMessagesReply(epoch=Epoch(1), round=0, messages=(b"record",))
+    caller = ScriptedCaller(failures=3, reply=evidence)
+    got: list[tuple[PeerId, EpochMessagesReply]] = []
+
+    async def on_reply(peer: PeerId, reply: EpochMessagesReply) -> None:
+        got.append((peer, reply))
+
+    links = EpochLinks(
+        caller,  # type: ignore[arg-type]
+        incarnation=b"I" * 8,
+        position=lambda: (1, 0),
+        on_reply=on_reply,
+        max_backoff=4.0,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(links.run)
+        links.send([PeerId("self"), PeerId("m1")], [b"vote-a", b"vote-b"])
+        links.send([PeerId("m1")], [b"vote-a"])  # deduplicated
+        with trio.fail_after(60):
+            while not got:
+                await trio.sleep(0.1)
+        # A decision replaces what a member has not acknowledged yet.
+        caller.failures = 10**6
+        links.send([PeerId("m2")], [b"vote-c"])
+        links.replace_pending(b"record")
+        assert links._outboxes[PeerId("m2")].pending == {b"record": None}
+        nursery.cancel_scope.cancel()
+    # Never to itself; four attempts (three failed), each with the whole batch.
+    calls = [call for call in caller.calls if call[1].messages != (b"vote-c",)][:4]
+    assert len(calls) == 4
+    assert all(call.messages == (b"vote-a", b"vote-b") for _, call in calls)
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(calls)]
+    # Jittered doubling: 0.5-1 s, 1-2 s, 2-4 s.
+    assert 0.5 <= gaps[0] <= 1.0 and 1.0 <= gaps[1] <= 2.0 and 2.0 <= gaps[2] <= 4.0
+    assert got == [(PeerId("m1"), evidence)]
+    assert links._outboxes[PeerId("m1")].pending == {}
+    assert links.failed_requests >= 3
