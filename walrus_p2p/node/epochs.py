@@ -326,6 +326,7 @@ class EpochService:
             self.synced.set()
             task_status.started()
             nursery.start_soon(self._sync_loop)
+            nursery.start_soon(self._watch_members)
             if self.options.candidate:
                 nursery.start_soon(self._announce_loop)
             await self._epoch_loop(first)
@@ -741,15 +742,26 @@ class EpochService:
         return True
 
     def _alive(self, agreement: EpochAgreement) -> set[PeerId]:
-        """Members heard from during this epoch besides renewals: connected now, or the origin
-        of a valid epochs-topic message or direct consensus request while this peer was in the
-        epoch."""
+        """Members heard from during this epoch besides renewals: connected now or at one of the
+        checks of ``_watch_members``, or the origin of a valid epochs-topic message or direct
+        consensus request while this peer was in the epoch."""
         host = self.peer.host
         previous = int(agreement.epoch) - 1
         alive = {peer for peer, epoch in self._heard.items() if epoch >= previous}
         if host is not None:
             alive |= {peer for peer in agreement.committee.peer_ids if host.is_connected(peer)}
         return alive | {self.peer.peer_id}
+
+    async def _watch_members(self) -> None:
+        """Note every few seconds which members are connected: a member seen at any time
+        during the epoch counts as alive at the change (``_alive``), so a member restarting just
+        then keeps its shards instead of having them moved away for one epoch."""
+        host = self.peer.host
+        while host is not None:
+            for member in self.current.peer_ids:
+                if host.is_connected(member):
+                    self._heard[member] = self.epoch
+            await trio.sleep(max(1.0, min(5.0, self.genesis.epoch_duration_seconds / 6)))
 
     def _hint(self, origin: PeerId, epoch: int) -> None:
         if origin and origin != self.peer.peer_id:
@@ -893,6 +905,10 @@ class EpochService:
             records = decode_epoch_records(reply.records)
             progress = False
             for record in records:
+                if record.epoch <= self.epoch:
+                    # Applied meanwhile from gossip or a direct reply: not a failure.
+                    progress = True
+                    continue
                 if await self.apply_record(record, source=f"sync:{source[:12]}"):
                     applied += 1
                     progress = True
