@@ -10,6 +10,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import trio
@@ -18,7 +19,9 @@ from walrus_p2p import cli
 from walrus_p2p.client.committee import refresh_committee
 from walrus_p2p.client.network import open_light_peer
 from walrus_p2p.client.read import ReadOptions, fetch_metadata, fetch_slivers
+from walrus_p2p.client.results import StoredBlob
 from walrus_p2p.client.service import open_client
+from walrus_p2p.core import wire
 from walrus_p2p.core.consensus import Vote, proposer_order
 from walrus_p2p.core.encoding import SliverType
 from walrus_p2p.core.encoding import shard_to_pair as pair_of_shard
@@ -27,6 +30,7 @@ from walrus_p2p.core.identity import Identity
 from walrus_p2p.core.records import verify_epoch_chain
 from walrus_p2p.errors import NetworkError
 from walrus_p2p.node.healing_options import HealingOptions
+from walrus_p2p.node.peer import StoragePeerService
 from walrus_p2p.testing.epochs import open_epoch_network
 from walrus_p2p.testing.network import seed_for
 
@@ -174,6 +178,42 @@ async def test_restarted_peer_catches_up_after_missing_two_epochs() -> None:
             await network.stop("peer2")
             restarted = await network.start(network["peer2"])
             assert restarted.running.epoch >= 2
+
+
+async def test_store_that_straddles_an_epoch_change_starts_over_in_the_new_epoch() -> None:
+    # Every peer holds its first confirmation until it has moved to the next epoch: the store's
+    # confirmations for its epoch are all refused (WRONG_EPOCH). It must start over with the
+    # new committee and succeed, not answer NOT_ENOUGH_PEERS (seen under churn at 20 peers).
+    with trio.fail_after(85):
+        async with open_epoch_network(4, 8, epoch_seconds=EPOCH_SECONDS) as network:
+            held: list[int] = []
+            for peer in network.running():
+                service = peer.running
+                original = service._get_confirmation
+
+                async def held_once(
+                    request: wire.GetConfirmationRequest,
+                    remote: str,
+                    service: StoragePeerService = service,
+                    original: Any = original,
+                ) -> wire.GetConfirmationReply:
+                    if service.peer_id not in held:
+                        held.append(service.peer_id)
+                        with trio.move_on_after(3 * EPOCH_SECONDS):
+                            while service.epoch <= request.epoch:
+                                await service.epochs.changed.wait()
+                    return cast(wire.GetConfirmationReply, await original(request, remote))
+
+                service._get_confirmation = held_once  # type: ignore[method-assign]
+            owner = Identity.from_seed(seed_for(network.genesis.network, "straddle"))
+            data = bytes(range(256)) * 300
+            async with open_client(network.genesis, owner) as client:
+                started = client.light.epoch
+                outcome = await client.store(data, epochs=3, permanent=False)
+                assert isinstance(outcome, StoredBlob)
+                assert outcome.certified_epoch > started
+                assert len(held) == len(network.running())
+                assert await client.read(outcome.blob_id) == data
 
 
 async def test_transition_writes_go_to_new_committee_reads_fall_back_to_old(

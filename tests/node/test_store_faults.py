@@ -9,6 +9,7 @@ one peer timed out and the gateway answered 500).
 from __future__ import annotations
 
 import secrets
+from typing import Any, cast
 
 import pytest
 import trio
@@ -42,5 +43,35 @@ async def test_store_succeeds_when_one_peer_fails_a_sliver(
     with trio.fail_after(45):
         outcome = await client.store(data, epochs=2, permanent=False)
     assert calls >= 1, "the faulty peer was asked for slivers"
+    with trio.fail_after(30):
+        assert await client.read(outcome.blob_id) == data
+
+
+async def test_store_retries_peers_that_failed_before_the_quorum(
+    network: TestNetwork, client: WalrusClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every peer fails its first sliver (a restart, a busy disk): no quorum without a second
+    # attempt at the same peers, which the store makes while the quorum is missing.
+    failed: set[str] = set()
+    for peer in network.peers:
+        service = peer.service
+        original = service._store_sliver
+
+        async def fails_once(
+            request: wire.StoreSliverRequest,
+            remote: str,
+            peer_id: str = peer.peer_id,
+            original: Any = original,
+        ) -> wire.StoreSliverReply:
+            if peer_id not in failed:
+                failed.add(peer_id)
+                raise StorageError("injected fault: first write fails")
+            return cast(wire.StoreSliverReply, await original(request, remote))
+
+        monkeypatch.setattr(service, "_store_sliver", fails_once)
+    data = secrets.token_bytes(30_011)
+    with trio.fail_after(60):
+        outcome = await client.store(data, epochs=2, permanent=False)
+    assert failed == {peer.peer_id for peer in network.peers}
     with trio.fail_after(30):
         assert await client.read(outcome.blob_id) == data

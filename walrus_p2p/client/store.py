@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -21,7 +22,7 @@ from walrus_p2p.client.records import fetch_blob_state, push_records
 from walrus_p2p.client.results import AlreadyCertified, StoredBlob, StoreOutcome
 from walrus_p2p.core import records, wire
 from walrus_p2p.core.blob_messages import PostBlobRecordsReply, PostBlobRecordsRequest
-from walrus_p2p.core.committee import is_quorum
+from walrus_p2p.core.committee import Committee, is_quorum
 from walrus_p2p.core.encoding import EncodingConfig, SliverType, shard_to_pair
 from walrus_p2p.core.identity import Identity, PublicKey
 from walrus_p2p.core.metadata import ENCODING_RED_STUFF, EncodedBlobWithMetadata, encode_blob
@@ -44,6 +45,32 @@ class StoreOptions:
     With a background nursery (a long-running :class:`~walrus_p2p.client.service.WalrusClient`)
     the store returns at certification and the tail runs in the background; without one the
     store waits for it."""
+    peer_attempts: int = 3
+    """Uploads to one peer, while the quorum is not reached: a peer that restarts, or times out
+    on a busy machine, gets its slivers on a later attempt (docs/client.md, "Store")."""
+    retry_delay: float = 2.0
+    """Seconds before the second attempt at a peer, doubled for each further one (jittered)."""
+    epoch_attempts: int = 2
+    """Whole uploads: when the epoch changes before the quorum (peers refuse confirmations for
+    the old epoch), the store starts over once with the new committee."""
+
+
+RETRYABLE_REASONS = frozenset(
+    {
+        "PEER_UNREACHABLE",
+        "TIMEOUT",
+        "RATE_LIMITED",
+        "SLIVERS_MISSING",
+        "NETWORK_ERROR",
+        "STORAGE_ERROR",
+    }
+)
+"""Upload failures worth another attempt at the same peer: it may be back or less busy. A
+refusal for a reason that will not change (a bad request, a wrong epoch) is final."""
+
+
+class EpochMovedError(QuorumError):
+    """Peers refused confirmations because they moved to a later epoch than the store's."""
 
 
 class BlobTooLargeError(WalrusError):
@@ -57,13 +84,16 @@ def verify_confirmation(
     *,
     blob_id: bytes,
     permanent: bool,
+    committee: Committee | None = None,
 ) -> None:
-    """A confirmation must be by the committee member we asked, for exactly this blob."""
+    """A confirmation must be by the committee member we asked, for exactly this blob, in the
+    epoch of ``committee`` (the light peer's current one by default)."""
+    committee = committee if committee is not None else light.committee
     body = signed.confirmation
-    member_key = light.committee.member(peer_id).public_key
+    member_key = committee.member(peer_id).public_key
     if (
         body.network_id != light.genesis.network_id
-        or body.epoch != light.epoch
+        or body.epoch != committee.epoch
         or body.blob_id != blob_id
         or body.permanent != permanent
         or body.public_key != member_key
@@ -74,11 +104,11 @@ def verify_confirmation(
     )
 
 
-def _pairs_by_peer(light: LightPeer, blob_id: bytes) -> dict[PeerId, list[int]]:
-    n_shards = light.committee.n_shards
+def _pairs_by_peer(committee: Committee, blob_id: bytes) -> dict[PeerId, list[int]]:
+    n_shards = committee.n_shards
     by_peer: dict[PeerId, list[int]] = {}
     for shard in range(n_shards):
-        peer = light.committee.peer_of(shard)
+        peer = committee.peer_of(shard)
         by_peer.setdefault(peer, []).append(shard_to_pair(blob_id, shard, n_shards))
     return by_peer
 
@@ -114,7 +144,54 @@ async def store_blob(
     config = EncodingConfig.for_shards(genesis.n_shards)
     encoded: EncodedBlobWithMetadata = await trio.to_thread.run_sync(encode_blob, data, config)
     blob_id = encoded.blob_id
-    current = light.epoch
+    for attempt in range(1, max(1, options.epoch_attempts) + 1):
+        try:
+            return await _store_in_epoch(
+                light,
+                owner,
+                encoded,
+                size=size,
+                epochs=epochs,
+                permanent=permanent,
+                options=options,
+                progress=progress,
+                background=background,
+            )
+        except EpochMovedError as error:
+            before = light.epoch
+            await light.refresh_if_stale(min_interval=0.0)
+            if attempt >= options.epoch_attempts or light.epoch <= before:
+                raise
+            logger.info(
+                "store restarts in the new epoch blob=%s epoch=%d->%d detail=%s",
+                short_id(blob_id),
+                before,
+                light.epoch,
+                error,
+            )
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _store_in_epoch(
+    light: LightPeer,
+    owner: Identity,
+    encoded: EncodedBlobWithMetadata,
+    *,
+    size: int,
+    epochs: int,
+    permanent: bool,
+    options: StoreOptions,
+    progress: ProgressCallback | None,
+    background: trio.Nursery | None,
+) -> StoreOutcome:
+    """One store against the committee the light peer holds now: the whole flow works with that
+    snapshot, so a refresh of the light peer in the middle (the gateway serves other calls
+    meanwhile) does not mix two epochs."""
+    genesis = light.genesis
+    config = EncodingConfig.for_shards(genesis.n_shards)
+    blob_id = encoded.blob_id
+    committee = light.committee
+    current = int(committee.epoch)
     end_epoch = current + epochs
 
     state = await fetch_blob_state(light, blob_id)
@@ -141,6 +218,7 @@ async def store_blob(
     )
     confirmations = await _upload(
         light,
+        committee,
         encoded,
         register,
         permanent=permanent,
@@ -155,7 +233,7 @@ async def store_blob(
         permanent=permanent,
         confirmations=tuple(records.confirmation_signature(c) for c in confirmations.values()),
     )
-    certificate.verify(genesis.network_id, light.committee)
+    certificate.verify(genesis.network_id, committee)
     delivered = await push_records(light, blob_id, [register, certificate], background=background)
     logger.info(
         "blob certified blob=%s size=%d confirmations=%d certificate_delivered=%d",
@@ -179,6 +257,7 @@ async def store_blob(
 
 async def _upload(
     light: LightPeer,
+    committee: Committee,
     encoded: EncodedBlobWithMetadata,
     register: records.BlobRegister,
     *,
@@ -191,10 +270,11 @@ async def _upload(
     their signers hold a quorum of shards (plus whatever arrives during the tail, when the tail
     runs here rather than in ``background``)."""
     blob_id = encoded.blob_id
-    n_shards = light.committee.n_shards
-    by_peer = _pairs_by_peer(light, blob_id)
+    n_shards = committee.n_shards
+    by_peer = _pairs_by_peer(committee, blob_id)
     confirmations: dict[PeerId, wire.SignedStorageConfirmation] = {}
     failures: dict[PeerId, str] = {}
+    moved_on: set[PeerId] = set()
     quorum_reached = trio.Event()
     all_done = trio.Event()
     limiter = trio.CapacityLimiter(options.max_parallel_slivers)
@@ -204,7 +284,7 @@ async def _upload(
     """Set when the result is handed back: uploads in the background no longer report progress."""
 
     def confirmed_weight() -> int:
-        return light.committee.shard_weight(confirmations)
+        return committee.shard_weight(confirmations)
 
     async def send_sliver(peer_id: PeerId, pair: int, kind: SliverKind) -> None:
         if kind is SliverKind.PRIMARY:
@@ -256,29 +336,53 @@ async def _upload(
             raise first from None
         reply = await light.call(
             peer_id,
-            wire.GetConfirmationRequest(blob_id=blob_id, epoch=light.epoch, permanent=permanent),
+            wire.GetConfirmationRequest(
+                blob_id=blob_id, epoch=committee.epoch, permanent=permanent
+            ),
             wire.GetConfirmationReply,
             timeout=timeout,
         )
         verify_confirmation(
-            light, peer_id, reply.confirmation, blob_id=blob_id, permanent=permanent
+            light,
+            peer_id,
+            reply.confirmation,
+            blob_id=blob_id,
+            permanent=permanent,
+            committee=committee,
         )
         confirmations[peer_id] = reply.confirmation
         if is_quorum(confirmed_weight(), n_shards):
             quorum_reached.set()
 
     async def guarded(peer_id: PeerId, pairs: list[int]) -> None:
-        try:
-            await upload_to(peer_id, pairs)
-        except WalrusError as error:
-            failures[peer_id] = f"{error.reason}: {error}"
-            logger.info(
-                "upload to peer failed blob=%s peer=%s reason=%s detail=%s",
-                short_id(blob_id),
-                peer_id[:12],
-                error.reason,
-                error,
-            )
+        attempts = max(1, options.peer_attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                await upload_to(peer_id, pairs)
+            except WalrusError as error:
+                failures[peer_id] = f"{error.reason}: {error}"
+                if error.reason == "WRONG_EPOCH":
+                    moved_on.add(peer_id)
+                logger.info(
+                    "upload to peer failed blob=%s peer=%s attempt=%d reason=%s detail=%s",
+                    short_id(blob_id),
+                    peer_id[:12],
+                    attempt,
+                    error.reason,
+                    error,
+                )
+                if attempt == attempts or error.reason not in RETRYABLE_REASONS:
+                    return
+                # Another try only while the quorum is still missing, after a jittered delay.
+                with trio.move_on_after(
+                    options.retry_delay * 2.0 ** (attempt - 1) * random.uniform(0.75, 1.25)
+                ):
+                    await quorum_reached.wait()
+                if quorum_reached.is_set():
+                    return
+            else:
+                failures.pop(peer_id, None)
+                return
 
     uploads_scope = trio.CancelScope()
 
@@ -329,11 +433,12 @@ async def _upload(
 
     result = dict(confirmations)  # confirmations arriving later (background tail) are not used
     returned.set()
-    weight = light.committee.shard_weight(result)
+    weight = committee.shard_weight(result)
     if not is_quorum(weight, n_shards):
         needed = math.ceil((2 * n_shards + 1) / 3)
         detail = "; ".join(f"{peer[:12]}: {why}" for peer, why in sorted(failures.items())[:5])
-        raise QuorumError(
+        error_type = EpochMovedError if moved_on else QuorumError
+        raise error_type(
             f"only {weight} of {n_shards} shards confirmed blob {short_id(blob_id)}, "
             f"{needed} needed ({detail})"
         )

@@ -174,6 +174,9 @@ class EpochService:
         self._sync_wanted = trio.Event()
         self._hinted: dict[PeerId, int] = {}
         self._heard: dict[PeerId, int] = {}
+        self._started_at: float | None = None
+        """When this service started (``options.clock``): a peer that has not watched a whole
+        epoch yet does not judge which members are gone."""
         self._incarnations: dict[PeerId, bytes] = {}
         self._answered: dict[PeerId, tuple[int, int]] = {}
         self._early: list[Proposal | Vote] = []
@@ -285,6 +288,7 @@ class EpochService:
         gossip = self.peer.gossip
         host = self.peer.host
         assert gossip is not None and host is not None, "the peer opens its host and gossip first"
+        self._started_at = self.options.clock()
         await trio.to_thread.run_sync(self.load)
         caller = PeerCaller(
             host,
@@ -746,6 +750,13 @@ class EpochService:
         checks of ``_watch_members``, or the origin of a valid epochs-topic message or direct
         consensus request while this peer was in the epoch."""
         host = self.peer.host
+        started = self._started_at
+        watched = self.options.clock() - started if started is not None else 0.0
+        if watched < self.genesis.epoch_duration_seconds:
+            # Restarted during this epoch: it cannot tell a gone member from one it has not
+            # heard yet, so it keeps them all (a proposer that just restarted would otherwise
+            # drop every member it has not reconnected to, and move their shards).
+            return set(agreement.committee.peer_ids) | {self.peer.peer_id}
         previous = int(agreement.epoch) - 1
         alive = {peer for peer, epoch in self._heard.items() if epoch >= previous}
         if host is not None:
