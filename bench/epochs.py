@@ -238,7 +238,7 @@ class Writers:
                     info = reply.get("newlyCreated") or reply.get("alreadyCertified") or {}
                     blob_id = (info.get("blobObject") or {}).get("blobId") or info.get("blobId")
             else:
-                detail = f"{status} {body[:120]!r}"
+                detail = f"{status} {body[:400].decode(errors='replace')}"
             with self.lock:
                 self.results.append(
                     (blob_id is not None, blob_id, hashlib.sha256(data).hexdigest(), size, detail)
@@ -465,6 +465,8 @@ def main() -> None:
                     failures[result[4][:60]] = failures.get(result[4][:60], 0) + 1
             for reason, count in sorted(failures.items(), key=lambda x: -x[1])[:6]:
                 print(f"  failed {count}x: {reason}")
+            for result in [r for r in results if not r[0]][:3]:
+                print(f"  e.g. size={result[3]}: {result[4]}")
             target = int((time.time() - devnet.genesis_time) // devnet.epoch_duration) + 2
             wait_until(devnet.epoch_start(target) + 5.0)
             identical = 0

@@ -9,7 +9,9 @@
 #                             debootstrap if missing, start dockerd if needed, build a bookworm base
 #                             image with debootstrap (once), build the wheelhouse (once), build the
 #                             image, up, store blobs through the gateway, stop 6 peers, read every
-#                             blob back byte-identical, restart them, read again, `down -v`.
+#                             blob back byte-identical, restart them, read again, wait for
+#                             three epoch changes (30 s epochs) storing a blob in each epoch and
+#                             reading every blob back after each change, `down -v`.
 #                             Cleans up on failure too; prints the time of each phase.
 #
 # Environment (all optional):
@@ -23,6 +25,9 @@
 #   WALRUS_PYTHON         host CPython 3.11 that builds the wheelhouse (.venv/bin/python if present)
 #   WALRUS_READY_TIMEOUT  seconds to wait for health and /status (900)
 #   WALRUS_CI_TIMEOUT     ci: hard limit for the whole run in seconds (2700)
+#   WALRUS_EPOCH_DURATION epoch length in seconds written into a new genesis (up: 86400;
+#                         ci: 30, so that the run sees epoch changes)
+#   WALRUS_EPOCH_CHANGES  ci: epoch changes to wait for while storing and reading (3)
 #   WALRUS_KEEP_DOCKERD   ci: 1 leaves a dockerd this script started running (default: stop it)
 set -Eeuo pipefail
 
@@ -38,6 +43,10 @@ STOPPED_PEERS=(peer-03 peer-06 peer-09 peer-12 peer-15 peer-18)  # 6 x 5 = 30 sh
 BLOB_SIZES=(1000 65543 1048576 4194304)
 STORE_ATTEMPTS=3
 STORE_RETRIES=0
+STORE_EPOCHS=10  # blobs must outlive the epoch changes the ci run waits for
+BLOB_IDS=()
+BLOB_FILES=()
+STORED_SIZES=()
 
 MODE="${1:-}"
 COMPOSE=()
@@ -318,12 +327,10 @@ wait_status_200() {
     done
 }
 
-store_blobs() {
+store_blobs() {  # store_blobs SIZE...: appends to BLOB_IDS / BLOB_FILES / STORED_SIZES
     local size index file code blob_id
-    BLOB_IDS=()
-    BLOB_FILES=()
-    for index in "${!BLOB_SIZES[@]}"; do
-        size=${BLOB_SIZES[$index]}
+    for size in "$@"; do
+        index=${#BLOB_IDS[@]}
         file="$WORK/blob-$index.bin"
         head -c "$size" /dev/urandom >"$file"
         local started attempt
@@ -334,7 +341,7 @@ store_blobs() {
         for attempt in $(seq 1 "$STORE_ATTEMPTS"); do
             code=$(curl -s -o "$WORK/store-$index.json" -w '%{http_code}' --max-time 300 \
                 -X PUT --data-binary "@$file" -H 'Content-Type: application/octet-stream' \
-                "$(gateway_url)/v1/blobs?epochs=2") || code="curl-failed"
+                "$(gateway_url)/v1/blobs?epochs=$STORE_EPOCHS") || code="curl-failed"
             [ "$code" = 200 ] && break
             log "STORE RETRY: PUT of a $size-byte blob answered HTTP $code (attempt $attempt," \
                 "load $(loadavg)): $(head -c 200 "$WORK/store-$index.json" 2>/dev/null)"
@@ -350,7 +357,39 @@ print(o["blobId"])' "$WORK/store-$index.json")
         log "stored $size bytes as $blob_id in $(elapsed_since "$started")s"
         BLOB_IDS+=("$blob_id")
         BLOB_FILES+=("$file")
+        STORED_SIZES+=("$size")
     done
+}
+
+status_epoch() {  # the epoch the gateway's GET /status reports (-1 if it does not answer)
+    curl -s --max-time 10 "$(gateway_url)/status" 2>/dev/null |
+        python3 -c 'import json, sys
+try:
+    print(int(json.load(sys.stdin)["epoch"]))
+except Exception:
+    print(-1)'
+}
+
+epoch_changes() {  # epoch_changes N: N epoch changes, a store in each epoch, reads after each
+    local wanted="$1" first epoch seen deadline
+    first=$(status_epoch)
+    [ "$first" -ge 0 ] || die "GET /status gave no epoch"
+    seen=$first
+    deadline=$((SECONDS + (wanted + 4) * EPOCH_DURATION + 300))
+    log "epoch $first: waiting for $wanted epoch changes (epochs of ${EPOCH_DURATION}s)"
+    while [ "$seen" -lt $((first + wanted)) ]; do
+        [ "$SECONDS" -lt "$deadline" ] ||
+            die "only $((seen - first)) of $wanted epoch changes within the deadline"
+        sleep 3
+        epoch=$(status_epoch)
+        if [ "$epoch" -gt "$seen" ]; then
+            log "epoch change: $seen -> $epoch (load $(loadavg))"
+            seen=$epoch
+            store_blobs 300000
+            read_blobs "epoch $epoch"
+        fi
+    done
+    log "epoch changes: $first -> $seen"
 }
 
 read_blobs() {  # read_blobs LABEL: every blob through the gateway, compared byte for byte
@@ -363,7 +402,7 @@ read_blobs() {  # read_blobs LABEL: every blob through the gateway, compared byt
             die "$label: GET ${BLOB_IDS[$index]}: HTTP $code"; }
         cmp -s "$WORK/read-$index.bin" "${BLOB_FILES[$index]}" ||
             die "$label: blob ${BLOB_IDS[$index]} read back DIFFERENT"
-        log "$label: ${BLOB_IDS[$index]} ${BLOB_SIZES[$index]} bytes identical in $(elapsed_since "$started")s"
+        log "$label: ${BLOB_IDS[$index]} ${STORED_SIZES[$index]} bytes identical in $(elapsed_since "$started")s"
     done
 }
 
@@ -461,6 +500,9 @@ mode_down() {
 mode_ci() {
     [ "$(id -u)" = 0 ] || die "ci mode installs packages and starts dockerd: run it as root"
     PROJECT="${WALRUS_PROJECT:-walrus-ci-$$}"
+    EPOCH_DURATION="${WALRUS_EPOCH_DURATION:-30}"
+    EPOCH_CHANGES="${WALRUS_EPOCH_CHANGES:-3}"
+    export WALRUS_EPOCH_DURATION="$EPOCH_DURATION"
     WORK=$(mktemp -d /var/tmp/walrus-testnet.XXXXXX)
     trap cleanup EXIT
     trap 'log "interrupted"; exit 130' INT TERM
@@ -481,7 +523,7 @@ mode_ci() {
     phase "up (init + create)"; testnet_up
     phase "peers healthy";      wait_healthy $(seq -f 'peer-%02g' 1 "$PEERS")
     phase "gateway /status 200"; wait_status_200
-    phase "store ${#BLOB_SIZES[@]} blobs";     store_blobs
+    phase "store ${#BLOB_SIZES[@]} blobs";     store_blobs "${BLOB_SIZES[@]}"
     phase "read all";           read_blobs "read"
     phase "stop 6 peers";       compose stop -t 30 "${STOPPED_PEERS[@]}" >/dev/null 2>&1
                                 report_exit_codes "${STOPPED_PEERS[@]}"
@@ -489,6 +531,7 @@ mode_ci() {
     phase "restart 6 peers";    compose start "${STOPPED_PEERS[@]}" >/dev/null 2>&1
                                 wait_healthy "${STOPPED_PEERS[@]}"
     phase "read after restart"; read_blobs "after restart"
+    phase "$EPOCH_CHANGES epoch changes"; epoch_changes "$EPOCH_CHANGES"
     phase "down -v";            testnet_down
     phase_end
     log "stats: $(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{ printf "image %.0f MB", $1 / 1e6 }')"

@@ -173,27 +173,45 @@ async def test_a_later_epoch_hints_a_sync_from_the_sender() -> None:
 
 
 async def test_evidence_goes_to_peers_that_restarted_or_fell_behind() -> None:
-    service, _genesis = make_service()
+    service, genesis = make_service()
     agreement = await running_agreement(service)
     member = PEERS[1].peer_id
+    vote = prevote(PEERS[1], genesis)
     # Past the propose timeout of round 0: this peer has signed a prevote.
     await service._process(
         agreement, agreement.on_timeout(Timeout(Step.PROPOSE, 0, 0.0), trio.current_time())
     )
     own = {wire.encode(m) for m in agreement.rebroadcast()}
     assert own
-    # Same round, first contact: nothing to add.
-    assert (await service.serve_messages(request([]), member)).messages == ()
+    # Same round, first contact carrying a vote: nothing to add.
+    assert (await service.serve_messages(request([vote]), member)).messages == ()
     # The same process again: still nothing.
-    assert (await service.serve_messages(request([]), member)).messages == ()
+    assert (await service.serve_messages(request([vote]), member)).messages == ()
     # A new incarnation (it restarted and lost what it was sent): everything this peer signed.
-    reply = await service.serve_messages(request([], incarnation=b"B" * 8), member)
+    reply = await service.serve_messages(request([vote], incarnation=b"B" * 8), member)
     assert set(reply.messages) == own
     # Behind by a round: sent once per round of this peer, not on every request.
     agreement.round = 2
-    behind = request([], round_=1, incarnation=b"B" * 8)
+    behind = request([vote], round_=1, incarnation=b"B" * 8)
     assert set((await service.serve_messages(behind, member)).messages) == own
     assert (await service.serve_messages(behind, member)).messages == ()
+
+
+async def test_a_greeting_from_a_started_process_gets_what_it_lost() -> None:
+    # A process that starts greets every member with a request without messages; the member
+    # answers with its own messages of the running agreement, even the first time it hears of
+    # that process (it cannot tell a restart from a first contact then).
+    service, _genesis = make_service()
+    agreement = await running_agreement(service)
+    await service._process(
+        agreement, agreement.on_timeout(Timeout(Step.PROPOSE, 0, 0.0), trio.current_time())
+    )
+    own = {wire.encode(m) for m in agreement.rebroadcast()}
+    assert own
+    reply = await service.serve_messages(request([]), PEERS[2].peer_id)
+    assert set(reply.messages) == own
+    # Once per round: a second greeting of the same process in the same round gets nothing.
+    assert (await service.serve_messages(request([]), PEERS[2].peer_id)).messages == ()
 
 
 async def test_a_peer_still_agreeing_on_a_decided_epoch_gets_the_record() -> None:
@@ -285,3 +303,42 @@ async def test_links_retry_with_backoff_and_deliver_replies(autojump_clock: Any)
     assert got == [(PeerId("m1"), evidence)]
     assert links._outboxes[PeerId("m1")].pending == {}
     assert links.failed_requests >= 3
+
+
+async def test_links_greet_once_and_a_member_heard_from_cuts_the_backoff_short(
+    autojump_clock: Any,
+) -> None:
+    caller = ScriptedCaller(failures=2, reply=EpochMessagesReply(Epoch(1), 0, ()))
+
+    async def on_reply(peer: PeerId, reply: EpochMessagesReply) -> None:
+        pass
+
+    links = EpochLinks(
+        caller,  # type: ignore[arg-type]
+        incarnation=b"I" * 8,
+        position=lambda: (1, 0),
+        on_reply=on_reply,
+        max_backoff=16.0,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(links.run)
+        # A greeting goes even though nothing is queued (never to itself).
+        links.greet([PeerId("self"), PeerId("m1")])
+        with trio.fail_after(5):
+            while len(caller.calls) < 2:  # the first attempt failed, the second as well
+                await trio.sleep(0.01)
+        failed_at = trio.current_time()
+        # Now backing off 1-2 s after the second failure; hearing from the member ends it.
+        await trio.sleep(0.2)
+        links.revive(PeerId("m1"))
+        with trio.fail_after(5):
+            while len(caller.calls) < 3:
+                await trio.sleep(0.01)
+        retried_after = caller.calls[2][0] - failed_at
+        # Delivered: the greeting is not repeated.
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    assert [call.messages for _, call in caller.calls] == [(), (), ()]
+    assert all(call.incarnation == b"I" * 8 for _, call in caller.calls)
+    assert retried_after < 0.5
+    assert len(caller.calls) == 3

@@ -234,8 +234,14 @@ def _guarded(handler: Handler, name: str) -> Handler:
             mapped = walrus_error_to_api(error)
             if mapped is None:
                 return unexpected_error_response(error, context(request))
-            logger.info(
-                "request failed %s reason=%s error=%s", context(request), mapped.reason, error
+            # A 5xx is the network failing a user (an operator wants to see why, with the
+            # default log level); a 4xx is the caller's mistake.
+            logger.log(
+                logging.WARNING if mapped.status >= 500 else logging.INFO,
+                "request failed %s reason=%s error=%s",
+                context(request),
+                mapped.reason,
+                error,
             )
             return api_error_response(mapped)
         except Exception as error:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import TYPE_CHECKING
 
 import trio
@@ -79,10 +80,15 @@ async def refresh_committee(
 ) -> Committee:
     """Bring ``light.committee`` up to the newest epoch one source can prove; returns it.
 
+    Sources are asked in turn until one answers with a chain that verifies and either brings
+    a newer epoch or shows the schedule's epoch (at most ``max_sources``).
+
     ``sources`` overrides whom to ask (in order). Raises ``NetworkError`` (reason
     ``NO_EPOCH_SOURCE``) when no source answered with a chain that verifies.
     """
     answered = False
+    before = light.epoch
+    scheduled = int(light.genesis.scheduled_epoch(int(time.time())))
     # One deadline for all sources: a dead network must not hold a client for sources x timeout
     # (a failed direct dial falls back to a DHT lookup, which takes its own time).
     with trio.move_on_after(total_timeout):
@@ -90,7 +96,10 @@ async def refresh_committee(
             try:
                 await _extend_from(light, source, timeout)
                 answered = True
-                break
+                # A source that is itself behind (restarted, or slow to switch) brings nothing
+                # while the schedule says a newer epoch should exist: ask the next one.
+                if light.epoch > before or light.epoch >= scheduled:
+                    break
             except VerificationError as error:
                 logger.warning("epoch chain source rejected peer=%s error=%s", source[:12], error)
             except WalrusError as error:

@@ -8,6 +8,7 @@ whatever the number of peers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -17,6 +18,7 @@ from typing import cast
 
 import trio
 
+from walrus_p2p.client.committee import refresh_committee
 from walrus_p2p.client.network import LightPeer
 from walrus_p2p.client.records import fetch_blob_state, push_records
 from walrus_p2p.client.results import AlreadyCertified, StoredBlob, StoreOutcome
@@ -45,11 +47,14 @@ class StoreOptions:
     With a background nursery (a long-running :class:`~walrus_p2p.client.service.WalrusClient`)
     the store returns at certification and the tail runs in the background; without one the
     store waits for it."""
-    peer_attempts: int = 3
+    peer_attempts: int = 5
     """Uploads to one peer, while the quorum is not reached: a peer that restarts, or times out
-    on a busy machine, gets its slivers on a later attempt (docs/client.md, "Store")."""
+    on a busy machine, gets its slivers on a later attempt (docs/protocol.md, "Store")."""
     retry_delay: float = 2.0
-    """Seconds before the second attempt at a peer, doubled for each further one (jittered)."""
+    """Seconds before the second attempt at a peer, doubled for each further one up to
+    ``max_retry_delay`` (jittered): with the defaults a peer is tried at about 0, 2, 6, 14 and
+    22 s, long enough for a killed peer to be restarted and serve again."""
+    max_retry_delay: float = 8.0
     epoch_attempts: int = 2
     """Whole uploads: when the epoch changes before the quorum (peers refuse confirmations for
     the old epoch), the store starts over once with the new committee."""
@@ -145,6 +150,7 @@ async def store_blob(
     encoded: EncodedBlobWithMetadata = await trio.to_thread.run_sync(encode_blob, data, config)
     blob_id = encoded.blob_id
     for attempt in range(1, max(1, options.epoch_attempts) + 1):
+        before = light.epoch  # the epoch of the committee snapshot _store_in_epoch takes
         try:
             return await _store_in_epoch(
                 light,
@@ -158,7 +164,6 @@ async def store_blob(
                 background=background,
             )
         except EpochMovedError as error:
-            before = light.epoch
             await light.refresh_if_stale(min_interval=0.0)
             if attempt >= options.epoch_attempts or light.epoch <= before:
                 raise
@@ -282,6 +287,8 @@ async def _upload(
     encoded_register = wire.encode(register)
     returned = trio.Event()
     """Set when the result is handed back: uploads in the background no longer report progress."""
+    epoch_check = trio.Lock()
+    """One epoch-chain request at a time when peers answer WRONG_EPOCH."""
 
     def confirmed_weight() -> int:
         return committee.shard_weight(confirmations)
@@ -361,8 +368,22 @@ async def _upload(
                 await upload_to(peer_id, pairs)
             except WalrusError as error:
                 failures[peer_id] = f"{error.reason}: {error}"
+                retryable = error.reason in RETRYABLE_REASONS
                 if error.reason == "WRONG_EPOCH":
-                    moved_on.add(peer_id)
+                    # Either the network moved on (then the store starts over in the new
+                    # epoch) or this peer is behind (restarted, still catching up: it will
+                    # confirm for the store's epoch soon, so it is tried again). The peer that
+                    # said so is asked for the epoch chain: if it is ahead, it can prove it.
+                    async with epoch_check:
+                        if light.epoch <= committee.epoch:
+                            with contextlib.suppress(WalrusError):
+                                await refresh_committee(
+                                    light, sources=[peer_id], timeout=5.0, total_timeout=5.0
+                                )
+                    if light.epoch > committee.epoch:
+                        moved_on.add(peer_id)
+                    else:
+                        retryable = True
                 logger.info(
                     "upload to peer failed blob=%s peer=%s attempt=%d reason=%s detail=%s",
                     short_id(blob_id),
@@ -371,14 +392,19 @@ async def _upload(
                     error.reason,
                     error,
                 )
-                if attempt == attempts or error.reason not in RETRYABLE_REASONS:
+                if attempt == attempts or not retryable:
                     return
                 # Another try only while the quorum is still missing, after a jittered delay.
                 with trio.move_on_after(
-                    options.retry_delay * 2.0 ** (attempt - 1) * random.uniform(0.75, 1.25)
+                    min(options.max_retry_delay, options.retry_delay * 2.0 ** (attempt - 1))
+                    * random.uniform(0.75, 1.25)
                 ):
                     await quorum_reached.wait()
                 if quorum_reached.is_set():
+                    return
+                if light.epoch > committee.epoch:
+                    # Learnt meanwhile (another peer's answer): the epoch moved on.
+                    moved_on.add(peer_id)
                     return
             else:
                 failures.pop(peer_id, None)

@@ -11,7 +11,9 @@ acknowledged them; a failed request is retried after a jittered, doubling delay 
 ``max_backoff``), so a member that is down costs one attempt per backoff step, not a storm.
 There is no periodic rebroadcast: what a member lacks is sent again only on evidence
 (a reply saying so, or a request from a restarted process; see
-:class:`~walrus_p2p.node.epochs.EpochService`).
+:class:`~walrus_p2p.node.epochs.EpochService`). A process that starts greets every member with
+one request (:meth:`EpochLinks.greet`); a member heard from cuts the backoff of its outbox
+short (:meth:`EpochLinks.revive`).
 
 Every successful request also measures the round trip; :meth:`EpochLinks.delay` is the median
 of the members' smoothed round trips, from which the agreement's timeouts grow.
@@ -53,6 +55,10 @@ ReplyHandler = Callable[[PeerId, EpochMessagesReply], Awaitable[None]]
 class _Outbox:
     pending: dict[bytes, None] = field(default_factory=dict)
     wake: trio.Event = field(default_factory=trio.Event)
+    revived: trio.Event = field(default_factory=trio.Event)
+    """Set when the member was heard from while this outbox backs off: retry at once."""
+    greet: bool = False
+    """Send one request even with nothing pending (this process just started)."""
     failures: int = 0
     round_trip: float | None = None
 
@@ -98,16 +104,40 @@ class EpochLinks:
         for peer in peers:
             if peer == self.caller.host.peer_id:
                 continue
-            outbox = self._outboxes.get(peer)
-            if outbox is None:
-                outbox = self._outboxes[peer] = _Outbox()
-                if self._nursery is not None:
-                    self._nursery.start_soon(self._sender, peer, outbox)
+            outbox = self._outbox(peer)
             for item in items:
                 outbox.pending[item] = None
             while len(outbox.pending) > MAX_PENDING:
                 del outbox.pending[next(iter(outbox.pending))]
             outbox.wake.set()
+
+    def _outbox(self, peer: PeerId) -> _Outbox:
+        outbox = self._outboxes.get(peer)
+        if outbox is None:
+            outbox = self._outboxes[peer] = _Outbox()
+            if self._nursery is not None:
+                self._nursery.start_soon(self._sender, peer, outbox)
+        return outbox
+
+    def greet(self, peers: Iterable[PeerId]) -> None:
+        """One request to each peer even if nothing is queued for it: sent when this process
+        starts, it carries the new incarnation, so each member learns that this peer is back
+        (its links stop backing off) and answers with what this peer lost (docs/epochs.md,
+        "Transport")."""
+        for peer in peers:
+            if peer == self.caller.host.peer_id:
+                continue
+            outbox = self._outbox(peer)
+            outbox.greet = True
+            outbox.wake.set()
+
+    def revive(self, peer: PeerId) -> None:
+        """``peer`` was just heard from: if its outbox is backing off after failures, retry
+        now instead of at the end of the backoff."""
+        outbox = self._outboxes.get(peer)
+        if outbox is not None and outbox.failures:
+            outbox.failures = 0
+            outbox.revived.set()
 
     def clear(self) -> None:
         """Forget every undelivered message (the agreement they belong to is over)."""
@@ -134,8 +164,8 @@ class EpochLinks:
         while True:
             await outbox.wake.wait()
             outbox.wake = trio.Event()
-            while outbox.pending:
-                batch = take_batch(outbox.pending)
+            while outbox.pending or outbox.greet:
+                batch = take_batch(outbox.pending) if outbox.pending else []
                 epoch, round_ = self.position()
                 request = EpochMessagesRequest(
                     epoch=Epoch(epoch),
@@ -160,8 +190,12 @@ class EpochLinks:
                     )
                     # New messages for this peer do not cut the wait short: a member that is
                     # down gets one attempt per backoff step, whatever is queued meanwhile.
-                    await trio.sleep(backoff * random.uniform(0.5, 1.0))
+                    # Hearing from it does (:meth:`revive`): it is back.
+                    with trio.move_on_after(backoff * random.uniform(0.5, 1.0)):
+                        await outbox.revived.wait()
+                    outbox.revived = trio.Event()
                     continue
+                outbox.greet = False
                 self.sent_requests += 1
                 elapsed = trio.current_time() - started
                 previous = outbox.round_trip

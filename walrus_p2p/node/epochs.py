@@ -240,7 +240,11 @@ class EpochService:
         self.committees[int(record.epoch)] = committee
         self.peer.committee = committee
         self._last_rounds = int(record.certificate.round)
-        self.peer.metrics.epoch_switched(int(record.epoch), int(record.certificate.round))
+        self.peer.metrics.epoch_switched(
+            int(record.epoch),
+            int(record.certificate.round),
+            sum(1 for peer in committee.peer_ids if committee.shards_of(peer)),
+        )
         changed, self.changed = self.changed, trio.Event()
         changed.set()
 
@@ -327,6 +331,9 @@ class EpochService:
                 with trio.move_on_after(self.options.initial_sync_timeout):
                     await self.sync(max_sources=2)
             first = await self._prepare_agreement()
+            # Tell the committee this process is (back) here: members stop backing off their
+            # links to it and answer with what it lost (docs/epochs.md, "Transport").
+            self.links.greet(self._voters(first[0]))
             self.synced.set()
             task_status.started()
             nursery.start_soon(self._sync_loop)
@@ -572,6 +579,8 @@ class EpochService:
                 reason="NOT_A_MEMBER",
             )
         self._heard[remote] = self.epoch
+        if self.links is not None:
+            self.links.revive(remote)
         ours, _round = self._position()
         if int(request.epoch) > ours:
             self._hint(remote, int(request.epoch) - 1)
@@ -634,9 +643,11 @@ class EpochService:
         """What ``remote`` evidently lacks, for the reply to its request:
 
         - the record of the epoch it is still agreeing on, if this peer has it;
-        - after it restarted (a new incarnation) or when it is in an earlier round of the
-          same agreement: this peer's own messages of the agreement and its valid value's
-          polka (``EpochAgreement.rebroadcast``), once per round of this peer.
+        - after it restarted (a new incarnation), when it greets (a request without
+          messages: its process just started) or when it is in an earlier round of the same
+          agreement: this peer's own messages of the agreement and its valid value's polka
+          (``EpochAgreement.rebroadcast``); greetings and earlier rounds once per round of
+          this peer.
         """
         asked = int(request.epoch)
         if asked <= self.epoch:
@@ -649,8 +660,11 @@ class EpochService:
             return ()
         restarted = previous is not None and previous != request.incarnation
         position = (int(agreement.epoch), int(agreement.round))
-        behind = request.round < agreement.round and self._answered.get(remote) != position
-        if not (restarted or behind) or not agreement.started:
+        fresh = self._answered.get(remote) != position
+        behind = request.round < agreement.round and fresh
+        # A request without messages is the greeting of a process that just started.
+        greeting = not request.messages and fresh
+        if not (restarted or behind or greeting) or not agreement.started:
             return ()
         self._answered[remote] = position
         # The newest first (own messages of the current round, then the polka, then older), as

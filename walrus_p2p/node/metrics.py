@@ -111,13 +111,19 @@ class PeerMetrics:
             "Consensus round whose precommits certified the current epoch",
             registry=self.registry,
         )
+        self.epoch_committee_members = Gauge(
+            "walrus_epoch_committee_members",
+            "Members holding shards in the committee of the current epoch",
+            registry=self.registry,
+        )
         self.registry.register(TrafficCollector())
         self.started_at = time.time()
 
-    def epoch_switched(self, epoch: int, round_: int) -> None:
+    def epoch_switched(self, epoch: int, round_: int, members: int) -> None:
         self.epoch_current.set(epoch)
         self.epoch_last_switch_unix.set(time.time())
         self.epoch_decided_round.set(round_)
+        self.epoch_committee_members.set(members)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
