@@ -221,7 +221,7 @@ def test_churn_loses_no_certified_blob_and_the_network_recovers(make_devnet: obj
         lambda: all(
             v.get("walrus_epoch_committee_members") == PEERS for v in devnet.scrape().values()
         ),
-        3 * epoch_duration,
+        6 * epoch_duration,
     )
 
     # Every certified blob reads back byte-identical.

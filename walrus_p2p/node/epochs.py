@@ -103,6 +103,8 @@ DIRECT_TYPES = (Proposal, Vote, EpochRecord)
 OUTBOX_SIZE = 4096
 EARLY_MESSAGES_KEPT = 4096
 """Consensus messages of the agreement after this peer's current one, kept until it starts."""
+MAX_TIMEOUT_DELAY = 1.0
+"""Seconds of measured round trip, at most, that timeouts and fallback waits grow with."""
 GOSSIP_RECORD_EPOCHS_KEPT = 16
 
 
@@ -352,14 +354,23 @@ class EpochService:
             return self.epoch + 1, 0
         return int(agreement.epoch), int(agreement.round)
 
+    def _delay(self) -> float:
+        """The measured round trip to the members that timeouts and waits grow with, capped at
+        ``MAX_TIMEOUT_DELAY``: on a saturated machine a request can take seconds (a dial to a
+        restarted member, a starved event loop), and uncapped, 4 round trips made propose
+        timeouts of 20 s, so every round with a dead proposer cost more than a short epoch."""
+        if self.links is None:
+            return 0.0
+        return min(MAX_TIMEOUT_DELAY, self.links.delay())
+
     def timeouts_now(self) -> TimeoutPolicy:
         """The timeouts of the next agreement: the configured base, scaled up by half for each
-        round (at most four) the last change needed, plus a few measured round trips to the
-        members. A slow machine or network thus gets longer rounds instead of more rounds
+        round (at most two) the last change needed, plus a few measured round trips to the
+        members (each at most ``MAX_TIMEOUT_DELAY``). A slow machine or network thus gets longer rounds instead of more rounds
         (docs/epochs.md, "Transport")."""
         base = self.options.timeouts
-        slow = 1.0 + 0.5 * min(self._last_rounds, 4)
-        delay = 0.0 if self.links is None else self.links.delay()
+        slow = 1.0 + 0.5 * min(self._last_rounds, 2)
+        delay = self._delay()
         return TimeoutPolicy(
             propose=base.propose * slow + 4 * delay,
             prevote=base.prevote * slow + 2 * delay,
@@ -489,7 +500,7 @@ class EpochService:
                     self._timers.start_soon(self._fallback, agreement, vote)
 
     def _relay_window(self) -> float:
-        delay = 0.0 if self.links is None else self.links.delay()
+        delay = self._delay()
         return min(1.0, max(0.05, 3 * delay))
 
     def _relay_vote(self, agreement: EpochAgreement, vote: Vote) -> None:
@@ -523,7 +534,7 @@ class EpochService:
         """Evidence that the proposer's relay is missing (a crashed or slow proposer): the
         votes of this step do not reach a quorum here in time. Then this peer's own messages of
         the round go to every member directly, as in plain Tendermint."""
-        delay = 0.0 if self.links is None else self.links.delay()
+        delay = self._delay()
         await trio.sleep(max(1.0, 4 * delay + self._relay_window()))
         if (
             agreement is not self.agreement
