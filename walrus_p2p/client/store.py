@@ -55,9 +55,10 @@ class StoreOptions:
     ``max_retry_delay`` (jittered): with the defaults a peer is tried at about 0, 2, 6, 14 and
     22 s, long enough for a killed peer to be restarted and serve again."""
     max_retry_delay: float = 8.0
-    epoch_attempts: int = 2
+    epoch_attempts: int = 3
     """Whole uploads: when the epoch changes before the quorum (peers refuse confirmations for
-    the old epoch), the store starts over once with the new committee."""
+    the old epoch), the store starts over with the new committee, at most twice (a network
+    catching up on late epochs can move twice during one long store)."""
 
 
 RETRYABLE_REASONS = frozenset(
