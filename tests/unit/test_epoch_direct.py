@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 import trio
+from epoch_stubs import StubPeer, certified
+from epoch_stubs import prevote as stub_prevote
 
 from walrus_p2p.core import wire
-from walrus_p2p.core.committee import Committee
 from walrus_p2p.core.consensus import EpochAgreement, Step, Timeout, Vote
 from walrus_p2p.core.epochs import (
     EpochMessagesReply,
@@ -25,62 +26,17 @@ from walrus_p2p.core.epochs import (
 from walrus_p2p.core.genesis import Genesis
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.core.records import (
-    PRECOMMIT_CONTEXT,
-    PREVOTE_CONTEXT,
-    EpochCertificate,
-    EpochRecord,
-    Signature,
-    VoteBody,
     VoteKind,
 )
 from walrus_p2p.errors import PeerUnreachableError, WalrusError
 from walrus_p2p.node.epoch_links import EpochLinks, take_batch
 from walrus_p2p.node.epochs import EpochOptions, EpochService
-from walrus_p2p.node.metrics import PeerMetrics
 from walrus_p2p.node.ratelimit import Rate, RequestRates
 from walrus_p2p.testing.epochs import epoch_genesis
 from walrus_p2p.types import Epoch, PeerId
 
 PEERS = [Identity.from_seed(bytes([7, index]) * 16) for index in range(4)]
 OUTSIDER = Identity.from_seed(bytes([7, 99]) * 16)
-
-
-class MemoryStore:
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, bytes], bytes] = {}
-
-    def get_value(self, namespace: str, key: bytes) -> bytes | None:
-        return self.values.get((namespace, key))
-
-    def put_value(self, namespace: str, key: bytes, value: bytes) -> None:
-        self.values[(namespace, key)] = value
-
-    def delete_value(self, namespace: str, key: bytes) -> None:
-        self.values.pop((namespace, key), None)
-
-    def iter_values(self, namespace: str) -> list[tuple[bytes, bytes]]:
-        return sorted((k, v) for (n, k), v in self.values.items() if n == namespace)
-
-
-class StubPeer:
-    def __init__(self, genesis: Genesis) -> None:
-        self.genesis = genesis
-        self.committee: Committee = genesis.committee
-        self.identity = PEERS[0]
-        self.peer_id = PEERS[0].peer_id
-        self.host = None
-        self.store = MemoryStore()
-        self.metrics = PeerMetrics()
-        self.rates = RequestRates()
-        self.limits = wire.DEFAULT_LIMITS
-        self.options = dataclasses.make_dataclass("Options", [("announce_addrs", Any)])(None)
-
-    def add_handler(self, message_type: type, handler: Any) -> None:
-        pass
-
-    def check_rate(self, remote: PeerId, kind: str) -> None:
-        if not self.rates.allow(remote, kind):
-            raise WalrusError("limited", reason="RATE_LIMITED")
 
 
 def make_service() -> tuple[EpochService, Genesis]:
@@ -92,22 +48,12 @@ def make_service() -> tuple[EpochService, Genesis]:
         epoch_seconds=3600,
         start_in=-10,
     )
-    service = EpochService(StubPeer(genesis), EpochOptions())  # type: ignore[arg-type]
+    service = EpochService(StubPeer(genesis, PEERS[0]), EpochOptions())  # type: ignore[arg-type]
     return service, genesis
 
 
 def prevote(signer: Identity, genesis: Genesis, round_: int = 0) -> Vote:
-    body = VoteBody(VoteKind.PREVOTE, genesis.network_id, Epoch(1), round_, None)
-    return Vote(body, signer.peer_id, signer.sign(PREVOTE_CONTEXT, wire.signing_bytes(body)))
-
-
-def certified(genesis: Genesis) -> EpochRecord:
-    value = propose_next(genesis, genesis.committee, {})
-    body = VoteBody(VoteKind.PRECOMMIT, genesis.network_id, Epoch(1), 0, value.value_id())
-    precommits = [
-        Signature(s.peer_id, s.sign(PRECOMMIT_CONTEXT, wire.signing_bytes(body))) for s in PEERS[:3]
-    ]
-    return EpochRecord(value, EpochCertificate(round=0, precommits=tuple(precommits)))
+    return stub_prevote(signer, genesis.network_id, 1, round_)
 
 
 def request(
@@ -217,7 +163,7 @@ async def test_a_greeting_from_a_started_process_gets_what_it_lost() -> None:
 async def test_a_peer_still_agreeing_on_a_decided_epoch_gets_the_record() -> None:
     service, genesis = make_service()
     await running_agreement(service)
-    record = certified(genesis)
+    record = certified(genesis, PEERS[:3])
     assert await service.apply_record(record, source="test")
     assert service.epoch == 1
     reply = await service.serve_messages(request([]), PEERS[2].peer_id)

@@ -7,23 +7,15 @@ genesis and the chain), and messages are handed to it as gossip would.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+
+from epoch_stubs import StubPeer, certified, prevote
 
 from walrus_p2p.core import wire
-from walrus_p2p.core.committee import Committee
 from walrus_p2p.core.consensus import Vote
-from walrus_p2p.core.epochs import propose_next
 from walrus_p2p.core.genesis import Genesis
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.core.records import (
-    PRECOMMIT_CONTEXT,
-    PREVOTE_CONTEXT,
     Candidacy,
-    EpochCertificate,
-    EpochRecord,
-    Signature,
-    VoteBody,
-    VoteKind,
 )
 from walrus_p2p.net.gossip import GossipMessage
 from walrus_p2p.node.epochs import EpochOptions, EpochService
@@ -34,20 +26,6 @@ PEERS = [Identity.from_seed(bytes([9, index]) * 16) for index in range(4)]
 OUTSIDER = Identity.from_seed(bytes([9, 99]) * 16)
 
 
-class StubPeer:
-    def __init__(self, genesis: Genesis) -> None:
-        self.genesis = genesis
-        self.committee: Committee = genesis.committee
-        self.identity = PEERS[0]
-        self.peer_id = PEERS[0].peer_id
-        self.host = None
-        self.options = dataclasses.make_dataclass("Options", [("announce_addrs", Any)])(None)
-        self.handlers: dict[type, Any] = {}
-
-    def add_handler(self, message_type: type, handler: Any) -> None:
-        self.handlers[message_type] = handler
-
-
 def make_service() -> tuple[EpochService, Genesis]:
     genesis = epoch_genesis(
         PEERS,
@@ -56,7 +34,7 @@ def make_service() -> tuple[EpochService, Genesis]:
         n_shards=8,
         epoch_seconds=60,
     )
-    service = EpochService(StubPeer(genesis), EpochOptions())  # type: ignore[arg-type]
+    service = EpochService(StubPeer(genesis, PEERS[0]), EpochOptions())  # type: ignore[arg-type]
     return service, genesis
 
 
@@ -67,17 +45,7 @@ def gossip(message: wire.Message, origin: PeerId = PEERS[1].peer_id) -> GossipMe
 
 
 def vote(signer: Identity, network_id: bytes, epoch: int, value_id: bytes | None = None) -> Vote:
-    body = VoteBody(VoteKind.PREVOTE, network_id, Epoch(epoch), 0, value_id)
-    return Vote(body, signer.peer_id, signer.sign(PREVOTE_CONTEXT, wire.signing_bytes(body)))
-
-
-def certified(genesis: Genesis, signers: list[Identity]) -> EpochRecord:
-    value = propose_next(genesis, genesis.committee, {})
-    body = VoteBody(VoteKind.PRECOMMIT, genesis.network_id, Epoch(1), 0, value.value_id())
-    precommits = [
-        Signature(s.peer_id, s.sign(PRECOMMIT_CONTEXT, wire.signing_bytes(body))) for s in signers
-    ]
-    return EpochRecord(value, EpochCertificate(round=0, precommits=tuple(precommits)))
+    return prevote(signer, network_id, epoch, 0, value_id)
 
 
 def test_candidacies_must_verify_and_be_fresh() -> None:

@@ -366,8 +366,8 @@ class EpochService:
     def timeouts_now(self) -> TimeoutPolicy:
         """The timeouts of the next agreement: the configured base, scaled up by half for each
         round (at most two) the last change needed, plus a few measured round trips to the
-        members (each at most ``MAX_TIMEOUT_DELAY``). A slow machine or network thus gets longer rounds instead of more rounds
-        (docs/epochs.md, "Transport")."""
+        members (each at most ``MAX_TIMEOUT_DELAY``). A slow machine or network thus gets
+        longer rounds instead of more rounds (docs/epochs.md, "Transport")."""
         base = self.options.timeouts
         slow = 1.0 + 0.5 * min(self._last_rounds, 2)
         delay = self._delay()
