@@ -3,6 +3,7 @@ scrub and repair, invalid blobs, garbage collection. In-process peers on 127.0.0
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import sqlite3
@@ -97,16 +98,21 @@ async def test_sync_skips_a_helper_that_sends_bad_symbols() -> None:
         light_seed = seed_for(grid.genesis.network, "light")
         async with open_light_peer(grid.genesis, seed=light_seed) as light:
             victim, liar = grid.peers[0], grid.peers[1]
-            honest_handler = liar.running._get_recovery_symbol
+            honest_handler = liar.running._get_recovery_symbols
 
             async def lying_handler(
-                request: wire.GetRecoverySymbolRequest, remote: PeerId
-            ) -> wire.GetRecoverySymbolReply:
+                request: wire.GetRecoverySymbolsRequest, remote: PeerId
+            ) -> wire.GetRecoverySymbolsReply:
                 reply = await honest_handler(request, remote)
-                flipped = bytes([reply.symbol[0] ^ 0xFF]) + reply.symbol[1:]
-                return wire.GetRecoverySymbolReply(symbol=flipped, proof=reply.proof)
+                flipped = tuple(
+                    dataclasses.replace(
+                        item, symbol=bytes([item.symbol[0] ^ 0xFF]) + item.symbol[1:]
+                    )
+                    for item in reply.symbols
+                )
+                return wire.GetRecoverySymbolsReply(symbols=flipped)
 
-            liar.running._get_recovery_symbol = lying_handler  # type: ignore[method-assign]
+            liar.running._get_recovery_symbols = lying_handler  # type: ignore[method-assign]
             registry = victim.running.metrics.registry
 
             def bad_symbols() -> float:

@@ -572,6 +572,59 @@ async def test_recovery_symbol_verifies_against_the_metadata(
     assert reason == "BAD_REQUEST"
 
 
+async def test_recovery_symbols_in_one_request_verify_and_leave_out_what_is_not_held(
+    network: TestNetwork, light: LightPeer, alice: TestPeer
+) -> None:
+    blob = make_blob(network)
+    pairs = await store_everything(network, light, alice, blob)
+    metadata = blob.encoded.metadata
+    n = metadata.shards
+    missing = next(p for p in range(n) if p not in pairs)
+    asked = tuple(sorted([*pairs, missing]))
+    for kind, source_type in (
+        (SliverKind.PRIMARY, SliverType.PRIMARY),
+        (SliverKind.SECONDARY, SliverType.SECONDARY),
+    ):
+        request = wire.GetRecoverySymbolsRequest(
+            blob_id=blob.blob_id, source_kind=kind, source_pair_indices=asked, target_index=1
+        )
+        reply = await call(light, alice.peer_id, request, wire.GetRecoverySymbolsReply)
+        # Every held pair, in the order asked; the pair not held is left out.
+        assert [item.source_pair_index for item in reply.symbols] == sorted(pairs)
+        for item in reply.symbols:
+            pair = item.source_pair_index
+            index = pair if kind is SliverKind.PRIMARY else n - 1 - pair
+            symbol = RecoverySymbol(
+                source_type.other, 1, index, item.symbol, MerkleProof(tuple(item.proof))
+            )
+            verify_recovery_symbol(metadata, symbol)
+            # The same bytes as the one-symbol request gives.
+            single = wire.GetRecoverySymbolRequest(
+                blob_id=blob.blob_id, source_pair_index=pair, source_kind=kind, target_index=1
+            )
+            one = await call(light, alice.peer_id, single, wire.GetRecoverySymbolReply)
+            assert (one.symbol, one.proof) == (item.symbol, item.proof)
+    # Nothing held of what was asked: refused as not found; a target or pair beyond n: bad.
+    only_missing = wire.GetRecoverySymbolsRequest(
+        blob_id=blob.blob_id,
+        source_kind=SliverKind.PRIMARY,
+        source_pair_indices=(missing,),
+        target_index=0,
+    )
+    reason = await refusal(light, alice.peer_id, only_missing, wire.GetRecoverySymbolsReply)
+    assert reason == "SLIVER_NOT_FOUND"
+    beyond = tuple(sorted({pairs[0], n}))
+    for pairs_asked, target in (((pairs[0],), n), (beyond, 0)):
+        bad = wire.GetRecoverySymbolsRequest(
+            blob_id=blob.blob_id,
+            source_kind=SliverKind.PRIMARY,
+            source_pair_indices=pairs_asked,
+            target_index=target,
+        )
+        reason = await refusal(light, alice.peer_id, bad, wire.GetRecoverySymbolsReply)
+        assert reason == "BAD_REQUEST"
+
+
 async def test_blob_status_reflects_the_stored_pairs(
     network: TestNetwork, light: LightPeer, alice: TestPeer
 ) -> None:

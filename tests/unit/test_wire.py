@@ -145,6 +145,8 @@ EXPECTED_TYPE_IDS = {
     "GetRecoverySymbolReply": 21,
     "BlobStatusRequest": 22,
     "BlobStatusReply": 23,
+    "GetRecoverySymbolsRequest": 47,
+    "GetRecoverySymbolsReply": 48,
 }
 
 
@@ -274,6 +276,7 @@ def test_max_encoded_size_is_exact_and_maximal_messages_decode(cls: type[wire.Me
     # Index sets (strictly increasing 0..255): indices 0..23 encode in one byte, not two.
     index_sets = {
         wire.BlobStatusReply: 1,
+        wire.GetRecoverySymbolsRequest: 1,
         migration.ShardsInPlaceBody: 1,
         migration.ShardsInPlace: 1,
         migration.GetShardsInPlaceReply: wire.MAX_SHARDS,

@@ -1242,6 +1242,40 @@ class GetRecoverySymbolReply(Message):
     proof: MerkleProof
 
 
+@record
+@dataclass(frozen=True, slots=True)
+class RecoverySymbolItem:
+    """One symbol of a :class:`GetRecoverySymbolsReply`: from the holder's sliver of pair
+    ``source_pair_index``, with its Merkle proof against that sliver's hash in the metadata."""
+
+    source_pair_index: PairIndex
+    symbol: SymbolData
+    proof: MerkleProof
+
+
+@register(47)
+@dataclass(frozen=True, slots=True)
+class GetRecoverySymbolsRequest(Message):
+    """Ask one holder, in one request, for the symbols that its ``source_kind`` slivers of the
+    pairs ``source_pair_indices`` share with the lost sliver ``target_index``: a rebuild asks each
+    helper once instead of once per symbol (docs/healing.md, "Blob sync")."""
+
+    blob_id: BlobIdBytes
+    source_kind: SliverKind
+    source_pair_indices: PairIndexSet
+    target_index: PairIndex
+
+
+@register(48)
+@dataclass(frozen=True, slots=True)
+class GetRecoverySymbolsReply(Message):
+    """The symbols the holder has, in the order asked; pairs it does not hold are left out."""
+
+    symbols: Annotated[
+        tuple[RecoverySymbolItem, ...], ListSpec(record_spec(RecoverySymbolItem), MAX_SHARDS)
+    ]
+
+
 PING_BLOB_ID = BlobId(bytes(HASH_LENGTH))
 """A blob id nobody stores: a :class:`BlobStatusRequest` for it is the cheapest request a
 storage peer answers, so clients and peers use it as a ping."""

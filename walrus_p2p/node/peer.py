@@ -347,6 +347,7 @@ class StoragePeerService:
             wire.GetSliverRequest: self._get_sliver,
             wire.GetConfirmationRequest: self._get_confirmation,
             wire.GetRecoverySymbolRequest: self._get_recovery_symbol,
+            wire.GetRecoverySymbolsRequest: self._get_recovery_symbols,
             wire.BlobStatusRequest: self._blob_status,
             PostBlobRecordsRequest: self._post_blob_records,
             GetBlobRecordsRequest: self._get_blob_records,
@@ -510,6 +511,48 @@ class StoragePeerService:
             make_recovery_symbol, metadata, source_type, source_index, sliver, request.target_index
         )
         return wire.GetRecoverySymbolReply(symbol=symbol.symbol, proof=tuple(symbol.proof))
+
+    async def _get_recovery_symbols(
+        self, request: wire.GetRecoverySymbolsRequest, remote: PeerId
+    ) -> wire.GetRecoverySymbolsReply:
+        """Several symbols for one target in one reply; pairs not held here are left out."""
+        blob_id = BlobId(request.blob_id)
+        try:
+            metadata = await self._load_metadata(blob_id)
+        except NotFoundError as error:
+            raise ProtocolRefusal("SLIVER_NOT_FOUND", str(error)) from error
+        if request.target_index >= metadata.shards:
+            raise ProtocolRefusal("BAD_REQUEST", "target index out of range")
+        if any(pair >= metadata.shards for pair in request.source_pair_indices):
+            raise ProtocolRefusal("BAD_REQUEST", "source pair index out of range")
+        source_type = sliver_type_of(request.source_kind)
+
+        def build() -> list[wire.RecoverySymbolItem]:
+            # One thread hop for the whole batch: read each sliver, cut its symbol.
+            items = []
+            for pair in request.source_pair_indices:
+                index = sliver_index(request.source_kind, pair, metadata.shards)
+                try:
+                    sliver = self.store.get_sliver(blob_id, pair, request.source_kind)
+                    symbol = make_recovery_symbol(
+                        metadata, source_type, index, sliver, request.target_index
+                    )
+                except (NotFoundError, VerificationError):
+                    # Not held, or held damaged (the scrub rebuilds it): not served.
+                    continue
+                items.append(
+                    wire.RecoverySymbolItem(
+                        source_pair_index=pair, symbol=symbol.symbol, proof=tuple(symbol.proof)
+                    )
+                )
+            return items
+
+        items = await self._in_thread(build)
+        if not items:
+            raise ProtocolRefusal(
+                "SLIVER_NOT_FOUND", f"none of the asked slivers of blob {short_id(blob_id)}"
+            )
+        return wire.GetRecoverySymbolsReply(symbols=tuple(items))
 
     # -- blob records -------------------------------------------------------------------
 
@@ -711,6 +754,7 @@ REQUEST_TYPES: tuple[type[wire.Message], ...] = (
     wire.GetSliverRequest,
     wire.GetConfirmationRequest,
     wire.GetRecoverySymbolRequest,
+    wire.GetRecoverySymbolsRequest,
     wire.BlobStatusRequest,
     PostBlobRecordsRequest,
     GetBlobRecordsRequest,

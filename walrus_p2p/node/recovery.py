@@ -241,25 +241,34 @@ class Recovery:
                 remote.append(source_index)
         if len(got) >= needed:
             return list(got.values())[:needed]
-        random.shuffle(remote)
-        queue = list(remote)
+        # One request per helper for every source sliver it holds (docs/healing.md, "Blob
+        # sync"): at n = 100 a helper holds ~5 of the 34-67 slivers asked, so ~5x fewer streams.
+        by_holder: dict[PeerId, list[int]] = {}
+        for source_index in remote:
+            holder = self._holder(blob_id, source_type, source_index)
+            by_holder.setdefault(holder, []).append(source_index)
+        queue = [holder for holder in by_holder if holder not in bad_peers]
+        random.shuffle(queue)
+        per_holder = max(1.0, len(remote) / max(1, len(by_holder)))
         kind_label = kind_of(target_type).name.lower()
 
-        async def fetch(source_index: int) -> None:
-            holder = self._holder(blob_id, source_type, source_index)
+        async def fetch(holder: PeerId) -> None:
             if holder in bad_peers:
                 return
-            request = wire.GetRecoverySymbolRequest(
+            index_of_pair = {
+                pair_of_sliver(source_type, index, n_shards): index for index in by_holder[holder]
+            }
+            request = wire.GetRecoverySymbolsRequest(
                 blob_id=blob_id,
-                source_pair_index=pair_of_sliver(source_type, source_index, n_shards),
                 source_kind=kind_of(source_type),
+                source_pair_indices=tuple(sorted(index_of_pair)),
                 target_index=target_index,
             )
             try:
                 reply, size = await self.caller.call_sized(
                     holder,
                     request,
-                    wire.GetRecoverySymbolReply,
+                    wire.GetRecoverySymbolsReply,
                     timeout=self.options.request_timeout,
                 )
             except WalrusError as error:
@@ -271,26 +280,30 @@ class Recovery:
                 )
                 return
             self.metrics.symbol_bytes(blob_id, shard, kind_label, size)
-            symbol = RecoverySymbol(
-                target_type=target_type,
-                target_index=target_index,
-                source_index=source_index,
-                symbol=reply.symbol,
-                proof=MerkleProof(tuple(reply.proof)),
-            )
-            try:
-                verify_recovery_symbol(metadata, symbol)
-            except VerificationError as error:
-                bad_peers.add(holder)
-                self.metrics.bad_symbols.inc()
-                logger.warning(
-                    "peer sent a bad recovery symbol blob=%s peer=%s error=%s",
-                    short_id(blob_id),
-                    holder[:12],
-                    error,
+            for item in reply.symbols:
+                source_index = index_of_pair.get(item.source_pair_index)
+                if source_index is None or source_index in got:
+                    continue  # not asked of this helper (ignored), or already had
+                symbol = RecoverySymbol(
+                    target_type=target_type,
+                    target_index=target_index,
+                    source_index=source_index,
+                    symbol=item.symbol,
+                    proof=MerkleProof(tuple(item.proof)),
                 )
-                return
-            got[source_index] = symbol
+                try:
+                    verify_recovery_symbol(metadata, symbol)
+                except VerificationError as error:
+                    bad_peers.add(holder)
+                    self.metrics.bad_symbols.inc()
+                    logger.warning(
+                        "peer sent a bad recovery symbol blob=%s peer=%s error=%s",
+                        short_id(blob_id),
+                        holder[:12],
+                        error,
+                    )
+                    return
+                got[source_index] = symbol
 
         active = 0
         finished = trio.Event()
@@ -322,7 +335,7 @@ class Recovery:
         extra = math.floor(missing * self.options.extra_fraction)
         if queue:
             async with trio.open_nursery() as nursery:
-                for _ in range(min(len(queue), missing + extra)):
+                for _ in range(min(len(queue), math.ceil((missing + extra) / per_holder))):
                     nursery.start_soon(worker, nursery)
                 nursery.start_soon(hedge, nursery)
         return list(got.values())

@@ -73,6 +73,22 @@ def sample_messages() -> dict[str, wire.Message]:
         "GetRecoverySymbolReply": wire.GetRecoverySymbolReply(
             symbol=_filled(24, 0xEE), proof=(_filled(32, 1), _filled(32, 2), _filled(32, 3))
         ),
+        "GetRecoverySymbolsRequest": wire.GetRecoverySymbolsRequest(
+            blob_id=blob_id,
+            source_kind=SliverKind.SECONDARY,
+            source_pair_indices=(0, 17, 255),
+            target_index=3,
+        ),
+        "GetRecoverySymbolsReply": wire.GetRecoverySymbolsReply(
+            symbols=(
+                wire.RecoverySymbolItem(
+                    source_pair_index=17, symbol=_filled(24, 0xA0), proof=(_filled(32, 4),)
+                ),
+                wire.RecoverySymbolItem(
+                    source_pair_index=255, symbol=_filled(24, 0xB0), proof=(_filled(32, 5),)
+                ),
+            )
+        ),
         "BlobStatusRequest": wire.BlobStatusRequest(blob_id=blob_id),
         "BlobStatusReply": wire.BlobStatusReply(
             known=True,
