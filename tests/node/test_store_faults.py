@@ -18,6 +18,7 @@ from walrus_p2p.client.service import WalrusClient
 from walrus_p2p.core import wire
 from walrus_p2p.core.committee import is_quorum
 from walrus_p2p.errors import StorageError
+from walrus_p2p.node.peer import ProtocolRefusal
 from walrus_p2p.testing.network import TestNetwork
 
 
@@ -73,5 +74,39 @@ async def test_store_retries_peers_that_failed_before_the_quorum(
     with trio.fail_after(60):
         outcome = await client.store(data, epochs=2, permanent=False)
     assert failed == {peer.peer_id for peer in network.peers}
+    with trio.fail_after(30):
+        assert await client.read(outcome.blob_id) == data
+
+
+async def test_store_retries_a_peer_that_is_behind_on_the_epoch(
+    network: TestNetwork, client: WalrusClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every peer answers its first confirmation request WRONG_EPOCH, as a peer that restarted
+    # and has not caught up the epoch chain yet does, while the network has not moved: the
+    # store asks that peer for the chain, finds no newer epoch, and tries the peer again
+    # instead of starting over or failing (docs/protocol.md, "Store").
+    refused: set[str] = set()
+    epoch = client.light.epoch
+    for peer in network.peers:
+        service = peer.service
+        original = service._get_confirmation
+
+        async def behind_once(
+            request: wire.GetConfirmationRequest,
+            remote: str,
+            peer_id: str = peer.peer_id,
+            original: Any = original,
+        ) -> wire.GetConfirmationReply:
+            if peer_id not in refused:
+                refused.add(peer_id)
+                raise ProtocolRefusal("WRONG_EPOCH", "confirmations are signed for epoch -1 only")
+            return cast(wire.GetConfirmationReply, await original(request, remote))
+
+        monkeypatch.setattr(service, "_get_confirmation", behind_once)
+    data = secrets.token_bytes(20_011)
+    with trio.fail_after(60):
+        outcome = await client.store(data, epochs=2, permanent=False)
+    assert refused == {peer.peer_id for peer in network.peers}
+    assert client.light.epoch == epoch
     with trio.fail_after(30):
         assert await client.read(outcome.blob_id) == data

@@ -55,6 +55,7 @@ class StoreOptions:
     ``max_retry_delay`` (jittered): with the defaults a peer is tried at about 0, 2, 6, 14 and
     22 s, long enough for a killed peer to be restarted and serve again."""
     max_retry_delay: float = 8.0
+    """The longest wait between two attempts at one peer."""
     epoch_attempts: int = 3
     """Whole uploads: when the epoch changes before the quorum (peers refuse confirmations for
     the old epoch), the store starts over with the new committee, at most twice (a network
