@@ -121,8 +121,10 @@ async def test_a_later_epoch_hints_a_sync_from_the_sender() -> None:
 async def test_evidence_goes_to_peers_that_restarted_or_fell_behind() -> None:
     service, genesis = make_service()
     agreement = await running_agreement(service)
-    member = PEERS[1].peer_id
-    vote = prevote(PEERS[1], genesis)
+    # The vote comes from the round's proposer (its own vote, relayed): no fallback evidence.
+    signer = next((p for p in PEERS[1:] if p.peer_id == agreement.proposer(0)), PEERS[1])
+    member = signer.peer_id
+    vote = prevote(signer, genesis)
     # Past the propose timeout of round 0: this peer has signed a prevote.
     await service._process(
         agreement, agreement.on_timeout(Timeout(Step.PROPOSE, 0, 0.0), trio.current_time())
@@ -288,3 +290,31 @@ async def test_links_greet_once_and_a_member_heard_from_cuts_the_backoff_short(
     assert all(call.incarnation == b"I" * 8 for _, call in caller.calls)
     assert retried_after < 0.5
     assert len(caller.calls) == 3
+
+
+async def test_a_vote_sent_by_its_signer_outside_the_relay_gets_this_peers_votes() -> None:
+    # A member that is not the round's proposer sends its own vote directly: it fell back to
+    # all-to-all because the relay did not reach it (the proposer is down), so it lacks this
+    # peer's vote too. If this peer already sees a quorum it does not fall back itself; without
+    # this answer the member would wait for that vote forever (seen with 4 peers, the proposer
+    # killed: the change never completed).
+    service, genesis = make_service()
+    agreement = await running_agreement(service)
+    await service._process(
+        agreement, agreement.on_timeout(Timeout(Step.PROPOSE, 0, 0.0), trio.current_time())
+    )
+    own = {wire.encode(m) for m in agreement.rebroadcast()}
+    assert own
+    proposer = agreement.proposer(0)
+    # Fixed keys: this peer does not propose round 0 (when it does, votes come to it directly).
+    assert proposer != PEERS[0].peer_id
+    member = next(p for p in PEERS[1:] if p.peer_id != proposer)
+    reply = await service.serve_messages(request([prevote(member, genesis)]), member.peer_id)
+    assert set(reply.messages) == own
+    # Once per step: the same fallback vote again gets nothing more.
+    again = await service.serve_messages(request([prevote(member, genesis)]), member.peer_id)
+    assert again.messages == ()
+    # A vote relayed by the proposer (not sent by its signer) is no such evidence.
+    other = next(p for p in PEERS[1:] if p.peer_id not in (proposer, member.peer_id))
+    relayed = await service.serve_messages(request([prevote(other, genesis)]), proposer)
+    assert relayed.messages == ()

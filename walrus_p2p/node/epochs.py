@@ -181,6 +181,8 @@ class EpochService:
         epoch yet does not judge which members are gone."""
         self._incarnations: dict[PeerId, bytes] = {}
         self._answered: dict[PeerId, tuple[int, int]] = {}
+        self._fallback_answered: dict[PeerId, set[tuple[int, int, str]]] = {}
+        """Per member, the (epoch, round, vote kind) of its fallback votes already answered."""
         self._early: list[Proposal | Vote] = []
         self._relays: dict[tuple[int, VoteKind, int], _Relay] = {}
         self._gossip_records: set[int] = set()
@@ -398,6 +400,7 @@ class EpochService:
                 agreement = self._new_agreement(committee, observer=True)
         self.agreement = agreement
         self._relays = {}
+        self._fallback_answered = {}
         early, self._early = self._early, []
         for message in early:
             if message.body.epoch == agreement.epoch:
@@ -595,14 +598,18 @@ class EpochService:
         ours, _round = self._position()
         if int(request.epoch) > ours:
             self._hint(remote, int(request.epoch) - 1)
+        fell_back: set[tuple[int, int, str]] = set()
         for raw in request.messages:
             try:
                 message = wire.decode(raw, DIRECT_TYPES)
             except WireError as error:
                 logger.info("epoch message malformed peer=%s error=%s", remote[:12], error)
                 continue
+            if self._is_fallback(message, remote):
+                assert isinstance(message, Vote)
+                fell_back.add((int(message.body.epoch), int(message.round), message.kind.name))
             await self._take(message, source=remote)
-        evidence = self._evidence_for(remote, request)
+        evidence = self._evidence_for(remote, request, fell_back=fell_back)
         epoch, round_ = self._position()
         return EpochMessagesReply(epoch=Epoch(epoch), round=round_, messages=evidence)
 
@@ -650,15 +657,35 @@ class EpochService:
         elif epoch > agreement.epoch + 1:
             self._hint(source, epoch - 1)
 
-    def _evidence_for(self, remote: PeerId, request: EpochMessagesRequest) -> tuple[bytes, ...]:
+    def _is_fallback(self, message: Proposal | Vote | EpochRecord, remote: PeerId) -> bool:
+        """A vote sent by its own signer to this peer, neither of them the proposer of its round:
+        the signer fell back to all-to-all (:meth:`_fallback`) because the relay did not reach
+        it, so it probably lacks this peer's vote of that round too."""
+        agreement = self.agreement
+        return (
+            isinstance(message, Vote)
+            and agreement is not None
+            and message.signer == remote
+            and int(message.body.epoch) == agreement.epoch
+            and agreement.proposer(message.round) not in (remote, self.peer.peer_id)
+        )
+
+    def _evidence_for(
+        self,
+        remote: PeerId,
+        request: EpochMessagesRequest,
+        *,
+        fell_back: set[tuple[int, int, str]] | None = None,
+    ) -> tuple[bytes, ...]:
         """What ``remote`` evidently lacks, for the reply to its request:
 
         - the record of the epoch it is still agreeing on, if this peer has it;
         - after it restarted (a new incarnation), when it greets (a request without
-          messages: its process just started) or when it is in an earlier round of the same
-          agreement: this peer's own messages of the agreement and its valid value's polka
-          (``EpochAgreement.rebroadcast``); greetings and earlier rounds once per round of
-          this peer.
+          messages: its process just started), when it is in an earlier round of the same
+          agreement, or when it fell back to sending a vote of its own to everyone
+          (``fell_back``: (epoch, round, kind) of such votes): this peer's own messages of the
+          agreement and its valid value's polka (``EpochAgreement.rebroadcast``); greetings
+          and earlier rounds once per round of this peer, fallbacks once per step.
         """
         asked = int(request.epoch)
         if asked <= self.epoch:
@@ -675,9 +702,15 @@ class EpochService:
         behind = request.round < agreement.round and fresh
         # A request without messages is the greeting of a process that just started.
         greeting = not request.messages and fresh
-        if not (restarted or behind or greeting) or not agreement.started:
+        # A member that fell back to sending its votes to everyone lacks the relay, and so
+        # this peer's votes: a peer that already sees a quorum does not fall back itself, and
+        # without this answer the members short of its vote would wait for it forever.
+        answered_steps = self._fallback_answered.setdefault(remote, set())
+        fallback = fell_back is not None and not fell_back <= answered_steps
+        if not (restarted or behind or greeting or fallback) or not agreement.started:
             return ()
         self._answered[remote] = position
+        answered_steps |= fell_back or set()
         # The newest first (own messages of the current round, then the polka, then older), as
         # many as fit one reply.
         encoded = [wire.encode(message) for message in reversed(agreement.rebroadcast())]
