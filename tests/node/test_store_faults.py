@@ -9,7 +9,8 @@ one peer timed out and the gateway answered 500).
 from __future__ import annotations
 
 import secrets
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import trio
@@ -48,28 +49,45 @@ async def test_store_succeeds_when_one_peer_fails_a_sliver(
         assert await client.read(outcome.blob_id) == data
 
 
+def fail_first_call(
+    network: TestNetwork,
+    monkeypatch: pytest.MonkeyPatch,
+    handler: str,
+    fault: Callable[[], Exception],
+) -> set[str]:
+    """Every peer's ``handler`` raises ``fault()`` on its first call, then serves; returns the
+    set of peers that raised (filled as it happens)."""
+    failed: set[str] = set()
+    for peer in network.peers:
+        service = peer.service
+        original = getattr(service, handler)
+
+        async def first_fails(
+            request: wire.Message,
+            remote: str,
+            peer_id: str = peer.peer_id,
+            original: Any = original,
+        ) -> Any:
+            if peer_id not in failed:
+                failed.add(peer_id)
+                raise fault()
+            return await original(request, remote)
+
+        monkeypatch.setattr(service, handler, first_fails)
+    return failed
+
+
 async def test_store_retries_peers_that_failed_before_the_quorum(
     network: TestNetwork, client: WalrusClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every peer fails its first sliver (a restart, a busy disk): no quorum without a second
     # attempt at the same peers, which the store makes while the quorum is missing.
-    failed: set[str] = set()
-    for peer in network.peers:
-        service = peer.service
-        original = service._store_sliver
-
-        async def fails_once(
-            request: wire.StoreSliverRequest,
-            remote: str,
-            peer_id: str = peer.peer_id,
-            original: Any = original,
-        ) -> wire.StoreSliverReply:
-            if peer_id not in failed:
-                failed.add(peer_id)
-                raise StorageError("injected fault: first write fails")
-            return cast(wire.StoreSliverReply, await original(request, remote))
-
-        monkeypatch.setattr(service, "_store_sliver", fails_once)
+    failed = fail_first_call(
+        network,
+        monkeypatch,
+        "_store_sliver",
+        lambda: StorageError("injected fault: first write fails"),
+    )
     data = secrets.token_bytes(30_011)
     with trio.fail_after(60):
         outcome = await client.store(data, epochs=2, permanent=False)
@@ -85,24 +103,13 @@ async def test_store_retries_a_peer_that_is_behind_on_the_epoch(
     # and has not caught up the epoch chain yet does, while the network has not moved: the
     # store asks that peer for the chain, finds no newer epoch, and tries the peer again
     # instead of starting over or failing (docs/protocol.md, "Store").
-    refused: set[str] = set()
     epoch = client.light.epoch
-    for peer in network.peers:
-        service = peer.service
-        original = service._get_confirmation
-
-        async def behind_once(
-            request: wire.GetConfirmationRequest,
-            remote: str,
-            peer_id: str = peer.peer_id,
-            original: Any = original,
-        ) -> wire.GetConfirmationReply:
-            if peer_id not in refused:
-                refused.add(peer_id)
-                raise ProtocolRefusal("WRONG_EPOCH", "confirmations are signed for epoch -1 only")
-            return cast(wire.GetConfirmationReply, await original(request, remote))
-
-        monkeypatch.setattr(service, "_get_confirmation", behind_once)
+    refused = fail_first_call(
+        network,
+        monkeypatch,
+        "_get_confirmation",
+        lambda: ProtocolRefusal("WRONG_EPOCH", "confirmations are signed for epoch -1 only"),
+    )
     data = secrets.token_bytes(20_011)
     with trio.fail_after(60):
         outcome = await client.store(data, epochs=2, permanent=False)
