@@ -419,8 +419,12 @@ class EpochService:
                 self._timers = nursery
                 nursery.start_soon(self._drive, agreement)
                 await changed.wait()
+                # Forget the nursery before leaving it: once the body ends trio closes it to new
+                # tasks while its children still finish, and a reply arriving on a link then
+                # (``_on_reply`` -> ``_process`` -> ``_route``) must not start a task in it (a
+                # restarted peer died of "Nursery is closed to new arrivals" under churn).
+                self._timers = None
                 nursery.cancel_scope.cancel()
-            self._timers = None
             for item in agreement.evidence:
                 signer = (
                     item.first.proposer if isinstance(item.first, Proposal) else item.first.signer
