@@ -165,7 +165,7 @@ class EpochLinks:
             await outbox.wake.wait()
             outbox.wake = trio.Event()
             while outbox.pending or outbox.greet:
-                batch = take_batch(outbox.pending) if outbox.pending else []
+                batch = take_batch(outbox.pending)  # empty for a greeting
                 epoch, round_ = self.position()
                 request = EpochMessagesRequest(
                     epoch=Epoch(epoch),
