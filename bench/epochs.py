@@ -5,6 +5,8 @@ Run from the repository root on an otherwise quiet machine::
     .venv/bin/python bench/epochs.py                                  # 20 peers, 100 shards, 30 s
     .venv/bin/python bench/epochs.py --peers 50 --shards 200 --epoch-duration 60 --changes 5
     .venv/bin/python bench/epochs.py --churn                          # kills/restarts + 4 writers
+    .venv/bin/python bench/epochs.py --epoch-duration 3600 --changes 0 --settle 60 \
+        --quiet-seconds 90                                            # idle, nothing to agree on
 
 What it does: starts ``walrus-peer devnet`` (the command a user types: one ``walrus-peer run``
 process per peer plus the HTTP gateway) in a fresh directory with a short epoch, waits until the
@@ -291,6 +293,9 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=10)
     parser.add_argument("--window", type=float, default=0.0, help="seconds after a change")
     parser.add_argument("--quiet-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--settle", type=float, default=0.0, help="seconds to wait once writable, before measuring"
+    )
     parser.add_argument("--http-port", type=int, default=0)
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     parser.add_argument("--keep", action="store_true", help="keep the devnet directory")
@@ -333,6 +338,7 @@ def main() -> None:
             f"devnet writable after {ready:.1f}s; peers with metrics: "
             f"{sum(1 for p in devnet.peers.values() if p.metrics)} of {len(devnet.peers)}"
         )
+        time.sleep(arguments.settle)
         sampler.start()
         now = time.time()
         first = int((now - devnet.genesis_time) // devnet.epoch_duration) + 1
@@ -341,6 +347,8 @@ def main() -> None:
         # Idle: a quiet window (no /status sampling) in the epoch before the first measured
         # change, once the previous change is long over.
         quiet_start = max(now, devnet.epoch_start(first) - arguments.quiet_seconds - 3.0)
+        if arguments.changes == 0:  # an idle run: measure at once
+            quiet_start = now
         quiet_cpu = None
         if devnet.epoch_start(first) - 3.0 - quiet_start >= arguments.quiet_seconds * 0.8:
             wait_until(quiet_start)

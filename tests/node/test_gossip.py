@@ -5,13 +5,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import suppress
+from types import SimpleNamespace
 
 import pytest
 import trio
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_11
+from libp2p.pubsub.gossipsub import GossipSub
 
 from tests.node.netkit import STEP, Peer, open_peer, open_peers
 from walrus_p2p.errors import NetworkError, PeerUnreachableError, WireError
-from walrus_p2p.net.gossip import Gossip, GossipConfig, GossipMessage, Subscription
+from walrus_p2p.net.gossip import (
+    GOSSIP_PROTOCOLS,
+    Gossip,
+    GossipConfig,
+    GossipMessage,
+    Subscription,
+    _CountedGossipSub,
+)
 from walrus_p2p.net.names import protocol_id, topic
 
 PEERS = 7
@@ -223,3 +234,56 @@ async def test_shutdown_while_gossip_is_busy_is_clean() -> None:
             with trio.fail_after(STEP):
                 await received.wait()
         nursery.cancel_scope.cancel()
+
+
+def mesh_router(kind: type[GossipSub]) -> tuple[GossipSub, list[ID]]:
+    """A router as open_gossip configures it, in a topic of 18 peers with a full mesh of 6
+    (everyone scoring 0, as honest peers do), without a network: only the heartbeat's mesh
+    maintenance runs."""
+    config = GossipConfig()
+    router = kind(
+        protocols=list(GOSSIP_PROTOCOLS),
+        degree=config.degree,
+        degree_low=config.degree_low,
+        degree_high=config.degree_high,
+        adaptive_gossip_enabled=False,
+    )
+    peers = [ID(bytes([0, 4]) + bytes([index]) * 4) for index in range(18)]
+    router.pubsub = SimpleNamespace(peer_topics={NEWS: set(peers)})  # type: ignore[assignment]
+    router.mesh = {NEWS: set(peers[: config.degree])}
+    router.peer_protocol = {peer: MESHSUB_11 for peer in peers}
+    return router, peers
+
+
+def grafts_over(router: GossipSub, heartbeats: int) -> int:
+    grafted = 0
+    for _ in range(heartbeats):
+        to_graft, _ = router.mesh_heartbeat()
+        grafted += len(to_graft)
+    return grafted
+
+
+def test_library_grafts_equal_scoring_peers_at_every_heartbeat() -> None:
+    """What _CountedGossipSub works around. When this fails, py-libp2p grafts like the spec
+    (or stopped calling the hooks): drop the two overrides in net/gossip.py."""
+    stock, _ = mesh_router(GossipSub)
+    assert grafts_over(stock, 5) >= 5
+
+
+def test_equal_scoring_peers_are_not_grafted_opportunistically() -> None:
+    router, peers = mesh_router(_CountedGossipSub)
+    assert grafts_over(router, 20) == 0
+    assert len(router.mesh[NEWS]) == GossipConfig().degree
+    # Once due, still nobody scores above the median: no graft.
+    router._graft_due[NEWS] = 0.0
+    assert grafts_over(router, 1) == 0
+    # A peer scoring above the mesh's median is taken, once the minute is up.
+    assert router.scorer is not None
+    better = peers[-1]
+    score = router.scorer.score
+    router.scorer.score = lambda peer, topics: 5.0 if peer == better else score(peer, topics)  # type: ignore[method-assign]
+    assert grafts_over(router, 1) == 0
+    router._graft_due[NEWS] = 0.0
+    to_graft, _ = router.mesh_heartbeat()
+    assert list(to_graft) == [better]
+    assert better in router.mesh[NEWS]

@@ -830,11 +830,13 @@ class EpochService:
         during the epoch counts as alive at the change (``_alive``), so a member restarting just
         then keeps its shards instead of having them moved away for one epoch."""
         host = self.peer.host
+        pause = max(1.0, min(30.0, self.genesis.epoch_duration_seconds / 6))
         while host is not None:
+            connected = set(host.connected_peers())
             for member in self.current.peer_ids:
-                if host.is_connected(member):
+                if member in connected:
                     self._heard[member] = self.epoch
-            await trio.sleep(max(1.0, min(5.0, self.genesis.epoch_duration_seconds / 6)))
+            await trio.sleep(pause)
 
     def _hint(self, origin: PeerId, epoch: int) -> None:
         if origin and origin != self.peer.peer_id:

@@ -61,9 +61,10 @@ class HealingOptions:
     loses the network (a partition, a cable) sees most pings fail; when they succeed again
     after at least ``stall_catch_up_seconds`` it runs a catch-up round at once. 0 turns it off.
     This pace holds while a ping of the window failed; while all succeed, pings go out every
-    ``reachability_idle_interval`` instead (an idle 20-peer network spent ~7 % of its CPU on
-    pings every 3 s)."""
-    reachability_idle_interval: float = 10.0
+    ``reachability_idle_interval`` instead (a ping costs both ends a stream: at 10 s the pings
+    were about a tenth of an idle 20-peer network's CPU; docs/network.md, "Idle cost"). A
+    partition is then noticed within that interval plus three pings."""
+    reachability_idle_interval: float = 30.0
     reachability_timeout: float = 3.0
 
     # scrub
