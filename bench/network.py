@@ -25,9 +25,10 @@ minus the interpreter start-up):
    symbols); the bytes it received for that come from its own /metrics
    (``walrus_recovery_bytes_received_total``) against the ideal ``pairs * (kp + ks) * S``.
 
-With ``--tahoe-csv`` (the ``results.csv`` of /work/shared/anchors/tahoe/tahoe_grid_bench.sh,
-run with ``FORCE_FOOLSCAP=true CONFIGS=7:20:20 SIZES="1 16 100"``; the CSV survives its
-teardown) it prints the Tahoe-LAFS medians and the ratio next to ours. Tahoe's times are wall
+With ``--tahoe-csv`` (the ``results.csv`` of a 20-node Tahoe-LAFS grid benchmark,
+``tahoe_grid_bench.sh``, a script that is not part of this repository, run with
+``FORCE_FOOLSCAP=true CONFIGS=7:20:20 SIZES="1 16 100"``; the CSV survives its teardown) it
+prints the Tahoe-LAFS medians and the ratio next to ours. Tahoe's times are wall
 times of the ``tahoe put``/``get`` CLI, which include 0.5-1 s of interpreter start-up; ours are
 library calls. MB here = MiB, as there. Every process this bench starts is killed (process
 group) when it ends, whatever happens. Benchmarks print; they never assert on speed.

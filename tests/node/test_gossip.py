@@ -206,7 +206,7 @@ async def test_malformed_pubsub_frames_do_not_kill_the_peer() -> None:
 
 
 async def test_shutdown_while_gossip_is_busy_is_clean() -> None:
-    """Leaving the contexts while messages fly must not raise (design §7: "Nursery is closed
+    """Leaving the contexts while messages fly must not raise (docs/design.md §7: "Nursery is closed
     to new arrivals" from libp2p's services)."""
     received = trio.Event()
     async with trio.open_nursery() as nursery:

@@ -75,7 +75,8 @@ def make_blob(network: TestNetwork, size: int = 50_000) -> Blob:
 
 
 def pairs_of(network: TestNetwork, peer: TestPeer, blob_id: bytes) -> list[int]:
-    """Design §3, computed here independently: pair p lives on shard (p + int(blob id)) % n."""
+    """docs/design.md §3, computed here independently: pair p lives on shard
+    (p + int(blob id)) % n."""
     n = network.genesis.n_shards
     offset = int.from_bytes(blob_id, "big")
     committee = network.genesis.committee

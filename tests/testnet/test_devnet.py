@@ -52,7 +52,7 @@ READY_TIMEOUT = 150.0
 """Start-up of 7 peers and 2 gateways: ~10 s idle, much more on a loaded 2-core machine."""
 REACHABLE_TIMEOUT = 120.0
 """A restarted peer is reachable again after its start-up plus, at worst, libp2p's 60 s
-block on a peer whose dial failed (design §7)."""
+block on a peer whose dial failed (docs/design.md §7)."""
 HTTP_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 
 KIB = 1024

@@ -1,9 +1,9 @@
 """Real `walrus-peer run` processes: kill -9 mid-upload, restart, and check what survived.
 
-Design §9: "A peer killed at any moment restarts with every sliver it had confirmed intact." Here
-a client streams slivers of many blobs into one peer process (three uploads at once, so requests
-are in flight), the process is SIGKILLed once a dozen slivers have been acknowledged, and the
-same data directory is started again. Everything the peer acknowledged must come back and verify
+docs/design.md §9: a peer killed at any moment comes back with every sliver it had confirmed,
+intact. Here a client streams slivers of many blobs into one peer process (three uploads at once, so
+requests are in flight), the process is SIGKILLed once a dozen slivers have been acknowledged, and
+the same data directory is started again. Everything the peer acknowledged must come back and verify
 against the metadata; everything it confirmed must be backed by its slivers (and it signs the
 confirmation again); what it never acknowledged is either absent or whole, never half-written.
 
@@ -103,7 +103,7 @@ class Journal:
 
 
 def pairs_of(genesis: Genesis, peer_id: PeerId, blob_id: bytes) -> tuple[int, ...]:
-    """Design §3: pair p lives on shard (p + int(blob id)) % n."""
+    """docs/design.md §3: pair p lives on shard (p + int(blob id)) % n."""
     offset = int.from_bytes(blob_id, "big")
     committee = genesis.committee
     return tuple(p for p in range(SHARDS) if committee.peer_of((p + offset) % SHARDS) == peer_id)

@@ -1,4 +1,4 @@
-"""The dependency direction of conventions.md, checked on the source.
+"""The dependency direction of docs/design.md §12 ("Layers"), checked on the source.
 
 Imports only point down: cli, api -> node, client -> net, storage -> core -> errors, types.
 libp2p is imported only in net/, pyeclib only in core's codec modules, and core does no I/O

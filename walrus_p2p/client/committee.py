@@ -1,7 +1,7 @@
 """The light peer learns the current committee: the epoch chain from genesis, verified.
 
-Owner: light-client verification (design §5). A light peer trusts only its genesis file. It asks
-one reachable storage peer (members of the newest committee it has verified first, then older
+Owner: light-client verification (docs/design.md §5). A light peer trusts only its genesis file. It
+asks one reachable storage peer (members of the newest committee it has verified first, then older
 ones) for the epoch records after the last one it holds
 (:class:`~walrus_p2p.core.epochs.GetEpochRecordsRequest`, paged), checks every record against the
 committee before it -- network, epoch number, n, a quorum of that committee's shard weight of
@@ -11,8 +11,8 @@ that does not verify is dropped (the records before it, which verified, are kept
 source is asked. A source can withhold recent records, not forge them: the result is at worst an
 older committee, which a store notices (its confirmations name the wrong epoch).
 
-During an epoch change (design §5, transition rule) :meth:`LightPeer.holders_of` lists the
-shard's owner in the newest committee first and its owner in the previous one second: writes go
+During an epoch change (docs/epochs.md, "Transition rule") :meth:`LightPeer.holders_of` lists
+the shard's owner in the newest committee first and its owner in the previous one second: writes go
 to the first, and a read that misses a sliver there falls back to the previous owner, who keeps
 serving the slivers it stored until they are garbage-collected.
 """

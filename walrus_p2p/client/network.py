@@ -124,8 +124,8 @@ class LightPeer:
     def holders_of(self, shard: int) -> list[PeerId]:
         """Who to ask for a shard's slivers, in order: its owner now and its owner one epoch
         before. While a moved shard's new owner has not reported it in place, the previous
-        owner comes first (design §5: reads of older blobs go to the old committee during a
-        change; see :meth:`refresh_in_place`)."""
+        owner comes first (docs/design.md §5, transition rule: reads of older blobs go to the old
+        committee during a change; see :meth:`refresh_in_place`)."""
         return reading_order(
             shard,
             self.committee,

@@ -1,4 +1,4 @@
-"""The read flow (design §6): metadata and kp primary slivers (or ks secondary), decode, check.
+"""The read flow (docs/design.md §6.2): metadata, kp primaries (or ks secondaries), decode, check.
 
 Nothing a peer sends is used before it is verified: metadata against the blob id, each sliver
 against its hash in the metadata, and the decoded blob against the metadata again (the default
@@ -200,7 +200,7 @@ async def fetch_slivers(
 
     async def fetch_one(index: int) -> None:
         # During an epoch change the shard's new owner may not hold the sliver yet: fall back
-        # to its owner in the previous epoch (design §5 transition rule, LightPeer.holders_of).
+        # to its owner in the previous epoch (docs/epochs.md, "Transition rule"; holders_of).
         holders, pair = _holders(light, blob_id, sliver_type, index)
         for peer_id in holders:
             if peer_id not in bad_peers and await fetch_from(peer_id, index, pair):

@@ -1,4 +1,4 @@
-"""The store flow (design §6): encode, register, upload to every shard's peer, certify.
+"""The store flow (docs/design.md §6.1): encode, register, upload to every shard's peer, certify.
 
 Memory: the blob is encoded once (the slivers are views into the encoder's buffers); each upload
 in flight adds one wire-encoded copy of one sliver, and at most ``max_parallel_slivers`` slivers

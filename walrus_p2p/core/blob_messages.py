@@ -1,8 +1,8 @@
 """Requests that carry signed blob records directly to the storage peers that need them.
 
-Design §5: gossip is costly in py-libp2p, so a writer pushes a blob's register record and its
-certificate straight to the committee over streams, and a reader asks any peer for a blob's
-records and verifies them itself. Each record travels as its own canonical wire encoding (a
+docs/design.md §5 and §7: gossip is costly in py-libp2p, so a writer pushes a blob's register record
+and its certificate straight to the committee over streams, and a reader asks any peer for a
+blob's records and verifies them itself. Each record travels as its own canonical wire encoding (a
 :data:`walrus_p2p.core.records.BLOB_RECORD_TYPES` message) so it can be verified, stored and
 forwarded byte for byte.
 """
@@ -72,7 +72,7 @@ class GetBlobRecordsReply(Message):
     records: EncodedRecords
 
 
-# Catch-up (design §5: gossip carries news, not history). A peer back from downtime or data
+# Catch-up (docs/design.md §5: gossip carries news, not history). A peer back from downtime or data
 # loss pages through every blob's records held by another peer, by blob id, and verifies each
 # record itself before merging it.
 
@@ -111,8 +111,9 @@ class ListBlobRecordsReply(Message):
     next_after: BlobIdBytes | None
 
 
-# Invalid blobs (design §4): a peer that rebuilt a sliver contradicting its hash sends the proof
-# to the others and asks each for a signed attestation; f+1 shard weight makes a BlobInvalid.
+# Invalid blobs (docs/design.md §4): a peer that rebuilt a sliver contradicting its hash sends
+# the proof to the others and asks each for a signed attestation; f+1 shard weight makes a
+# BlobInvalid.
 
 
 @record

@@ -1,4 +1,4 @@
-"""Committees: shard weight, quorums, and the shard assignment (design §5).
+"""Committees: shard weight, quorums, and the shard assignment (docs/design.md §5).
 
 Owner: the core of membership. A committee is the set of storage peers of one epoch, each with a
 weight, and a map from every shard (0..n-1) to the one peer that stores it. Everything here counts

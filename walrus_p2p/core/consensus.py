@@ -1,6 +1,6 @@
 """One-shot Byzantine agreement on the next epoch's committee, as a pure state machine.
 
-Owner: epoch changes (design §5; the argument is in ``docs/epochs.md``). The committee of epoch e
+Owner: epoch changes (docs/design.md §6.4; argued in ``docs/epochs.md``). The committee of epoch e
 decides one :class:`~walrus_p2p.core.records.EpochValue` for epoch e+1 with the Tendermint
 algorithm (Buchman, Kwon, Milosevic, "The latest gossip on BFT consensus", 2018) run for a single
 height: rounds of propose / prevote / precommit, a lock on a quorum of prevotes (a polka), a

@@ -1,4 +1,4 @@
-"""RedStuff two-dimensional erasure coding over Reed-Solomon (design §3).
+"""RedStuff two-dimensional erasure coding over Reed-Solomon (docs/design.md §3).
 
 Owner: the core pipeline. This is the only module that calls an erasure codec, and it does so
 through :class:`ErasureCodec`, a three-method interface over "fragments" (equal-length byte

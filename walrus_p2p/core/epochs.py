@@ -1,8 +1,9 @@
 """Epoch changes around the agreement: what a peer proposes, what it accepts, and the sync messages.
 
-Owner: the application rules of an epoch change (design §5, ``docs/epochs.md``), kept pure so
-that every peer computes the same thing from the same inputs. :mod:`walrus_p2p.core.consensus`
-decides *one* value; this module says which values an honest peer proposes and prevotes:
+Owner: the application rules of an epoch change (docs/design.md §6.4, ``docs/epochs.md``), kept
+pure so that every peer computes the same thing from the same inputs.
+:mod:`walrus_p2p.core.consensus` decides *one* value; this module says which values an honest
+peer proposes and prevotes:
 
 - :func:`member_weight` -- the single source of a member's weight: a genesis member keeps its
   genesis weight, any other candidate gets at most the smallest genesis weight (a newcomer cannot

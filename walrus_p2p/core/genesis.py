@@ -1,4 +1,4 @@
-"""The genesis: the file that fixes a network, and the network id that names it (design §5).
+"""The genesis: the file that fixes a network, and the network id that names it (docs/design.md §5).
 
 Owner: parsing, validating and writing genesis TOML (the format is documented in
 ``bootstrap/README.md``), and the network id. The network id is a blake3 hash, domain separated,
@@ -60,7 +60,7 @@ class Limits:
     """Size and time limits every peer enforces (checked before allocating anything).
 
     ``max_sliver_size`` of ``None`` means "derived": the primary sliver size of a blob of
-    ``max_blob_size`` bytes at this n (design §3); :class:`Genesis` resolves it.
+    ``max_blob_size`` bytes at this n (docs/design.md §3); :class:`Genesis` resolves it.
     """
 
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
@@ -74,7 +74,8 @@ LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
 
 
 def max_primary_sliver_size(n_shards: int, blob_size: int) -> int:
-    """Bytes in a primary sliver (the larger kind) of a blob of ``blob_size`` bytes (design §3)."""
+    """Bytes in a primary sliver (the larger kind) of a blob of ``blob_size`` bytes
+    (docs/design.md §3)."""
     f = (n_shards - 1) // 3
     primary_symbols, secondary_symbols = n_shards - 2 * f, n_shards - f
     symbol_size = max(1, -(-blob_size // (primary_symbols * secondary_symbols)))
@@ -222,7 +223,7 @@ def check_tcp_multiaddr(
 
     Accepted: ``/ip4/<a>/tcp/<port>``, ``/ip6/<a>/tcp/<port>``,
     ``/dns|dns4|dns6/<name>/tcp/<port>``, each optionally followed by ``/p2p/<Ed25519 peer id>``
-    (the only transport and key type the network runs, design §7). An address others dial
+    (the only transport and key type the network runs, docs/design.md §7). An address others dial
     (``listen`` false) must not be unspecified (0.0.0.0, ::) nor have port 0; a listen address
     may. ``ConfigError`` naming ``where`` otherwise.
     """

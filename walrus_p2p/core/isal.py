@@ -1,7 +1,7 @@
 """Reed-Solomon over the ISA-L library bundled in the pyeclib wheel, called directly.
 
-This module owns the fast codec path of RedStuff (design §3). It computes exactly the same bytes as
-pyeclib's ``isa_l_rs_cauchy`` backend, because it builds the same generator matrix
+This module owns the fast codec path of RedStuff (docs/design.md §3). It computes exactly the
+same bytes as pyeclib's ``isa_l_rs_cauchy`` backend, because it builds the same generator matrix
 (``gf_gen_cauchy1_matrix`` over k+m rows, identity on top, Cauchy rows below) and runs the same
 ISA-L kernels, but without pyeclib's costs: no 80-byte fragment headers, no copies into ``bytes``,
 no GIL held during the arithmetic, outputs written into caller-owned numpy buffers, work split into

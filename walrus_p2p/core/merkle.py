@@ -1,4 +1,4 @@
-"""Blake3 hashing with domain separation, and the Merkle trees behind sliver hashes (design §4).
+"""Blake3 hashing with domain separation and the Merkle trees of sliver hashes (docs/design.md §4).
 
 Every hash in the commitments is a *keyed* blake3 hash whose 32-byte key is derived, with blake3's
 own ``derive_key`` mode, from a context string naming its purpose. Keyed mode costs nothing per

@@ -1,4 +1,4 @@
-"""Blob metadata and the blob id (design §4).
+"""Blob metadata and the blob id (docs/design.md §4).
 
 Owner: the core pipeline. The data classes below are the shared vocabulary that wire.py
 serialises; the functions that compute and verify them live here too.

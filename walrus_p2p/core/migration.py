@@ -1,8 +1,8 @@
 """Shard migration at an epoch change: the pull messages and the "shards in place" report.
 
-Owner: issue 6 item 3 and issue 4 item 6 (design §5 transition, §6 migration; ``docs/healing.md``,
-"Shard migration"). When epoch e+1's committee gives shard ``s`` to a peer B that did not hold it
-in epoch e, B pulls the slivers of ``s`` from A, the owner of ``s`` in epoch e:
+Owner: issue 6 item 3 and issue 4 item 6 (docs/design.md §5 transition, §6.4 migration;
+``docs/healing.md``, "Shard migration"). When epoch e+1's committee gives shard ``s`` to a peer B
+that did not hold it in epoch e, B pulls the slivers of ``s`` from A, the owner of ``s`` in epoch e:
 
 - :class:`PullShardRequest` -- signed by B (context ``walrus-p2p/shard-pull/v1``) over the
   network id, the epoch e+1, the shard, a cursor and a byte budget. A serves it only if B owns
@@ -278,8 +278,8 @@ def reading_order(
     previous: Committee | None,
     in_place: Sequence[int] | frozenset[int] | set[int],
 ) -> list[PeerId]:
-    """Whom a reader asks for a shard's slivers of an older blob, in order (design §5): while a
-    moved shard's new owner has not reported it in place, its previous owner first."""
+    """Whom a reader asks for a shard's slivers of an older blob, in order (docs/design.md §5):
+    while a moved shard's new owner has not reported it in place, its previous owner first."""
     owner = current.peer_of(shard)
     if previous is None or previous.n_shards != current.n_shards:
         return [owner]

@@ -1,7 +1,7 @@
 """The signed records of the system log, their verification, and how a blob's records merge.
 
-Owner: network state without a chain (design §5). Every fact the peers keep together is one of
-these records, signed so that anybody holding the genesis file can check it:
+Owner: network state without a chain (docs/design.md §5). Every fact the peers keep together is
+one of these records, signed so that anybody holding the genesis file can check it:
 
 - :class:`Candidacy` -- a peer offers to serve (signed by the candidate);
 - :class:`EpochRecord` -- the committee of epoch e+1 (:class:`EpochValue`) with the precommits of

@@ -1,4 +1,4 @@
-"""The wire format: message classes, their one registry, canonical CBOR and size caps (design §9).
+"""The wire format: message classes, one registry, canonical CBOR, size caps (docs/design.md §9).
 
 Every message is a frozen, slotted dataclass registered once under a small, stable type id. On the
 wire a message is one CBOR array ``[type_id, field_1, ..., field_k]`` in field order; nested
@@ -138,7 +138,7 @@ __all__ = [
 ]
 
 MAX_SHARDS = 256
-"""Largest n the wire accepts (design §2: 4 ≤ n ≤ 256); indices are 0..255."""
+"""Largest n the wire accepts (docs/design.md §2: 4 ≤ n ≤ 256); indices are 0..255."""
 
 HASH_LENGTH = 32
 PUBLIC_KEY_LENGTH = 32
@@ -188,8 +188,8 @@ class WireLimits:
     def for_network(cls, *, shards: int, max_blob_size: int) -> WireLimits:
         """The tightest limits that still carry every sliver and symbol of the largest blob.
 
-        Follows design §3: ``S = roundup_even(max(1, ceil(L / (kp*ks))))``; a primary sliver holds
-        ks symbols, a secondary sliver kp ≤ ks, and a recovery symbol is one symbol.
+        Follows docs/design.md §3: ``S = roundup_even(max(1, ceil(L / (kp*ks))))``; a primary
+        sliver holds ks symbols, a secondary sliver kp ≤ ks, and a recovery symbol is one symbol.
         """
         if not 4 <= shards <= MAX_SHARDS:
             raise ConfigError(f"shards must be in 4..{MAX_SHARDS}, got {shards}")
@@ -1225,7 +1225,7 @@ class GetConfirmationReply(Message):
 @dataclass(frozen=True, slots=True)
 class GetRecoverySymbolRequest(Message):
     """Ask the holder of pair ``source_pair_index`` for the symbol its ``source_kind`` sliver
-    shares with the lost sliver ``target_index`` (design §3, Recover)."""
+    shares with the lost sliver ``target_index`` (docs/design.md §3, repair)."""
 
     blob_id: BlobIdBytes
     source_pair_index: PairIndex

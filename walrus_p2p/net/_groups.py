@@ -3,7 +3,7 @@
 py-libp2p's services run in nurseries, and trio (strict exception groups) wraps anything that
 crosses a nursery in an ``ExceptionGroup``. An error raised by *the caller's own code* inside
 ``async with open_host(...)`` would come back wrapped two or three levels deep. Callers are
-promised plain :class:`WalrusError` s (conventions.md, "Errors"), so each ``open_*`` records the
+promised plain :class:`WalrusError` s (docs/design.md §12, "Errors"), so each ``open_*`` records the
 exception thrown into it at its ``yield`` and, if the group that comes out holds nothing else
 (besides cancellations), re-raises that exception as it was.
 """

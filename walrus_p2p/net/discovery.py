@@ -1,7 +1,7 @@
 """Peer discovery through the libp2p Kademlia DHT.
 
 Storage peers run the DHT in server mode (they answer queries and sit in others' routing
-tables); light peers run it in client mode (they only ask). Settings and traps (design §7,
+tables); light peers run it in client mode (they only ask). Settings and traps (docs/design.md §7,
 docs/network.md):
 
 - connecting to a peer does not put it in the routing table: :meth:`Discovery.bootstrap` calls

@@ -1,8 +1,8 @@
 """Length-prefixed frames over a byte stream.
 
 A frame is a 4-byte big-endian unsigned length followed by that many bytes. Frames exist because
-a yamux stream whose remote dies mid-transfer ends with a normal EOF (design §7): without an
-explicit length a reader would accept the truncated bytes as a whole message.
+a yamux stream whose remote dies mid-transfer ends with a normal EOF (docs/design.md §7): without
+an explicit length a reader would accept the truncated bytes as a whole message.
 
 Rules enforced here:
 

@@ -1,6 +1,6 @@
 """Gossipsub: publish and receive news on topics, with caller-supplied validators.
 
-Configured deliberately (design §7, docs/network.md):
+Configured deliberately (docs/design.md §7, docs/network.md):
 
 - heartbeat ~1 s instead of the library's 120 s, and *adaptive gossip off*: with it on,
   ``GossipSub._adapt_heartbeat_parameters`` raises a poor-health heartbeat to 30-60 s;
@@ -122,7 +122,7 @@ class GossipConfig:
 
     ``max_messages_per_topic_per_second``: per forwarder and topic; above it libp2p drops
     messages *and* penalises the forwarder's score. Size it for the busiest honest peer: our
-    peers batch records and stay at a few messages per second network-wide (design §7).
+    peers batch records and stay at a few messages per second network-wide (docs/design.md §7).
     """
 
     heartbeat_interval: int = 3

@@ -1,6 +1,6 @@
 """The libp2p host: identity, transports, connections, stream handlers, request/reply.
 
-:func:`open_host` builds a py-libp2p 0.8.1 host with exactly the stack design §7 asks for:
+:func:`open_host` builds a py-libp2p 0.8.1 host with exactly the stack of docs/design.md §7:
 TCP, Noise only (``sec_opt``: the library default also offers TLS, SECIO and plaintext), yamux
 only, and an Ed25519 identity derived from a 32-byte seed, so a peer keeps its peer id across
 restarts. It also fixes the library behaviours that hurt us (docs/network.md has the details):
@@ -579,7 +579,7 @@ async def open_host(config: HostConfig) -> AsyncIterator[Host]:
         if sole is not None:
             escaped = sole
         elif body_error is None and is_nursery_closed(error):
-            # Leaving host.run() while a service still spawns tasks (design §7).
+            # Leaving host.run() while a service still spawns tasks (docs/design.md §7).
             logger.debug("host shutdown raced a task spawn peer=%s", host.peer_id[:12])
         elif not started and isinstance(error, Exception):
             raise NetworkError(f"host failed to start: {error}") from error

@@ -3,7 +3,7 @@
 ``import libp2p`` runs ``libp2p.utils.logging.setup_logging()``, which clears the handlers of the
 ``libp2p`` logger, sets it to WARNING and turns propagation off. The records then fall through to
 ``logging.lastResort`` and land on stderr unformatted, thousands a minute in a busy DHT
-(design §7). :func:`route_libp2p_logs` attaches one handler to the ``libp2p`` logger that
+(docs/design.md §7). :func:`route_libp2p_logs` attaches one handler to the ``libp2p`` logger that
 re-emits each record on ``walrus_p2p.net.libp2p.<module>`` (so the application's own logging
 configuration decides where they go), and drops records above a per-logger-and-level budget per
 window, with one summary line saying how many were dropped.

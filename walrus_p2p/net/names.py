@@ -1,7 +1,7 @@
 """Protocol ids and gossip topics, built from a network id so two networks never mix.
 
 Every stream protocol is ``/walrus-p2p/<network>/<name>/<version>`` and every gossip topic is
-``walrus-p2p/<network>/<name>`` (conventions.md, "Names"). ``network`` is the network id (the
+``walrus-p2p/<network>/<name>`` (docs/design.md §12, "Names"). ``network`` is the network id (the
 hash of the genesis file, in whatever text form the caller chose); it must not contain ``/``
 or whitespace, so a protocol id can always be split back into its parts.
 """

@@ -10,10 +10,11 @@ layer: the body is ``REASON`` (ASCII, UPPER_SNAKE) ``\\x00`` message (UTF-8). Th
 maps its own errors to ordinary replies; this status byte exists so a crashed handler, a request
 above the size cap or a handler timeout reaches the client as :class:`RemoteError` with a reason
 instead of a bare reset. Unexpected handler exceptions go out as ``INTERNAL`` without details
-(conventions.md, "Errors"); :class:`WalrusError` subclasses go out with their reason and message.
+(docs/design.md §12, "Errors"); :class:`WalrusError` subclasses go out with their reason and
+message.
 
 Every stream is closed (or reset after a failure) in ``finally``: yamux stops opening streams on
-a connection after 256 unclosed ones (design §7).
+a connection after 256 unclosed ones (docs/design.md §7).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Catch-up: pulling the blob records a peer missed while it was down or lost its disk (§5).
+"""Catch-up: the blob records a peer missed while it was down or lost its disk (docs/design.md §5).
 
 Gossip carries news, not history. A peer serves every blob's records it keeps, in blob id
 order, a page at a time (:class:`~walrus_p2p.core.blob_messages.ListBlobRecordsRequest`,

@@ -2,7 +2,7 @@
 
 A storage peer can be told, through the environment of its ``walrus-peer run`` process, to
 misbehave in one specific way so that a test can check that clients detect it and route around
-it (design §9: a read returns exactly the stored bytes or an error, never wrong bytes):
+it (docs/design.md §9: a read returns exactly the stored bytes or an error, never wrong bytes):
 
 ``WALRUS_FAULT_INJECTION=corrupt-slivers``
     every ``GetSliverRequest`` is answered with the stored sliver with one byte flipped. The

@@ -1,4 +1,4 @@
-"""Marking an inconsistently encoded blob invalid (design §4).
+"""Marking an inconsistently encoded blob invalid (docs/design.md §4).
 
 When recovery rebuilds a sliver from verified symbols and it contradicts its hash, the error
 carries an :class:`~walrus_p2p.core.metadata.InconsistencyProof`. This peer verifies the proof

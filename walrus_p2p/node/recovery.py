@@ -1,4 +1,4 @@
-"""Rebuilding lost slivers from other peers' recovery symbols, and blob sync (design §3, §6).
+"""Rebuilding lost slivers from recovery symbols, and blob sync (docs/design.md §3, §6.3).
 
 A lost primary sliver ``p`` is rebuilt from ``ks`` symbols ``E[p, c]``, one from each of ``ks``
 holders of secondary slivers ``c``; a lost secondary sliver ``c`` from ``kp`` symbols

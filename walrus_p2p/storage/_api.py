@@ -17,7 +17,7 @@ FORMAT_VERSION = 1
 """On-disk format written by this code; a store recorded with any other version is refused."""
 
 MAX_PAIR_INDEX = 255
-"""Sliver pair indices are shard-sized: n ≤ 256 (design §2)."""
+"""Sliver pair indices are shard-sized: n ≤ 256 (docs/design.md §2)."""
 
 Bytes = bytes | bytearray | memoryview
 """What ``put_*`` accepts; stored and returned as ``bytes``."""
