@@ -2,7 +2,7 @@
 
 Configured deliberately (docs/design.md §7, docs/network.md):
 
-- heartbeat ~1 s instead of the library's 120 s, and *adaptive gossip off*: with it on,
+- heartbeat every 3 s instead of the library's 120 s, and *adaptive gossip off*: with it on,
   ``GossipSub._adapt_heartbeat_parameters`` raises a poor-health heartbeat to 30-60 s;
 - the per-(forwarder, topic) spam limit (library default 10 msg/s) sized by the caller; the
   same limit silently drops our own publishes, so :meth:`Gossip.publish` checks it first and
