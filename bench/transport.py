@@ -1,7 +1,7 @@
 """Raw libp2p transfer speed between two processes on loopback (TCP + Noise + yamux).
 
-    .venv/bin/python bench/transport.py                      # with net/_fastpath.py (the default)
-    .venv/bin/python bench/transport.py --without-fastpath   # py-libp2p as shipped
+    .venv/bin/python bench/transport.py                  # with the tuning of net/libp2p_patches.py
+    .venv/bin/python bench/transport.py --without-tuning # the library's own paths (fixes stay)
 
 A receiver process and a sender process, each with one ``open_host``; the sender writes
 ``--mib`` MiB over 1 and over 20 parallel streams of one connection, in 1 MiB writes, and the
@@ -20,7 +20,7 @@ import time
 
 import trio
 
-from walrus_p2p.net import _fastpath
+from walrus_p2p.net import libp2p_patches
 from walrus_p2p.net.host import HostConfig, open_host
 from walrus_p2p.net.stream import Stream
 from walrus_p2p.testing.network import free_tcp_port
@@ -99,19 +99,23 @@ async def sender(port: int, peer_id: str, mib: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mib", type=int, default=200)
-    parser.add_argument("--without-fastpath", action="store_true")
+    parser.add_argument(
+        "--without-tuning", action="store_true", help=f"set {libp2p_patches.TUNING_SWITCH}=off"
+    )
     parser.add_argument("--role", choices=("receiver",), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    if arguments.without_fastpath:
-        _fastpath._installed = True  # install() then does nothing in this process
+    if arguments.without_tuning:
+        os.environ[libp2p_patches.TUNING_SWITCH] = "off"  # the receiver inherits it
+    else:
+        libp2p_patches.tune_allocator()  # as a storage peer's runner does
     if arguments.role == "receiver":
         trio.run(receiver, arguments.port)
         return
     port = free_tcp_port()
     command = [sys.executable, __file__, "--role", "receiver", "--port", str(port)]
-    if arguments.without_fastpath:
-        command.append("--without-fastpath")
+    if arguments.without_tuning:
+        command.append("--without-tuning")
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert child.stdout is not None
@@ -119,7 +123,8 @@ def main() -> None:
         if not peer_id:
             raise SystemExit("the receiver did not start")
         print(
-            f"{'without' if arguments.without_fastpath else 'with'} net/_fastpath.py; "
+            f"{'without' if arguments.without_tuning else 'with'} the libp2p tuning "
+            f"(net/libp2p_patches.py); "
             f"load {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores"
         )
         trio.run(sender, port, peer_id, arguments.mib)

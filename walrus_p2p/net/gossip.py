@@ -29,7 +29,6 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
-import libp2p.pubsub.pubsub as libp2p_pubsub
 import trio
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as MESHSUB_10
@@ -38,6 +37,7 @@ from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 
 from walrus_p2p.errors import ConfigError, NetworkError, WireError
+from walrus_p2p.net import libp2p_patches
 from walrus_p2p.net._groups import sole_body_error
 from walrus_p2p.net._service import run_guarded_service
 from walrus_p2p.net.host import Host
@@ -332,8 +332,7 @@ async def open_gossip(host: Host, config: GossipConfig | None = None) -> AsyncIt
     config = config or GossipConfig()
     if config.subscription_queue_size < 1 or config.heartbeat_interval < 1:
         raise ConfigError("gossip queue size and heartbeat interval must be positive")
-    # Read by Pubsub.subscribe when it opens each topic's queue (pubsub.py).
-    libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE = config.subscription_queue_size
+    libp2p_patches.set_subscription_queue_size(config.subscription_queue_size)
     router = _CountedGossipSub(
         protocols=list(GOSSIP_PROTOCOLS),
         degree=config.degree,

@@ -3,11 +3,11 @@
 :func:`open_host` builds a py-libp2p 0.8.1 host with exactly the stack of docs/design.md §7:
 TCP, Noise only (``sec_opt``: the library default also offers TLS, SECIO and plaintext), yamux
 only, and an Ed25519 identity derived from a 32-byte seed, so a peer keeps its peer id across
-restarts. It also fixes the library behaviours that hurt us (docs/network.md has the details):
+restarts. It installs :mod:`walrus_p2p.net.libp2p_patches` (every change made to the library
+itself, version-checked) and works around these library behaviours (docs/network.md):
 
-- ``libp2p.network.swarm._HAPPY_EYEBALLS_DELAY`` (250 ms added to *every* dial) is set to 0;
 - the swarm's negative dial cache blocks a peer for 60 s after one failed dial; the block is
-  shortened and an explicit :meth:`Host.connect` lifts it;
+  shortened (through ``libp2p_patches``) and an explicit :meth:`Host.connect` lifts it;
 - every inbound stream handler (ours and the library's: identify, ping, kad, pubsub) runs
   behind a guard, because an exception escaping a handler ends the connection's nursery and,
   through it, the swarm service;
@@ -28,21 +28,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import libp2p
-import libp2p.network.swarm as libp2p_swarm
-import libp2p.stream_muxer.muxer_multistream as libp2p_muxer_multistream
 import multiaddr
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig, RetryConfig
-from libp2p.network.connection.exceptions import RawConnError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from walrus_p2p.errors import (
     ConfigError,
@@ -51,7 +47,7 @@ from walrus_p2p.errors import (
     RequestTimeoutError,
     WireError,
 )
-from walrus_p2p.net import _fastpath, rpc
+from walrus_p2p.net import libp2p_patches, rpc
 from walrus_p2p.net._groups import is_nursery_closed, sole_body_error
 from walrus_p2p.net.logs import route_libp2p_logs
 from walrus_p2p.net.stream import Stream
@@ -91,39 +87,6 @@ class HostConfig:
     failed_dial_block_seconds: float = 5.0
     min_connections: int = 8
     max_connections: int = 128
-
-
-FRAME_WRITE_TIMEOUT = 30.0
-"""Upper bound on writing one yamux frame to the socket once it has started."""
-
-
-class _ShieldedYamux(Yamux):
-    """Yamux whose frame writes cannot be interrupted half-way.
-
-    ``Yamux._write_frame`` hands each frame to the Noise connection, which encrypts it (using
-    up a nonce) and then writes it to the socket. A trio cancellation landing in that write
-    (a request timeout, a cancelled writer task) leaves a partial or skipped ciphertext on
-    the wire; the remote then fails with "Failed authentication of message" and the whole
-    connection, with every other stream on it, dies. Measured here: one cancelled 4 MiB
-    request write killed the connection within 0.5 s. The write is shielded; if it still
-    does not finish within ``FRAME_WRITE_TIMEOUT`` the connection is closed, since it can no
-    longer be trusted to be in sync.
-    """
-
-    async def _write_frame(self, data: bytes) -> None:
-        finished = False
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(FRAME_WRITE_TIMEOUT):
-                await super()._write_frame(data)
-                finished = True
-            if not finished:
-                logger.warning("yamux frame write stalled; closing connection")
-                with trio.move_on_after(5.0), suppress(Exception):
-                    await self.secured_conn.close()
-        if not finished:
-            raise RawConnError("yamux frame write timed out")
-        # A cancellation that arrived while shielded is delivered here, between frames.
-        await trio.lowlevel.checkpoint_if_cancelled()
 
 
 def parse_peer_id(text: str) -> Any:
@@ -516,12 +479,9 @@ async def open_host(config: HostConfig) -> AsyncIterator[Host]:
         if config.announce_addrs is not None
         else None
     )
-    # 250 ms of dead time added to every dial (swarm.py: dial_peer's happy-eyeballs loop).
-    libp2p_swarm._HAPPY_EYEBALLS_DELAY = 0.0
-    _fastpath.install()
     # MuxerMultistream.new_conn builds `Yamux(...)` by name for /yamux/1.0.0 and ignores the
-    # class given in muxer_opt, so the shielded subclass goes in through the module global.
-    libp2p_muxer_multistream.Yamux = _ShieldedYamux  # type: ignore[attr-defined]
+    # class given in muxer_opt: the shielded subclass goes in through install() too.
+    libp2p_patches.install()
     noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
     connection_config = ConnectionConfig(
         dial_timeout=config.dial_timeout,
@@ -534,7 +494,7 @@ async def open_host(config: HostConfig) -> AsyncIterator[Host]:
         raw = libp2p.new_host(
             key_pair=key_pair,
             sec_opt={NOISE_PROTOCOL_ID: noise},
-            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): _ShieldedYamux},
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): libp2p_patches.ShieldedYamux},
             listen_addrs=listen,
             announce_addrs=announce,
             connection_config=connection_config,
@@ -543,7 +503,7 @@ async def open_host(config: HostConfig) -> AsyncIterator[Host]:
         raise ConfigError(f"cannot build libp2p host: {error}") from error
     network: Any = raw.get_network()
     network.retry_config = RetryConfig(max_retries=config.dial_retries, initial_delay=0.2)
-    network._negative_peer_cache._ttl = config.failed_dial_block_seconds
+    libp2p_patches.set_failed_dial_block(network, config.failed_dial_block_seconds)
     _guard_common_handler(raw)
 
     host = Host(raw, config)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import trio
 
+from walrus_p2p.net.libp2p_patches import tune_allocator
 from walrus_p2p.node.config import load_peer
 from walrus_p2p.node.epochs import EpochOptions
 from walrus_p2p.node.faults import fault_from_environment, peer_service_class
@@ -27,6 +28,8 @@ async def run_peer(
     task_status: trio.TaskStatus[StoragePeerService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the peer of ``data_dir``; returns after a clean shutdown on SIGINT/SIGTERM."""
+    # A storage peer moves slivers of megabytes through fresh buffers all day: keep freed heap.
+    tune_allocator()
     loaded = load_peer(data_dir)
     # Testing only (tests/testnet): unset in every normal run, see walrus_p2p/node/faults.py.
     service_class = peer_service_class(fault_from_environment(os.environ))

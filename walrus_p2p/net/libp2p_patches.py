@@ -1,5 +1,18 @@
-"""Process-wide settings for bulk transfer in py-libp2p's TCP + Noise + yamux path (none costs
-compatibility), one in the C allocator, and one in pubsub.
+"""Every change this project makes to py-libp2p, in one place (docs/network.md, "libp2p
+patches"): one :func:`install`, a check of the library version they were written for, a switch
+to run without the tuning, and :func:`live` to see which are in effect.
+
+Two kinds. **Fixes** keep a peer correct and are always installed (each one checks first that
+the library still has what it replaces, and logs a warning and skips itself if not):
+
+- ``shielded-yamux-writes``: a yamux frame write is not cancelled half-way (:class:`ShieldedYamux`).
+
+**Tuning** makes the library cheap enough for a 2-core machine and changes nothing on the wire
+that yamux does not leave to each side. It is installed only on py-libp2p
+:data:`LIBP2P_VERSION` (on any other version the process runs without it and says so in a
+warning), and not at all with ``WALRUS_LIBP2P_TUNING=off`` in the environment (to compare, or
+to rule the tuning out when hunting a bug). Settings 1-9 below come from ``bench/transport.py``
+and the 20-peer profiles; 10 is the dial delay.
 
 Measured with ``bench/transport.py`` (two processes on loopback, 200 MiB in 1 MiB writes):
 one stream 227-248 -> 487-522 MB/s with 1-5, -> 740-769 MB/s with 6 too; twenty streams
@@ -44,6 +57,13 @@ MiB. What each does:
    ~19 % of a peer's CPU in a 20-peer epoch change (docs/network.md, "Gossip cost").
 9. **Bytes written to TCP are counted** (:data:`walrus_p2p.net.traffic.TRAFFIC`), for the
    network-wide traffic figures of ``bench/epochs.py``: one integer addition per write.
+10. **No happy-eyeballs pause**: the swarm waited 250 ms before *every* dial
+    (``swarm._HAPPY_EYEBALLS_DELAY``), also with a single address to try.
+
+Setting 5 (the allocator) is not part of :func:`install`: it changes ``malloc`` for the whole
+process, so only the storage peer's runner calls :func:`tune_allocator` (and the benches that
+stand for one). Two more library values are set per use, through this module too:
+:func:`set_subscription_queue_size` and :func:`set_failed_dial_block`.
 """
 
 from __future__ import annotations
@@ -51,10 +71,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import importlib.metadata
 import logging
+import os
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -64,16 +89,25 @@ from libp2p.io import utils as libp2p_io_utils
 from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
 from libp2p.kad_dht import kad_dht as kad_dht_module
 from libp2p.kad_dht import peer_routing as peer_routing_module
+from libp2p.network import swarm as swarm_module
+from libp2p.network.connection.exceptions import RawConnError
 from libp2p.network.stream.net_stream import NetStream
 from libp2p.pubsub import gossipsub as gossipsub_module
 from libp2p.pubsub import pubsub as pubsub_module
 from libp2p.security.noise import io as noise_io
 from libp2p.security.secure_session import SecureSession
+from libp2p.stream_muxer import muxer_multistream as muxer_multistream_module
 from libp2p.stream_muxer.yamux import yamux as yamux_module
 
 from walrus_p2p.net.traffic import TRAFFIC
 
 logger = logging.getLogger(__name__)
+
+LIBP2P_VERSION = "0.8.1"
+"""The py-libp2p release the tuning was written for and measured with."""
+
+TUNING_SWITCH = "WALRUS_LIBP2P_TUNING"
+"""Environment variable: ``off`` (or ``0``, ``false``, ``no``) runs without the tuning."""
 
 RECEIVE_SIZE = 256 * 1024
 """Largest single ``recv`` of the buffered socket reader."""
@@ -89,10 +123,10 @@ TRIM_THRESHOLD = 128 * 1024 * 1024
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
-_installed = False
 
-
-def _keep_freed_memory() -> None:
+def tune_allocator() -> None:
+    """Setting 5: keep freed heap in the process (glibc only; elsewhere nothing changes).
+    Process-wide, so called by the storage peer's runner, not by :func:`install`."""
     name = ctypes.util.find_library("c")
     if name is None:
         return
@@ -411,29 +445,250 @@ def _with_quick_locks(cls: Any, names: tuple[str, ...]) -> None:
             if isinstance(getattr(self, name, None), trio.Lock):
                 setattr(self, name, _QuickLock())
 
+    init._walrus_quick_locks = True  # type: ignore[attr-defined]
     cls.__init__ = init
 
 
-def install() -> None:
-    """Apply the settings (idempotent; they affect the whole process)."""
-    global _installed
-    if _installed:
-        return
+FRAME_WRITE_TIMEOUT = 30.0
+"""Upper bound on writing one yamux frame to the socket once it has started."""
+
+
+class ShieldedYamux(yamux_module.Yamux):
+    """Yamux whose frame writes cannot be interrupted half-way.
+
+    ``Yamux._write_frame`` hands each frame to the Noise connection, which encrypts it (using
+    up a nonce) and then writes it to the socket. A trio cancellation landing in that write
+    (a request timeout, a cancelled writer task) leaves a partial or skipped ciphertext on
+    the wire; the remote then fails with "Failed authentication of message" and the whole
+    connection, with every other stream on it, dies. Measured here: one cancelled 4 MiB
+    request write killed the connection within 0.5 s. The write is shielded; if it still
+    does not finish within ``FRAME_WRITE_TIMEOUT`` the connection is closed, since it can no
+    longer be trusted to be in sync.
+    """
+
+    async def _write_frame(self, data: bytes) -> None:
+        finished = False
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(FRAME_WRITE_TIMEOUT):
+                await super()._write_frame(data)
+                finished = True
+            if not finished:
+                logger.warning("yamux frame write stalled; closing connection")
+                with trio.move_on_after(5.0), suppress(Exception):
+                    await self.secured_conn.close()
+        if not finished:
+            raise RawConnError("yamux frame write timed out")
+        # A cancellation that arrived while shielded is delivered here, between frames.
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+
+@dataclass(frozen=True, slots=True)
+class Patch:
+    """One change to the library: what it replaces (``targets``: object and attribute, each
+    of which must exist before it is replaced), how to apply it, how to see it in effect."""
+
+    name: str
+    fix: bool
+    """True: a correctness fix (always installed); False: tuning."""
+    targets: tuple[tuple[Any, str], ...]
+    apply: Callable[[], None]
+    live: Callable[[], bool]
+
+
+def _set_all(modules: tuple[Any, ...], name: str, value: Any) -> Callable[[], None]:
+    def apply() -> None:
+        for module in modules:
+            setattr(module, name, value)
+
+    return apply
+
+
+def _all_are(modules: tuple[Any, ...], name: str, value: Any) -> Callable[[], bool]:
+    return lambda: all(getattr(module, name, None) is value for module in modules)
+
+
+def _apply_quick_locks() -> None:
     for cls, names in _QUICK_LOCKS.items():
         _with_quick_locks(cls, names)
     yamux_module._py_yamux_env = _env_once
     yamux_module._py_yamux_env_set = _env_set_once
     yamux_module.Yamux._read_data_body = _read_data_body  # type: ignore[method-assign]
-    for module in (pubsub_module, gossipsub_module):
-        module.maybe_consume_signed_record = _consume_signed_record  # type: ignore[attr-defined]
-    for module in _ENVELOPE_MODULES:
-        module.env_to_send_in_RPC = _envelope_for_rpc  # type: ignore[attr-defined]
-    libp2p_io_trio.TrioTCPStream.write = _counted_write  # type: ignore[method-assign]
-    yamux_module.MAX_MESSAGE_SIZE = noise_io.MAX_PLAINTEXT_LENGTH
-    yamux_module.YamuxStream = _BatchedCreditStream  # type: ignore[misc]
-    libp2p_io_trio.TrioTCPStream.read = _buffered_read  # type: ignore[method-assign]
+
+
+def _quick_locks_live() -> bool:
+    return (
+        all(getattr(cls.__init__, "_walrus_quick_locks", False) for cls in _QUICK_LOCKS)
+        and yamux_module._py_yamux_env is _env_once
+        and yamux_module.Yamux._read_data_body is _read_data_body
+    )
+
+
+_READ_EXACTLY_MODULES = (libp2p_io_utils, libp2p_msgio, yamux_module)
+
+
+def _apply_fewer_copies() -> None:
     SecureSession.read = _session_read  # type: ignore[method-assign]
-    for module in (libp2p_io_utils, libp2p_msgio, yamux_module):
+    for module in _READ_EXACTLY_MODULES:
         module.read_exactly = _read_exactly  # type: ignore[attr-defined]
-    _keep_freed_memory()
-    _installed = True
+
+
+def _fewer_copies_live() -> bool:
+    return SecureSession.read is _session_read and all(
+        getattr(module, "read_exactly", None) is _read_exactly for module in _READ_EXACTLY_MODULES
+    )
+
+
+_SIGNED_RECORD_MODULES = (pubsub_module, gossipsub_module)
+
+PATCHES: tuple[Patch, ...] = (
+    Patch(
+        "shielded-yamux-writes",
+        True,
+        ((muxer_multistream_module, "Yamux"),),
+        _set_all((muxer_multistream_module,), "Yamux", ShieldedYamux),
+        _all_are((muxer_multistream_module,), "Yamux", ShieldedYamux),
+    ),
+    Patch(
+        "1-frame-per-noise-message",
+        False,
+        ((yamux_module, "MAX_MESSAGE_SIZE"), (noise_io, "MAX_PLAINTEXT_LENGTH")),
+        _set_all((yamux_module,), "MAX_MESSAGE_SIZE", noise_io.MAX_PLAINTEXT_LENGTH),
+        lambda: yamux_module.MAX_MESSAGE_SIZE == noise_io.MAX_PLAINTEXT_LENGTH,
+    ),
+    Patch(
+        "2-batched-window-credit",
+        False,
+        ((yamux_module, "YamuxStream"),),
+        _set_all((yamux_module,), "YamuxStream", _BatchedCreditStream),
+        _all_are((yamux_module,), "YamuxStream", _BatchedCreditStream),
+    ),
+    Patch(
+        "3-buffered-socket-reads",
+        False,
+        ((libp2p_io_trio.TrioTCPStream, "read"),),
+        _set_all((libp2p_io_trio.TrioTCPStream,), "read", _buffered_read),
+        _all_are((libp2p_io_trio.TrioTCPStream,), "read", _buffered_read),
+    ),
+    Patch(
+        "4-fewer-copies",
+        False,
+        ((SecureSession, "read"), *((m, "read_exactly") for m in _READ_EXACTLY_MODULES)),
+        _apply_fewer_copies,
+        _fewer_copies_live,
+    ),
+    Patch(
+        "6-quick-locks",
+        False,
+        (
+            *((cls, "__init__") for cls in _QUICK_LOCKS),
+            (yamux_module, "_py_yamux_env"),
+            (yamux_module, "_py_yamux_env_set"),
+            (yamux_module.Yamux, "_read_data_body"),
+        ),
+        _apply_quick_locks,
+        _quick_locks_live,
+    ),
+    Patch(
+        "7-signed-records-checked-once-a-minute",
+        False,
+        tuple((m, "maybe_consume_signed_record") for m in _SIGNED_RECORD_MODULES),
+        _set_all(_SIGNED_RECORD_MODULES, "maybe_consume_signed_record", _consume_signed_record),
+        _all_are(_SIGNED_RECORD_MODULES, "maybe_consume_signed_record", _consume_signed_record),
+    ),
+    Patch(
+        "8-own-record-built-once-a-minute",
+        False,
+        tuple((m, "env_to_send_in_RPC") for m in _ENVELOPE_MODULES),
+        _set_all(_ENVELOPE_MODULES, "env_to_send_in_RPC", _envelope_for_rpc),
+        _all_are(_ENVELOPE_MODULES, "env_to_send_in_RPC", _envelope_for_rpc),
+    ),
+    Patch(
+        "9-transport-bytes-counted",
+        False,
+        ((libp2p_io_trio.TrioTCPStream, "write"),),
+        _set_all((libp2p_io_trio.TrioTCPStream,), "write", _counted_write),
+        _all_are((libp2p_io_trio.TrioTCPStream,), "write", _counted_write),
+    ),
+    Patch(
+        "10-no-happy-eyeballs-delay",
+        False,
+        ((swarm_module, "_HAPPY_EYEBALLS_DELAY"),),
+        _set_all((swarm_module,), "_HAPPY_EYEBALLS_DELAY", 0.0),
+        lambda: swarm_module._HAPPY_EYEBALLS_DELAY == 0.0,
+    ),
+)
+"""Every patch, fixes first."""
+
+_installed: bool | None = None
+
+
+def installed_version() -> str:
+    try:
+        return importlib.metadata.version("libp2p")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def tuning_wanted() -> tuple[bool, str]:
+    """Whether the tuning goes in, and why not."""
+    switch = os.environ.get(TUNING_SWITCH, "").strip().lower()
+    if switch in ("off", "0", "false", "no"):
+        return False, f"{TUNING_SWITCH}={switch}"
+    version = installed_version()
+    if version != LIBP2P_VERSION:
+        return False, f"py-libp2p {version} is not {LIBP2P_VERSION}, the version it was written for"
+    return True, ""
+
+
+def _missing(patch: Patch) -> list[str]:
+    return [
+        f"{getattr(owner, '__name__', owner)}.{name}"
+        for owner, name in patch.targets
+        if not hasattr(owner, name)
+    ]
+
+
+def install() -> bool:
+    """Apply the fixes, and the tuning unless :func:`tuning_wanted` says no; once per
+    process (later calls do nothing). Returns whether the tuning is in."""
+    global _installed
+    if _installed is not None:
+        return _installed
+    tuning, reason = tuning_wanted()
+    if not tuning:
+        logger.warning("running py-libp2p without this project's tuning: %s", reason)
+    for patch in PATCHES:
+        if not (patch.fix or tuning):
+            continue
+        missing = _missing(patch)
+        if missing:
+            logger.warning(
+                "libp2p patch %s skipped: the library has no %s", patch.name, ", ".join(missing)
+            )
+            continue
+        patch.apply()
+    _installed = tuning
+    return tuning
+
+
+def live() -> dict[str, bool]:
+    """Each patch's name and whether it is in effect in this process."""
+    return {patch.name: bool(patch.live()) for patch in PATCHES}
+
+
+def set_subscription_queue_size(size: int) -> None:
+    """Queue length of the pubsub subscriptions opened from now on (the library's default, 32,
+    drops messages silently once full); read by ``Pubsub.subscribe`` (pubsub.py)."""
+    if not hasattr(pubsub_module, "SUBSCRIPTION_CHANNEL_SIZE"):
+        logger.warning("pubsub has no SUBSCRIPTION_CHANNEL_SIZE; subscription queues unchanged")
+        return
+    pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = size
+
+
+def set_failed_dial_block(network: Any, seconds: float) -> None:
+    """How long the swarm refuses to dial a peer after a failed dial (the library: 60 s)."""
+    cache = getattr(network, "_negative_peer_cache", None)
+    if cache is None or not hasattr(cache, "_ttl"):
+        logger.warning("swarm has no negative peer cache; failed-dial block unchanged")
+        return
+    cache._ttl = seconds

@@ -1,9 +1,14 @@
-"""The transport settings of ``net/_fastpath.py``: bytes arrive exactly, the replaced readers
-keep their contracts, and yamux frames fit one Noise message."""
+"""``net/libp2p_patches.py``: every patch is in effect after ``install()``, the version check
+and the switch turn the tuning off (and a host still works without it), bytes arrive exactly,
+the replaced readers keep their contracts, and yamux frames fit one Noise message."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import trio
@@ -14,7 +19,7 @@ from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux as yamux_module
 
 from tests.node.netkit import STEP, open_peer
-from walrus_p2p.net import _fastpath
+from walrus_p2p.net import libp2p_patches
 from walrus_p2p.net.names import protocol_id
 from walrus_p2p.net.stream import Stream
 
@@ -22,12 +27,12 @@ BULK = protocol_id("test-net", "bulk")
 
 
 async def test_buffered_socket_reads_return_exact_bytes_and_respect_n() -> None:
-    _fastpath.install()
+    libp2p_patches.install()
     left, right = trio.socket.socketpair()
     reader = TrioTCPStream(trio.SocketStream(left))
     writer = trio.SocketStream(right)
     generator = random.Random(7)
-    payload = generator.randbytes(3 * _fastpath.RECEIVE_SIZE + 12345)
+    payload = generator.randbytes(3 * libp2p_patches.RECEIVE_SIZE + 12345)
 
     async def send() -> None:
         view = memoryview(payload)
@@ -80,7 +85,7 @@ class Chunks:
 
 
 async def test_secure_session_reads_keep_their_contract() -> None:
-    _fastpath.install()
+    libp2p_patches.install()
     generator = random.Random(11)
     messages = [generator.randbytes(generator.choice((1, 12, 300, 65_519))) for _ in range(60)]
     stream = b"".join(messages)
@@ -105,16 +110,16 @@ async def test_secure_session_reads_keep_their_contract() -> None:
 
 
 async def test_read_exactly_returns_n_bytes_or_reports_what_it_got() -> None:
-    _fastpath.install()
+    libp2p_patches.install()
     data = random.Random(3).randbytes(100_000)
-    assert await _fastpath._read_exactly(Chunks(data, 1 << 20), 100_000) == data
-    assert await _fastpath._read_exactly(Chunks(data, 7_000), 100_000) == data
-    assert await _fastpath._read_exactly(Chunks(data, 7_000), 12) == data[:12]
+    assert await libp2p_patches._read_exactly(Chunks(data, 1 << 20), 100_000) == data
+    assert await libp2p_patches._read_exactly(Chunks(data, 7_000), 100_000) == data
+    assert await libp2p_patches._read_exactly(Chunks(data, 7_000), 12) == data[:12]
     with pytest.raises(IncompleteReadError) as caught:
-        await _fastpath._read_exactly(Chunks(data[:500], 100), 1000)
+        await libp2p_patches._read_exactly(Chunks(data[:500], 100), 1000)
     assert caught.value.received_bytes == 500
     with pytest.raises(IncompleteReadError) as caught:
-        await _fastpath._read_exactly(Chunks(b"", 100), 12)
+        await libp2p_patches._read_exactly(Chunks(b"", 100), 12)
     assert caught.value.is_clean_close
 
 
@@ -202,34 +207,34 @@ def test_gossip_signed_records_are_verified_once_per_refresh_period(
         return verdicts[message.senderRecord]
 
     now = [1000.0]
-    monkeypatch.setattr(_fastpath, "_original_consume_signed_record", original)
-    monkeypatch.setattr(_fastpath.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(libp2p_patches, "_original_consume_signed_record", original)
+    monkeypatch.setattr(libp2p_patches.time, "monotonic", lambda: now[0])
     host, other_host = _Host(), _Host()
     sender = _PeerId(b"peer-a")
 
-    assert _fastpath._consume_signed_record(_Message(None), host, sender)
+    assert libp2p_patches._consume_signed_record(_Message(None), host, sender)
     assert calls == []  # no record: nothing to check, as in the library
 
     for _ in range(3):
-        assert _fastpath._consume_signed_record(_Message(b"good"), host, sender)
+        assert libp2p_patches._consume_signed_record(_Message(b"good"), host, sender)
     assert calls == [(b"good", id(host))]
     # Another host in the same process keeps its own peerstore: it checks for itself.
-    assert _fastpath._consume_signed_record(_Message(b"good"), other_host, sender)
+    assert libp2p_patches._consume_signed_record(_Message(b"good"), other_host, sender)
     # The same bytes from another peer are another record.
-    assert _fastpath._consume_signed_record(_Message(b"good"), host, _PeerId(b"peer-b"))
+    assert libp2p_patches._consume_signed_record(_Message(b"good"), host, _PeerId(b"peer-b"))
     assert len(calls) == 3
     # A failing record is refused every time and never remembered.
     for attempt in range(2):
-        assert not _fastpath._consume_signed_record(_Message(b"bad"), host, sender)
+        assert not libp2p_patches._consume_signed_record(_Message(b"bad"), host, sender)
         assert len(calls) == 4 + attempt
     # After the refresh period the record is checked (and its addresses stored) again.
-    now[0] += _fastpath.SIGNED_RECORD_REFRESH + 1
-    assert _fastpath._consume_signed_record(_Message(b"good"), host, sender)
+    now[0] += libp2p_patches.SIGNED_RECORD_REFRESH + 1
+    assert libp2p_patches._consume_signed_record(_Message(b"good"), host, sender)
     assert len(calls) == 6
 
 
 async def test_quick_lock_excludes_like_a_trio_lock_and_skips_the_scheduler_when_free() -> None:
-    lock = _fastpath._QuickLock()
+    lock = libp2p_patches._QuickLock()
     order: list[str] = []
 
     async def holder(task_status: trio.TaskStatus[None]) -> None:
@@ -266,3 +271,78 @@ async def test_quick_lock_excludes_like_a_trio_lock_and_skips_the_scheduler_when
     assert ran == ["other"]
     with pytest.raises(RuntimeError):  # the trio.Lock underneath keeps its errors
         lock.release()
+
+
+@pytest.mark.parametrize("name", [patch.name for patch in libp2p_patches.PATCHES])
+def test_each_patch_is_in_effect_after_install(name: str) -> None:
+    """Fails when the library no longer has what a patch replaces (install skips it then)."""
+    assert libp2p_patches.installed_version() == libp2p_patches.LIBP2P_VERSION
+    assert libp2p_patches.install() is True
+    assert libp2p_patches.live()[name]
+
+
+def test_tuning_is_refused_on_another_version_or_when_switched_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(libp2p_patches.TUNING_SWITCH, raising=False)
+    assert libp2p_patches.tuning_wanted() == (True, "")
+    monkeypatch.setattr(libp2p_patches, "installed_version", lambda: "0.9.0")
+    wanted, reason = libp2p_patches.tuning_wanted()
+    assert not wanted and "0.9.0" in reason and libp2p_patches.LIBP2P_VERSION in reason
+    monkeypatch.setenv(libp2p_patches.TUNING_SWITCH, "off")
+    wanted, reason = libp2p_patches.tuning_wanted()
+    assert not wanted and libp2p_patches.TUNING_SWITCH in reason
+
+
+UNTUNED = """
+import json, trio
+from walrus_p2p.net import libp2p_patches
+from walrus_p2p.net.host import HostConfig, open_host
+from walrus_p2p.net.names import protocol_id
+
+ECHO = protocol_id("test-net", "echo")
+
+async def main():
+    async with open_host(HostConfig(seed=bytes(32), listen_addrs=("/ip4/127.0.0.1/tcp/0",))) as a:
+        async with open_host(
+            HostConfig(seed=bytes([1]) * 32, listen_addrs=("/ip4/127.0.0.1/tcp/0",))
+        ) as b:
+            async def echo(stream):
+                data = bytearray()
+                while chunk := await stream.read(1 << 20):
+                    data += chunk
+                await stream.write(bytes(data))
+                await stream.close()
+
+            b.set_stream_handler(ECHO, echo)
+            with trio.fail_after(20):
+                await a.connect(b.peer_id, b.listen_addrs, timeout=10)
+                stream = await a.open_stream(b.peer_id, ECHO)
+                payload = bytes(range(256)) * 4096
+                await stream.write(payload)
+                await stream.close_write()
+                back = bytearray()
+                while chunk := await stream.read(1 << 20):
+                    back += chunk
+    print(json.dumps({"echoed": bytes(back) == payload, "live": libp2p_patches.live()}))
+
+trio.run(main)
+"""
+
+
+def test_a_host_works_without_the_tuning_and_keeps_the_fixes() -> None:
+    environment = dict(os.environ, **{libp2p_patches.TUNING_SWITCH: "off"})
+    done = subprocess.run(
+        [sys.executable, "-c", UNTUNED],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["echoed"] is True
+    for patch in libp2p_patches.PATCHES:
+        assert result["live"][patch.name] is patch.fix, patch.name
+    assert "without this project's tuning" in done.stderr
