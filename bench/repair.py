@@ -32,7 +32,7 @@ import time
 import trio
 
 from walrus_p2p.client.network import open_light_peer
-from walrus_p2p.node.peer import owned_pairs
+from walrus_p2p.node.protocol import owned_pairs
 from walrus_p2p.testing.healing_grid import (
     FAST_HEALING,
     honest_encoding,

@@ -15,7 +15,7 @@ from walrus_p2p.core import records, wire
 from walrus_p2p.core.encoding import SliverType
 from walrus_p2p.core.metadata import Metadata, verify_sliver
 from walrus_p2p.errors import RemoteError
-from walrus_p2p.node.peer import owned_pairs
+from walrus_p2p.node.protocol import owned_pairs
 from walrus_p2p.storage import DiskStore
 from walrus_p2p.testing.healing_grid import (
     GridPeer,

@@ -19,7 +19,7 @@ from walrus_p2p.client.service import WalrusClient
 from walrus_p2p.core import wire
 from walrus_p2p.core.committee import is_quorum
 from walrus_p2p.errors import StorageError
-from walrus_p2p.node.peer import ProtocolRefusal
+from walrus_p2p.node.protocol import ProtocolRefusal
 from walrus_p2p.testing.network import TestNetwork
 
 

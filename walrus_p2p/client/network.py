@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import trio
 
+from walrus_p2p.client.committee import refresh_committee
 from walrus_p2p.core import wire
 from walrus_p2p.core.committee import Committee
 from walrus_p2p.core.genesis import Genesis
@@ -114,8 +115,6 @@ class LightPeer:
         ):
             return
         self._last_refresh, self._refreshed_for = now, scheduled
-        from walrus_p2p.client.committee import refresh_committee
-
         try:
             await refresh_committee(self)
         except WalrusError as error:
@@ -250,8 +249,6 @@ async def open_light_peer(
     ):
         light = LightPeer(host, genesis, discovery)
         if verify_chain:
-            from walrus_p2p.client.committee import refresh_committee
-
             light._last_refresh = trio.current_time()
             light._refreshed_for = int(genesis.scheduled_epoch(int(time.time())))
             try:

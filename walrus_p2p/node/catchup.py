@@ -33,6 +33,7 @@ from walrus_p2p.errors import VerificationError, WalrusError, WireError
 from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.peer_calls import PeerCaller
+from walrus_p2p.node.protocol import RECORDS_NAMESPACE
 from walrus_p2p.types import BlobId, PeerId, short_id
 
 if TYPE_CHECKING:
@@ -114,7 +115,6 @@ class CatchUp:
         self, request: ListBlobRecordsRequest, remote: PeerId
     ) -> ListBlobRecordsReply:
         # Imported here: node/peer.py starts this module's services (import cycle).
-        from walrus_p2p.node.peer import RECORDS_NAMESPACE
 
         store = self.peer.store
         now = trio.current_time()
@@ -146,7 +146,6 @@ class CatchUp:
             logger.warning("catch-up source sent bad records peer=%s error=%s", source[:12], error)
             return 0
         # Imported here: node/peer.py starts this module's services (import cycle).
-        from walrus_p2p.node.peer import RECORDS_NAMESPACE
 
         store = self.peer.store
 

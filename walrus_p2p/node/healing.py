@@ -22,6 +22,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -35,15 +36,13 @@ from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.invalid import InvalidBlobs
 from walrus_p2p.node.maintenance import Maintenance
 from walrus_p2p.node.migration import ShardMigration
-from walrus_p2p.node.peer import (
-    StoragePeerService,
-    max_frame_for,
-    owned_pairs,
-    storage_protocol_id,
-)
 from walrus_p2p.node.peer_calls import PeerCaller
+from walrus_p2p.node.protocol import max_frame_for, owned_pairs, storage_protocol_id
 from walrus_p2p.node.recovery import BlobSync, Recovery
 from walrus_p2p.types import BlobId, PeerId, SliverKind, short_id
+
+if TYPE_CHECKING:
+    from walrus_p2p.node.peer import StoragePeerService
 
 logger = logging.getLogger(__name__)
 

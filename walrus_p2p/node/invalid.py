@@ -39,6 +39,7 @@ from walrus_p2p.errors import EncodingError, QuorumError, VerificationError, Wal
 from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.peer_calls import PeerCaller
+from walrus_p2p.node.protocol import ProtocolRefusal
 from walrus_p2p.node.recovery import Recovery
 from walrus_p2p.types import BlobId, Epoch, PeerId, short_id
 
@@ -79,7 +80,6 @@ class InvalidBlobs:
         self, request: AttestInvalidBlobRequest, remote: PeerId
     ) -> AttestInvalidBlobReply:
         """Sign an attestation only after checking the proof against verified metadata."""
-        from walrus_p2p.node.peer import ProtocolRefusal  # import cycle: peer starts us
 
         blob_id = BlobId(request.blob_id)
         if request.epoch != self.peer.epoch:

@@ -23,6 +23,7 @@ from walrus_p2p.core.metadata import Metadata, verify_sliver
 from walrus_p2p.errors import NotFoundError, StorageError, VerificationError
 from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
+from walrus_p2p.node.protocol import owned_pairs
 from walrus_p2p.node.recovery import BlobSync, sliver_of_pair, type_of
 from walrus_p2p.storage import BlobInfo, CorruptDataError
 from walrus_p2p.types import BlobId, SliverKind, short_id
@@ -116,7 +117,6 @@ class Maintenance:
     async def scrub(self) -> tuple[int, int]:
         """One rate-limited pass; returns (slivers checked, slivers damaged)."""
         # Imported here: node/peer.py starts this module's services (import cycle).
-        from walrus_p2p.node.peer import owned_pairs
 
         peer = self.peer
         checked = damaged = 0

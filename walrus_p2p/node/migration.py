@@ -29,7 +29,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -58,10 +58,13 @@ from walrus_p2p.net.gossip import GossipMessage, Subscription
 from walrus_p2p.net.names import topic
 from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
-from walrus_p2p.node.peer import ProtocolRefusal, StoragePeerService
 from walrus_p2p.node.peer_calls import PeerCaller
+from walrus_p2p.node.protocol import ProtocolRefusal
 from walrus_p2p.node.recovery import Recovery, sliver_of_pair, type_of
 from walrus_p2p.types import BlobId, PeerId, SliverKind, short_id
+
+if TYPE_CHECKING:
+    from walrus_p2p.node.peer import StoragePeerService
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import blake3
 import trio
@@ -35,7 +35,6 @@ from walrus_p2p.core.blob_messages import (
     decode_records,
 )
 from walrus_p2p.core.committee import Committee
-from walrus_p2p.core.encoding import SliverType, pair_secondary_index, shard_to_pair
 from walrus_p2p.core.genesis import Genesis
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.core.metadata import (
@@ -54,68 +53,34 @@ from walrus_p2p.errors import (
 from walrus_p2p.net.discovery import Discovery, DiscoveryConfig, open_discovery
 from walrus_p2p.net.gossip import Gossip, GossipMessage, open_gossip
 from walrus_p2p.net.host import Host, HostConfig, open_host
-from walrus_p2p.net.names import protocol_id, topic
+from walrus_p2p.net.names import topic
 from walrus_p2p.net.rpc import HandlerLimits
 from walrus_p2p.node.epochs import EpochOptions, EpochService
+from walrus_p2p.node.healing import HealingService
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.metrics import PeerMetrics, build_metrics_app, serve_http
+from walrus_p2p.node.protocol import (
+    RECORDS_NAMESPACE,
+    RECORDS_TOPIC,
+    ProtocolRefusal,
+    max_frame_for,
+    owned_pairs,
+    sliver_index,
+    sliver_type_of,
+    storage_protocol_id,
+    wire_limits_for,
+)
 from walrus_p2p.node.ratelimit import RequestRates
 from walrus_p2p.storage import BlobState, BlobStore
 from walrus_p2p.types import BlobId, Epoch, PeerId, SliverKind, short_id
 
-if TYPE_CHECKING:
-    from walrus_p2p.node.healing import HealingService
-
 logger = logging.getLogger(__name__)
 
-RECORDS_NAMESPACE = "blob-records"
-"""Store namespace of the signed blob records a peer keeps: key = blob id + record hash."""
-
-STORAGE_PROTOCOL = "storage"
-RECORDS_TOPIC = "blob-records"
 GOSSIP_BATCH_SECONDS = 2.0
 VERIFIED_RECORDS_KEPT = 4096
 """Digests of verified blob records a peer remembers (32 bytes each)."""
 
 T = TypeVar("T")
-
-
-class ProtocolRefusal(WalrusError):
-    """A well-formed request the peer refuses; ``reason`` says why (sent to the client)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message, reason=reason)
-
-
-def sliver_type_of(kind: SliverKind) -> SliverType:
-    return SliverType.PRIMARY if kind is SliverKind.PRIMARY else SliverType.SECONDARY
-
-
-def sliver_index(kind: SliverKind, pair_index: int, n_shards: int) -> int:
-    """The index of the sliver a pair holds: primary p, or secondary n-1-p."""
-    if kind is SliverKind.PRIMARY:
-        return pair_index
-    return pair_secondary_index(pair_index, n_shards)
-
-
-def owned_pairs(committee: Committee, peer_id: PeerId, blob_id: bytes) -> list[int]:
-    """The sliver pairs of ``blob_id`` this peer must hold in the committee's epoch."""
-    n_shards = committee.n_shards
-    return sorted(shard_to_pair(blob_id, shard, n_shards) for shard in committee.shards_of(peer_id))
-
-
-def storage_protocol_id(genesis: Genesis) -> str:
-    return protocol_id(genesis.network_id_text, STORAGE_PROTOCOL)
-
-
-def wire_limits_for(genesis: Genesis) -> wire.WireLimits:
-    max_sliver = genesis.limits.max_sliver_size or wire.DEFAULT_LIMITS.max_sliver_size
-    return wire.WireLimits(max_sliver_size=max_sliver, max_symbol_size=max_sliver)
-
-
-def max_frame_for(genesis: Genesis) -> int:
-    """Largest request or reply frame: one sliver plus the message around it."""
-    return wire_limits_for(genesis).max_sliver_size + 64 * 1024
 
 
 @dataclass(slots=True)
@@ -207,9 +172,6 @@ class StoragePeerService:
                     max_concurrent=self.options.max_concurrent_requests,
                 ),
             )
-            # Imported here: the healing services build on this module (node/healing.py).
-            from walrus_p2p.node.healing import HealingService
-
             healing = HealingService(self, self.options.healing)
             self.healing = healing
             if self.options.metrics_bind:

@@ -53,6 +53,7 @@ from walrus_p2p.errors import (
 from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.peer_calls import PeerCaller
+from walrus_p2p.node.protocol import owned_pairs
 from walrus_p2p.storage import CorruptDataError
 from walrus_p2p.types import BlobId, PeerId, SliverKind, short_id
 
@@ -531,7 +532,6 @@ class BlobSync:
     async def sync_blob(self, blob_id: BlobId) -> SyncOutcome:
         """One attempt to hold every owned sliver of ``blob_id``; raises to be retried."""
         # Imported here: node/peer.py starts this module's services (import cycle).
-        from walrus_p2p.node.peer import owned_pairs
 
         peer = self.peer
         state = await peer.blob_state(blob_id)

@@ -22,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from walrus_p2p.node.config import load_genesis
+
 
 class DevnetError(RuntimeError):
     """The devnet did not start or exited."""
@@ -175,8 +177,6 @@ class Devnet:
     def discover(self) -> None:
         """Peer pids (from /proc) and metrics addresses (from peer.toml); the genesis clock."""
         net = self.directory / "net"
-        from walrus_p2p.node.config import load_genesis
-
         self.genesis_time = load_genesis(net / "genesis.toml").genesis_time
         for data_dir in sorted(net.glob("peer-*")):
             index = int(data_dir.name.split("-")[1])

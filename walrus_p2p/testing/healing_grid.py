@@ -51,7 +51,8 @@ from walrus_p2p.core.metadata import (
 from walrus_p2p.errors import QuorumError, WalrusError
 from walrus_p2p.node.healing import HealingService
 from walrus_p2p.node.healing_options import HealingOptions
-from walrus_p2p.node.peer import PeerOptions, StoragePeerService, owned_pairs
+from walrus_p2p.node.peer import PeerOptions, StoragePeerService
+from walrus_p2p.node.protocol import owned_pairs
 from walrus_p2p.storage import DEFAULT_INLINE_LIMIT, DiskStore, open_store
 from walrus_p2p.testing.network import free_tcp_port, make_identities, seed_for
 from walrus_p2p.types import BlobId, Epoch, PeerId, SliverKind
