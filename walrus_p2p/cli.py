@@ -4,10 +4,15 @@ Every command prints one-line errors (``error: ...``) instead of tracebacks and 
 a script can rely on:
 
 ====  ==========================================================
-0     success
-1     the operation failed (a `WalrusError`, e.g. not enough peers)
-2     bad usage or bad input (arguments, files, config)
+0     success (``EXIT_OK``)
+1     the operation failed for another reason (``EXIT_FAILED``)
+2     bad usage or bad input: arguments, files, config (``EXIT_USAGE``)
+3     the blob (or another named object) does not exist (``EXIT_NOT_FOUND``)
+4     not enough peers answered for a quorum (``EXIT_NOT_ENOUGH_PEERS``)
+5     the blob is invalid: inconsistently encoded (``EXIT_INVALID_BLOB``)
 ====  ==========================================================
+
+:func:`_exit_code_of` maps an error to its code.
 """
 
 from __future__ import annotations
@@ -34,6 +39,16 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_NOT_ENOUGH_PEERS = 4
 EXIT_INVALID_BLOB = 5
+"""The exit codes of the table above."""
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _add_log_level(command: argparse.ArgumentParser, default: str) -> None:
+    """``--log-level``, the one definition every command shares (its default differs: a
+    storage peer logs at info, the client commands and the devnet at warning)."""
+    command.add_argument("--log-level", default=default, choices=LOG_LEVELS)
+
 
 DEFAULT_KEY_DIR = "~/.walrus-p2p/client"
 
@@ -734,7 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a storage peer until SIGINT/SIGTERM")
     run.add_argument("--data-dir", required=True, metavar="DIR")
     run.add_argument("--metrics", metavar="HOST:PORT", help="override the config's metrics address")
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_log_level(run, "info")
     run.set_defaults(handler=_command_run)
 
     def client_options(command: argparse.ArgumentParser) -> None:
@@ -747,9 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"owner key directory (or WALRUS_KEY_DIR; default {DEFAULT_KEY_DIR})",
         )
         command.add_argument("--json", action="store_true", help="print JSON for scripts")
-        command.add_argument(
-            "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
-        )
+        _add_log_level(command, "warning")
 
     def gateway_limits(command: argparse.ArgumentParser) -> None:
         command.add_argument(
@@ -832,9 +845,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     devnet.add_argument("--exit-after-demo", action="store_true")
     gateway_limits(devnet)
-    devnet.add_argument(
-        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
-    )
+    _add_log_level(devnet, "warning")
     devnet.set_defaults(handler=_command_devnet)
     return parser
 

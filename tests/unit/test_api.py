@@ -44,7 +44,7 @@ from walrus_p2p.errors import (
     QuorumError,
     RequestTimeoutError,
 )
-from walrus_p2p.node.metrics import serve_http
+from walrus_p2p.net.http import serve_http
 from walrus_p2p.types import BlobId, blob_id_to_text
 
 TIMEOUT = 10

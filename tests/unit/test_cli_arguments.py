@@ -1,4 +1,4 @@
-"""Command-line parsing of blob ids: one id in 64 begins with '-', and must still be accepted."""
+"""Command-line parsing: blob ids that begin with a dash, the shared options, the exit codes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from walrus_p2p import cli
 from walrus_p2p.cli import _protect_dash_blob_ids, build_parser, main
 from walrus_p2p.types import blob_id_to_text
 
@@ -60,3 +61,19 @@ def test_main_reads_a_dash_id_past_the_parser(
     err = capsys.readouterr().err
     assert "BLOB_ID" not in err
     assert code != 0 and str(missing.name) in err, err
+
+
+def test_every_exit_code_is_documented_in_the_module_docstring() -> None:
+    codes = {name: value for name, value in vars(cli).items() if name.startswith("EXIT_")}
+    assert len(codes) == 6 and sorted(codes.values()) == list(range(6))
+    doc = cli.__doc__ or ""
+    for name, value in codes.items():
+        assert f"{value}     " in doc and f"``{name}``" in doc, name
+
+
+def test_log_level_is_one_option_shared_by_every_command() -> None:
+    parser = cli.build_parser()
+    for command in (["run", "--data-dir", "d"], ["info"], ["devnet"]):
+        assert parser.parse_args([*command, "--log-level", "debug"]).log_level == "debug"
+    assert parser.parse_args(["run", "--data-dir", "d"]).log_level == "info"
+    assert parser.parse_args(["info"]).log_level == "warning"

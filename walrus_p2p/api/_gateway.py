@@ -40,7 +40,7 @@ from walrus_p2p.api._openapi import openapi_document
 from walrus_p2p.api._ranges import ByteRange, UnsatisfiableRangeError, parse_range_header
 from walrus_p2p.client.results import AlreadyCertified, BlobService, StoreOutcome
 from walrus_p2p.errors import ConfigError, WalrusError, WireError
-from walrus_p2p.node.metrics import serve_http
+from walrus_p2p.net.http import serve_http
 from walrus_p2p.types import BlobId, blob_id_from_text, blob_id_to_text, short_id
 
 logger = logging.getLogger(__name__)

@@ -11,9 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -148,18 +145,3 @@ def build_metrics_app(metrics: PeerMetrics, health: Callable[[], dict[str, Any]]
             Route("/health", health_endpoint),
         ]
     )
-
-
-async def serve_http(
-    app: Any,
-    bind: str,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve an ASGI app with hypercorn's trio worker until cancelled (started: bound URLs)."""
-    config = HypercornConfig()
-    config.bind = [bind]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 1.0
-    await serve(app, config, task_status=task_status)

@@ -53,12 +53,13 @@ from walrus_p2p.errors import (
 from walrus_p2p.net.discovery import Discovery, DiscoveryConfig, open_discovery
 from walrus_p2p.net.gossip import Gossip, GossipMessage, open_gossip
 from walrus_p2p.net.host import Host, HostConfig, open_host
+from walrus_p2p.net.http import serve_http
 from walrus_p2p.net.names import topic
 from walrus_p2p.net.rpc import HandlerLimits
 from walrus_p2p.node.epochs import EpochOptions, EpochService
 from walrus_p2p.node.healing import HealingService
 from walrus_p2p.node.healing_options import HealingOptions
-from walrus_p2p.node.metrics import PeerMetrics, build_metrics_app, serve_http
+from walrus_p2p.node.metrics import PeerMetrics, build_metrics_app
 from walrus_p2p.node.protocol import (
     RECORDS_NAMESPACE,
     RECORDS_TOPIC,
