@@ -68,7 +68,7 @@ _MIN_BLOCK = 1024
 
 _PARALLEL_MIN_BYTES = 1 << 20
 """Work with fewer source bytes than this runs on the calling thread: a hand-off to the pool
-costs 20-100 µs here (measured under load), as much as encoding about 1 MB."""
+costs tens of microseconds under load, as much as encoding about 1 MB."""
 
 _RUNS_PER_THREAD = 8
 """A parallel kernel call is split into this many runs of blocks per thread, taken dynamically:

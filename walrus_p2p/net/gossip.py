@@ -66,7 +66,7 @@ class _CountedGossipSub(GossipSub):
     score is *at least* a fraction of the mesh's median, so with equal scores (every honest peer
     scores 0) it grafts two more peers per topic and heartbeat until the mesh passes
     ``degree_high``, prunes it back to ``degree``, and starts again: an idle 20-peer network sent
-    ~30 GRAFT and ~30 PRUNE per peer and minute, most of its idle gossip (docs/network.md,
+    dozens of GRAFT and PRUNE per peer and minute, most of its idle gossip (docs/network.md,
     "Gossip cost"). Here a topic's mesh is considered once per
     :data:`OPPORTUNISTIC_GRAFT_SECONDS`, and only peers scoring *above* the median qualify; the
     library's own candidate selection and bookkeeping do the rest.

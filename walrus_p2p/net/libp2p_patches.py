@@ -14,10 +14,8 @@ warning), and not at all with ``WALRUS_LIBP2P_TUNING=off`` in the environment (t
 to rule the tuning out when hunting a bug). Settings 1-9 below come from ``bench/transport.py``
 and the 20-peer profiles; 10 is the dial delay.
 
-Measured with ``bench/transport.py`` (two processes on loopback, 200 MiB in 1 MiB writes):
-one stream 227-248 -> 487-522 MB/s with 1-5, -> 740-769 MB/s with 6 too; twenty streams
-220-231 -> 469-471 -> 611-635 MB/s; the receiver's CPU 4.2-4.6 -> 2.0-2.2 -> 1.3-1.6 ms per
-MiB. What each does:
+What each one does (the measured effect of each, dated, is in docs/network.md, "libp2p
+patches"; ``bench/transport.py`` measures it again):
 
 1. **One Noise message per yamux frame.** yamux sends DATA frames of up to 64 KiB of payload
    (``MAX_MESSAGE_SIZE``, 12-byte header included), but a Noise transport message holds at most
@@ -42,10 +40,10 @@ MiB. What each does:
    byte asked for; that case now returns the bytes as they came.
 5. **Freed memory stays in the process.** Every sliver sent or received passes through several
    fresh multi-megabyte buffers (CBOR, framing, Noise). glibc serves those with ``mmap`` and gives
-   them back on ``free``, so each one is paid again in page faults, and a page fault costs about
-   3 µs on this VM: CBOR-encoding a 3 MB sliver reply and framing it took 5.4 ms, and 0.25 ms
-   with the thresholds below (``mallopt``; without glibc nothing changes). The price is that up
-   to ``TRIM_THRESHOLD`` bytes of freed heap stay resident.
+   them back on ``free``, so each one is paid again in page faults (a sliver reply's encoding
+   and framing were dominated by them). With the thresholds below (``mallopt``; without glibc
+   nothing changes) freed heap is reused; the price is that up to ``TRIM_THRESHOLD`` bytes of
+   freed heap stay resident.
 6. **Fewer trips through the scheduler.** The locks py-libp2p takes for every frame become
    :class:`_QuickLock` (free: taken at once; held: waited for as before), a yamux stream's
    write lock is one of them, yamux's ``PY_YAMUX_*`` variables are read once, and a DATA body

@@ -696,9 +696,9 @@ class DiskStore:
         """Write and fsync a big durable file with ``O_DIRECT``; False if this store cannot.
 
         Why: a buffered write copies the sliver into fresh page-cache pages, and the fsync that
-        follows writes them out anyway. Here that copy cost 15-50 ms of kernel time per 20 MiB,
-        about a sixth of the CPU the 20 peers spend on a store; ``O_DIRECT`` hands the disk the
-        bytes from a reused, page-aligned 8 MiB buffer (one user-space copy, ~3 ms per 20 MiB).
+        follows writes them out anyway: a sizeable share of the CPU the peers spend on a store
+        (docs/storage.md has the figures); ``O_DIRECT`` hands the disk the bytes from a reused,
+        page-aligned 8 MiB buffer (one user-space copy).
         The last block is padded with zeros and cut off again by ``ftruncate`` before the fsync.
         File systems without ``O_DIRECT`` (tmpfs, some overlays) refuse it with ``EINVAL``:
         then the file is written the ordinary way, and this store does not try again.
