@@ -1,0 +1,429 @@
+"""Light-client commands: ``blob-id`` (offline), ``store``, ``read``, ``status``, ``list``,
+``extend``, ``delete``, ``info``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from walrus_p2p.cli._common import (
+    EXIT_OK,
+    UsageError,
+    client_options,
+    close_mapping,
+    configure_logging,
+    genesis_path,
+    key_directory,
+    print_json,
+    read_file_bytes,
+    run_client,
+    shard_count,
+)
+from walrus_p2p.errors import WalrusError
+
+if TYPE_CHECKING:
+    from walrus_p2p.client.results import BlobStatus
+    from walrus_p2p.client.service import WalrusClient
+
+
+def _command_blob_id(arguments: argparse.Namespace) -> int:
+    from walrus_p2p.core.encoding import EncodingConfig
+    from walrus_p2p.core.metadata import blob_id_of
+    from walrus_p2p.types import blob_id_to_text
+
+    config = EncodingConfig.for_shards(arguments.shards)
+    data, size = read_file_bytes(arguments.file)
+    try:
+        blob_id = blob_id_of(memoryview(data), config)
+    finally:
+        close_mapping(data)
+    text = blob_id_to_text(blob_id)
+    if arguments.json:
+        print(
+            json.dumps(
+                {
+                    "blobId": text,
+                    "unencodedLength": size,
+                    "shards": config.n,
+                    "encodedLength": config.encoded_length(size),
+                }
+            )
+        )
+    else:
+        print(text)
+    return EXIT_OK
+
+
+def _progress_bar(total: int, label: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=label,
+        disable=not enabled,
+        leave=False,
+    )
+
+
+def _record_stored(key_dir: Path, outcome_json: dict[str, Any]) -> None:
+    """Remember what this key stored, for `walrus-peer list` (the network has no owner index)."""
+    key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(key_dir / "stored-blobs.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(outcome_json, sort_keys=True) + "\n")
+
+
+def _command_store(arguments: argparse.Namespace) -> int:
+    from walrus_p2p.api import store_outcome_json
+    from walrus_p2p.core.encoding import EncodingConfig
+
+    files = list(arguments.files)
+    for path in files:
+        read_file_bytes(path)[0]  # fail fast on a missing file, before joining the network
+    show_progress = not arguments.json and sys.stderr.isatty()
+
+    async def work(client: WalrusClient) -> int:
+        results = []
+        for path in files:
+            data, size = read_file_bytes(path)
+            config = EncodingConfig.for_shards(client.genesis.n_shards)
+            bar = _progress_bar(config.encoded_length(size), os.path.basename(path), show_progress)
+            try:
+                outcome = await client.store(
+                    memoryview(data),
+                    epochs=arguments.epochs,
+                    permanent=arguments.permanent,
+                    progress=bar.update,
+                )
+            finally:
+                bar.close()
+                close_mapping(data)
+            outcome_json = store_outcome_json(outcome)
+            entry = {"path": path, **outcome_json}
+            results.append(entry)
+            _record_stored(key_directory(arguments), entry)
+            if not arguments.json:
+                if "newlyCreated" in outcome_json:
+                    blob = outcome_json["newlyCreated"]["blobObject"]
+                    print(
+                        f"stored {path}: blob id {blob['blobId']} size {blob['size']} "
+                        f"until epoch {blob['storage']['endEpoch']}"
+                    )
+                else:
+                    known = outcome_json["alreadyCertified"]
+                    print(
+                        f"already certified {path}: blob id {known['blobId']} "
+                        f"until epoch {known['endEpoch']}"
+                    )
+        if arguments.json:
+            print_json(results)
+        return EXIT_OK
+
+    return run_client(arguments, work)
+
+
+def _command_read(arguments: argparse.Namespace) -> int:
+    from walrus_p2p.types import blob_id_from_text
+
+    blob_id = blob_id_from_text(arguments.blob_id)
+
+    async def work(client: WalrusClient) -> int:
+        data: bytes = await client.read(blob_id, strict=arguments.strict)
+        if arguments.output == "-":
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        else:
+            _write_atomically(arguments.output, data)
+        if arguments.json:
+            print_json({"blobId": arguments.blob_id, "size": len(data), "path": arguments.output})
+        elif arguments.output != "-":
+            print(f"read {len(data)} bytes into {arguments.output}", file=sys.stderr)
+        return EXIT_OK
+
+    return run_client(arguments, work)
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename: a failed read leaves nothing."""
+    directory = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.partial")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise UsageError(f"{path}: cannot write ({error.strerror})") from error
+
+
+def _status_json(status: BlobStatus) -> dict[str, Any]:
+    from walrus_p2p.types import blob_id_to_text
+
+    return {
+        "blobId": blob_id_to_text(status.blob_id),
+        "state": status.state,
+        "size": status.size,
+        "certifiedEpoch": status.certified_epoch,
+        "endEpoch": status.end_epoch,
+        "deletable": status.deletable,
+    }
+
+
+def _command_status(arguments: argparse.Namespace) -> int:
+    from walrus_p2p.types import blob_id_from_text
+
+    blob_id = blob_id_from_text(arguments.blob_id)
+
+    async def work(client: WalrusClient) -> int:
+        status = await client.blob_status(blob_id)
+        summary = _status_json(status)
+        if arguments.json:
+            print_json(summary)
+        else:
+            print(" ".join(f"{key}={value}" for key, value in summary.items()))
+        return EXIT_OK
+
+    return run_client(arguments, work)
+
+
+def _command_list(arguments: argparse.Namespace) -> int:
+    from walrus_p2p.errors import NotFoundError
+    from walrus_p2p.types import blob_id_from_text
+
+    index = key_directory(arguments) / "stored-blobs.jsonl"
+    seen: dict[str, str] = {}
+    if index.exists():
+        for line in index.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+                outcome = entry.get("newlyCreated", {}).get("blobObject") or entry.get(
+                    "alreadyCertified", {}
+                )
+                seen.setdefault(str(outcome["blobId"]), str(entry.get("path", "")))
+            except (ValueError, KeyError, AttributeError):
+                continue
+
+    async def work(client: WalrusClient) -> int:
+        rows = []
+        for text, path in seen.items():
+            try:
+                status = _status_json(await client.blob_status(blob_id_from_text(text)))
+            except NotFoundError:
+                status = {"blobId": text, "state": "unknown"}
+            status["path"] = path
+            rows.append(status)
+        if arguments.json:
+            print_json(rows)
+        else:
+            for row in rows:
+                print(
+                    f"{row['blobId']} {row['state']:<10} end_epoch={row.get('endEpoch')} "
+                    f"{row['path']}"
+                )
+        return EXIT_OK
+
+    return run_client(arguments, work)
+
+
+def _command_extend(arguments: argparse.Namespace) -> int:
+    from walrus_p2p.types import blob_id_from_text
+
+    blob_id = blob_id_from_text(arguments.blob_id)
+
+    async def work(client: WalrusClient) -> int:
+        end = await client.extend(blob_id, epochs=arguments.epochs)
+        if arguments.json:
+            print_json({"blobId": arguments.blob_id, "endEpoch": end})
+        else:
+            print(f"extended {arguments.blob_id} until epoch {end}")
+        return EXIT_OK
+
+    return run_client(arguments, work)
+
+
+def _command_delete(arguments: argparse.Namespace) -> int:
+    from walrus_p2p.types import blob_id_from_text
+
+    blob_id = blob_id_from_text(arguments.blob_id)
+
+    async def work(client: WalrusClient) -> int:
+        await client.delete(blob_id)
+        if arguments.json:
+            print_json({"blobId": arguments.blob_id, "deleted": True})
+        else:
+            print(f"deleted {arguments.blob_id}")
+        return EXIT_OK
+
+    return run_client(arguments, work)
+
+
+def _command_info(arguments: argparse.Namespace) -> int:
+    """The current committee, verified from genesis through the epoch records of a live peer.
+
+    A light peer fetches the chain of epoch records from one reachable storage peer and checks
+    every record's quorum of signatures from the genesis committee on (client/committee.py).
+    With ``--offline``, or if no peer answers, the genesis committee is shown and
+    ``verified`` is false.
+    """
+    from walrus_p2p.core.committee import max_faulty, quorum_threshold, validity_threshold
+    from walrus_p2p.node.config import load_genesis
+
+    configure_logging(arguments.log_level)
+    genesis = load_genesis(genesis_path(arguments))
+    committee = genesis.committee
+    start_time = genesis.genesis_time
+    arriving: list[int] = []
+    verified = False
+    problem: str | None = "offline" if arguments.offline else None
+    if not arguments.offline:
+        import trio
+
+        from walrus_p2p.client.committee import refresh_committee
+        from walrus_p2p.client.network import open_light_peer
+        from walrus_p2p.core.migration import moved_shards
+
+        async def fetch() -> tuple[Any, int, str | None, list[int]]:
+            async with open_light_peer(genesis, verify_chain=False) as light:
+                try:
+                    await refresh_committee(light)
+                except WalrusError as error:
+                    return light.committee, 0, str(error), []
+                start = light.chain[-1].value.start_time if light.chain else genesis.genesis_time
+                previous = light.committee_of(light.epoch - 1)
+                moved = [] if previous is None else sorted(moved_shards(previous, light.committee))
+                await light.refresh_in_place(min_interval=0.0)
+                in_place = light.in_place.get(light.epoch, set())
+                return light.committee, start, None, [s for s in moved if s not in in_place]
+
+        committee, start_time, problem, arriving = trio.run(fetch)
+        verified = problem is None
+    epoch = int(committee.epoch)
+    n_shards = genesis.n_shards
+    summary: dict[str, Any] = {
+        "network": genesis.network,
+        "networkId": genesis.network_id_text,
+        "epoch": epoch,
+        "verified": verified,
+        "epochStart": start_time,
+        "epochEnd": genesis.epoch_start(epoch + 1),
+        "epochDurationSeconds": genesis.epoch_duration_seconds,
+        "scheduledEpoch": int(genesis.scheduled_epoch(int(time.time()))),
+        "n": n_shards,
+        "shards": n_shards,
+        "f": max_faulty(n_shards),
+        "quorum": quorum_threshold(n_shards),
+        "validity": validity_threshold(n_shards),
+        "maxShardsPerPeer": genesis.max_shards_per_peer,
+        "committee": [
+            {
+                "peerId": member.peer_id,
+                "shards": list(committee.shards_of(member.peer_id)),
+                "weight": member.weight,
+                "addresses": list(member.addresses),
+                # Shards this member gained at this epoch and has not reported in place yet
+                # (reads of older blobs still go to their previous owner first).
+                "shardsArriving": [
+                    shard for shard in arriving if committee.peer_of(shard) == member.peer_id
+                ],
+            }
+            for member in committee.members
+        ],
+        "limits": {
+            "maxBlobSize": genesis.limits.max_blob_size,
+            "maxSliverSize": genesis.limits.max_sliver_size,
+            "maxFrameSize": genesis.limits.max_frame_size,
+            "maxGossipMessageSize": genesis.limits.max_gossip_message_size,
+            "maxEpochsAhead": genesis.limits.max_epochs_ahead,
+        },
+    }
+    if problem is not None:
+        summary["unverifiedReason"] = problem
+    if arguments.json:
+        print_json(summary)
+        return EXIT_OK
+    print(f"network {summary['network']} ({summary['networkId']})")
+    how = "verified from genesis" if verified else f"NOT verified ({problem}): genesis committee"
+    print(f"epoch {epoch} ({how}); started {start_time}, ends {summary['epochEnd']} (unix)")
+    print(
+        f"n={n_shards} f={summary['f']} quorum={summary['quorum']} "
+        f"validity={summary['validity']} shards; max shards per peer "
+        f"{genesis.max_shards_per_peer or n_shards}"
+    )
+    limits = summary["limits"]
+    print(
+        f"limits: blob {limits['maxBlobSize']} B, sliver {limits['maxSliverSize']} B, "
+        f"frame {limits['maxFrameSize']} B, {limits['maxEpochsAhead']} epochs ahead"
+    )
+    for entry in summary["committee"]:
+        shards = ",".join(str(shard) for shard in entry["shards"]) or "-"
+        pending = ",".join(str(shard) for shard in entry["shardsArriving"])
+        arriving_text = f" arriving={pending}" if pending else ""
+        print(
+            f"  {entry['peerId']} weight={entry['weight']} shards={shards}{arriving_text} "
+            f"{' '.join(entry['addresses'])}"
+        )
+    return EXIT_OK
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    blob_id = commands.add_parser(
+        "blob-id", help="print the blob id a network of N shards would give FILE (offline)"
+    )
+    blob_id.add_argument("file", metavar="FILE")
+    blob_id.add_argument("--shards", type=shard_count, default=100, metavar="N")
+    blob_id.add_argument("--json", action="store_true", help="print JSON for scripts")
+    blob_id.set_defaults(handler=_command_blob_id)
+
+    store = commands.add_parser("store", help="store files as blobs")
+    store.add_argument("files", nargs="+", metavar="FILE")
+    store.add_argument("--epochs", type=int, required=True, metavar="N")
+    store.add_argument("--permanent", action="store_true", help="cannot be deleted before its end")
+    client_options(store)
+    store.set_defaults(handler=_command_store)
+
+    read = commands.add_parser("read", help="read a blob into a file")
+    read.add_argument("blob_id", metavar="BLOB_ID")
+    read.add_argument("-o", "--output", required=True, metavar="FILE", help="'-' for stdout")
+    read.add_argument("--strict", action="store_true", help="re-encode and check the blob id")
+    client_options(read)
+    read.set_defaults(handler=_command_read)
+
+    status = commands.add_parser("status", help="what the network knows of a blob")
+    status.add_argument("blob_id", metavar="BLOB_ID")
+    client_options(status)
+    status.set_defaults(handler=_command_status)
+
+    listing = commands.add_parser("list", help="blobs stored with this key, and their status")
+    client_options(listing)
+    listing.set_defaults(handler=_command_list)
+
+    extend = commands.add_parser("extend", help="keep a blob stored for more epochs")
+    extend.add_argument("blob_id", metavar="BLOB_ID")
+    extend.add_argument("--epochs", type=int, required=True, metavar="N")
+    client_options(extend)
+    extend.set_defaults(handler=_command_extend)
+
+    delete = commands.add_parser("delete", help="delete a deletable blob stored with this key")
+    delete.add_argument("blob_id", metavar="BLOB_ID")
+    client_options(delete)
+    delete.set_defaults(handler=_command_delete)
+
+    info = commands.add_parser("info", help="network id, epoch, committee and limits")
+    client_options(info)
+    info.add_argument(
+        "--offline",
+        action="store_true",
+        help="show the genesis committee without asking any peer for the epoch chain",
+    )
+    info.set_defaults(handler=_command_info)
