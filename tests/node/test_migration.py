@@ -30,7 +30,7 @@ from walrus_p2p.core.metadata import Metadata, verify_sliver
 from walrus_p2p.core.migration import PullShardRequest, gained_shards
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.peer import StoragePeerService
-from walrus_p2p.node.recovery import sliver_of_pair, type_of
+from walrus_p2p.node.protocol import sliver_of_pair, type_of
 from walrus_p2p.testing.epochs import EpochPeer, EpochTestNetwork, open_epoch_network
 from walrus_p2p.testing.network import seed_for
 from walrus_p2p.types import BlobId, PeerId, SliverKind

@@ -23,8 +23,8 @@ from walrus_p2p.core.metadata import Metadata, verify_sliver
 from walrus_p2p.errors import NotFoundError, StorageError, VerificationError
 from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
-from walrus_p2p.node.protocol import owned_pairs
-from walrus_p2p.node.recovery import BlobSync, sliver_of_pair, type_of
+from walrus_p2p.node.protocol import owned_pairs, sliver_of_pair, type_of
+from walrus_p2p.node.recovery import BlobSync
 from walrus_p2p.storage import BlobInfo, CorruptDataError
 from walrus_p2p.types import BlobId, SliverKind, short_id
 

@@ -59,8 +59,8 @@ from walrus_p2p.net.names import topic
 from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.peer_calls import PeerCaller
-from walrus_p2p.node.protocol import ProtocolRefusal
-from walrus_p2p.node.recovery import Recovery, sliver_of_pair, type_of
+from walrus_p2p.node.protocol import ProtocolRefusal, sliver_of_pair, type_of
+from walrus_p2p.node.recovery import Recovery
 from walrus_p2p.types import BlobId, PeerId, SliverKind, short_id
 
 if TYPE_CHECKING:

@@ -66,9 +66,9 @@ from walrus_p2p.node.protocol import (
     ProtocolRefusal,
     max_frame_for,
     owned_pairs,
-    sliver_index,
-    sliver_type_of,
+    sliver_of_pair,
     storage_protocol_id,
+    type_of,
     wire_limits_for,
 )
 from walrus_p2p.node.ratelimit import RequestRates
@@ -382,8 +382,8 @@ class StoragePeerService:
         state = await self.blob_state(blob_id)
         if state.is_invalid:
             raise ProtocolRefusal("BLOB_INVALID", "the blob was marked invalid")
-        index = sliver_index(request.sliver_kind, request.pair_index, metadata.shards)
-        sliver_type = sliver_type_of(request.sliver_kind)
+        index = sliver_of_pair(request.sliver_kind, request.pair_index, metadata.shards)
+        sliver_type = type_of(request.sliver_kind)
         try:
             await self._in_thread(verify_sliver, metadata, sliver_type, index, request.data)
         except VerificationError as error:
@@ -468,8 +468,10 @@ class StoragePeerService:
             raise ProtocolRefusal("SLIVER_NOT_FOUND", str(error)) from error
         if request.target_index >= metadata.shards:
             raise ProtocolRefusal("BAD_REQUEST", "target index out of range")
-        source_type = sliver_type_of(request.source_kind)
-        source_index = sliver_index(request.source_kind, request.source_pair_index, metadata.shards)
+        source_type = type_of(request.source_kind)
+        source_index = sliver_of_pair(
+            request.source_kind, request.source_pair_index, metadata.shards
+        )
         symbol = await self._in_thread(
             make_recovery_symbol, metadata, source_type, source_index, sliver, request.target_index
         )
@@ -488,13 +490,13 @@ class StoragePeerService:
             raise ProtocolRefusal("BAD_REQUEST", "target index out of range")
         if any(pair >= metadata.shards for pair in request.source_pair_indices):
             raise ProtocolRefusal("BAD_REQUEST", "source pair index out of range")
-        source_type = sliver_type_of(request.source_kind)
+        source_type = type_of(request.source_kind)
 
         def build() -> list[wire.RecoverySymbolItem]:
             # One thread hop for the whole batch: read each sliver, cut its symbol.
             items = []
             for pair in request.source_pair_indices:
-                index = sliver_index(request.source_kind, pair, metadata.shards)
+                index = sliver_of_pair(request.source_kind, pair, metadata.shards)
                 try:
                     sliver = self.store.get_sliver(blob_id, pair, request.source_kind)
                     symbol = make_recovery_symbol(

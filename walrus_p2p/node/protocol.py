@@ -29,12 +29,23 @@ class ProtocolRefusal(WalrusError):
         super().__init__(message, reason=reason)
 
 
-def sliver_type_of(kind: SliverKind) -> SliverType:
+def kind_of(sliver_type: SliverType) -> SliverKind:
+    return SliverKind.PRIMARY if sliver_type is SliverType.PRIMARY else SliverKind.SECONDARY
+
+
+def type_of(kind: SliverKind) -> SliverType:
     return SliverType.PRIMARY if kind is SliverKind.PRIMARY else SliverType.SECONDARY
 
 
-def sliver_index(kind: SliverKind, pair_index: int, n_shards: int) -> int:
-    """The index of the sliver a pair holds: primary p, or secondary n-1-p."""
+def pair_of_sliver(sliver_type: SliverType, index: int, n_shards: int) -> int:
+    """The sliver pair that holds primary sliver ``index`` or secondary sliver ``index``."""
+    if sliver_type is SliverType.PRIMARY:
+        return index
+    return pair_secondary_index(index, n_shards)
+
+
+def sliver_of_pair(kind: SliverKind, pair_index: int, n_shards: int) -> int:
+    """The sliver index a pair holds: primary p, or secondary n-1-p."""
     if kind is SliverKind.PRIMARY:
         return pair_index
     return pair_secondary_index(pair_index, n_shards)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from walrus_p2p.core import wire
-from walrus_p2p.core.encoding import SliverType, pair_secondary_index, pair_to_shard
+from walrus_p2p.core.encoding import SliverType, pair_to_shard
 from walrus_p2p.core.merkle import MerkleProof
 from walrus_p2p.core.metadata import (
     InconsistentSliverError,
@@ -53,7 +53,7 @@ from walrus_p2p.errors import (
 from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.peer_calls import PeerCaller
-from walrus_p2p.node.protocol import owned_pairs
+from walrus_p2p.node.protocol import kind_of, owned_pairs, pair_of_sliver, sliver_of_pair, type_of
 from walrus_p2p.storage import CorruptDataError
 from walrus_p2p.types import BlobId, PeerId, SliverKind, short_id
 
@@ -66,28 +66,6 @@ SYNC_NAMESPACE = "healing-sync"
 """Store namespace: key = blob id, value = u32 failed attempts (blobs still to sync)."""
 
 T = TypeVar("T")
-
-
-def kind_of(sliver_type: SliverType) -> SliverKind:
-    return SliverKind.PRIMARY if sliver_type is SliverType.PRIMARY else SliverKind.SECONDARY
-
-
-def type_of(kind: SliverKind) -> SliverType:
-    return SliverType.PRIMARY if kind is SliverKind.PRIMARY else SliverType.SECONDARY
-
-
-def pair_of_sliver(sliver_type: SliverType, index: int, n_shards: int) -> int:
-    """The sliver pair that holds primary sliver ``index`` or secondary sliver ``index``."""
-    if sliver_type is SliverType.PRIMARY:
-        return index
-    return pair_secondary_index(index, n_shards)
-
-
-def sliver_of_pair(kind: SliverKind, pair_index: int, n_shards: int) -> int:
-    """The sliver index a pair holds: primary p, or secondary n-1-p."""
-    if kind is SliverKind.PRIMARY:
-        return pair_index
-    return pair_secondary_index(pair_index, n_shards)
 
 
 class SyncOutcome(enum.Enum):
