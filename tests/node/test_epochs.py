@@ -189,7 +189,7 @@ async def test_store_that_straddles_an_epoch_change_starts_over_in_the_new_epoch
             held: list[int] = []
             for peer in network.running():
                 service = peer.running
-                original = service._get_confirmation
+                original = service.router.handler(wire.GetConfirmationRequest)
 
                 async def held_once(
                     request: wire.GetConfirmationRequest,
@@ -204,7 +204,7 @@ async def test_store_that_straddles_an_epoch_change_starts_over_in_the_new_epoch
                                 await service.epochs.changed.wait()
                     return cast(wire.GetConfirmationReply, await original(request, remote))
 
-                service._get_confirmation = held_once  # type: ignore[method-assign]
+                service.router.replace(wire.GetConfirmationRequest, held_once)
             owner = Identity.from_seed(seed_for(network.genesis.network, "straddle"))
             data = bytes(range(256)) * 300
             async with open_client(network.genesis, owner) as client:

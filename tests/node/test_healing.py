@@ -98,7 +98,7 @@ async def test_sync_skips_a_helper_that_sends_bad_symbols() -> None:
         light_seed = seed_for(grid.genesis.network, "light")
         async with open_light_peer(grid.genesis, seed=light_seed) as light:
             victim, liar = grid.peers[0], grid.peers[1]
-            honest_handler = liar.running._get_recovery_symbols
+            honest_handler = liar.running.router.handler(wire.GetRecoverySymbolsRequest)
 
             async def lying_handler(
                 request: wire.GetRecoverySymbolsRequest, remote: PeerId
@@ -112,7 +112,7 @@ async def test_sync_skips_a_helper_that_sends_bad_symbols() -> None:
                 )
                 return wire.GetRecoverySymbolsReply(symbols=flipped)
 
-            liar.running._get_recovery_symbols = lying_handler  # type: ignore[method-assign]
+            liar.running.router.replace(wire.GetRecoverySymbolsRequest, lying_handler)
             registry = victim.running.metrics.registry
 
             def bad_symbols() -> float:
@@ -153,7 +153,7 @@ async def test_peer_down_during_a_write_catches_up_records_and_slivers_on_restar
             with trio.fail_after(STEP):
                 await sleeper.healing.caught_up.wait()
                 await sleeper.healing.sync.wait_idle()
-            state = await sleeper.running.blob_state(written.blob_id)
+            state = await sleeper.running.records.blob_state(written.blob_id)
             assert state.certificate is not None
             assert held_slivers(sleeper, written.blob_id) == required(
                 grid, sleeper, written.blob_id
@@ -343,7 +343,7 @@ async def test_inconsistent_blob_is_proven_attested_and_marked_invalid_everywher
                 await victim.healing.sync.wait_idle()
             blob_id = written.blob_id
             for slot in grid.peers:
-                state = await slot.running.blob_state(blob_id)
+                state = await slot.running.records.blob_state(blob_id)
                 assert state.is_invalid, f"peer {slot.index} did not learn the blob is invalid"
                 assert state.invalid is not None
                 state.invalid.verify(grid.genesis.network_id, grid.genesis.committee)

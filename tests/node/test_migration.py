@@ -110,9 +110,7 @@ def wrap_pull_handler(
     service: StoragePeerService, wrapper: Callable[[Any, PeerId], Awaitable[Any]]
 ) -> Callable[[Any, PeerId], Awaitable[Any]]:
     """Replace a peer's PullShardRequest handler; returns the original."""
-    original = service._extra_handlers[PullShardRequest]
-    service._extra_handlers[PullShardRequest] = wrapper
-    return original
+    return service.router.replace(PullShardRequest, wrapper)
 
 
 async def test_new_peer_pulls_its_shards_and_serves_older_blobs(
@@ -227,7 +225,7 @@ async def test_old_owner_killed_mid_migration_new_owner_still_gets_every_sliver(
             pages: dict[PeerId, int] = {}
             for peer in network.running():
                 service = peer.running
-                original = service._extra_handlers[PullShardRequest]
+                original = service.router.handler(PullShardRequest)
 
                 def make(
                     handler: Callable[[Any, PeerId], Awaitable[Any]], peer_id: PeerId

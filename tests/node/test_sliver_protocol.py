@@ -37,7 +37,7 @@ from walrus_p2p.errors import RemoteError, VerificationError, WalrusError
 from walrus_p2p.net.framing import FRAME_POOL, encode_header, read_frame, write_frame
 from walrus_p2p.net.rpc import decode_reply
 from walrus_p2p.net.stream import Stream
-from walrus_p2p.node import peer as peer_module
+from walrus_p2p.node import slivers as slivers_module
 from walrus_p2p.testing.network import TestNetwork, TestPeer, open_test_light_peer
 from walrus_p2p.types import PeerId, SliverKind
 
@@ -215,13 +215,13 @@ async def test_big_slivers_are_stored_from_views_and_frames_are_reused(
     data = secrets.token_bytes(20 << 20)  # n = 10: primary slivers of 5 MiB
     assert len(data) // 4 >= memory.MIN_HUGE_BYTES
     checked: list[tuple[type, int]] = []
-    real_verify = peer_module.verify_sliver
+    real_verify = slivers_module.verify_sliver
 
     def recording_verify(metadata: object, kind: object, index: int, sliver: object) -> None:
         checked.append((type(sliver), len(sliver)))  # type: ignore[arg-type]
         real_verify(metadata, kind, index, sliver)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(peer_module, "verify_sliver", recording_verify)
+    monkeypatch.setattr(slivers_module, "verify_sliver", recording_verify)
     with trio.fail_after(60):
         outcome = await client.store(data, epochs=2, permanent=False)
     with trio.fail_after(30):

@@ -12,7 +12,6 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 import trio
 
 from walrus_p2p.client.service import WalrusClient
@@ -24,7 +23,7 @@ from walrus_p2p.testing.network import TestNetwork
 
 
 async def test_store_succeeds_when_one_peer_fails_a_sliver(
-    network: TestNetwork, client: WalrusClient, monkeypatch: pytest.MonkeyPatch
+    network: TestNetwork, client: WalrusClient
 ) -> None:
     committee = network.genesis.committee
     n_shards = network.genesis.n_shards
@@ -40,7 +39,7 @@ async def test_store_succeeds_when_one_peer_fails_a_sliver(
         calls += 1
         raise StorageError("injected fault: disk full")
 
-    monkeypatch.setattr(faulty.service, "_store_sliver", failing_store_sliver)
+    faulty.service.router.replace(wire.StoreSliverRequest, failing_store_sliver)
     data = secrets.token_bytes(50_003)
     with trio.fail_after(45):
         outcome = await client.store(data, epochs=2, permanent=False)
@@ -51,16 +50,15 @@ async def test_store_succeeds_when_one_peer_fails_a_sliver(
 
 def fail_first_call(
     network: TestNetwork,
-    monkeypatch: pytest.MonkeyPatch,
-    handler: str,
+    request_type: type[wire.Message],
     fault: Callable[[], Exception],
 ) -> set[str]:
-    """Every peer's ``handler`` raises ``fault()`` on its first call, then serves; returns the
-    set of peers that raised (filled as it happens)."""
+    """Every peer's handler of ``request_type`` raises ``fault()`` on its first call, then
+    serves; returns the set of peers that raised (filled as it happens)."""
     failed: set[str] = set()
     for peer in network.peers:
         service = peer.service
-        original = getattr(service, handler)
+        original = service.router.handler(request_type)
 
         async def first_fails(
             request: wire.Message,
@@ -73,19 +71,18 @@ def fail_first_call(
                 raise fault()
             return await original(request, remote)
 
-        monkeypatch.setattr(service, handler, first_fails)
+        service.router.replace(request_type, first_fails)
     return failed
 
 
 async def test_store_retries_peers_that_failed_before_the_quorum(
-    network: TestNetwork, client: WalrusClient, monkeypatch: pytest.MonkeyPatch
+    network: TestNetwork, client: WalrusClient
 ) -> None:
     # Every peer fails its first sliver (a restart, a busy disk): no quorum without a second
     # attempt at the same peers, which the store makes while the quorum is missing.
     failed = fail_first_call(
         network,
-        monkeypatch,
-        "_store_sliver",
+        wire.StoreSliverRequest,
         lambda: StorageError("injected fault: first write fails"),
     )
     data = secrets.token_bytes(30_011)
@@ -97,7 +94,7 @@ async def test_store_retries_peers_that_failed_before_the_quorum(
 
 
 async def test_store_retries_a_peer_that_is_behind_on_the_epoch(
-    network: TestNetwork, client: WalrusClient, monkeypatch: pytest.MonkeyPatch
+    network: TestNetwork, client: WalrusClient
 ) -> None:
     # Every peer answers its first confirmation request WRONG_EPOCH, as a peer that restarted
     # and has not caught up the epoch chain yet does, while the network has not moved: the
@@ -106,8 +103,7 @@ async def test_store_retries_a_peer_that_is_behind_on_the_epoch(
     epoch = client.light.epoch
     refused = fail_first_call(
         network,
-        monkeypatch,
-        "_get_confirmation",
+        wire.GetConfirmationRequest,
         lambda: ProtocolRefusal("WRONG_EPOCH", "confirmations are signed for epoch -1 only"),
     )
     data = secrets.token_bytes(20_011)

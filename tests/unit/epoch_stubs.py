@@ -1,16 +1,13 @@
 """Stand-ins shared by the unit tests of the epoch service (test_epoch_direct.py,
-test_epoch_gossip.py): a storage peer without a network, an in-memory store, signed votes and a
+test_epoch_gossip.py): a peer context without a network, an in-memory store, signed votes and a
 certified record. No network, no disk.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 from walrus_p2p.core import wire
-from walrus_p2p.core.committee import Committee
 from walrus_p2p.core.consensus import Vote
 from walrus_p2p.core.epochs import propose_next
 from walrus_p2p.core.genesis import Genesis
@@ -24,9 +21,12 @@ from walrus_p2p.core.records import (
     VoteBody,
     VoteKind,
 )
-from walrus_p2p.errors import WalrusError
+from walrus_p2p.node.committee_view import CommitteeView
+from walrus_p2p.node.context import PeerContext
+from walrus_p2p.node.epochs import EpochOptions, EpochService
 from walrus_p2p.node.metrics import PeerMetrics
 from walrus_p2p.node.ratelimit import RequestRates
+from walrus_p2p.node.router import Router
 from walrus_p2p.types import Epoch, PeerId
 
 
@@ -47,28 +47,43 @@ class MemoryStore:
         return sorted((k, v) for (n, k), v in self.values.items() if n == namespace)
 
 
-class StubPeer:
-    """What :class:`~walrus_p2p.node.epochs.EpochService` uses of a storage peer."""
+class StubHost:
+    """A host with nobody connected (the epoch service's unit tests never dial)."""
 
-    def __init__(self, genesis: Genesis, identity: Identity) -> None:
-        self.genesis = genesis
-        self.committee: Committee = genesis.committee
-        self.identity = identity
-        self.peer_id = identity.peer_id
-        self.host = None
-        self.store = MemoryStore()
-        self.metrics = PeerMetrics()
-        self.rates = RequestRates()
-        self.limits = wire.DEFAULT_LIMITS
-        self.options = dataclasses.make_dataclass("Options", [("announce_addrs", Any)])(None)
-        self.handlers: dict[type, Any] = {}
+    listen_addrs: tuple[str, ...] = ()
 
-    def add_handler(self, message_type: type, handler: Any) -> None:
-        self.handlers[message_type] = handler
+    def is_connected(self, peer_id: PeerId) -> bool:
+        return False
 
-    def check_rate(self, remote: PeerId, kind: str) -> None:
-        if not self.rates.allow(remote, kind):
-            raise WalrusError("limited", reason="RATE_LIMITED")
+    def connected_peers(self) -> list[PeerId]:
+        return []
+
+
+def stub_context(genesis: Genesis, identity: Identity) -> PeerContext:
+    """What :class:`~walrus_p2p.node.epochs.EpochService` gets from a storage peer, with an
+    in-memory store and no network."""
+    metrics = PeerMetrics()
+    return PeerContext(
+        identity=identity,
+        genesis=genesis,
+        store=MemoryStore(),  # type: ignore[arg-type]
+        metrics=metrics,
+        limits=wire.DEFAULT_LIMITS,
+        protocol="/test/storage",
+        max_frame=1 << 20,
+        committees=CommitteeView(genesis.committee),
+        records=None,  # type: ignore[arg-type]
+        router=Router(limits=wire.DEFAULT_LIMITS, metrics=metrics, rates=RequestRates()),
+        host=StubHost(),  # type: ignore[arg-type]
+        discovery=None,  # type: ignore[arg-type]
+        gossip=None,  # type: ignore[arg-type]
+    )
+
+
+def epoch_service(genesis: Genesis, identity: Identity) -> EpochService:
+    """An epoch service on :func:`stub_context`, holding the view's writer."""
+    ctx = stub_context(genesis, identity)
+    return EpochService(ctx, EpochOptions(), ctx.committees.writer())
 
 
 def prevote(

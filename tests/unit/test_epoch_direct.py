@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import trio
-from epoch_stubs import StubPeer, certified
+from epoch_stubs import certified, epoch_service
 from epoch_stubs import prevote as stub_prevote
 
 from walrus_p2p.core import wire
@@ -30,7 +30,7 @@ from walrus_p2p.core.records import (
 )
 from walrus_p2p.errors import PeerUnreachableError, WalrusError
 from walrus_p2p.node.epoch_links import EpochLinks, take_batch
-from walrus_p2p.node.epochs import EpochOptions, EpochService
+from walrus_p2p.node.epochs import EpochService
 from walrus_p2p.node.ratelimit import Rate, RequestRates
 from walrus_p2p.testing.epochs import epoch_genesis
 from walrus_p2p.types import Epoch, PeerId
@@ -48,7 +48,7 @@ def make_service() -> tuple[EpochService, Genesis]:
         epoch_seconds=3600,
         start_in=-10,
     )
-    service = EpochService(StubPeer(genesis, PEERS[0]), EpochOptions())  # type: ignore[arg-type]
+    service = epoch_service(genesis, PEERS[0])
     return service, genesis
 
 
@@ -170,7 +170,7 @@ async def test_a_peer_still_agreeing_on_a_decided_epoch_gets_the_record() -> Non
     assert service.epoch == 1
     reply = await service.serve_messages(request([]), PEERS[2].peer_id)
     assert reply.messages == (wire.encode(record),)
-    assert service.peer.metrics.epoch_current._value.get() == 1  # type: ignore[attr-defined]
+    assert service.ctx.metrics.epoch_current._value.get() == 1  # type: ignore[attr-defined]
 
 
 def test_take_batch_bounds_count_and_bytes() -> None:

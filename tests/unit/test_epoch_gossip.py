@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from epoch_stubs import StubPeer, certified, prevote
+from epoch_stubs import certified, epoch_service, prevote
 
 from walrus_p2p.core import wire
 from walrus_p2p.core.consensus import Vote
@@ -18,7 +18,7 @@ from walrus_p2p.core.records import (
     Candidacy,
 )
 from walrus_p2p.net.gossip import GossipMessage
-from walrus_p2p.node.epochs import EpochOptions, EpochService
+from walrus_p2p.node.epochs import EpochService
 from walrus_p2p.testing.epochs import epoch_genesis
 from walrus_p2p.types import Epoch, PeerId
 
@@ -34,7 +34,7 @@ def make_service() -> tuple[EpochService, Genesis]:
         n_shards=8,
         epoch_seconds=60,
     )
-    service = EpochService(StubPeer(genesis, PEERS[0]), EpochOptions())  # type: ignore[arg-type]
+    service = epoch_service(genesis, PEERS[0])
     return service, genesis
 
 

@@ -16,7 +16,6 @@ import logging
 import math
 import random
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import blake3
 import trio
@@ -30,14 +29,12 @@ from walrus_p2p.core.blob_messages import (
     decode_records,
 )
 from walrus_p2p.errors import VerificationError, WalrusError, WireError
+from walrus_p2p.node.context import PeerContext
 from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.peer_calls import PeerCaller
 from walrus_p2p.node.protocol import RECORDS_NAMESPACE
 from walrus_p2p.types import BlobId, PeerId, short_id
-
-if TYPE_CHECKING:
-    from walrus_p2p.node.peer import StoragePeerService
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +45,7 @@ KEY_CACHE_SECONDS = 30.0
 
 
 def record_key(encoded: bytes) -> bytes:
-    """The record-hash part of a stored record's key (as ``StoragePeerService.merge_records``)."""
+    """The record-hash part of a stored record's key (as ``RecordBook.merge``)."""
     return blake3.blake3(encoded).digest()[:16]
 
 
@@ -97,12 +94,12 @@ class CatchUp:
 
     def __init__(
         self,
-        peer: StoragePeerService,
+        ctx: PeerContext,
         caller: PeerCaller,
         options: HealingOptions,
         metrics: HealingMetrics,
     ) -> None:
-        self.peer = peer
+        self.ctx = ctx
         self.caller = caller
         self.options = options
         self.metrics = metrics
@@ -114,9 +111,8 @@ class CatchUp:
     async def handle_list(
         self, request: ListBlobRecordsRequest, remote: PeerId
     ) -> ListBlobRecordsReply:
-        # Imported here: node/peer.py starts this module's services (import cycle).
 
-        store = self.peer.store
+        store = self.ctx.store
         now = trio.current_time()
         if request.after is None or now - self._keys_read_at > KEY_CACHE_SECONDS:
             # The store has no range query: read the namespace's keys once per listing
@@ -145,9 +141,8 @@ class CatchUp:
         except WireError as error:
             logger.warning("catch-up source sent bad records peer=%s error=%s", source[:12], error)
             return 0
-        # Imported here: node/peer.py starts this module's services (import cycle).
 
-        store = self.peer.store
+        store = self.ctx.store
 
         def unknown(raw: tuple[bytes, ...]) -> list[bool]:
             # The peer keys a record by blob id + blake3 of its canonical encoding; the raw
@@ -164,7 +159,7 @@ class CatchUp:
                 continue
             try:
                 records.verify_blob_record(
-                    item, self.peer.genesis.network_id, self.peer._committee_of
+                    item, self.ctx.genesis.network_id, self.ctx.committees.committee_of
                 )
             except VerificationError as error:
                 logger.warning(
@@ -177,7 +172,7 @@ class CatchUp:
             good.append(item)
         if not good:
             return 0
-        return await self.peer.merge_records(blob_id, good)
+        return await self.ctx.records.merge(blob_id, good)
 
     async def pull_from(self, source: PeerId) -> int:
         """Page through one source's listing; returns how many records were new here."""
@@ -205,7 +200,7 @@ class CatchUp:
         """Pull from ``sources`` (default ``catch_up_sources``) random peers at once; returns
         how many records were new here."""
         wanted = self.options.catch_up_sources if sources is None else sources
-        others = [p for p in self.peer.committee.peer_ids if p != self.peer.peer_id]
+        others = [p for p in self.ctx.committee.peer_ids if p != self.ctx.peer_id]
         random.shuffle(others)
         merged = 0
         answered = 0

@@ -17,8 +17,8 @@ and "Transport"). Per epoch e the service
   the committee), by the first decider in proposer order that has not seen it there yet;
 - on a decision (its own, a record on gossip, or a record fetched by sync) verifies the record
   against epoch e's committee, writes it to the store (namespace ``epoch-records``, key the
-  8-byte epoch) *before* switching, then switches ``peer.committee`` -- and with it the shards the
-  peer owns -- to epoch e+1.
+  8-byte epoch) *before* switching, then switches the peer's committee view -- and with it
+  the shards the peer owns -- to epoch e+1.
 
 Catch-up: :class:`~walrus_p2p.core.epochs.GetEpochRecordsRequest` on the storage protocol
 returns stored records from an epoch on. On start the service reloads and re-verifies its stored
@@ -45,7 +45,6 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import blake3
 import trio
@@ -83,12 +82,11 @@ from walrus_p2p.errors import RequestTimeoutError, VerificationError, WalrusErro
 from walrus_p2p.net.gossip import GossipMessage, Subscription
 from walrus_p2p.net.names import protocol_id, topic
 from walrus_p2p.net.rpc import HandlerLimits
+from walrus_p2p.node.committee_view import CommitteeWriter
+from walrus_p2p.node.context import PeerContext
 from walrus_p2p.node.epoch_links import MAX_BATCH_BYTES, EpochLinks, take_batch
 from walrus_p2p.node.peer_calls import PeerCaller
 from walrus_p2p.types import Epoch, PeerId
-
-if TYPE_CHECKING:
-    from walrus_p2p.node.peer import StoragePeerService
 
 logger = logging.getLogger(__name__)
 
@@ -153,22 +151,23 @@ def journal_key(epoch: int, encoded: bytes) -> bytes:
 
 
 class EpochService:
-    """Runs inside :class:`~walrus_p2p.node.peer.StoragePeerService` (``peer.epochs``)."""
+    """Epoch agreement and epoch-record sync of one storage peer (``peer.epochs``).
 
-    def __init__(self, peer: StoragePeerService, options: EpochOptions) -> None:
-        self.peer = peer
+    The only writer of the peer's :class:`~walrus_p2p.node.committee_view.CommitteeView`: it
+    holds the view's one :class:`~walrus_p2p.node.committee_view.CommitteeWriter`.
+    """
+
+    def __init__(self, ctx: PeerContext, options: EpochOptions, writer: CommitteeWriter) -> None:
+        self.ctx = ctx
+        self._writer = writer
         self.options = options
-        self.genesis = peer.genesis
-        self.network_id = peer.genesis.network_id
-        self.topic = topic(peer.genesis.network_id_text, EPOCHS_TOPIC)
-        self.protocol = protocol_id(peer.genesis.network_id_text, EPOCHS_PROTOCOL)
+        self.genesis = ctx.genesis
+        self.network_id = ctx.genesis.network_id
+        self.topic = topic(ctx.genesis.network_id_text, EPOCHS_TOPIC)
+        self.protocol = protocol_id(ctx.genesis.network_id_text, EPOCHS_PROTOCOL)
         self.records: dict[int, EpochRecord] = {}
-        self.committees: dict[int, Committee] = {0: peer.genesis.committee}
         self.candidacies: dict[PeerId, Candidacy] = {}
         self.agreement: EpochAgreement | None = None
-        self.synced = trio.Event()
-        self.changed = trio.Event()
-        """Set (and replaced) whenever the committee changes; wait on it in tests."""
         self.incarnation = secrets.token_bytes(INCARNATION_LENGTH)
         """Random per process: tells the other members when this peer restarted."""
         self.links: EpochLinks | None = None
@@ -196,21 +195,31 @@ class EpochService:
         self._send, self._receive = trio.open_memory_channel[bytes](OUTBOX_SIZE)
         self._timers: trio.Nursery | None = None
         self._nursery: trio.Nursery | None = None
-        peer.add_handler(GetEpochRecordsRequest, self._serve_records)
+        ctx.router.add(GetEpochRecordsRequest, self._serve_records)
 
     # -- state ------------------------------------------------------------------------------
 
     @property
     def current(self) -> Committee:
-        return self.peer.committee
+        return self.ctx.committees.current
 
     @property
     def epoch(self) -> int:
-        return int(self.peer.committee.epoch)
+        return self.ctx.committees.epoch
+
+    @property
+    def synced(self) -> trio.Event:
+        """Set once this service caught up with the network's epoch chain at start."""
+        return self.ctx.committees.synced
+
+    @property
+    def changed(self) -> trio.Event:
+        """Set (and replaced) whenever the committee changes; wait on it in tests."""
+        return self.ctx.committees.changed
 
     def committee_of(self, epoch: int) -> Committee | None:
         """The committee of an epoch this peer knows (verified), else None."""
-        return self.committees.get(int(epoch))
+        return self.ctx.committees.committee_of(epoch)
 
     def chain(self) -> list[EpochRecord]:
         """The verified records of epochs 1..current, in order."""
@@ -218,7 +227,7 @@ class EpochService:
 
     def load(self) -> None:
         """Reload the stored chain, verifying it from genesis; stop at the first bad record."""
-        stored = sorted(self.peer.store.iter_values(EPOCH_RECORDS_NAMESPACE))
+        stored = sorted(self.ctx.store.iter_values(EPOCH_RECORDS_NAMESPACE))
         for key, raw in stored:
             try:
                 record = wire.decode(raw, EpochRecord)
@@ -241,16 +250,13 @@ class EpochService:
     def _switch(self, record: EpochRecord) -> None:
         committee = record.committee
         self.records[int(record.epoch)] = record
-        self.committees[int(record.epoch)] = committee
-        self.peer.committee = committee
+        self._writer.switch(committee)
         self._last_rounds = int(record.certificate.round)
-        self.peer.metrics.epoch_switched(
+        self.ctx.metrics.epoch_switched(
             int(record.epoch),
             int(record.certificate.round),
             sum(1 for peer in committee.peer_ids if committee.shards_of(peer)),
         )
-        changed, self.changed = self.changed, trio.Event()
-        changed.set()
 
     async def apply_record(self, record: EpochRecord, *, source: str) -> bool:
         """Verify a record for the next epoch, persist it, then switch. False if not applicable."""
@@ -265,7 +271,7 @@ class EpochService:
                 return False
             encoded = wire.encode(record)
             await trio.to_thread.run_sync(
-                self.peer.store.put_value,
+                self.ctx.store.put_value,
                 EPOCH_RECORDS_NAMESPACE,
                 record_key(record.epoch),
                 encoded,
@@ -284,8 +290,8 @@ class EpochService:
                 source,
                 record.certificate.round,
                 len(committee.members),
-                len(before.shards_of(self.peer.peer_id)),
-                len(committee.shards_of(self.peer.peer_id)),
+                len(before.shards_of(self.ctx.peer_id)),
+                len(committee.shards_of(self.ctx.peer_id)),
                 self.options.clock() - self.genesis.epoch_start(record.epoch),
             )
             return True
@@ -293,18 +299,17 @@ class EpochService:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        gossip = self.peer.gossip
-        host = self.peer.host
-        assert gossip is not None and host is not None, "the peer opens its host and gossip first"
+        gossip = self.ctx.gossip
+        host = self.ctx.host
         self._started_at = self.options.clock()
         await trio.to_thread.run_sync(self.load)
         caller = PeerCaller(
             host,
             protocol=self.protocol,
-            limits=self.peer.limits,
+            limits=self.ctx.limits,
             max_frame=MAX_DIRECT_FRAME,
             committee=lambda: self.current,
-            discovery=self.peer.discovery,
+            discovery=self.ctx.discovery,
         )
         self.links = EpochLinks(
             caller,
@@ -338,7 +343,7 @@ class EpochService:
             # Tell the committee this process is (back) here: members stop backing off their
             # links to it and answer with what it lost (docs/epochs.md, "Transport").
             self.links.greet(self._voters(first[0]))
-            self.synced.set()
+            self._writer.mark_synced()
             task_status.started()
             nursery.start_soon(self._sync_loop)
             nursery.start_soon(self._watch_members)
@@ -433,8 +438,8 @@ class EpochService:
             self.evidence.extend(agreement.evidence)
 
     def _new_agreement(self, committee: Committee, *, observer: bool = False) -> EpochAgreement:
-        voter = not observer and bool(committee.shards_of(self.peer.peer_id))
-        signer = self.peer.identity if voter else None
+        voter = not observer and bool(committee.shards_of(self.ctx.peer_id))
+        signer = self.ctx.identity if voter else None
         return EpochAgreement(
             network_id=self.network_id,
             committee=committee,
@@ -466,7 +471,7 @@ class EpochService:
         return [
             peer
             for peer in committee.peer_ids
-            if peer != self.peer.peer_id and committee.shards_of(peer)
+            if peer != self.ctx.peer_id and committee.shards_of(peer)
         ]
 
     async def _process(self, agreement: EpochAgreement, output: Output) -> None:
@@ -499,7 +504,7 @@ class EpochService:
         links.send(self._voters(agreement), proposals)
         for vote in (m for m in own if isinstance(m, Vote)):
             proposer = agreement.proposer(vote.round)
-            if proposer == self.peer.peer_id:
+            if proposer == self.ctx.peer_id:
                 self._relay_vote(agreement, vote)
             else:
                 links.send([proposer], [wire.encode(vote)])
@@ -573,7 +578,7 @@ class EpochService:
         order = agreement.proposers
         deciding = int(record.certificate.round) % len(order)
         rotated = order[deciding:] + order[:deciding]
-        rank = rotated.index(self.peer.peer_id) if self.peer.peer_id in rotated else len(order)
+        rank = rotated.index(self.ctx.peer_id) if self.ctx.peer_id in rotated else len(order)
         await trio.sleep(rank * self.options.record_announce_step + random.uniform(0, 0.25))
         if int(record.epoch) not in self._gossip_records:
             self._queue(record)
@@ -581,16 +586,16 @@ class EpochService:
     # -- direct messages ---------------------------------------------------------------------
 
     async def _handle_direct(self, payload: bytes, remote: PeerId) -> bytes:
-        request = wire.decode(payload, EpochMessagesRequest, limits=self.peer.limits)
-        self.peer.check_rate(remote, "EpochMessagesRequest")
+        request = wire.decode(payload, EpochMessagesRequest, limits=self.ctx.limits)
+        self.ctx.router.check_rate(remote, "EpochMessagesRequest")
         reply = await self.serve_messages(request, remote)
-        return wire.encode(reply, limits=self.peer.limits)
+        return wire.encode(reply, limits=self.ctx.limits)
 
     async def serve_messages(
         self, request: EpochMessagesRequest, remote: PeerId
     ) -> EpochMessagesReply:
         """Take a member's consensus messages; answer with what it evidently lacks."""
-        known = any(remote in committee for committee in self.committees.values())
+        known = any(remote in committee for committee in self.ctx.committees.known())
         if not known and int(request.epoch) <= self.epoch + 1:
             raise WalrusError(
                 f"peer={remote[:12]} is not a member of a committee this peer knows",
@@ -647,7 +652,7 @@ class EpochService:
             await self._process(agreement, agreement.handle(message, trio.current_time()))
             if (
                 isinstance(message, Vote)
-                and agreement.proposer(message.round) == self.peer.peer_id
+                and agreement.proposer(message.round) == self.ctx.peer_id
                 and agreement.signer is not None
                 and agreement.counted(message)
             ):
@@ -671,7 +676,7 @@ class EpochService:
             and agreement is not None
             and message.signer == remote
             and int(message.body.epoch) == agreement.epoch
-            and agreement.proposer(message.round) not in (remote, self.peer.peer_id)
+            and agreement.proposer(message.round) not in (remote, self.ctx.peer_id)
         )
 
     def _evidence_for(
@@ -727,15 +732,15 @@ class EpochService:
             for message in messages:
                 encoded = wire.encode(message)
                 key = journal_key(epoch, encoded)
-                if self.peer.store.get_value(JOURNAL_NAMESPACE, key) is None:
-                    self.peer.store.put_value(JOURNAL_NAMESPACE, key, encoded)
+                if self.ctx.store.get_value(JOURNAL_NAMESPACE, key) is None:
+                    self.ctx.store.put_value(JOURNAL_NAMESPACE, key, encoded)
 
         await trio.to_thread.run_sync(write)
 
     def _load_journal(self, epoch: int) -> list[Proposal | Vote]:
         prefix = record_key(epoch)
         messages: list[Proposal | Vote] = []
-        for key, raw in self.peer.store.iter_values(JOURNAL_NAMESPACE):
+        for key, raw in self.ctx.store.iter_values(JOURNAL_NAMESPACE):
             if key.startswith(prefix):
                 try:
                     messages.append(wire.decode(raw, (Proposal, Vote)))
@@ -745,9 +750,9 @@ class EpochService:
 
     def _prune_journal(self, epoch: int) -> None:
         """Forget the journals of agreements up to ``epoch`` (decided: nothing to resume)."""
-        for key, _raw in self.peer.store.iter_values(JOURNAL_NAMESPACE):
+        for key, _raw in self.ctx.store.iter_values(JOURNAL_NAMESPACE):
             if int.from_bytes(key[:8], "big") <= epoch:
-                self.peer.store.delete_value(JOURNAL_NAMESPACE, key)
+                self.ctx.store.delete_value(JOURNAL_NAMESPACE, key)
 
     # -- gossip -----------------------------------------------------------------------------
 
@@ -758,8 +763,7 @@ class EpochService:
             logger.warning("epoch gossip outbox full: message dropped")
 
     async def _publish_loop(self) -> None:
-        gossip = self.peer.gossip
-        assert gossip is not None
+        gossip = self.ctx.gossip
         async for data in self._receive:
             for _attempt in range(5):
                 try:
@@ -797,8 +801,8 @@ class EpochService:
         # need it, and the decider's own announcement comes after its switch.
         # This peer's own announcement is checked like any other (the validator runs on local
         # publishes, twice) but is not what makes it drop later copies.
-        own = message.origin == self.peer.peer_id
-        previous = self.committees.get(epoch - 1)
+        own = message.origin == self.ctx.peer_id
+        previous = self.ctx.committees.committee_of(epoch - 1)
         if epoch < self.epoch or previous is None or (epoch in self._gossip_records and not own):
             return False
         decoded.verify(previous, self.network_id)
@@ -811,27 +815,26 @@ class EpochService:
         """Members heard from during this epoch besides renewals: connected now or at one of the
         checks of ``_watch_members``, or the origin of a valid epochs-topic message or direct
         consensus request while this peer was in the epoch."""
-        host = self.peer.host
+        host = self.ctx.host
         started = self._started_at
         watched = self.options.clock() - started if started is not None else 0.0
         if watched < self.genesis.epoch_duration_seconds:
             # Restarted during this epoch: it cannot tell a gone member from one it has not
             # heard yet, so it keeps them all (a proposer that just restarted would otherwise
             # drop every member it has not reconnected to, and move their shards).
-            return set(agreement.committee.peer_ids) | {self.peer.peer_id}
+            return set(agreement.committee.peer_ids) | {self.ctx.peer_id}
         previous = int(agreement.epoch) - 1
         alive = {peer for peer, epoch in self._heard.items() if epoch >= previous}
-        if host is not None:
-            alive |= {peer for peer in agreement.committee.peer_ids if host.is_connected(peer)}
-        return alive | {self.peer.peer_id}
+        alive |= {peer for peer in agreement.committee.peer_ids if host.is_connected(peer)}
+        return alive | {self.ctx.peer_id}
 
     async def _watch_members(self) -> None:
         """Note every few seconds which members are connected: a member seen at any time
         during the epoch counts as alive at the change (``_alive``), so a member restarting just
         then keeps its shards instead of having them moved away for one epoch."""
-        host = self.peer.host
+        host = self.ctx.host
         pause = max(1.0, min(30.0, self.genesis.epoch_duration_seconds / 6))
-        while host is not None:
+        while True:
             connected = set(host.connected_peers())
             for member in self.current.peer_ids:
                 if member in connected:
@@ -839,7 +842,7 @@ class EpochService:
             await trio.sleep(pause)
 
     def _hint(self, origin: PeerId, epoch: int) -> None:
-        if origin and origin != self.peer.peer_id:
+        if origin and origin != self.ctx.peer_id:
             self._hinted[origin] = max(epoch, self._hinted.get(origin, 0))
             self._sync_wanted.set()
 
@@ -863,12 +866,12 @@ class EpochService:
         )
 
     def own_candidacy(self) -> Candidacy:
-        host = self.peer.host
-        addresses = tuple(host.listen_addrs) if host is not None else ()
-        if self.peer.options.announce_addrs:
-            addresses = tuple(self.peer.options.announce_addrs)
+        host = self.ctx.host
+        addresses = tuple(host.listen_addrs)
+        if self.ctx.announce_addrs:
+            addresses = tuple(self.ctx.announce_addrs)
         return Candidacy.create(
-            self.peer.identity,
+            self.ctx.identity,
             network_id=self.network_id,
             epoch=self.epoch + 1,
             addresses=addresses[:8],
@@ -898,7 +901,7 @@ class EpochService:
                 await trio.sleep(random.uniform(0, min(self.options.announce_jitter, interval / 4)))
             first = False
             candidacy = self.own_candidacy()
-            member = bool(self.current.shards_of(self.peer.peer_id))
+            member = bool(self.current.shards_of(self.ctx.peer_id))
             now = trio.current_time()
             content = tuple(candidacy.body.addresses)
             if (
@@ -952,7 +955,7 @@ class EpochService:
             key=lambda peer: -self._hinted[peer],
         )
         self._hinted.clear()
-        members = [m for m in self.current.peer_ids if m != self.peer.peer_id and m not in hinted]
+        members = [m for m in self.current.peer_ids if m != self.ctx.peer_id and m not in hinted]
         random.shuffle(members)
         return hinted + members
 
@@ -993,16 +996,14 @@ class EpochService:
                 return applied
 
     def _addresses_of(self, peer_id: PeerId) -> list[str]:
-        for epoch in sorted(self.committees, reverse=True):
-            committee = self.committees[epoch]
+        for committee in self.ctx.committees.known():
             if peer_id in committee:
                 return list(committee.member(peer_id).addresses)
         candidacy = self.candidacies.get(peer_id)
         return list(candidacy.body.addresses) if candidacy is not None else []
 
     async def _call(self, peer_id: PeerId, request: GetEpochRecordsRequest) -> GetEpochRecordsReply:
-        host = self.peer.host
-        assert host is not None
+        host = self.ctx.host
         timeout = self.options.request_timeout
         reply: bytes | None = None
         with trio.move_on_after(timeout):
@@ -1010,10 +1011,10 @@ class EpochService:
                 await host.connect(peer_id, self._addresses_of(peer_id), timeout=timeout)
             reply = await host.request(
                 peer_id,
-                self.peer.protocol,
+                self.ctx.protocol,
                 wire.encode(request),
                 timeout=timeout,
-                max_reply=self.peer.max_frame,
+                max_reply=self.ctx.max_frame,
             )
         if reply is None:
             raise RequestTimeoutError(f"epoch sync from peer={peer_id[:12]} timed out")

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from walrus_p2p.core import wire
 from walrus_p2p.errors import ConfigError
 from walrus_p2p.node.peer import StoragePeerService
+from walrus_p2p.node.router import Router
 from walrus_p2p.types import PeerId
 
 logger = logging.getLogger(__name__)
@@ -59,11 +60,14 @@ def flip_one_byte(data: bytes) -> bytes:
 class CorruptSliversPeer(StoragePeerService):
     """A storage peer that serves every sliver with one byte flipped (testing only)."""
 
-    async def _get_sliver(
-        self, request: wire.GetSliverRequest, remote: PeerId
-    ) -> wire.GetSliverReply:
-        reply = await super()._get_sliver(request, remote)
-        return dataclasses.replace(reply, data=flip_one_byte(reply.data))
+    def configure(self, router: Router) -> None:
+        honest = router.handler(wire.GetSliverRequest)
+
+        async def corrupt(request: wire.GetSliverRequest, remote: PeerId) -> wire.GetSliverReply:
+            reply: wire.GetSliverReply = await honest(request, remote)
+            return dataclasses.replace(reply, data=flip_one_byte(reply.data))
+
+        router.replace(wire.GetSliverRequest, corrupt)
 
 
 def peer_service_class(fault: str | None) -> type[StoragePeerService]:

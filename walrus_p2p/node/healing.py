@@ -22,7 +22,6 @@ import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -31,6 +30,7 @@ from walrus_p2p.core.blob_messages import AttestInvalidBlobRequest, ListBlobReco
 from walrus_p2p.core.metadata import InconsistentSliverError, Metadata
 from walrus_p2p.errors import WalrusError
 from walrus_p2p.node.catchup import CatchUp
+from walrus_p2p.node.context import PeerContext
 from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.invalid import InvalidBlobs
@@ -40,9 +40,6 @@ from walrus_p2p.node.peer_calls import PeerCaller
 from walrus_p2p.node.protocol import max_frame_for, owned_pairs, storage_protocol_id
 from walrus_p2p.node.recovery import BlobSync, Recovery
 from walrus_p2p.types import BlobId, PeerId, SliverKind, short_id
-
-if TYPE_CHECKING:
-    from walrus_p2p.node.peer import StoragePeerService
 
 logger = logging.getLogger(__name__)
 
@@ -55,26 +52,32 @@ REACHABILITY_MIN_PINGS = 4
 class HealingService:
     """Every healing task of one storage peer; ``await run()`` until cancelled."""
 
-    def __init__(self, peer: StoragePeerService, options: HealingOptions) -> None:
-        if peer.host is None:
-            raise RuntimeError("the healing service needs the peer's host")
-        self.peer = peer
+    def __init__(self, ctx: PeerContext, options: HealingOptions) -> None:
+        self.ctx = ctx
         self.options = options
-        self.metrics = HealingMetrics(peer.metrics)
+        self.metrics = HealingMetrics(ctx.metrics)
         self.caller = PeerCaller(
-            peer.host,
-            protocol=storage_protocol_id(peer.genesis),
-            limits=peer.limits,
-            max_frame=max_frame_for(peer.genesis),
-            committee=lambda: peer.committee,
+            ctx.host,
+            protocol=storage_protocol_id(ctx.genesis),
+            limits=ctx.limits,
+            max_frame=max_frame_for(ctx.genesis),
+            committee=lambda: ctx.committee,
+            discovery=ctx.discovery,
         )
-        self.recovery = Recovery(peer, self.caller, options, self.metrics)
-        self.invalid = InvalidBlobs(peer, self.caller, self.recovery, options, self.metrics)
-        self.sync = BlobSync(peer, self.recovery, options, self.metrics, self._on_inconsistent)
-        self.catch_up = CatchUp(peer, self.caller, options, self.metrics)
-        self.maintenance = Maintenance(peer, self.sync, options, self.metrics)
+        self.recovery = Recovery(ctx, self.caller, options, self.metrics)
+        self.invalid = InvalidBlobs(ctx, self.caller, self.recovery, options, self.metrics)
+        self.sync = BlobSync(
+            ctx,
+            self.recovery,
+            options,
+            self.metrics,
+            self._on_inconsistent,
+            migrating=lambda: self.migration.migrating(),
+        )
+        self.catch_up = CatchUp(ctx, self.caller, options, self.metrics)
+        self.maintenance = Maintenance(ctx, self.sync, options, self.metrics)
         self.migration = ShardMigration(
-            peer,
+            ctx,
             self.caller,
             self.recovery,
             self.lacking,
@@ -87,14 +90,14 @@ class HealingService:
         self.caught_up = trio.Event()
         """Set after the first catch-up round and the scan that follows it."""
         self._catch_up_lock = trio.Lock()
-        peer.add_handler(ListBlobRecordsRequest, self.catch_up.handle_list)
-        peer.add_handler(AttestInvalidBlobRequest, self.invalid.handle_attest)
-        peer.record_listeners.append(self._on_records)
+        ctx.router.add(ListBlobRecordsRequest, self.catch_up.handle_list)
+        ctx.router.add(AttestInvalidBlobRequest, self.invalid.handle_attest)
+        ctx.records.subscribe(self._on_records)
 
     # -- reactions -----------------------------------------------------------------------
 
     def _on_records(self, blob_id: BlobId, state: records.BlobState) -> None:
-        peer = self.peer
+        peer = self.ctx
         if not self.options.enabled:
             return
         if state.is_invalid or state.is_deleted:
@@ -117,7 +120,7 @@ class HealingService:
 
     async def lacking(self) -> list[BlobId]:
         """Live certified blobs of which this peer lacks metadata or an owned sliver."""
-        peer = self.peer
+        peer = self.ctx
         store = peer.store
         epoch = peer.epoch
         committee = peer.committee
@@ -180,7 +183,6 @@ class HealingService:
     # -- tasks ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.caller.discovery = self.peer.discovery
         async with trio.open_nursery() as nursery:
             await nursery.start(self.sync.run)
             nursery.start_soon(self._drop_loop)
@@ -264,7 +266,7 @@ class HealingService:
             if healthy and cut_off_since is None:
                 interval = max(interval, self.options.reachability_idle_interval)
             await trio.sleep(interval)
-            others = [p for p in self.peer.committee.peer_ids if p != self.peer.peer_id]
+            others = [p for p in self.ctx.committee.peer_ids if p != self.ctx.peer_id]
             if not others:
                 continue
             window.append(await self._ping(random.choice(others)))

@@ -14,7 +14,6 @@ peer; peers then drop the blob's slivers and refuse to serve them (``BLOB_INVALI
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -36,6 +35,7 @@ from walrus_p2p.core.metadata import (
     verify_inconsistency_proof,
 )
 from walrus_p2p.errors import EncodingError, QuorumError, VerificationError, WalrusError
+from walrus_p2p.node.context import PeerContext
 from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.peer_calls import PeerCaller
@@ -43,29 +43,26 @@ from walrus_p2p.node.protocol import ProtocolRefusal
 from walrus_p2p.node.recovery import Recovery
 from walrus_p2p.types import BlobId, Epoch, PeerId, short_id
 
-if TYPE_CHECKING:
-    from walrus_p2p.node.peer import StoragePeerService
-
 logger = logging.getLogger(__name__)
 
 
 class InvalidBlobs:
     def __init__(
         self,
-        peer: StoragePeerService,
+        ctx: PeerContext,
         caller: PeerCaller,
         recovery: Recovery,
         options: HealingOptions,
         metrics: HealingMetrics,
     ) -> None:
-        self.peer = peer
+        self.ctx = ctx
         self.caller = caller
         self.recovery = recovery
         self.options = options
         self.metrics = metrics
 
     def _body_bytes(self, blob_id: BlobId, epoch: int) -> bytes:
-        body = records.InvalidBlobBody(self.peer.genesis.network_id, Epoch(epoch), blob_id)
+        body = records.InvalidBlobBody(self.ctx.genesis.network_id, Epoch(epoch), blob_id)
         return wire.signing_bytes(body)
 
     async def _check_proof(
@@ -82,8 +79,8 @@ class InvalidBlobs:
         """Sign an attestation only after checking the proof against verified metadata."""
 
         blob_id = BlobId(request.blob_id)
-        if request.epoch != self.peer.epoch:
-            raise ProtocolRefusal("WRONG_EPOCH", f"attestations are for epoch {self.peer.epoch}")
+        if request.epoch != self.ctx.epoch:
+            raise ProtocolRefusal("WRONG_EPOCH", f"attestations are for epoch {self.ctx.epoch}")
         try:
             metadata = await self.recovery.ensure_metadata(blob_id, keep=False)
         except WalrusError as error:
@@ -99,9 +96,9 @@ class InvalidBlobs:
             remote[:12],
         )
         attestation = records.sign_invalid_blob(
-            self.peer.identity,
-            network_id=self.peer.genesis.network_id,
-            epoch=self.peer.epoch,
+            self.ctx.identity,
+            network_id=self.ctx.genesis.network_id,
+            epoch=self.ctx.epoch,
             blob_id=blob_id,
         )
         return AttestInvalidBlobReply(attestation=attestation)
@@ -109,7 +106,7 @@ class InvalidBlobs:
     def _attestation_is_valid(
         self, signer: PeerId, attestation: records.Signature, message: bytes
     ) -> bool:
-        committee = self.peer.committee
+        committee = self.ctx.committee
         if attestation.signer != signer or signer not in committee:
             return False
         key = identity.PublicKey(committee.member(signer).public_key)
@@ -124,7 +121,7 @@ class InvalidBlobs:
         """
         proof = error.proof
         await self._check_proof(blob_id, metadata, proof)
-        peer = self.peer
+        peer = self.ctx
         committee = peer.committee
         epoch = peer.epoch
         message = self._body_bytes(blob_id, epoch)
@@ -175,7 +172,7 @@ class InvalidBlobs:
             attestations=tuple(signatures.values()),
         )
         invalid.verify(peer.genesis.network_id, committee)
-        await peer.merge_records(blob_id, [invalid])
+        await peer.records.merge(blob_id, [invalid])
         self.metrics.blobs_invalidated.inc()
         delivered = await self.push(blob_id, [invalid])
         logger.warning(
@@ -205,7 +202,7 @@ class InvalidBlobs:
                 logger.info("record push failed peer=%s reason=%s", target[:12], error.reason)
 
         async with trio.open_nursery() as nursery:
-            for target in self.peer.committee.peer_ids:
-                if target != self.peer.peer_id:
+            for target in self.ctx.committee.peer_ids:
+                if target != self.ctx.peer_id:
                     nursery.start_soon(send, target)
         return delivered

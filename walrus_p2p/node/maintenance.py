@@ -14,13 +14,13 @@ answer status questions after the data is gone.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import trio
 
 from walrus_p2p.core import wire
 from walrus_p2p.core.metadata import Metadata, verify_sliver
 from walrus_p2p.errors import NotFoundError, StorageError, VerificationError
+from walrus_p2p.node.context import PeerContext
 from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.protocol import owned_pairs, sliver_of_pair, type_of
@@ -28,33 +28,30 @@ from walrus_p2p.node.recovery import BlobSync
 from walrus_p2p.storage import BlobInfo, CorruptDataError
 from walrus_p2p.types import BlobId, SliverKind, short_id
 
-if TYPE_CHECKING:
-    from walrus_p2p.node.peer import StoragePeerService
-
 logger = logging.getLogger(__name__)
 
 
 class Maintenance:
     def __init__(
         self,
-        peer: StoragePeerService,
+        ctx: PeerContext,
         sync: BlobSync,
         options: HealingOptions,
         metrics: HealingMetrics,
     ) -> None:
-        self.peer = peer
+        self.ctx = ctx
         self.sync = sync
         self.options = options
         self.metrics = metrics
 
     async def _blobs(self) -> list[BlobInfo]:
-        return await trio.to_thread.run_sync(lambda: list(self.peer.store.iter_blobs()))
+        return await trio.to_thread.run_sync(lambda: list(self.ctx.store.iter_blobs()))
 
     # -- garbage collection --------------------------------------------------------------
 
     async def collect_garbage(self, epoch: int | None = None) -> int:
         """One pass; ``epoch`` defaults to the peer's current one. Returns blobs cleaned."""
-        current = self.peer.epoch if epoch is None else epoch
+        current = self.ctx.epoch if epoch is None else epoch
         cleaned = 0
         for info in await self._blobs():
             if await self.collect_blob(info, current):
@@ -66,8 +63,8 @@ class Maintenance:
         summary = info.state
         if not summary.invalid and summary.end_epoch is not None and summary.end_epoch > epoch:
             return False  # live by the store's summary: skip loading its records
-        state = await self.peer.blob_state(blob_id)
-        store = self.peer.store
+        state = await self.ctx.records.blob_state(blob_id)
+        store = self.ctx.store
         if state.is_invalid:
             if info.sliver_count == 0:
                 return False
@@ -92,8 +89,8 @@ class Maintenance:
 
     async def drop_if_gone(self, blob_id: BlobId) -> bool:
         """Collect one blob now (after a delete or invalid record was merged)."""
-        store = self.peer.store
-        state = await self.peer.blob_state(blob_id)
+        store = self.ctx.store
+        state = await self.ctx.records.blob_state(blob_id)
         if state.is_invalid:
             dropped = await trio.to_thread.run_sync(store.delete_slivers, blob_id)
             if dropped:
@@ -116,9 +113,8 @@ class Maintenance:
 
     async def scrub(self) -> tuple[int, int]:
         """One rate-limited pass; returns (slivers checked, slivers damaged)."""
-        # Imported here: node/peer.py starts this module's services (import cycle).
 
-        peer = self.peer
+        peer = self.ctx
         checked = damaged = 0
         for info in await self._blobs():
             summary = info.state  # the store's copy of the merged state: no record scan
@@ -144,7 +140,7 @@ class Maintenance:
 
     async def _metadata(self, blob_id: BlobId) -> Metadata | None:
         try:
-            raw = await trio.to_thread.run_sync(self.peer.store.get_metadata, blob_id)
+            raw = await trio.to_thread.run_sync(self.ctx.store.get_metadata, blob_id)
         except NotFoundError:  # includes CorruptDataError
             logger.warning("scrub: metadata missing or corrupt blob=%s", short_id(blob_id))
             return None
@@ -154,7 +150,7 @@ class Maintenance:
         self, blob_id: BlobId, metadata: Metadata | None, pair: int, kind: SliverKind
     ) -> bool:
         """Re-read and re-verify one sliver; a bad one is deleted (for recovery). True if good."""
-        store = self.peer.store
+        store = self.ctx.store
         self.metrics.scrub_checked.inc()
         try:
             data = await trio.to_thread.run_sync(store.get_sliver, blob_id, pair, kind)
@@ -193,6 +189,6 @@ class Maintenance:
     async def _discard(self, blob_id: BlobId, pair: int, kind: SliverKind) -> None:
         self.metrics.scrub_damaged.inc()
         try:
-            await trio.to_thread.run_sync(self.peer.store.delete_sliver, blob_id, pair, kind)
+            await trio.to_thread.run_sync(self.ctx.store.delete_sliver, blob_id, pair, kind)
         except StorageError as error:
             logger.warning("scrub: could not delete a bad sliver error=%s", error)

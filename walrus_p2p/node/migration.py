@@ -9,7 +9,7 @@
    records (fetched from the source and verified when unknown) and its metadata (verified
    against the blob id) before it is stored; a bad one is counted and left to recovery. The
    cursor is kept in the store after every page, so a restart resumes the pull. While a shard is
-   being pulled, blob sync leaves its slivers alone (``peer.migrating_shards``).
+   being pulled, blob sync leaves its slivers alone (``ShardMigration.migrating``).
 2. **Recover** whatever the pull did not bring (source down, killed midway, lying): once the
    pulls end, a scan queues every blob still lacking owned slivers for blob sync, which rebuilds
    them from recovery symbols; repeated until nothing is missing.
@@ -29,7 +29,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -56,15 +56,13 @@ from walrus_p2p.errors import (
 )
 from walrus_p2p.net.gossip import GossipMessage, Subscription
 from walrus_p2p.net.names import topic
+from walrus_p2p.node.context import PeerContext
 from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.peer_calls import PeerCaller
 from walrus_p2p.node.protocol import ProtocolRefusal, sliver_of_pair, type_of
 from walrus_p2p.node.recovery import Recovery
 from walrus_p2p.types import BlobId, PeerId, SliverKind, short_id
-
-if TYPE_CHECKING:
-    from walrus_p2p.node.peer import StoragePeerService
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +83,7 @@ class ShardMigration:
 
     def __init__(
         self,
-        peer: StoragePeerService,
+        ctx: PeerContext,
         caller: PeerCaller,
         recovery: Recovery,
         lacking: Callable[[], Awaitable[list[BlobId]]],
@@ -94,7 +92,7 @@ class ShardMigration:
         options: HealingOptions,
         metrics: HealingMetrics,
     ) -> None:
-        self.peer = peer
+        self.ctx = ctx
         self.caller = caller
         self.recovery = recovery
         self._lacking = lacking
@@ -102,16 +100,21 @@ class ShardMigration:
         self._wait_sync_idle = wait_sync_idle
         self.options = options
         self.metrics = metrics
-        self.topic = topic(peer.genesis.network_id_text, SHARDS_TOPIC)
+        self.topic = topic(ctx.genesis.network_id_text, SHARDS_TOPIC)
         self.reports: dict[int, dict[PeerId, ShardsInPlace]] = {}
         """Verified in-place reports by epoch (the current and the previous one are kept)."""
         self.in_place = trio.Event()
         """Set once this peer reported its shards in place for the current epoch."""
         self.in_place_epoch = -1
+        self._migrating: set[int] = set()
         self._released = trio.Event()
         self._listing: tuple[float, list[BlobId]] | None = None
-        peer.add_handler(PullShardRequest, self.serve_pull)
-        peer.add_handler(GetShardsInPlaceRequest, self.serve_reports)
+        ctx.router.add(PullShardRequest, self.serve_pull)
+        ctx.router.add(GetShardsInPlaceRequest, self.serve_reports)
+
+    def migrating(self) -> frozenset[int]:
+        """Shards being pulled from their previous owner now (blob sync leaves them alone)."""
+        return frozenset(self._migrating)
 
     # -- reports -----------------------------------------------------------------------------
 
@@ -126,29 +129,29 @@ class ShardMigration:
     def accept_report(self, report: ShardsInPlace) -> bool:
         """Verify and keep a report for the current or previous epoch; True if it was new."""
         epoch = report.epoch
-        if epoch < self.peer.epoch - 1 or epoch > self.peer.epoch:
+        if epoch < self.ctx.epoch - 1 or epoch > self.ctx.epoch:
             return False
-        committee = self.peer.epochs.committee_of(epoch)
+        committee = self.ctx.committees.committee_of(epoch)
         if committee is None:
             return False
-        report.verify(self.peer.genesis.network_id, committee)
+        report.verify(self.ctx.genesis.network_id, committee)
         known = self.reports.setdefault(epoch, {})
         before = known.get(report.peer_id)
         if before is not None and set(report.body.shards) <= set(before.body.shards):
             return False
         known[report.peer_id] = report
-        for old in [e for e in self.reports if e < self.peer.epoch - 1]:
+        for old in [e for e in self.reports if e < self.ctx.epoch - 1]:
             del self.reports[old]
-        if epoch == self.peer.epoch and report.peer_id != self.peer.peer_id:
+        if epoch == self.ctx.epoch and report.peer_id != self.ctx.peer_id:
             self._released.set()
         return True
 
     def _validate_gossip(self, message: GossipMessage) -> bool:
         report = wire.decode(message.data, ShardsInPlace)
-        committee = self.peer.epochs.committee_of(report.epoch)
-        if committee is None or not self.peer.epoch - 1 <= report.epoch <= self.peer.epoch:
+        committee = self.ctx.committees.committee_of(report.epoch)
+        if committee is None or not self.ctx.epoch - 1 <= report.epoch <= self.ctx.epoch:
             return False
-        report.verify(self.peer.genesis.network_id, committee)
+        report.verify(self.ctx.genesis.network_id, committee)
         return True
 
     async def _read_gossip(self, subscription: Subscription) -> None:
@@ -167,7 +170,7 @@ class ShardMigration:
         return GetShardsInPlaceReply(reports=tuple(reports[key] for key in sorted(reports)))
 
     async def _publish(self, report: ShardsInPlace) -> None:
-        gossip = self.peer.gossip
+        gossip = self.ctx.gossip
         if gossip is None:
             return
         try:
@@ -179,13 +182,13 @@ class ShardMigration:
 
     async def serve_pull(self, request: PullShardRequest, remote: PeerId) -> PullShardReply:
         body = request.body
-        committee = self.peer.epochs.committee_of(int(body.epoch))
+        committee = self.ctx.committees.committee_of(int(body.epoch))
         if committee is None:
             raise ProtocolRefusal(
-                "WRONG_EPOCH", f"epoch {body.epoch} is not known here (current {self.peer.epoch})"
+                "WRONG_EPOCH", f"epoch {body.epoch} is not known here (current {self.ctx.epoch})"
             )
         try:
-            request.verify(self.peer.genesis.network_id, committee, remote)
+            request.verify(self.ctx.genesis.network_id, committee, remote)
         except VerificationError as error:
             raise ProtocolRefusal("PULL_REFUSED", str(error)) from error
         blob_ids = await self._blob_listing()
@@ -207,7 +210,7 @@ class ShardMigration:
         now = time.monotonic()
         if self._listing is not None and now - self._listing[0] < LISTING_CACHE_SECONDS:
             return self._listing[1]
-        store = self.peer.store
+        store = self.ctx.store
 
         def listing() -> list[BlobId]:
             return [
@@ -229,7 +232,7 @@ class ShardMigration:
         budget: int,
     ) -> tuple[list[ShardSliver], bytes | None]:
         """Slivers of ``shard`` after the cursor, whole, up to ``budget`` bytes (one at least)."""
-        store = self.peer.store
+        store = self.ctx.store
         n_shards = committee.n_shards
         page: list[ShardSliver] = []
         used = 0
@@ -257,17 +260,17 @@ class ShardMigration:
 
     async def run(self) -> None:
         """Subscribe to reports, then migrate at every epoch change (until cancelled)."""
-        gossip = self.peer.gossip
+        gossip = self.ctx.gossip
         async with trio.open_nursery() as nursery:
             if gossip is not None:
                 gossip.set_validator(self.topic, self._validate_gossip)
                 subscription = await gossip.subscribe(self.topic)
                 nursery.start_soon(self._read_gossip, subscription)
             nursery.start_soon(self._release_loop)
-            await self.peer.epochs.synced.wait()
+            await self.ctx.committees.synced.wait()
             while True:
-                changed = self.peer.epochs.changed
-                epoch = self.peer.epoch
+                changed = self.ctx.committees.changed
+                epoch = self.ctx.epoch
                 if self.in_place_epoch != epoch and self.in_place.is_set():
                     self.in_place = trio.Event()
                     self.metrics.shards_in_place.set(0)
@@ -284,9 +287,9 @@ class ShardMigration:
 
     async def migrate(self, epoch: int) -> None:
         """Pull the gained shards of ``epoch``, recover the rest, report in place."""
-        peer = self.peer
+        peer = self.ctx
         committee = peer.committee
-        previous = peer.epochs.committee_of(epoch - 1) if epoch > 0 else None
+        previous = peer.committees.committee_of(epoch - 1) if epoch > 0 else None
         gained = {} if previous is None else gained_shards(previous, committee, peer.peer_id)
         if gained:
             logger.info(
@@ -294,14 +297,14 @@ class ShardMigration:
                 epoch,
                 ",".join(str(shard) for shard in sorted(gained)),
             )
-            peer.migrating_shards.update(gained)
+            self._migrating.update(gained)
             limiter = trio.CapacityLimiter(max(1, self.options.migration_parallel_shards))
             try:
                 async with trio.open_nursery() as nursery:
                     for shard, source in sorted(gained.items()):
                         nursery.start_soon(self._pull_limited, limiter, epoch, shard, source)
             finally:
-                peer.migrating_shards.difference_update(gained)
+                self._migrating.difference_update(gained)
         await self._complete(epoch, announce=bool(gained))
 
     async def _pull_limited(
@@ -317,12 +320,12 @@ class ShardMigration:
             except Exception:  # a bug must not stop the migration of the other shards
                 logger.exception("shard pull crashed shard=%d", shard)
             finally:
-                self.peer.migrating_shards.discard(shard)
+                self._migrating.discard(shard)
 
     async def pull_shard(self, epoch: int, shard: int, source: PeerId) -> int:
         """Pull one shard from ``source`` page by page; returns slivers stored. Gives up on the
         source after ``migration_attempts`` failed calls in a row (recovery takes over)."""
-        peer = self.peer
+        peer = self.ctx
         key = progress_key(epoch, shard)
         progress = await trio.to_thread.run_sync(peer.store.get_value, MIGRATION_NAMESPACE, key)
         if progress == DONE:
@@ -384,17 +387,17 @@ class ShardMigration:
 
     async def _accept(self, epoch: int, shard: int, source: PeerId, sliver: ShardSliver) -> bool:
         """Verify and store one pulled sliver; False (and counted) if skipped or bad."""
-        peer = self.peer
+        peer = self.ctx
         blob_id = BlobId(sliver.blob_id)
         n_shards = peer.committee.n_shards
         pair = shard_to_pair(blob_id, shard, n_shards)
         if await trio.to_thread.run_sync(peer.store.has_sliver, blob_id, pair, sliver.kind):
             self.metrics.migration_slivers.labels(outcome="held").inc()
             return False
-        state = await peer.blob_state(blob_id)
+        state = await peer.records.blob_state(blob_id)
         if not state.registrations:
             await self._fetch_records(blob_id, source)
-            state = await peer.blob_state(blob_id)
+            state = await peer.records.blob_state(blob_id)
         if state.is_invalid or state.certificate is None or not state.is_stored_in(epoch):
             self.metrics.migration_slivers.labels(outcome="not_live").inc()
             return False
@@ -432,7 +435,7 @@ class ShardMigration:
                 GetBlobRecordsReply,
                 timeout=self.options.request_timeout,
             )
-            await self.peer.merge_records(blob_id, decode_records(reply.records, blob_id))
+            await self.ctx.records.merge(blob_id, decode_records(reply.records, blob_id))
         except (WalrusError, WireError) as error:
             logger.info(
                 "records of pulled blob unavailable blob=%s error=%s", short_id(blob_id), error
@@ -441,7 +444,7 @@ class ShardMigration:
     async def _complete(self, epoch: int, *, announce: bool) -> None:
         """Recover whatever is still missing, then report every owned shard in place (gossiped
         only by a peer that gained shards: readers care about moved shards alone)."""
-        peer = self.peer
+        peer = self.ctx
         shards = peer.committee.shards_of(peer.peer_id)
         for round_ in range(1, self.options.in_place_max_rounds + 1):
             lacking = await self._lacking()
@@ -475,11 +478,11 @@ class ShardMigration:
             await self._publish(report)
 
     async def _republish_until_cancelled(self, epoch: int) -> None:
-        own = self.reports.get(epoch, {}).get(self.peer.peer_id)
-        previous = self.peer.epochs.committee_of(epoch - 1) if epoch > 0 else None
+        own = self.reports.get(epoch, {}).get(self.ctx.peer_id)
+        previous = self.ctx.committees.committee_of(epoch - 1) if epoch > 0 else None
         if own is None or previous is None:
             return
-        if not gained_shards(previous, self.peer.committee, self.peer.peer_id):
+        if not gained_shards(previous, self.ctx.committee, self.ctx.peer_id):
             return
         while True:
             await trio.sleep(self.options.in_place_republish_interval * random.uniform(0.8, 1.2))
@@ -500,7 +503,7 @@ class ShardMigration:
     async def release(self) -> int:
         """Drop slivers of shards this peer no longer owns whose current owner reported them in
         place; returns slivers dropped."""
-        peer = self.peer
+        peer = self.ctx
         committee = peer.committee
         epoch = peer.epoch
         released = self.shards_in_place(epoch)
@@ -533,7 +536,7 @@ class ShardMigration:
 
     def summary(self) -> dict[str, Any]:
         """For /health and tests: this peer's in-place state and the moved shards it knows of."""
-        epoch = self.peer.epoch
+        epoch = self.ctx.epoch
         return {
             "inPlace": self.in_place_epoch == epoch,
             "shardsReportedInPlace": sorted(self.shards_in_place(epoch)),

@@ -27,8 +27,8 @@ import logging
 import math
 import random
 import struct
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, TypeVar
 
 import trio
 
@@ -50,15 +50,13 @@ from walrus_p2p.errors import (
     VerificationError,
     WalrusError,
 )
+from walrus_p2p.node.context import PeerContext
 from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.peer_calls import PeerCaller
 from walrus_p2p.node.protocol import kind_of, owned_pairs, pair_of_sliver, sliver_of_pair, type_of
 from walrus_p2p.storage import CorruptDataError
 from walrus_p2p.types import BlobId, PeerId, SliverKind, short_id
-
-if TYPE_CHECKING:
-    from walrus_p2p.node.peer import StoragePeerService
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +80,12 @@ class Recovery:
 
     def __init__(
         self,
-        peer: StoragePeerService,
+        ctx: PeerContext,
         caller: PeerCaller,
         options: HealingOptions,
         metrics: HealingMetrics,
     ) -> None:
-        self.peer = peer
+        self.ctx = ctx
         self.caller = caller
         self.options = options
         self.metrics = metrics
@@ -100,7 +98,7 @@ class Recovery:
     async def load_metadata(self, blob_id: BlobId) -> Metadata | None:
         """The stored metadata, or None if absent or damaged (then it is fetched again)."""
         try:
-            raw = await self._in_thread(self.peer.store.get_metadata, blob_id)
+            raw = await self._in_thread(self.ctx.store.get_metadata, blob_id)
         except CorruptDataError as error:
             logger.warning("stored metadata corrupt blob=%s error=%s", short_id(blob_id), error)
             return None
@@ -110,11 +108,13 @@ class Recovery:
 
     async def fetch_metadata(self, blob_id: BlobId) -> Metadata:
         """Metadata from other peers, verified against the blob id; QuorumError if none."""
-        committee = self.peer.committee
-        peers = [peer_id for peer_id in committee.peer_ids if peer_id != self.peer.peer_id]
+        committee = self.ctx.committee
+        peers = [peer_id for peer_id in committee.peer_ids if peer_id != self.ctx.peer_id]
         random.shuffle(peers)
         found: list[Metadata] = []
-        sizes = {reg.size for reg in (await self.peer.blob_state(blob_id)).registrations.values()}
+        sizes = {
+            reg.size for reg in (await self.ctx.records.blob_state(blob_id)).registrations.values()
+        }
 
         async def ask(peer_id: PeerId, nursery: trio.Nursery) -> None:
             try:
@@ -159,17 +159,17 @@ class Recovery:
             return metadata
         metadata = await self.fetch_metadata(blob_id)
         if keep:
-            encoded = wire.encode(wire.GetMetadataReply(metadata=metadata), limits=self.peer.limits)
-            await self._in_thread(self.peer.store.put_metadata, blob_id, encoded)
+            encoded = wire.encode(wire.GetMetadataReply(metadata=metadata), limits=self.ctx.limits)
+            await self._in_thread(self.ctx.store.put_metadata, blob_id, encoded)
             logger.info("metadata recovered blob=%s", short_id(blob_id))
         return metadata
 
     # -- symbols -------------------------------------------------------------------------
 
     def _holder(self, blob_id: BlobId, source_type: SliverType, source_index: int) -> PeerId:
-        n_shards = self.peer.committee.n_shards
+        n_shards = self.ctx.committee.n_shards
         pair = pair_of_sliver(source_type, source_index, n_shards)
-        return self.peer.committee.peer_of(pair_to_shard(blob_id, pair, n_shards))
+        return self.ctx.committee.peer_of(pair_to_shard(blob_id, pair, n_shards))
 
     async def _local_symbol(
         self,
@@ -183,7 +183,7 @@ class Recovery:
         pair = pair_of_sliver(source_type, source_index, metadata.shards)
         try:
             sliver = await self._in_thread(
-                self.peer.store.get_sliver, blob_id, pair, kind_of(source_type)
+                self.ctx.store.get_sliver, blob_id, pair, kind_of(source_type)
             )
             return await self._in_thread(
                 make_recovery_symbol, metadata, source_type, source_index, sliver, target_index
@@ -210,7 +210,7 @@ class Recovery:
         remote: list[int] = []
         for source_index in range(n_shards):
             holder = self._holder(blob_id, source_type, source_index)
-            if holder == self.peer.peer_id:
+            if holder == self.ctx.peer_id:
                 local = await self._local_symbol(
                     blob_id, metadata, source_type, source_index, target_index
                 )
@@ -348,7 +348,7 @@ class Recovery:
                 f"sliver {target_index} of blob {short_id(blob_id)}"
             )
         sliver = await self._in_thread(recover_sliver, metadata, target_type, target_index, symbols)
-        await self._in_thread(self.peer.store.put_sliver, blob_id, pair_index, kind, sliver)
+        await self._in_thread(self.ctx.store.put_sliver, blob_id, pair_index, kind, sliver)
         self.metrics.slivers_recovered.labels(sliver_kind=kind.name.lower()).inc()
         logger.info(
             "sliver recovered blob=%s pair=%d kind=%s bytes=%d",
@@ -376,13 +376,16 @@ class BlobSync:
 
     def __init__(
         self,
-        peer: StoragePeerService,
+        ctx: PeerContext,
         recovery: Recovery,
         options: HealingOptions,
         metrics: HealingMetrics,
         on_inconsistent: InconsistencyHandler,
+        migrating: Callable[[], Collection[int]],
     ) -> None:
-        self.peer = peer
+        self.ctx = ctx
+        self._migrating = migrating
+        """Shards being pulled by shard migration now (its query): their slivers are left alone."""
         self.recovery = recovery
         self.options = options
         self.metrics = metrics
@@ -427,22 +430,22 @@ class BlobSync:
 
     async def _remember(self, blob_id: BlobId, attempts: int) -> None:
         await trio.to_thread.run_sync(
-            self.peer.store.put_value, SYNC_NAMESPACE, bytes(blob_id), _encode_attempts(attempts)
+            self.ctx.store.put_value, SYNC_NAMESPACE, bytes(blob_id), _encode_attempts(attempts)
         )
 
     async def forget(self, blob_id: BlobId) -> None:
-        await trio.to_thread.run_sync(self.peer.store.delete_value, SYNC_NAMESPACE, bytes(blob_id))
+        await trio.to_thread.run_sync(self.ctx.store.delete_value, SYNC_NAMESPACE, bytes(blob_id))
 
     async def _attempts(self, blob_id: BlobId) -> int:
         raw = await trio.to_thread.run_sync(
-            self.peer.store.get_value, SYNC_NAMESPACE, bytes(blob_id)
+            self.ctx.store.get_value, SYNC_NAMESPACE, bytes(blob_id)
         )
         return 0 if raw is None else _decode_attempts(raw)
 
     async def resume(self) -> int:
         """Queue every blob a previous run left unfinished; returns how many."""
         entries = await trio.to_thread.run_sync(
-            lambda: list(self.peer.store.iter_values(SYNC_NAMESPACE))
+            lambda: list(self.ctx.store.iter_values(SYNC_NAMESPACE))
         )
         count = 0
         for key, _ in entries:
@@ -509,19 +512,18 @@ class BlobSync:
 
     async def sync_blob(self, blob_id: BlobId) -> SyncOutcome:
         """One attempt to hold every owned sliver of ``blob_id``; raises to be retried."""
-        # Imported here: node/peer.py starts this module's services (import cycle).
-
-        peer = self.peer
-        state = await peer.blob_state(blob_id)
+        peer = self.ctx
+        state = await peer.records.blob_state(blob_id)
         if state.certificate is None or not state.is_stored_in(peer.epoch):
             return SyncOutcome.NOT_NEEDED
         n_shards = peer.committee.n_shards
+        migrating = self._migrating()
         # Shards being pulled from their previous owner (node/migration.py) are left alone:
         # the migration scans for whatever the pull did not bring once it ends.
         pairs = [
             pair
             for pair in owned_pairs(peer.committee, peer.peer_id, blob_id)
-            if pair_to_shard(blob_id, pair, n_shards) not in peer.migrating_shards
+            if pair_to_shard(blob_id, pair, n_shards) not in migrating
         ]
         if not pairs:
             return SyncOutcome.NOT_NEEDED

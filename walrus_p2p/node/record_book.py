@@ -1,0 +1,268 @@
+"""The blob records a storage peer keeps: verified once, persisted, merged, announced, watched.
+
+docs/design.md §5 and §11.1. Signed records (register, certificate, extend, delete, invalid)
+are a blob's state; a peer learns them from clients (``PostBlobRecordsRequest``), from gossip
+and from catch-up. :class:`RecordBook` is the one place that verifies them (against the
+committee of their own epoch, through the :class:`~walrus_p2p.node.committee_view.CommitteeView`),
+persists them in the store, keeps each blob's merged :class:`~walrus_p2p.core.records.BlobState`,
+tells its listeners (healing) about new ones, and announces records that arrived directly on the
+records gossip topic, batched, by one peer per blob.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+import blake3
+import trio
+
+from walrus_p2p.core import records, wire
+from walrus_p2p.core.blob_messages import (
+    MAX_GOSSIP_BATCH_BYTES,
+    BlobRecordsBatch,
+    GetBlobRecordsReply,
+    GetBlobRecordsRequest,
+    PostBlobRecordsReply,
+    PostBlobRecordsRequest,
+    decode_any_records,
+    decode_records,
+)
+from walrus_p2p.errors import VerificationError, WalrusError, WireError
+from walrus_p2p.net.gossip import Gossip, GossipMessage, Subscription
+from walrus_p2p.node.committee_view import CommitteeView
+from walrus_p2p.node.protocol import RECORDS_NAMESPACE, ProtocolRefusal
+from walrus_p2p.node.router import Router
+from walrus_p2p.storage import BlobState, BlobStore
+from walrus_p2p.types import BlobId, PeerId, short_id
+
+logger = logging.getLogger(__name__)
+
+GOSSIP_BATCH_SECONDS = 2.0
+VERIFIED_RECORDS_KEPT = 4096
+"""Digests of verified blob records a peer remembers (32 bytes each)."""
+GOSSIP_BATCH_RECORDS = 64
+
+RecordListener = Callable[[BlobId, records.BlobState], None]
+"""Called (synchronously, must not block) after new records of a blob were merged."""
+
+
+class RecordBook:
+    """Verified blob records of one peer: the merge per blob, its listeners and announcements."""
+
+    def __init__(
+        self,
+        *,
+        store: BlobStore,
+        network_id: bytes,
+        peer_id: PeerId,
+        committees: CommitteeView,
+    ) -> None:
+        self.store = store
+        self.network_id = network_id
+        self.peer_id = peer_id
+        self.committees = committees
+        self._states: dict[BlobId, records.BlobState] = {}
+        self._lock = trio.Lock()
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        """Digests of the encodings of blob records that verified (see :meth:`verify`)."""
+        self._listeners: list[RecordListener] = []
+        self._announce: list[bytes] = []
+        self._announce_ready = trio.Event()
+
+    @property
+    def remembered(self) -> int:
+        """How many verified record digests are remembered now."""
+        return len(self._verified)
+
+    def subscribe(self, listener: RecordListener) -> None:
+        """Call ``listener`` after new records of a blob were merged."""
+        self._listeners.append(listener)
+
+    def load(self, blob_id: BlobId) -> list[bytes]:
+        """The encodings of every record stored for the blob (blocking: call in a thread)."""
+        return [
+            value for _, value in self.store.iter_values(RECORDS_NAMESPACE, prefix=bytes(blob_id))
+        ]
+
+    async def blob_state(self, blob_id: BlobId) -> records.BlobState:
+        """The merge of every verified record this peer keeps for the blob (cached)."""
+        cached = self._states.get(blob_id)
+        if cached is not None:
+            return cached
+        state = records.BlobState.empty(blob_id)
+        for raw in await trio.to_thread.run_sync(self.load, blob_id):
+            try:
+                (record,) = decode_records((raw,), blob_id)
+            except WireError as error:
+                logger.warning(
+                    "stored record unreadable blob=%s error=%s", short_id(blob_id), error
+                )
+                continue
+            state = state.with_record(record)
+        self._states[blob_id] = state
+        return state
+
+    def verify(self, record: records.BlobRecord, encoded: bytes | None = None) -> bytes:
+        """``records.verify_blob_record``, done once per distinct record.
+
+        A record's validity never changes: its signatures are over its own bytes, and a
+        certificate is checked against the committee of its own epoch, which is fixed once
+        known. The same certificate reaches a peer several times (pushed by the client, then on
+        gossip, where the topic validator and the merge each checked it), each time 2f+1
+        Ed25519 signatures. So the digests of the last :data:`VERIFIED_RECORDS_KEPT` records
+        that verified are kept, and only a record not among them is checked. A record that
+        fails is never kept. ``encoded`` is the record's encoding when the caller has it;
+        returns the digest of that encoding.
+        """
+        digest = blake3.blake3(wire.encode(record) if encoded is None else encoded).digest()
+        if digest in self._verified:
+            self._verified.move_to_end(digest)
+            return digest
+        records.verify_blob_record(record, self.network_id, self.committees.committee_of)
+        self._verified[digest] = None
+        while len(self._verified) > VERIFIED_RECORDS_KEPT:
+            self._verified.popitem(last=False)
+        return digest
+
+    async def merge(
+        self, blob_id: BlobId, items: list[records.BlobRecord], *, announce: bool = True
+    ) -> int:
+        """Verify, persist and merge records; returns how many were new. Bad ones raise.
+
+        New records that arrived directly (not by gossip) are announced on gossip by one peer
+        per blob (see :meth:`_is_announcer`), batched, so the news costs one message per blob
+        rather than one per peer.
+        """
+        encodings = [wire.encode(record) for record in items]
+        digests = [
+            self.verify(record, encoded) for record, encoded in zip(items, encodings, strict=True)
+        ]
+        accepted = 0
+        async with self._lock:
+            state = await self.blob_state(blob_id)
+            for record, encoded, digest in zip(items, encodings, digests, strict=True):
+                key = bytes(blob_id) + digest[:16]
+                existing = await trio.to_thread.run_sync(
+                    self.store.get_value, RECORDS_NAMESPACE, key
+                )
+                if existing is not None:
+                    continue
+                await trio.to_thread.run_sync(self.store.put_value, RECORDS_NAMESPACE, key, encoded)
+                state = state.with_record(record)
+                accepted += 1
+                if announce and self._is_announcer(blob_id):
+                    self._announce.append(encoded)
+                    self._announce_ready.set()
+            self._states[blob_id] = state
+            if accepted:
+                summary = BlobState(
+                    certified_epoch=state.certified_epoch,
+                    end_epoch=state.end_epoch,
+                    deletable=not state.is_permanent,
+                    invalid=state.is_invalid,
+                )
+                await trio.to_thread.run_sync(self.store.set_blob_state, blob_id, summary)
+        if accepted:
+            for listener in self._listeners:
+                listener(blob_id, state)
+        return accepted
+
+    def _is_announcer(self, blob_id: BlobId) -> bool:
+        """The holder of shard ``blob_id mod n`` announces the blob's records on gossip."""
+        committee = self.committees.current
+        shard = int.from_bytes(blob_id, "big") % committee.n_shards
+        return committee.peer_of(shard) == self.peer_id
+
+    # -- requests ------------------------------------------------------------------------
+
+    def register(self, router: Router) -> None:
+        router.add(PostBlobRecordsRequest, self.post_records)
+        router.add(GetBlobRecordsRequest, self.get_records)
+
+    async def post_records(
+        self, request: PostBlobRecordsRequest, remote: PeerId
+    ) -> PostBlobRecordsReply:
+        blob_id = BlobId(request.blob_id)
+        items = decode_records(request.records, blob_id)
+        try:
+            accepted = await self.merge(blob_id, items)
+        except VerificationError as error:
+            raise ProtocolRefusal("RECORD_INVALID", str(error)) from error
+        if accepted:
+            logger.info(
+                "blob records merged blob=%s accepted=%d peer=%s",
+                short_id(blob_id),
+                accepted,
+                remote[:12],
+            )
+        return PostBlobRecordsReply(accepted=accepted)
+
+    async def get_records(
+        self, request: GetBlobRecordsRequest, remote: PeerId
+    ) -> GetBlobRecordsReply:
+        blob_id = BlobId(request.blob_id)
+        raw = await trio.to_thread.run_sync(self.load, blob_id)
+        return GetBlobRecordsReply(records=tuple(raw[:64]))
+
+    # -- gossip --------------------------------------------------------------------------
+
+    async def run(
+        self,
+        gossip: Gossip,
+        topic: str,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Validate, read and publish the records topic until cancelled."""
+        gossip.set_validator(topic, self._validate_gossip)
+        subscription = await gossip.subscribe(topic)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read_gossip, subscription)
+            nursery.start_soon(self._publish_gossip, gossip, topic)
+            task_status.started()
+
+    def _validate_gossip(self, message: GossipMessage) -> bool:
+        """Gossip topic validator: every record in the batch must verify, or none is relayed."""
+        batch = wire.decode(message.data, BlobRecordsBatch)
+        for record in decode_any_records(batch.records):
+            self.verify(record)
+        return True
+
+    async def _read_gossip(self, subscription: Subscription) -> None:
+        async for message in subscription:
+            try:
+                batch = wire.decode(message.data, BlobRecordsBatch)
+                by_blob: dict[BlobId, list[records.BlobRecord]] = {}
+                for record in decode_any_records(batch.records):
+                    by_blob.setdefault(BlobId(record.blob_id), []).append(record)
+                for blob_id, items in by_blob.items():
+                    await self.merge(blob_id, items, announce=False)
+            except WalrusError as error:
+                logger.info("gossip records dropped origin=%s error=%s", message.origin[:12], error)
+
+    async def _publish_gossip(self, gossip: Gossip, topic: str) -> None:
+        while True:
+            await self._announce_ready.wait()
+            await trio.sleep(GOSSIP_BATCH_SECONDS)
+            self._announce_ready = trio.Event()
+            pending, self._announce = self._announce, []
+            while pending:
+                batch: list[bytes] = []
+                size = 0
+                while (
+                    pending
+                    and len(batch) < GOSSIP_BATCH_RECORDS
+                    and size + len(pending[0]) < MAX_GOSSIP_BATCH_BYTES
+                ):
+                    size += len(pending[0])
+                    batch.append(pending.pop(0))
+                if not batch:
+                    pending.pop(0)
+                    continue
+                try:
+                    await gossip.publish(topic, wire.encode(BlobRecordsBatch(records=tuple(batch))))
+                    logger.info("records announced on gossip count=%d", len(batch))
+                except WalrusError as error:
+                    logger.info("records gossip publish failed error=%s", error)
