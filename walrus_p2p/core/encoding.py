@@ -906,9 +906,10 @@ def decode_primary(
 
     A big blob is written straight into the array behind the returned view (see
     :func:`_new_result`): plain rows are copied once, missing ones decoded where they belong.
-    It may end inside row ``full_rows``, so that work is cut by byte position instead of by row: bytes ``[0, tail)`` of rows
-    ``0..full_rows`` and bytes ``[tail, row_length)`` of the rows before -- two decodes that
-    cover exactly the blob, each as cheap per byte as one decode over whole rows.
+    It may end inside row ``full_rows``, so that work is cut by byte position instead of by
+    row: bytes ``[0, tail)`` of rows ``0..full_rows`` and bytes ``[tail, row_length)`` of the
+    rows before -- two decodes that cover exactly the blob, each as cheap per byte as one
+    decode over whole rows.
     """
     codec = codec or _default_codec
     size = config.symbol_size(length)
