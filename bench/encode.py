@@ -34,8 +34,9 @@ Columns:
 
 Large ``bytes`` objects come from glibc's mmap with 4 KiB pages, and the first touch of each
 page costs more than copying into it (128 MB: ~80 ms against ~13 ms with huge pages here).
-numpy asks for huge pages for its own arrays, and the decoders ask for them (``madvise``) for
-the ``bytes`` they return and write the rows straight into it; ``--malloc-hugepages`` shows
+numpy asks for huge pages for its own arrays, and the decoders write a big blob straight into
+such an array (``memory.new_buffer``) and return a read-only ``memoryview`` of it; each timed
+decode gets fresh pages (nothing is pooled); ``--malloc-hugepages`` shows
 what ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in a peer's environment still buys on top.
 
 Figures depend on the load: the machine is shared, so the load average is printed with them.

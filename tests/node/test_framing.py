@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tracemalloc
 
 import pytest
 import trio
@@ -63,16 +64,16 @@ async def test_prefix_is_part_of_the_frame() -> None:
     assert not stream.buffer
 
 
-async def test_big_frames_are_read_into_one_bytes_object_whatever_the_chunks() -> None:
-    # At MIN_HUGE_BYTES and above, read_exactly copies the chunks into a bytes object on huge
-    # pages instead of joining them: the payload must come out the same, of type bytes.
+async def test_big_frames_are_read_into_one_bytearray_whatever_the_chunks() -> None:
+    # At MIN_HUGE_BYTES and above, read_exactly appends the chunks to a bytearray it owns
+    # instead of joining them: the payload must come out the same, as that bytearray.
     size = memory.MIN_HUGE_BYTES + 12_345
     payload = bytes(range(251)) * (size // 251) + b"tail"
     for chunk in (70_001, 1 << 20, size):
         stream = MemoryStream(chunk=chunk)
         await write_frame(stream, payload, max_size=len(payload))
         got = await read_frame(stream, max_size=len(payload), timeout=10)
-        assert type(got) is bytes and got == payload
+        assert type(got) is bytearray and got == payload
         assert stream.largest_read_request <= 1 << 20
         assert not stream.buffer
 
@@ -85,6 +86,25 @@ async def test_a_big_frame_cut_short_is_an_error_not_a_short_payload() -> None:
     stalled = MemoryStream(encode_header(size) + b"x" * 1000, chunk=1 << 20, eof=False)
     with pytest.raises(RequestTimeoutError):
         await read_frame(stalled, max_size=size, timeout=0.2)
+
+
+@pytest.mark.parametrize("sent", [3, 3 << 20])
+async def test_an_announced_size_is_not_allocated_before_the_bytes_arrive(sent: int) -> None:
+    """A stranger announcing a 16 MiB frame and sending a few bytes (or 3 MiB) before EOF gets a
+    clean error, and the reader's memory followed what arrived, not what was announced."""
+    announced = 16 << 20
+    assert announced >= memory.MIN_HUGE_BYTES
+    stream = MemoryStream(encode_header(announced) + b"x" * sent, chunk=1 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireError, match=f"ended inside a frame body: got={sent} "):
+            await read_frame(stream, max_size=announced, timeout=10)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Received bytes (plus a growing buffer's slack and one chunk in flight), far from 16 MiB.
+    assert peak < 2 * sent + (2 << 20)
+    assert peak < announced // 2
 
 
 async def test_oversized_frame_is_refused_before_reading_the_body() -> None:

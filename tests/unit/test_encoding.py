@@ -383,11 +383,12 @@ def test_parity_only_primary_slivers_decode() -> None:
 
 @with_each_codec
 @pytest.mark.parametrize("n", [4, 7, 10])
-def test_decoding_in_place_into_bytes(
+def test_decoding_straight_into_an_owned_buffer(
     n: int, codec: encoding.ErasureCodec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Big results are written straight into the returned ``bytes`` (here at any size)."""
-    monkeypatch.setattr(encoding, "_MIN_IN_PLACE_RESULT", 1)
+    """Big results are written straight into an array behind the returned read-only view (here
+    at any size)."""
+    monkeypatch.setattr(encoding, "_MIN_OWNED_RESULT", 1)
     config = EncodingConfig.for_shards(n)
     rng = random.Random(n)
     for length in boundary_lengths(config):
@@ -396,23 +397,27 @@ def test_decoding_in_place_into_bytes(
         for primaries in (range(config.kp), rng.sample(range(n), config.kp)):
             slivers = {index: encoded.primary_sliver(index) for index in primaries}
             decoded = encoding.decode_primary(config, length, slivers, codec=codec)
-            assert type(decoded) is bytes and decoded == blob
+            assert type(decoded) is memoryview and decoded.readonly and decoded == blob
         secondaries = rng.sample(range(n), config.ks)
         slivers = {index: encoded.secondary_sliver(index) for index in secondaries}
         decoded = encoding.decode_secondary(config, length, slivers, codec=codec)
-        assert type(decoded) is bytes and decoded == blob
+        assert type(decoded) is memoryview and decoded.readonly and decoded == blob
 
 
-def test_a_big_blob_round_trips_into_plain_bytes() -> None:
-    """Big enough for the in-place huge-page result and the parallel copy into the secondary
-    slivers (both only above a few MB)."""
+def test_a_big_blob_round_trips_into_a_read_only_view() -> None:
+    """Big enough for the owned huge-page result and the parallel copy into the secondary
+    slivers (both only above a few MB). The view behaves like ``bytes``: equal, read-only,
+    one C-contiguous byte buffer."""
     config = EncodingConfig.for_shards(4)
-    length = encoding._MIN_IN_PLACE_RESULT + 12_345
+    length = encoding._MIN_OWNED_RESULT + 12_345
     blob = pattern(length, seed=4)
     encoded = encoding.encode(blob, config, hash_symbols=False)
     primary = {index: encoded.primary_sliver(index) for index in (1, 3)}
     decoded = encoding.decode_primary(config, length, primary)
-    assert type(decoded) is bytes and decoded == blob
+    assert type(decoded) is memoryview and decoded == blob
+    assert decoded.readonly and decoded.format == "B" and decoded.c_contiguous
+    with pytest.raises(TypeError):
+        decoded[0] = 1
     secondary = {index: encoded.secondary_sliver(index) for index in (0, 1, 2)}
     assert encoding.decode_secondary(config, length, secondary) == blob
 

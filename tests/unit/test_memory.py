@@ -1,4 +1,4 @@
-"""core.memory: bytes filled in place, per-thread scratch, and expand_sliver's ``out``."""
+"""core.memory: owned buffers on huge pages, per-thread scratch, and expand_sliver's ``out``."""
 
 from __future__ import annotations
 
@@ -13,24 +13,19 @@ from walrus_p2p.core.metadata import encode_blob, sliver_root
 from walrus_p2p.errors import EncodingError
 
 
-@pytest.mark.parametrize("length", [2, 4096, memory.MIN_HUGE_BYTES + 3])
-def test_new_bytes_is_a_fresh_zeroed_bytes_the_array_writes_into(length: int) -> None:
-    result, array = memory.new_bytes(length)
-    assert type(result) is bytes and len(result) == length and array.size == length
-    assert result == bytes(length)
-    array[:] = 7
-    array[-1] = 9
-    assert result[0] == 7 and result[-1] == 9
-    assert result.count(7) == length - 1
-    other, _ = memory.new_bytes(length)
-    assert other == bytes(length)  # a new object each time, not the one just written
+@pytest.mark.parametrize("length", [0, 1, 4096, memory.MIN_HUGE_BYTES + 3])
+def test_new_buffer_is_a_fresh_array_of_its_own(length: int) -> None:
+    first = memory.new_buffer(length)
+    second = memory.new_buffer(length)
+    assert first.dtype == np.uint8 and first.shape == (length,) and first.flags.writeable
+    assert first.flags.owndata and not np.shares_memory(first, second)
+    first[:] = 7
+    assert bytes(first) == b"\x07" * length
 
 
-def test_new_bytes_refuses_the_objects_cpython_shares() -> None:
-    for length in (0, 1):
-        with pytest.raises(ValueError, match="big buffers"):
-            memory.new_bytes(length)
-    assert bytes(1) == b"\x00" and bytes(0) == b""
+def test_no_bytes_object_is_written_or_reused() -> None:
+    for name in ("new_bytes", "BytesPool", "fills_in_place", "_writable", "_HASH_OFFSET"):
+        assert not hasattr(memory, name)
 
 
 def test_scratch_is_reused_per_thread_and_never_shared() -> None:
@@ -87,48 +82,3 @@ def test_same_bytes_compares_whole_buffers_of_any_kind() -> None:
         changed = bytearray(data)
         changed[position] ^= 1
         assert not memory.same_bytes(data, changed)
-
-
-def test_bytes_pool_reuses_only_objects_nobody_holds() -> None:
-    pool = memory.BytesPool(max_bytes=1 << 20)
-    first, array = pool.take(1000)
-    array[:] = 1
-    del array
-    held, array = pool.take(1000)  # `first` is still held here: a new object
-    assert held is not first
-    del array
-    assert pool.reused == 0
-    hash(first)  # a cached hash must not survive reuse
-    first_id = id(first)
-    del first
-    again, array = pool.take(1000)
-    assert id(again) == first_id and pool.reused == 1
-    array[:] = 2
-    del array
-    assert again == b"\x02" * 1000
-    assert hash(again) == hash(b"\x02" * 1000)
-    other_size, array = pool.take(999)  # sizes must match exactly
-    del array
-    assert len(other_size) == 999 and pool.reused == 1
-    view = memoryview(held)  # a view keeps the object busy
-    del held
-    busy, array = pool.take(1000)
-    del array
-    assert busy is not view.obj
-    view.release()
-
-
-def test_bytes_pool_keeps_at_most_max_bytes() -> None:
-    pool = memory.BytesPool(max_bytes=3000)
-    for _ in range(5):
-        taken, array = pool.take(1000)
-        del array, taken
-    assert pool.reused == 4  # the same idle object each time
-    kept = [pool.take(1000) for _ in range(5)]  # all busy: five objects
-    del kept
-    assert sum(len(item) for item in pool._items) <= 3000
-    big, array = pool.take(4000)  # larger than the pool: never kept
-    del array, big
-    assert all(len(item) == 1000 for item in pool._items)
-    pool.clear()
-    assert pool._items == []

@@ -365,7 +365,7 @@ def test_read_consistency_checks_pass_for_a_consistent_blob(written: Written) ->
     secondaries = {index: written.sliver(SECONDARY, index) for index in range(2, 2 + config.ks)}
     assert meta.decode_blob(written.metadata, SECONDARY, secondaries, strict=True) == blob
     with pytest.raises(VerificationError):
-        meta.check_read_consistency(written.metadata, blob + b"\x00")
+        meta.check_read_consistency(written.metadata, bytes(blob) + b"\x00")
 
 
 def test_read_check_on_several_threads_agrees(

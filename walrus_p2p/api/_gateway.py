@@ -471,7 +471,9 @@ def _head_response(status_code: int, length: int, headers: dict[str, str]) -> Re
     )
 
 
-def _stream(data: bytes, status_code: int, headers: dict[str, str]) -> StreamingResponse:
+def _stream(
+    data: bytes | memoryview, status_code: int, headers: dict[str, str]
+) -> StreamingResponse:
     return StreamingResponse(
         _chunks(data),
         status_code=status_code,
@@ -480,7 +482,7 @@ def _stream(data: bytes, status_code: int, headers: dict[str, str]) -> Streaming
     )
 
 
-async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+async def _chunks(data: bytes | memoryview) -> AsyncIterator[bytes]:
     view = memoryview(data)
     for offset in range(0, len(view), STREAM_CHUNK_SIZE):
         yield bytes(view[offset : offset + STREAM_CHUNK_SIZE])

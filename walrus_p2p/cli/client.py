@@ -136,7 +136,7 @@ def _command_read(arguments: argparse.Namespace) -> int:
     blob_id = blob_id_from_text(arguments.blob_id)
 
     async def work(client: WalrusClient) -> int:
-        data: bytes = await client.read(blob_id, strict=arguments.strict)
+        data: memoryview = await client.read(blob_id, strict=arguments.strict)
         if arguments.output == "-":
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
@@ -151,7 +151,7 @@ def _command_read(arguments: argparse.Namespace) -> int:
     return run_client(arguments, work)
 
 
-def _write_atomically(path: str, data: bytes) -> None:
+def _write_atomically(path: str, data: bytes | memoryview) -> None:
     """Write to a temporary file beside ``path`` and rename: a failed read leaves nothing."""
     directory = os.path.dirname(os.path.abspath(path))
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.partial")

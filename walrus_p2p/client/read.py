@@ -290,8 +290,9 @@ async def read_blob(
     *,
     strict: bool = False,
     options: ReadOptions | None = None,
-) -> bytes:
-    """The blob's exact bytes, or a ``WalrusError`` — never wrong bytes."""
+) -> memoryview:
+    """The blob's exact bytes, or a ``WalrusError`` — never wrong bytes. They come as a
+    read-only ``memoryview`` over the decoder's own buffer (no copy into ``bytes``)."""
     options = options or ReadOptions()
     config = EncodingConfig.for_shards(light.committee.n_shards)
     bad_peers: set[PeerId] = set()
@@ -357,7 +358,7 @@ async def read_blob(
 
 def _decode(
     metadata: Metadata, sliver_type: SliverType, slivers: dict[int, bytes], strict: bool
-) -> bytes:
+) -> memoryview:
     return decode_blob(metadata, sliver_type, slivers, strict=strict, verify_slivers=False)
 
 
@@ -395,7 +396,7 @@ async def read_range(
     )
     if len(got) < len(rows):
         blob = await read_blob(light, blob_id, options=options)
-        return blob[start:end]
+        return bytes(blob[start:end])
     joined = b"".join(got[row] for row in rows)
     offset = rows[0] * row_bytes
     return joined[start - offset : end - offset]

@@ -76,7 +76,7 @@ class WalrusClient:
             background=self.background,
         )
 
-    async def read(self, blob_id: BlobId, *, strict: bool = False) -> bytes:
+    async def read(self, blob_id: BlobId, *, strict: bool = False) -> memoryview:
         await self.light.refresh_if_stale()
         return await read_blob(self.light, blob_id, strict=strict, options=self.read_options)
 

@@ -24,7 +24,8 @@ For big symbols the encoder works column by column and hashes each symbol while 
 cache (:func:`_encode_by_columns`); it then takes its output arrays from one buffer that it keeps
 after the encoded blob is dropped and reuses for the next encode of a similar size (at most one
 buffer, of at most 512 MiB: :class:`_ReusedBuffer`, :func:`release_encoder_buffers`).
-The decoders write a big blob straight into the ``bytes`` they return (see :func:`_new_bytes`).
+The decoders return the blob as a read-only ``memoryview``; a big one is written straight into an
+array they allocate on huge pages (see :func:`_new_result`).
 """
 
 from __future__ import annotations
@@ -898,26 +899,29 @@ def decode_primary(
     slivers: Mapping[int, BytesLike],
     *,
     codec: ErasureCodec | None = None,
-) -> bytes:
-    """The blob from any ``kp`` primary slivers (index -> sliver): one decode over whole rows.
+) -> memoryview:
+    """The blob from any ``kp`` primary slivers (index -> sliver): one decode over whole rows,
+    as a read-only ``memoryview`` (bytes-like: hashlib, ``==``, files and sockets take it as
+    they take ``bytes``; ``bytes(view)`` copies it).
 
-    A big blob is written straight into the returned ``bytes`` (see :func:`_new_bytes`): plain
-    rows are copied once, missing ones decoded in place. It may end inside row ``full_rows``,
-    so that work is cut by byte position instead of by row: bytes ``[0, tail)`` of rows
-    ``0..full_rows`` and bytes ``[tail, row_length)`` of the rows before -- two decodes that
-    cover exactly the blob, each as cheap per byte as one decode over whole rows.
+    A big blob is written straight into the array behind the returned view (see
+    :func:`_new_result`): plain rows are copied once, missing ones decoded where they belong.
+    It may end inside row ``full_rows``, so that work is cut by byte position instead of by
+    row: bytes ``[0, tail)`` of rows ``0..full_rows`` and bytes ``[tail, row_length)`` of the
+    rows before -- two decodes that cover exactly the blob, each as cheap per byte as one
+    decode over whole rows.
     """
     codec = codec or _default_codec
     size = config.symbol_size(length)
     row_length = config.ks * size
     chosen = _collect(config, slivers, config.kp, row_length, "primary sliver")
-    if not _builds_in_place(length):
+    if length < _MIN_OWNED_RESULT:
         if all(row in chosen for row in range(config.kp)):
             rows: Sequence[ByteArray] = [chosen[row] for row in range(config.kp)]  # plain
         else:
             rows = list(codec.decode(config.kp, config.n, chosen))
-        return _join_prefix(rows, length)
-    result, output = _new_bytes(length)
+        return memoryview(_join_prefix(rows, length))
+    output = _new_result(length)
     full_rows, tail = divmod(length, row_length)
     # Row r of the blob starts at r * row_length; the last row's first ``tail`` bytes end the
     # blob, so this view stays inside the buffer.
@@ -929,7 +933,7 @@ def decode_primary(
         if out.size:
             part = {index: sliver[start:stop] for index, sliver in chosen.items()}
             codec.reconstruct(config.kp, config.n, part, range(out.shape[0]), out=out)
-    return result
+    return _readonly(output)
 
 
 def _join_prefix(rows: Sequence[ByteArray], length: int) -> bytes:
@@ -951,49 +955,47 @@ def decode_secondary(
     slivers: Mapping[int, BytesLike],
     *,
     codec: ErasureCodec | None = None,
-) -> bytes:
-    """The blob from any ``ks`` secondary slivers: one decode over whole columns, one transpose
-    (for a big blob, straight into the returned ``bytes``: see :func:`_new_bytes`)."""
+) -> memoryview:
+    """The blob from any ``ks`` secondary slivers, as a read-only ``memoryview``: one decode
+    over whole columns, one transpose (for a big blob, straight into the array behind the
+    view: see :func:`_new_result`)."""
     codec = codec or _default_codec
     size = config.symbol_size(length)
     kp, ks = config.kp, config.ks
     chosen = _collect(config, slivers, ks, kp * size, "secondary sliver")
     columns = codec.decode(ks, config.n, chosen)
     matrix = columns.reshape(ks, kp, size).transpose(1, 0, 2)  # (row, column, byte)
-    if not _builds_in_place(length):
-        return np.ascontiguousarray(matrix).reshape(-1)[:length].tobytes()
-    result, output = _new_bytes(length)
+    if length < _MIN_OWNED_RESULT:
+        return memoryview(np.ascontiguousarray(matrix).reshape(-1)[:length].tobytes())
+    output = _new_result(length)
     row_length = ks * size
     full_rows, tail = divmod(length, row_length)
     output[: full_rows * row_length].reshape(full_rows, ks, size)[...] = matrix[:full_rows]
     if tail:
         output[full_rows * row_length :] = matrix[full_rows].reshape(-1)[:tail]
-    return result
+    return _readonly(output)
 
 
-_MIN_IN_PLACE_RESULT = 8 << 20
-"""Decoded blobs at least this big are built in place on huge pages (see :func:`_new_bytes`);
-below it, page faults cost little and one decode call into a temporary is cheaper."""
+_MIN_OWNED_RESULT = 8 << 20
+"""Decoded blobs at least this big are written straight into a new array on huge pages (see
+:func:`_new_result`); below it, page faults cost little and one decode call into a temporary,
+joined into ``bytes``, is cheaper."""
 
 
-def _builds_in_place(length: int) -> bool:
-    # Never below 2 bytes: CPython shares its empty and 1-byte bytes objects.
-    return length >= max(_MIN_IN_PLACE_RESULT, 2) and memory.fills_in_place()
+def _new_result(length: int) -> ByteArray:
+    """The array a big decoded blob is written into: :func:`memory.new_buffer`, fresh for every
+    blob and owned by the view the decoder returns. A decoded 128 MB blob cost about 80 ms of
+    page faults on 4 KiB pages (a ``bytes`` or ``bytearray`` of that size) and about 13 ms on
+    2 MiB pages in a quiet process; the blob is written straight into it, not copied out of a
+    temporary."""
+    return memory.new_buffer(length)
 
 
-DECODED_POOL = memory.BytesPool(256 << 20)
-"""Decoded blobs are built in ``bytes`` objects that this pool hands out again once the caller
-has dropped them (:class:`memory.BytesPool`): at most 256 MiB stays allocated for that."""
-
-
-def _new_bytes(length: int) -> tuple[bytes, ByteArray]:
-    """A ``bytes`` for the decoder to fill: reused from :data:`DECODED_POOL` when one of this
-    length is free, else new on huge pages (:func:`memory.new_bytes`). A decoded 128 MB blob
-    cost about 80 ms of page faults on 4 KiB pages, about 13 ms on 2 MiB pages in a quiet
-    process, and 57-225 ms of system time inside a busy reading client, where freed 2 MiB
-    blocks had gone back to the VM's host; a reused object costs none. The blob is written
-    straight into the object, not copied out of a temporary."""
-    return DECODED_POOL.take(length)
+def _readonly(output: ByteArray) -> memoryview:
+    """The caller's view of a decoded blob: read-only, so nobody changes the blob under another
+    holder, as with the ``bytes`` it replaces (unlike them it is not hashable); it keeps
+    ``output`` alive."""
+    return output.data.toreadonly()
 
 
 def decode(
@@ -1003,8 +1005,8 @@ def decode(
     slivers: Mapping[int, BytesLike],
     *,
     codec: ErasureCodec | None = None,
-) -> bytes:
-    """The blob from enough slivers of one type."""
+) -> memoryview:
+    """The blob from enough slivers of one type, as a read-only ``memoryview``."""
     if sliver_type is SliverType.PRIMARY:
         return decode_primary(config, length, slivers, codec=codec)
     return decode_secondary(config, length, slivers, codec=codec)

@@ -1,29 +1,25 @@
-"""Big buffers without a page fault per 4 KiB: fresh ``bytes`` on huge pages, reused scratch.
+"""Big buffers without a page fault per 4 KiB: owned arrays on huge pages, reused scratch.
 
 Why: CPython and numpy take every big buffer from glibc's ``mmap``; the first touch of each
 4 KiB page then faults into the kernel. Here (a 2-core VM) a fault costs 3 µs on a quiet
 machine and about 10 µs among 20 busy peer processes, so receiving a 100 MiB blob into fresh
 4 KiB pages and checking its slivers cost a reading client 0.3-0.6 CPU-s of system time, more
-than the user time of the whole read. Three remedies, all used on hot paths only:
+than the user time of the whole read. Two remedies, used on hot paths only:
 
-* :func:`new_bytes`: a ``bytes`` object for the caller to fill, on transparent huge pages (the
-  kernel's THP mode here is ``madvise``): one fault per 2 MiB. :class:`BytesPool` makes its
-  new objects with it.
+* :func:`new_buffer`: an uninitialised numpy array this code owns, on transparent huge pages
+  (the kernel's THP mode here is ``madvise``): one fault per 2 MiB. The decoders build big
+  blobs in one and hand it out as a read-only ``memoryview``.
 * :func:`scratch`: a per-thread array reused from call to call, for results that are hashed
   and dropped (a sliver's expansion to ``n`` symbols when it is checked).
-* :class:`BytesPool`: ``bytes`` objects for big received frames
-  (:func:`walrus_p2p.net.framing.read_exactly`) and decoded blobs, reused once nobody holds
-  them. On this VM fresh memory is dear even on huge pages: the balloon driver reports freed
-  2 MiB blocks to the host (``page_reporting_order`` 9), and taking them back costs a host
-  fault; decoding a 100 MiB blob into fresh pages took 57-225 ms of system time inside a
-  reading client against 11 ms in a quiet process.
+
+Nothing here writes into ``bytes`` objects or looks at reference counts: every buffer written
+is an array or ``bytearray`` that its writer allocated.
 """
 
 from __future__ import annotations
 
 import ctypes
 import mmap
-import sys
 import threading
 
 import numpy as np
@@ -31,9 +27,9 @@ from numpy.typing import NDArray
 
 HUGE_PAGE = 2 << 20
 MIN_HUGE_BYTES = 4 << 20
-"""From this size :func:`new_bytes` asks for huge pages, and framing pools received frames;
-below it callers allocate as usual (huge pages would round small buffers up, and faults cost
-little)."""
+"""From this size :func:`new_buffer` asks for huge pages, and a peer keeps the sliver of a
+received StoreSliver frame as a view of the frame; below it callers allocate as usual (huge
+pages would round small buffers up, and faults cost little)."""
 SCRATCH_MAX_BYTES = 64 << 20
 """A thread keeps at most this much scratch; bigger requests get a fresh array each time."""
 
@@ -84,87 +80,18 @@ def same_bytes(
     return int(library.memcmp(int(left.ctypes.data), int(right.ctypes.data), left.size)) == 0
 
 
-def fills_in_place() -> bool:
-    """:func:`new_bytes` writes into a ``bytes`` object, which only CPython allows safely."""
-    return sys.implementation.name == "cpython"
+def new_buffer(length: int) -> NDArray[np.uint8]:
+    """A new, uninitialised array of ``length`` bytes for the caller to fill, on huge pages
+    from :data:`MIN_HUGE_BYTES` on.
 
-
-def new_bytes(length: int) -> tuple[bytes, NDArray[np.uint8]]:
-    """A new ``bytes`` of ``length`` bytes and a writable array over it, for the caller to fill.
-
-    ``bytes(length)`` comes from ``calloc``, which leaves fresh pages untouched; before anything
-    touches them we ask for transparent huge pages, and the caller writes its data straight into
-    the object: no fault per 4 KiB page and no copy out of a temporary buffer.
-
-    Writing into a ``bytes`` is sound only because nobody else has seen the object yet (C code
-    does the same after ``PyBytes_FromStringAndSize(NULL, n)``); the caller must fill all of it
-    (or drop it) before letting anyone else see it, and then drop the array. CPython only
-    (:func:`fills_in_place`), and only for ``length >= 2``: CPython shares its empty and
-    1-byte ``bytes`` objects, so those raise ``ValueError``.
+    ``np.empty`` leaves fresh pages untouched; before anything touches them we ask for
+    transparent huge pages (``madvise``, on memory this array owns), so the caller's writes
+    fault once per 2 MiB instead of once per 4 KiB.
     """
-    if length < 2:
-        # CPython hands out shared objects for b"" and the 1-byte strings: never write those.
-        raise ValueError(f"new_bytes is for big buffers, not {length} bytes")
-    result = bytes(length)
-    array = _writable(result)
+    array = np.empty(length, dtype=np.uint8)
     if length >= MIN_HUGE_BYTES:
         advise_huge_pages(int(array.ctypes.data), length)
-    return result, array
-
-
-def _writable(result: bytes) -> NDArray[np.uint8]:
-    """A writable array over the data of a ``bytes`` object that nobody else sees."""
-    address = int(np.frombuffer(result, dtype=np.uint8).ctypes.data)
-    writable = (ctypes.c_uint8 * len(result)).from_address(address)
-    return np.frombuffer(memoryview(writable), dtype=np.uint8)
-
-
-_HASH_OFFSET = bytes.__basicsize__ - 1 - ctypes.sizeof(ctypes.c_ssize_t)
-"""Where CPython keeps a ``bytes`` object's cached hash (``ob_shash``, just before the data)."""
-
-
-class BytesPool:
-    """``bytes`` objects of exact sizes, handed out again once only the pool refers to them.
-
-    :meth:`take` returns a ``bytes`` and a writable array over it, as :func:`new_bytes` does;
-    the caller fills all of it before anyone else sees it. An object comes back out of the
-    pool only when its reference count shows that nothing but the pool holds it (so nobody can
-    see it change) and its length is the one asked for; its cached hash is reset first. Up to
-    ``max_bytes`` are kept, oldest dropped first (a dropped object just lives on with its
-    users). CPython only (:func:`fills_in_place`); callers fall back to :func:`new_bytes`.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: list[bytes] = []
-        self._lock = threading.Lock()
-        self.reused = 0
-        """How many times an object was handed out again (for tests and figures)."""
-
-    def _idle(self, position: int) -> bool:
-        # References: the pool's list and getrefcount's argument; no local name holds it.
-        return sys.getrefcount(self._items[position]) == 2
-
-    def take(self, length: int) -> tuple[bytes, NDArray[np.uint8]]:
-        with self._lock:
-            for position in range(len(self._items) - 1, -1, -1):
-                if len(self._items[position]) == length and self._idle(position):
-                    result = self._items.pop(position)
-                    self._items.append(result)
-                    ctypes.c_ssize_t.from_address(id(result) + _HASH_OFFSET).value = -1
-                    self.reused += 1
-                    return result, _writable(result)
-            result, array = new_bytes(length)
-            if length <= self.max_bytes:
-                self._items.append(result)
-                total = sum(len(item) for item in self._items)
-                while total > self.max_bytes:
-                    total -= len(self._items.pop(0))
-            return result, array
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
+    return array
 
 
 class _Scratch(threading.local):
@@ -198,10 +125,8 @@ __all__ = [
     "HUGE_PAGE",
     "MIN_HUGE_BYTES",
     "SCRATCH_MAX_BYTES",
-    "BytesPool",
     "advise_huge_pages",
-    "fills_in_place",
-    "new_bytes",
+    "new_buffer",
     "same_bytes",
     "scratch",
 ]

@@ -531,8 +531,9 @@ def decode_blob(
     strict: bool = False,
     verify_slivers: bool = True,
     codec: ErasureCodec | None = None,
-) -> bytes:
-    """The read pipeline after fetching: verify slivers, decode, check consistency.
+) -> memoryview:
+    """The read pipeline after fetching: verify slivers, decode, check consistency. The blob
+    comes back as the decoder's read-only ``memoryview`` (:func:`encoding.decode`).
 
     ``metadata`` must already be verified against the blob id. Pass ``verify_slivers=False``
     only for slivers that were verified as they arrived.

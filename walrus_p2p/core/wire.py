@@ -884,7 +884,7 @@ _MAJOR_UNSIGNED, _MAJOR_NEGATIVE, _MAJOR_BYTES, _MAJOR_TEXT, _MAJOR_ARRAY = 0, 1
 _SIMPLE_ALLOWED = frozenset({20, 21, 22})  # false, true, null
 
 
-def _read_head(data: bytes, position: int) -> tuple[int, int, int]:
+def _read_head(data: bytes | bytearray, position: int) -> tuple[int, int, int]:
     """(major type, argument, next position) of the head at ``position``, shortest form only."""
     size = len(data)
     if position >= size:
@@ -909,7 +909,7 @@ def _read_head(data: bytes, position: int) -> tuple[int, int, int]:
     return major, argument, position + width
 
 
-def _scan(data: bytes, bounds: _Bounds) -> None:
+def _scan(data: bytes | bytearray, bounds: _Bounds) -> None:
     """Walk the item heads without building values: subset, lengths in range, bounded shape."""
     size = len(data)
     position = 0
@@ -943,15 +943,17 @@ def _scan(data: bytes, bounds: _Bounds) -> None:
         raise WireError(f"{size - position} bytes after the end of the message")
 
 
-def _cbor_loads(data: bytes, max_depth: int) -> object:
+def _cbor_loads(data: bytes | bytearray, max_depth: int) -> object:
     return cbor2.loads(data, max_depth=max_depth, allow_indefinite=False)
 
 
-def _cbor_loads_plain(data: bytes, max_depth: int) -> object:  # cbor2 < 6: no such options
+def _cbor_loads_plain(
+    data: bytes | bytearray, max_depth: int
+) -> object:  # cbor2 < 6: no such options
     return cbor2.loads(data)
 
 
-def _pick_loads() -> Callable[[bytes, int], object]:
+def _pick_loads() -> Callable[[bytes | bytearray, int], object]:
     try:
         cbor2.loads(b"\x80", max_depth=2, allow_indefinite=False)
     except TypeError:
@@ -1014,7 +1016,9 @@ def decode(
     unexpected input raises :class:`WireError` and nothing else. With ``view_tail``, a last
     field that is a byte string of at least :data:`PARTS_MIN_TAIL` bytes comes out as a
     ``memoryview`` of ``data`` instead of a copy (the counterpart of :func:`encode_parts`; for
-    callers that only read the field, such as a client verifying a sliver).
+    callers that only read the field, such as a client verifying a sliver). A ``bytearray``
+    (a big received frame: :func:`walrus_p2p.net.framing.read_exactly`) is read where it lies,
+    not copied into ``bytes`` first; its owner must not change it while the message is used.
     """
     classes = _expected_classes(expected)
     if not isinstance(data, bytes | bytearray):
@@ -1023,16 +1027,14 @@ def decode(
     if len(data) > largest:
         raise WireError(f"message of {len(data)} bytes exceeds the maximum of {largest}")
     try:
-        return _decode_checked(
-            bytes(data) if type(data) is not bytes else data, classes, limits, view_tail
-        )
+        return _decode_checked(data, classes, limits, view_tail)
     except WireError:
         raise
     except Exception as error:  # a decoder bug must not become a crash; tests look for these
         raise WireError(f"undecodable message: {type(error).__name__}") from error
 
 
-def _skip_item(data: bytes, position: int) -> int:
+def _skip_item(data: bytes | bytearray, position: int) -> int:
     """The position after the item at ``position`` (in data that :func:`_scan` accepted)."""
     pending = 1
     while pending:
@@ -1046,8 +1048,8 @@ def _skip_item(data: bytes, position: int) -> int:
 
 
 def _tail_view(
-    data: bytes, cls: type[Message], field_count: int, limits: WireLimits
-) -> tuple[bytes, str, memoryview] | None:
+    data: bytes | bytearray, cls: type[Message], field_count: int, limits: WireLimits
+) -> tuple[bytes | bytearray, str, memoryview] | None:
     """For ``view_tail``: the message with its large last byte string replaced by the field's
     shortest allowed placeholder, the field's name and a view of the real bytes; or None."""
     name, spec = record_spec(cls).fields[-1]
@@ -1065,7 +1067,10 @@ def _tail_view(
 
 
 def _decode_checked(
-    data: bytes, classes: tuple[type[Message], ...], limits: WireLimits, view_tail: bool = False
+    data: bytes | bytearray,
+    classes: tuple[type[Message], ...],
+    limits: WireLimits,
+    view_tail: bool = False,
 ) -> Message:
     major, field_count, position = _read_head(data, 0)
     if major != _MAJOR_ARRAY:

@@ -31,11 +31,6 @@ MAX_FRAME_LIMIT = 2**32 - 1
 READ_CHUNK = 1 << 20
 """Largest single read request; keeps one read from pinning a huge buffer in the muxer."""
 
-FRAME_POOL = memory.BytesPool(192 << 20)
-"""Big frames (slivers) are received into ``bytes`` objects reused from here once nobody holds
-them any more (see :class:`walrus_p2p.core.memory.BytesPool`): a client reading blobs of one
-size, or a peer storing them, receives into the same memory again."""
-
 
 class ByteStream(Protocol):
     """What framing needs from a stream."""
@@ -82,9 +77,12 @@ class StreamEndedError(WireError):
     """
 
 
-async def read_exactly(stream: ByteStream, size: int, what: str) -> bytes:
-    if size >= memory.MIN_HUGE_BYTES and memory.fills_in_place():
-        return await _read_into_pooled_bytes(stream, size, what)
+async def read_exactly(stream: ByteStream, size: int, what: str) -> bytes | bytearray:
+    """The next ``size`` bytes of ``stream``: ``bytes`` below :data:`memory.MIN_HUGE_BYTES`,
+    a ``bytearray`` from there on (see :func:`_read_growing`). Memory grows with the bytes
+    that arrive, never with the size announced: a header is only a claim."""
+    if size >= memory.MIN_HUGE_BYTES:
+        return await _read_growing(stream, size, what)
     # The chunks are joined once at the end: a growing bytearray copied a multi-megabyte
     # sliver several times over, and then once more into bytes.
     chunks: list[bytes] = []
@@ -98,29 +96,27 @@ async def read_exactly(stream: ByteStream, size: int, what: str) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _read_into_pooled_bytes(stream: ByteStream, size: int, what: str) -> bytes:
-    """A big frame (a sliver) is copied chunk by chunk into a ``bytes`` reused from
-    :data:`FRAME_POOL` when one of its size is free, else new on huge pages: the same one copy
-    as joining the chunks, without a page fault per 4 KiB of it (or any, when reused). A new
-    object's pages are only touched as data arrives, so a sender that announces a big frame
-    and stalls does not make this reader hold more than the pool already keeps. On a short
-    stream the half-filled object is dropped (or left in the pool) unseen."""
-    result, array = FRAME_POOL.take(size)
-    target = array.data
-    got = 0
-    try:
-        while got < size:
-            chunk = await stream.read(min(size - got, READ_CHUNK))
-            if not chunk:
-                raise StreamEndedError(
-                    f"stream ended inside a frame {what}: got={got} expected={size}"
-                )
-            target[got : got + len(chunk)] = chunk
-            got += len(chunk)
-    finally:
-        target.release()
-        del array
-    return result
+async def _read_growing(stream: ByteStream, size: int, what: str) -> bytearray:
+    """A big frame (a sliver) appended chunk by chunk to a ``bytearray`` this reader owns.
+
+    The buffer grows as data arrives (CPython over-allocates a growing ``bytearray`` by an
+    eighth, and glibc moves a big one with ``mremap``, without copying it), so a sender that
+    announces a 32 MiB frame and sends one byte costs this reader one chunk, not 32 MiB; and
+    there is one copy per byte, as when joining the chunks, without holding chunks and result
+    at once. Up to
+    32 MiB, glibc serves such buffers from memory the process freed before (its ``mmap``
+    threshold rises to the size of the blocks it frees), so a peer receiving sliver after
+    sliver does not fault in fresh pages for each. The caller gets the ``bytearray`` itself: a
+    StoreSliver request keeps its sliver as a view of it (``wire.decode(view_tail=True)``)."""
+    received = bytearray()
+    while len(received) < size:
+        chunk = await stream.read(min(size - len(received), READ_CHUNK))
+        if not chunk:
+            raise StreamEndedError(
+                f"stream ended inside a frame {what}: got={len(received)} expected={size}"
+            )
+        received += chunk
+    return received
 
 
 async def read_header(stream: ByteStream, *, max_size: int) -> int:
@@ -132,8 +128,9 @@ async def read_header(stream: ByteStream, *, max_size: int) -> int:
     return size
 
 
-async def read_frame(stream: ByteStream, *, max_size: int, timeout: float) -> bytes:
-    """Read one whole frame within ``timeout`` seconds (``math.inf`` for no deadline)."""
+async def read_frame(stream: ByteStream, *, max_size: int, timeout: float) -> bytes | bytearray:
+    """Read one whole frame within ``timeout`` seconds (``math.inf`` for no deadline); see
+    :func:`read_exactly` for its type."""
     with trio.move_on_after(timeout):
         size = await read_header(stream, max_size=max_size)
         return await read_exactly(stream, size, "body")

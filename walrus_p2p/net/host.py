@@ -322,9 +322,10 @@ class Host:
         max_reply: int = rpc.DEFAULT_MAX_REPLY,
         max_request: int = rpc.DEFAULT_MAX_REQUEST,
         prefix: bytes = b"",
-    ) -> bytes:
+    ) -> bytes | bytearray:
         """Send ``prefix + payload`` on a new stream and return the reply; ``timeout`` covers
-        it all (dial, protocol negotiation, request, reply).
+        it all (dial, protocol negotiation, request, reply). A big reply is the ``bytearray``
+        it was received into (:func:`walrus_p2p.net.framing.read_exactly`).
 
         Raises :class:`RequestTimeoutError`, :class:`PeerUnreachableError`,
         :class:`RemoteError` (the server answered with an error), :class:`WireError` (the reply
@@ -333,7 +334,7 @@ class Host:
         size = len(prefix) + len(payload)
         if size > max_request:
             raise WireError(f"request too large: size={size} max={max_request}")
-        reply: bytes | None = None
+        reply: bytes | bytearray | None = None
         with trio.move_on_after(timeout):
             stream = await self.open_stream(peer_id, protocol_id)
             ok = False

@@ -48,7 +48,7 @@ async def call_message(
     # A sliver in the request is written from where it lies, not copied into the encoding.
     head, tail = wire.encode_parts(request, limits=limits)
     TRAFFIC.count(type(request).__name__, len(head) + len(tail))
-    reply: bytes | None = None
+    reply: bytes | bytearray | None = None
     with trio.move_on_after(timeout):
         await connect(peer_id, timeout)
         reply = await host.request(

@@ -46,8 +46,10 @@ from walrus_p2p.types import PeerId
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[bytes, PeerId], Awaitable[bytes]]
-"""``async def handler(payload, remote_peer_id) -> reply``."""
+Handler = Callable[[bytes | bytearray, PeerId], Awaitable[bytes]]
+"""``async def handler(payload, remote_peer_id) -> reply``; a payload of
+:data:`walrus_p2p.core.memory.MIN_HUGE_BYTES` or more is the ``bytearray`` it was received into
+(:func:`walrus_p2p.net.framing.read_exactly`)."""
 
 STATUS_OK = 0
 STATUS_ERROR = 1
@@ -82,14 +84,14 @@ def encode_error(reason: str, message: str) -> bytes:
     return bytes([STATUS_ERROR]) + body[:MAX_ERROR_BODY]
 
 
-def decode_reply(frame: bytes) -> bytes:
+def decode_reply(frame: bytes | bytearray) -> bytes | bytearray:
     """Return the reply body, or raise the :class:`RemoteError` the server sent."""
     if not frame:
         raise WireError("empty reply frame")
     return decode_reply_parts(frame[0], frame[1:])
 
 
-async def read_reply(stream: Stream, *, max_size: int) -> tuple[int, bytes]:
+async def read_reply(stream: Stream, *, max_size: int) -> tuple[int, bytes | bytearray]:
     """Read one reply frame as its status byte and its body (for :func:`decode_reply_parts`),
     reading the status byte on its own so that a multi-megabyte body is not copied once more
     to drop it."""
@@ -100,7 +102,7 @@ async def read_reply(stream: Stream, *, max_size: int) -> tuple[int, bytes]:
     return status[0], await read_exactly(stream, size - 1, "body")
 
 
-def decode_reply_parts(status: int, body: bytes) -> bytes:
+def decode_reply_parts(status: int, body: bytes | bytearray) -> bytes | bytearray:
     """:func:`decode_reply` for a status byte and a body read apart."""
     if status == STATUS_OK:
         return body
@@ -138,7 +140,7 @@ async def serve_stream(
     protocol = stream.protocol_id
     ok = False
     try:
-        request: bytes | None = None
+        request: bytes | bytearray | None = None
         try:
             with trio.move_on_after(limits.read_timeout):
                 size = await read_header(stream, max_size=limits.max_request)
@@ -223,9 +225,9 @@ async def exchange(
     max_request: int,
     max_reply: int,
     prefix: bytes = b"",
-) -> bytes:
+) -> bytes | bytearray:
     """Send one request, ``prefix + payload``, and read its reply on an open stream (no
-    deadline of its own).
+    deadline of its own). A big reply is the ``bytearray`` it was received into.
 
     The request is written in a task of its own while the reply is awaited: a server that
     rejects an oversized request answers at once and stops reading, and a writer blocked on the
@@ -242,7 +244,7 @@ async def exchange(
 
     if len(prefix) + len(payload) > max_request:
         raise WireError(f"request too large: size={len(prefix) + len(payload)} max={max_request}")
-    reply: tuple[int, bytes] | None = None
+    reply: tuple[int, bytes | bytearray] | None = None
     read_error: WalrusError | None = None
     # Errors are caught inside the nursery body: trio wraps anything escaping it in an
     # ExceptionGroup (strict_exception_groups), which callers should never see.
