@@ -103,11 +103,11 @@ async def _read_growing(stream: ByteStream, size: int, what: str) -> bytearray:
     eighth, and glibc moves a big one with ``mremap``, without copying it), so a sender that
     announces a 32 MiB frame and sends one byte costs this reader one chunk, not 32 MiB; and
     there is one copy per byte, as when joining the chunks, without holding chunks and result
-    at once. Up to
-    32 MiB, glibc serves such buffers from memory the process freed before (its ``mmap``
-    threshold rises to the size of the blocks it frees), so a peer receiving sliver after
-    sliver does not fault in fresh pages for each. The caller gets the ``bytearray`` itself: a
-    StoreSliver request keeps its sliver as a view of it (``wire.decode(view_tail=True)``)."""
+    at once. Up to 32 MiB, glibc serves such buffers from memory the process freed before (its
+    ``mmap`` threshold rises to the size of the blocks it frees), so a peer receiving sliver
+    after sliver does not fault in fresh pages for each. The caller gets the ``bytearray``
+    itself: a StoreSliver request keeps its sliver as a view of it
+    (``wire.decode(view_tail=True)``)."""
     received = bytearray()
     while len(received) < size:
         chunk = await stream.read(min(size - len(received), READ_CHUNK))

@@ -585,7 +585,7 @@ class EpochService:
 
     # -- direct messages ---------------------------------------------------------------------
 
-    async def _handle_direct(self, payload: bytes, remote: PeerId) -> bytes:
+    async def _handle_direct(self, payload: bytes | bytearray, remote: PeerId) -> bytes:
         request = wire.decode(payload, EpochMessagesRequest, limits=self.ctx.limits)
         self.ctx.router.check_rate(remote, "EpochMessagesRequest")
         reply = await self.serve_messages(request, remote)
@@ -1005,7 +1005,7 @@ class EpochService:
     async def _call(self, peer_id: PeerId, request: GetEpochRecordsRequest) -> GetEpochRecordsReply:
         host = self.ctx.host
         timeout = self.options.request_timeout
-        reply: bytes | None = None
+        reply: bytes | bytearray | None = None
         with trio.move_on_after(timeout):
             if not host.is_connected(peer_id):
                 await host.connect(peer_id, self._addresses_of(peer_id), timeout=timeout)

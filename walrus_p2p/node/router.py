@@ -65,7 +65,7 @@ class Router:
         if not self.rates.allow(remote, kind):
             raise ProtocolRefusal("RATE_LIMITED", f"too many {kind} from this peer; retry later")
 
-    async def dispatch(self, payload: bytes, remote: PeerId) -> bytes:
+    async def dispatch(self, payload: bytes | bytearray, remote: PeerId) -> bytes:
         """Decode, dispatch, encode. Errors propagate to the rpc layer, which sends the reason."""
         types = self.request_types
         try:
