@@ -53,9 +53,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from walrus_p2p.testing.devnet_process import (
+from walrus_p2p.testing.processes import (
     CpuMeter,
-    Devnet,
+    DevnetCommand,
     DevnetError,
     cpu_model,
     http_get,
@@ -117,7 +117,7 @@ def kind_of(labels: str) -> str:
 
 
 class Sampler(threading.Thread):
-    def __init__(self, devnet: Devnet, meter: CpuMeter) -> None:
+    def __init__(self, devnet: DevnetCommand, meter: CpuMeter) -> None:
         super().__init__(daemon=True)
         self.devnet = devnet
         self.meter = meter
@@ -155,7 +155,9 @@ class ChangeFigures:
     window: float
 
 
-def measure_change(devnet: Devnet, meter: CpuMeter, epoch: int, window: float) -> ChangeFigures:
+def measure_change(
+    devnet: DevnetCommand, meter: CpuMeter, epoch: int, window: float
+) -> ChangeFigures:
     scheduled = devnet.epoch_start(epoch)
     wait_until(scheduled - 2.0)
     before = devnet.scrape()
@@ -218,7 +220,7 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 @dataclass
 class Writers:
-    devnet: Devnet
+    devnet: DevnetCommand
     count: int
     max_size: int
     stop: threading.Event = field(default_factory=threading.Event)
@@ -256,7 +258,7 @@ class Writers:
         return threads
 
 
-def churn(devnet: Devnet, arguments: argparse.Namespace, log: list[str]) -> float:
+def churn(devnet: DevnetCommand, arguments: argparse.Namespace, log: list[str]) -> float:
     """Kill three random peers every interval, restart each after the delay; returns the time
     of the last restart."""
     generator = random.Random(arguments.seed)
@@ -318,7 +320,7 @@ def main() -> None:
         f"epoch={arguments.epoch_duration}s changes={arguments.changes} churn={arguments.churn}"
     )
     directory = Path(tempfile.mkdtemp(prefix="walrus-epochs-"))
-    devnet = Devnet(
+    devnet = DevnetCommand(
         directory,
         peers=arguments.peers,
         shards=arguments.shards,

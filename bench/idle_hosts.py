@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from walrus_p2p.testing.devnet_process import CpuMeter, cpu_model, load_text
+from walrus_p2p.testing.processes import CpuMeter, cpu_model, load_text, stop_process
 
 CHILD = r"""
 import json, sys, time
@@ -109,10 +108,7 @@ def main() -> None:
         print(json.dumps({"peers": arguments.peers, "cores": round(used / elapsed, 4)}))
     finally:
         for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-        for process in processes:
-            process.wait(timeout=30)
+            stop_process(process, kill=True)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import statistics
 import tempfile
 import time
@@ -62,8 +61,7 @@ from walrus_p2p.core.encoding import EncodingConfig, shard_to_pair
 from walrus_p2p.core.genesis import Genesis
 from walrus_p2p.devnet import DevnetOptions, peer_dir, prepare
 from walrus_p2p.node.config import ensure_identity, load_identity
-from walrus_p2p.testing.network import free_tcp_port
-from walrus_p2p.testing.processes import PeerProcess, wait_until_answering
+from walrus_p2p.testing.processes import PeerProcess, free_tcp_port, wait_until_answering
 from walrus_p2p.types import BlobId, PeerId
 
 MIB = 1024 * 1024
@@ -140,10 +138,8 @@ class Bench:
     def kill_all(self) -> None:
         for peer in self.peers:
             if peer.process.process is not None:
-                with suppress(ProcessLookupError, OSError):
-                    os.killpg(peer.process.pid, signal.SIGKILL)
                 with suppress(Exception):
-                    peer.process.kill()
+                    peer.process.kill()  # SIGKILL to its process group, then reaped
 
 
 @contextmanager

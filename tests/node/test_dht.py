@@ -5,15 +5,21 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.node.netkit import STEP, bootstrap_all, open_peer, open_peers, seed_for
 from walrus_p2p.errors import PeerUnreachableError
 from walrus_p2p.net.host import peer_id_from_seed
+from walrus_p2p.testing.network import (
+    STEP,
+    bootstrap_all,
+    host_seed_for,
+    open_test_host,
+    open_test_hosts,
+)
 
 PEERS = 7
 
 
 async def test_every_peer_finds_every_other_through_the_dht() -> None:
-    async with open_peers(PEERS, dht="server") as peers:
+    async with open_test_hosts(PEERS, dht="server") as peers:
         await bootstrap_all(peers)
         for peer in peers:
             assert peer.discovery is not None
@@ -30,9 +36,9 @@ async def test_every_peer_finds_every_other_through_the_dht() -> None:
 
 
 async def test_light_peer_in_client_mode_finds_storage_peers_it_never_met() -> None:
-    async with open_peers(PEERS, dht="server", prefix="store") as peers:
+    async with open_test_hosts(PEERS, dht="server", prefix="store") as peers:
         await bootstrap_all(peers)
-        async with open_peer("light", dht="client") as light:
+        async with open_test_host("light", dht="client") as light:
             assert light.discovery is not None
             with trio.fail_after(STEP):
                 reached = await light.discovery.bootstrap(peers[0].host.peer_addrs)
@@ -50,9 +56,9 @@ async def test_light_peer_in_client_mode_finds_storage_peers_it_never_met() -> N
 
 
 async def test_bootstrap_failures_and_unknown_peers() -> None:
-    async with open_peers(2, dht="server", prefix="lonely") as (first, second):
+    async with open_test_hosts(2, dht="server", prefix="lonely") as (first, second):
         assert first.discovery is not None and second.discovery is not None
-        ghost = peer_id_from_seed(seed_for("nobody"))
+        ghost = peer_id_from_seed(host_seed_for("nobody"))
         with trio.fail_after(STEP):
             # Every bootstrap peer unreachable: an error, not a silent empty DHT.
             with pytest.raises(PeerUnreachableError):
@@ -64,6 +70,6 @@ async def test_bootstrap_failures_and_unknown_peers() -> None:
             assert reached == [first.host.peer_id]
             # A peer nobody has heard of. (The ghost above is not one: `first` keeps its
             # address in its peerstore and a kad FIND_NODE answer may include it.)
-            stranger = peer_id_from_seed(seed_for("stranger"))
+            stranger = peer_id_from_seed(host_seed_for("stranger"))
             with pytest.raises(PeerUnreachableError):
                 await second.discovery.find_peer(stranger, timeout=STEP)

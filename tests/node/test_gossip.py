@@ -13,7 +13,6 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_11
 from libp2p.pubsub.gossipsub import GossipSub
 
-from tests.node.netkit import STEP, Peer, open_peer, open_peers
 from walrus_p2p.errors import NetworkError, PeerUnreachableError, WireError
 from walrus_p2p.net.gossip import (
     GOSSIP_PROTOCOLS,
@@ -24,6 +23,7 @@ from walrus_p2p.net.gossip import (
     _CountedGossipSub,
 )
 from walrus_p2p.net.names import protocol_id, topic
+from walrus_p2p.testing.network import STEP, TestHost, open_test_host, open_test_hosts
 
 PEERS = 7
 NEWS = topic("test-net", "news")
@@ -34,7 +34,7 @@ def signed_looking(message: GossipMessage) -> bool:
     return message.data.startswith(b"valid:")
 
 
-async def connect_star(peers: list[Peer]) -> None:
+async def connect_star(peers: list[TestHost]) -> None:
     """Everyone connects to peers[0] and to its neighbour: a connected, non-trivial graph."""
     with trio.fail_after(STEP):
         for index, peer in enumerate(peers[1:], start=1):
@@ -44,7 +44,7 @@ async def connect_star(peers: list[Peer]) -> None:
 
 
 async def subscribe_all(
-    peers: list[Peer], validator: Callable[[GossipMessage], bool] | None = signed_looking
+    peers: list[TestHost], validator: Callable[[GossipMessage], bool] | None = signed_looking
 ) -> list[Subscription]:
     subscriptions = []
     for peer in peers:
@@ -60,7 +60,7 @@ async def subscribe_all(
     return subscriptions
 
 
-def gossip_of(peer: Peer) -> Gossip:
+def gossip_of(peer: TestHost) -> Gossip:
     assert peer.gossip is not None
     return peer.gossip
 
@@ -69,7 +69,7 @@ async def test_valid_message_reaches_all_and_invalid_reaches_none(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="walrus_p2p.net.gossip")
-    async with open_peers(PEERS, gossip=True, prefix="g") as peers:
+    async with open_test_hosts(PEERS, gossip=True, prefix="g") as peers:
         await connect_star(peers)
         subscriptions = await subscribe_all(peers)
         publisher = peers[3]
@@ -105,8 +105,8 @@ async def test_valid_message_reaches_all_and_invalid_reaches_none(
 async def test_local_publish_over_the_rate_limit_raises_instead_of_vanishing() -> None:
     config = GossipConfig(max_messages_per_topic_per_second=5)
     async with (
-        open_peer("fast", gossip=True, gossip_config=config) as fast,
-        open_peer("slow", gossip=True, gossip_config=config) as slow,
+        open_test_host("fast", gossip=True, gossip_config=config) as fast,
+        open_test_host("slow", gossip=True, gossip_config=config) as slow,
     ):
         await connect_star([fast, slow])
         subscriptions = await subscribe_all([fast, slow], validator=None)
@@ -168,7 +168,10 @@ async def test_malformed_pubsub_frames_do_not_kill_the_peer() -> None:
     async def echo(payload: bytes, remote: str) -> bytes:
         return payload
 
-    async with open_peers(3, gossip=True, prefix="victim") as peers, open_peer("attacker") as bad:
+    async with (
+        open_test_hosts(3, gossip=True, prefix="victim") as peers,
+        open_test_host("attacker") as bad,
+    ):
         victim = peers[0]
         victim.host.set_handler(echo_protocol, echo)
         await connect_star(peers)
@@ -210,11 +213,11 @@ async def test_shutdown_while_gossip_is_busy_is_clean() -> None:
     to new arrivals" from libp2p's services)."""
     received = trio.Event()
     async with trio.open_nursery() as nursery:
-        async with open_peers(4, gossip=True, prefix="busy") as peers:
+        async with open_test_hosts(4, gossip=True, prefix="busy") as peers:
             await connect_star(peers)
             subscriptions = await subscribe_all(peers, validator=None)
 
-            async def publish_forever(peer: Peer) -> None:
+            async def publish_forever(peer: TestHost) -> None:
                 index = 0
                 while True:
                     index += 1

@@ -18,10 +18,10 @@ from libp2p.security.noise import io as noise_io
 from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux as yamux_module
 
-from tests.node.netkit import STEP, open_peer
 from walrus_p2p.net import libp2p_patches
 from walrus_p2p.net.names import protocol_id
 from walrus_p2p.net.stream import Stream
+from walrus_p2p.testing.network import STEP, open_test_host
 
 BULK = protocol_id("test-net", "bulk")
 
@@ -136,7 +136,7 @@ async def test_large_transfers_arrive_exactly_and_frames_fit_one_noise_message(
         await original(self, msg, prefix_encoded)
 
     monkeypatch.setattr(noise_io.BaseNoiseMsgReadWriter, "write_msg", recording)
-    async with open_peer("alice") as alice, open_peer("bob") as bob:
+    async with open_test_host("alice") as alice, open_test_host("bob") as bob:
         assert yamux_module.MAX_MESSAGE_SIZE == noise_io.MAX_PLAINTEXT_LENGTH
         received: list[bytes] = []
 

@@ -192,7 +192,7 @@ async def test_new_peer_pulls_its_shards_and_serves_older_blobs(
 
 
 def network_peer(network: EpochTestNetwork, peer_id: PeerId) -> EpochPeer:
-    (peer,) = [peer for peer in network.peers.values() if peer.peer_id == peer_id]
+    (peer,) = [peer for peer in network.peers if peer.peer_id == peer_id]
     return peer
 
 

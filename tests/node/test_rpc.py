@@ -7,7 +7,6 @@ import logging
 import pytest
 import trio
 
-from tests.node.netkit import STEP, open_peer, seed_for
 from walrus_p2p.errors import (
     ConfigError,
     NetworkError,
@@ -22,6 +21,7 @@ from walrus_p2p.net.host import Host, HostConfig, open_host, peer_id_from_seed, 
 from walrus_p2p.net.names import protocol_id
 from walrus_p2p.net.rpc import HandlerLimits
 from walrus_p2p.net.stream import Stream
+from walrus_p2p.testing.network import STEP, host_seed_for, open_test_host
 from walrus_p2p.types import PeerId
 
 ECHO = protocol_id("test-net", "echo")
@@ -48,7 +48,7 @@ async def assert_still_serving(client: Host, server: Host) -> None:
 
 
 async def test_same_seed_same_peer_id_across_restarts() -> None:
-    seed = seed_for("restart")
+    seed = host_seed_for("restart")
     with trio.fail_after(STEP):
         async with open_host(HostConfig(seed=seed)) as first:
             first_id = first.peer_id
@@ -59,7 +59,7 @@ async def test_same_seed_same_peer_id_across_restarts() -> None:
 
 
 async def test_round_trip_and_many_sequential_requests() -> None:
-    async with open_peer("alice") as alice, open_peer("bob") as bob:
+    async with open_test_host("alice") as alice, open_test_host("bob") as bob:
         serve_echo(bob.host)
         with trio.fail_after(STEP):
             await alice.host.connect(bob.host.peer_id, bob.host.listen_addrs, timeout=STEP)
@@ -84,7 +84,7 @@ async def test_round_trip_and_many_sequential_requests() -> None:
 
 
 async def test_request_dials_from_known_addresses_and_bootstrap_string() -> None:
-    async with open_peer("alice") as alice, open_peer("bob") as bob:
+    async with open_test_host("alice") as alice, open_test_host("bob") as bob:
         serve_echo(bob.host)
         peer_id, address = split_peer_addr(bob.host.peer_addrs[0])
         assert peer_id == bob.host.peer_id
@@ -102,7 +102,7 @@ async def test_handler_errors_become_remote_errors_and_host_survives(
         raise RuntimeError("secret internal detail")
 
     failing_protocol = protocol_id("test-net", "failing")
-    async with open_peer("alice") as alice, open_peer("bob") as bob:
+    async with open_test_host("alice") as alice, open_test_host("bob") as bob:
         serve_echo(bob.host)
         introduce(alice.host, bob.host)
         bob.host.set_handler(failing_protocol, failing)
@@ -125,7 +125,7 @@ async def test_handler_errors_become_remote_errors_and_host_survives(
 
 
 async def test_oversized_request_is_refused_before_it_is_read() -> None:
-    async with open_peer("alice") as alice, open_peer("bob") as bob:
+    async with open_test_host("alice") as alice, open_test_host("bob") as bob:
         serve_echo(bob.host)  # max_request=1024
         introduce(alice.host, bob.host)
         with trio.fail_after(STEP):
@@ -156,7 +156,7 @@ async def test_oversized_request_is_refused_before_it_is_read() -> None:
 
 
 async def test_garbage_and_truncated_requests_leave_the_server_serving() -> None:
-    async with open_peer("alice") as alice, open_peer("bob") as bob:
+    async with open_test_host("alice") as alice, open_test_host("bob") as bob:
         serve_echo(bob.host)
         introduce(alice.host, bob.host)
         introduce(alice.host, bob.host)
@@ -212,7 +212,7 @@ async def test_misbehaving_server_gives_the_right_client_errors() -> None:
         else:
             await write_frame(stream, b"\x00fine", max_size=1024)
 
-    async with open_peer("alice") as alice, open_peer("bob") as bob:
+    async with open_test_host("alice") as alice, open_test_host("bob") as bob:
         bob.host.set_stream_handler(RAW, misbehave)
         serve_echo(bob.host)
         introduce(alice.host, bob.host)
@@ -235,10 +235,10 @@ async def test_misbehaving_server_gives_the_right_client_errors() -> None:
 
 
 async def test_unreachable_peer_and_unknown_protocol() -> None:
-    async with open_peer("alice") as alice, open_peer("bob") as bob:
+    async with open_test_host("alice") as alice, open_test_host("bob") as bob:
         serve_echo(bob.host)
         introduce(alice.host, bob.host)
-        ghost = peer_id_from_seed(seed_for("ghost"))
+        ghost = peer_id_from_seed(host_seed_for("ghost"))
         bob_address = bob.host.listen_addrs[0]
         dead_address = "/ip4/127.0.0.1/tcp/1"
         with trio.fail_after(STEP):
@@ -258,8 +258,8 @@ async def test_unreachable_peer_and_unknown_protocol() -> None:
 
 
 async def test_failed_dial_does_not_block_an_explicit_reconnect() -> None:
-    seed = seed_for("comeback")
-    async with open_peer("alice") as alice:
+    seed = host_seed_for("comeback")
+    async with open_test_host("alice") as alice:
         async with open_host(HostConfig(seed=seed)) as first:
             address = first.listen_addrs[0]
             peer_id = first.peer_id
@@ -291,7 +291,7 @@ async def test_timeout_during_a_large_write_keeps_the_connection_usable() -> Non
             pass
         await trio.sleep(STEP)
 
-    async with open_peer("alice") as alice, open_peer("bob") as bob:
+    async with open_test_host("alice") as alice, open_test_host("bob") as bob:
         serve_echo(bob.host)
         introduce(alice.host, bob.host)
         bob.host.set_stream_handler(RAW, drains_and_never_answers)
@@ -315,7 +315,7 @@ async def test_concurrent_requests_share_one_connection() -> None:
         return payload
 
     slow = protocol_id("test-net", "slow")
-    async with open_peer("alice") as alice, open_peer("bob") as bob:
+    async with open_test_host("alice") as alice, open_test_host("bob") as bob:
         bob.host.set_handler(slow, slow_echo, HandlerLimits(max_concurrent=8))
         introduce(alice.host, bob.host)
         replies: dict[int, bytes] = {}
@@ -339,19 +339,19 @@ async def test_host_configuration_errors() -> None:
             pass
     with pytest.raises(ConfigError):
         async with open_host(
-            HostConfig(seed=seed_for("ws"), listen_addrs=("/ip4/127.0.0.1/tcp/0/ws",))
+            HostConfig(seed=host_seed_for("ws"), listen_addrs=("/ip4/127.0.0.1/tcp/0/ws",))
         ):
             pass
     with pytest.raises(WireError):
         split_peer_addr("/ip4/127.0.0.1/tcp/1")
-    async with open_host(HostConfig(seed=seed_for("first"))) as first:
+    async with open_host(HostConfig(seed=host_seed_for("first"))) as first:
         taken = first.listen_addrs[0]
         with pytest.raises(NetworkError):
-            async with open_host(HostConfig(seed=seed_for("second"), listen_addrs=(taken,))):
+            async with open_host(HostConfig(seed=host_seed_for("second"), listen_addrs=(taken,))):
                 pass
 
 
 async def test_caller_errors_leave_the_host_context_unwrapped() -> None:
     with pytest.raises(NotFoundError, match="plain"):
-        async with open_peer("plain", dht="server", gossip=True):
+        async with open_test_host("plain", dht="server", gossip=True):
             raise NotFoundError("plain")

@@ -1,9 +1,10 @@
 """Multi-process tests (issue 5): a devnet of real `walrus-peer` processes on 127.0.0.1.
 
-One devnet for the module (7 storage peers, 20 shards, so f = 6; see ``testnet_kit``), with two
-`walrus-peer serve` gateways: ``main`` (default limits, 64 MiB bodies) and ``limits`` (64 KiB
-bodies, one write and one read at a time) for the load-shedding tests. Storage peers serve
-Prometheus metrics so tests can see what the peers did, not only what the client says.
+One devnet for the module (7 storage peers, 20 shards, so f = 6; see
+``walrus_p2p.testing.processes.Devnet``), with two `walrus-peer serve` gateways: ``main`` (default
+limits, 64 MiB bodies) and ``limits`` (64 KiB bodies, one write and one read at a time) for the
+load-shedding tests. Storage peers serve Prometheus metrics so tests can see what the peers did,
+not only what the client says.
 
 What each test proves is in its docstring. Every network call has a timeout and every wait a
 deadline; the fixture stops every process it started, also when a test fails.
@@ -25,22 +26,22 @@ from typing import Any
 
 import httpx
 import pytest
-from testnet_kit import (
-    CLI_TIMEOUT_SECONDS,
+
+from walrus_p2p.core.committee import quorum_threshold
+from walrus_p2p.core.encoding import EncodingConfig, pair_to_shard
+from walrus_p2p.core.metadata import blob_id_of
+from walrus_p2p.testing.processes import (
+    CLIENT_CLI_TIMEOUT,
     Devnet,
     Gateway,
     cli_command,
-    free_port,
+    free_tcp_port,
     peers_holding_at_most,
     poll_until,
     processes_mentioning,
     stop_process,
     tail,
 )
-
-from walrus_p2p.core.committee import quorum_threshold
-from walrus_p2p.core.encoding import EncodingConfig, pair_to_shard
-from walrus_p2p.core.metadata import blob_id_of
 from walrus_p2p.types import blob_id_from_text, blob_id_to_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -361,7 +362,7 @@ def test_cli_store_of_64_mib_has_bounded_peak_memory(
             if pid == process.pid:
                 process.returncode = os.waitstatus_to_exitcode(status)
                 break
-            if time.monotonic() - started > CLI_TIMEOUT_SECONDS:
+            if time.monotonic() - started > CLIENT_CLI_TIMEOUT:
                 raise AssertionError("walrus-peer store of 64 MiB did not finish in time")
             time.sleep(0.1)
     finally:
@@ -679,7 +680,7 @@ def test_devnet_command_runs_the_demo_and_stops_its_peers(tmp_path: Path) -> Non
         "--shards",
         "10",
         "--http",
-        f"127.0.0.1:{free_port()}",
+        f"127.0.0.1:{free_tcp_port()}",
         "--max-concurrent-writes",
         "2",
         "--demo",

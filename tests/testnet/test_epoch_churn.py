@@ -2,7 +2,7 @@
 
 ``walrus-peer devnet`` (one ``walrus-peer run`` process per peer plus the HTTP gateway) with a
 short epoch, driven from outside through the gateway's HTTP API and by signals, with
-:class:`walrus_p2p.testing.devnet_process.Devnet` (the helper ``bench/epochs.py`` uses too).
+:class:`walrus_p2p.testing.processes.DevnetCommand` (the helper ``bench/epochs.py`` uses too).
 These are the bench's scenarios shortened to fit CI; the bench measures the figures (time to
 decide, messages, CPU, writability), these tests check behaviour only:
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from walrus_p2p.testing.devnet_process import Devnet, http_get, http_put
+from walrus_p2p.testing.processes import DevnetCommand, http_get, http_put
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -40,7 +40,7 @@ PEERS = 20
 SHARDS = 100
 
 
-def status(devnet: Devnet) -> tuple[int, dict[str, object]]:
+def status(devnet: DevnetCommand) -> tuple[int, dict[str, object]]:
     code, body = http_get(devnet.url("/status"), 5.0)
     try:
         parsed = json.loads(body)
@@ -49,13 +49,15 @@ def status(devnet: Devnet) -> tuple[int, dict[str, object]]:
     return code, parsed if isinstance(parsed, dict) else {}
 
 
-def gateway_epoch(devnet: Devnet) -> int:
+def gateway_epoch(devnet: DevnetCommand) -> int:
     _code, body = status(devnet)
     epoch = body.get("epoch")
     return epoch if isinstance(epoch, int) else -1
 
 
-def store(devnet: Devnet, data: bytes, timeout: float = 180.0) -> tuple[int, str | None, str]:
+def store(
+    devnet: DevnetCommand, data: bytes, timeout: float = 180.0
+) -> tuple[int, str | None, str]:
     """``PUT /v1/blobs``: (HTTP status, blob id or None, error reason or '')."""
     code, body = http_put(devnet.url("/v1/blobs?epochs=5"), data, timeout)
     try:
@@ -69,11 +71,11 @@ def store(devnet: Devnet, data: bytes, timeout: float = 180.0) -> tuple[int, str
     return code, None, str((reply.get("error") or {}).get("reason"))
 
 
-def read(devnet: Devnet, blob_id: str) -> tuple[int, bytes]:
+def read(devnet: DevnetCommand, blob_id: str) -> tuple[int, bytes]:
     return http_get(devnet.url(f"/v1/blobs/{blob_id}"), 120.0)
 
 
-def peer_epochs(devnet: Devnet) -> dict[int, int]:
+def peer_epochs(devnet: DevnetCommand) -> dict[int, int]:
     return {
         index: int(values.get("walrus_epoch_current", -1))
         for index, values in devnet.scrape().items()
@@ -92,10 +94,10 @@ def wait_for(what: str, check: object, timeout: float, every: float = 1.0) -> No
 
 @pytest.fixture
 def make_devnet(tmp_path: Path) -> Iterator[object]:
-    started: list[Devnet] = []
+    started: list[DevnetCommand] = []
 
-    def make(epoch_duration: int) -> Devnet:
-        devnet = Devnet(tmp_path, peers=PEERS, shards=SHARDS, epoch_duration=epoch_duration)
+    def make(epoch_duration: int) -> DevnetCommand:
+        devnet = DevnetCommand(tmp_path, peers=PEERS, shards=SHARDS, epoch_duration=epoch_duration)
         started.append(devnet)
         devnet.start()
         devnet.wait_ready(240.0)
@@ -110,7 +112,7 @@ def make_devnet(tmp_path: Path) -> Iterator[object]:
 
 def test_ten_epoch_changes_are_decided_and_blobs_read_back(make_devnet: object) -> None:
     assert callable(make_devnet)
-    devnet: Devnet = make_devnet(12)
+    devnet: DevnetCommand = make_devnet(12)
     blobs: dict[str, bytes] = {}
 
     def put(data: bytes) -> None:
@@ -144,7 +146,7 @@ def test_ten_epoch_changes_are_decided_and_blobs_read_back(make_devnet: object) 
 
 @dataclass
 class Writers:
-    devnet: Devnet
+    devnet: DevnetCommand
     stop: threading.Event = field(default_factory=threading.Event)
     stored: dict[str, bytes] = field(default_factory=dict)
     failures: list[tuple[int, str]] = field(default_factory=list)
@@ -170,7 +172,7 @@ class Writers:
 def test_churn_loses_no_certified_blob_and_the_network_recovers(make_devnet: object) -> None:
     assert callable(make_devnet)
     epoch_duration = 20
-    devnet: Devnet = make_devnet(epoch_duration)
+    devnet: DevnetCommand = make_devnet(epoch_duration)
     writers = Writers(devnet)
     threads = [threading.Thread(target=writers.run, args=(seed,), daemon=True) for seed in (1, 2)]
     for thread in threads:

@@ -1,13 +1,13 @@
 """Faults on a 20-process network (issue 7): kills, hung peers, lying peers; no blob is lost.
 
-One network for the module: 20 `walrus-peer run` processes on 127.0.0.1 holding n = 20 shards,
-one shard each (f = 6, write quorum 14, a read needs kp = 8 primary or ks = 14 secondary
-slivers), laid out as `walrus-peer devnet` lays it out (``testnet_kit.Devnet``). The tests drive
+One network for the module: 20 `walrus-peer run` processes on 127.0.0.1 holding n = 20 shards, one
+shard each (f = 6, write quorum 14, a read needs kp = 8 primary or ks = 14 secondary slivers), laid
+out as `walrus-peer devnet` lays it out (``walrus_p2p.testing.processes.Devnet``). The tests drive
 it through an in-process light peer (:func:`walrus_p2p.client.service.open_client`) so that they
-can kill peers at exact moments: while a read is in flight, between two acknowledged slivers of
-a store. Every certified blob goes into one module-wide ledger; every test ends by reading the
-whole ledger back, and the last test checks that every one of the 20 peers holds (and serves,
-verifiably) its slivers of every ledger blob: nothing certified is lost or read back wrong.
+can kill peers at exact moments: while a read is in flight, between two acknowledged slivers of a
+store. Every certified blob goes into one module-wide ledger; every test ends by reading the whole
+ledger back, and the last test checks that every one of the 20 peers holds (and serves, verifiably)
+its slivers of every ledger blob: nothing certified is lost or read back wrong.
 
 Faults, at most f shards at a time, so a write quorum always remains:
 
@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
-from testnet_kit import Devnet, tail
 
 from walrus_p2p.client.network import LightPeer, open_light_peer
 from walrus_p2p.client.read import ReadOptions
@@ -49,7 +48,7 @@ from walrus_p2p.core.genesis import Genesis
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.errors import WalrusError
 from walrus_p2p.node.config import ensure_identity, load_genesis
-from walrus_p2p.testing.processes import wait_holding
+from walrus_p2p.testing.processes import Devnet, tail, wait_holding
 from walrus_p2p.types import BlobId, PeerId, short_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -1,20 +1,18 @@
-"""A restartable in-process network for the healing tests and ``bench/repair.py``.
+"""The healing preset of the in-process network builder, and writers that misbehave.
 
-:mod:`walrus_p2p.testing.network` starts a fixed set of peers; healing needs more: stop one
-peer, wipe its store (keeping its identity and address), start it again; peers with short
-healing delays; and writers that misbehave — one that skips some peers (so they must sync
-after the certificate) and one whose encoding is inconsistent. Identities, genesis and ports
-come from :mod:`walrus_p2p.testing.network`.
+Who uses it: ``tests/node/test_healing.py`` and ``bench/repair.py``. The network is built by
+:func:`walrus_p2p.testing.network.open_network` (stop a peer, wipe its store keeping its
+identity and address, start it again: :meth:`TestNetwork.stop` / :meth:`TestNetwork.start`);
+:func:`open_healing_grid` only picks the options: short healing delays, a large store, epochs
+of a week. The rest of the module are test writers: one that skips some peers (so they must
+sync after the certificate) and one whose encoding is inconsistent.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,6 @@ from walrus_p2p.core.blob_messages import (
     PostBlobRecordsRequest,
     encode_records,
 )
-from walrus_p2p.core.committee import Member
 from walrus_p2p.core.encoding import (
     EncodedBlob,
     EncodingConfig,
@@ -38,7 +35,7 @@ from walrus_p2p.core.encoding import (
     pair_secondary_index,
     pair_to_shard,
 )
-from walrus_p2p.core.genesis import Genesis, Limits, create_genesis_toml, parse_genesis
+from walrus_p2p.core.genesis import Limits
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.core.metadata import (
     ENCODING_RED_STUFF,
@@ -49,12 +46,11 @@ from walrus_p2p.core.metadata import (
     encode_blob,
 )
 from walrus_p2p.errors import QuorumError, WalrusError
-from walrus_p2p.node.healing import HealingService
+from walrus_p2p.node.epochs import EpochOptions
 from walrus_p2p.node.healing_options import HealingOptions
-from walrus_p2p.node.peer import PeerOptions, StoragePeerService
+from walrus_p2p.node.peer import PeerOptions
 from walrus_p2p.node.protocol import owned_pairs
-from walrus_p2p.storage import DEFAULT_INLINE_LIMIT, DiskStore, open_store
-from walrus_p2p.testing.network import free_tcp_port, make_identities, seed_for
+from walrus_p2p.testing.network import NetworkOptions, TestNetwork, TestPeer, open_network
 from walrus_p2p.types import BlobId, Epoch, PeerId, SliverKind
 
 CAPACITY_BYTES = 8 << 30
@@ -75,97 +71,8 @@ FAST_HEALING = HealingOptions(
 )
 """Short delays; scrub and GC are run by the tests themselves (long intervals here)."""
 
-
-@dataclass
-class GridPeer:
-    """One slot of the grid: identity and address stay, the service changes on restart."""
-
-    index: int
-    identity: Identity
-    address: str
-    store_dir: Path
-    service: StoragePeerService | None = None
-    store: DiskStore | None = None
-    scope: trio.CancelScope | None = None
-    stopped: trio.Event = field(default_factory=trio.Event)
-
-    @property
-    def peer_id(self) -> PeerId:
-        return self.identity.peer_id
-
-    @property
-    def running(self) -> StoragePeerService:
-        if self.service is None:
-            raise RuntimeError(f"peer {self.index} is not running")
-        return self.service
-
-    @property
-    def healing(self) -> HealingService:
-        healing = self.running.healing
-        if healing is None:
-            raise RuntimeError(f"peer {self.index} has no healing service yet")
-        return healing
-
-
-class HealingGrid:
-    """Storage peers that can be stopped, wiped and restarted inside one trio run."""
-
-    def __init__(
-        self,
-        genesis: Genesis,
-        peers: list[GridPeer],
-        nursery: trio.Nursery,
-        healing: HealingOptions,
-        inline_limit: int | None,
-    ) -> None:
-        self.genesis = genesis
-        self.peers = peers
-        self._nursery = nursery
-        self.healing = healing
-        self.inline_limit = inline_limit
-
-    def peer(self, peer_id: PeerId) -> GridPeer:
-        for slot in self.peers:
-            if slot.peer_id == peer_id:
-                return slot
-        raise KeyError(peer_id)
-
-    async def _serve(self, slot: GridPeer, task_status: trio.TaskStatus[None]) -> None:
-        store = open_store(
-            slot.store_dir,
-            capacity_bytes=CAPACITY_BYTES,
-            fsync=False,
-            inline_limit=DEFAULT_INLINE_LIMIT if self.inline_limit is None else self.inline_limit,
-        )
-        service = StoragePeerService(
-            identity=slot.identity,
-            genesis=self.genesis,
-            store=store,
-            options=PeerOptions(listen_addrs=(slot.address,), healing=self.healing),
-        )
-        slot.stopped = trio.Event()
-        try:
-            with trio.CancelScope() as scope:
-                slot.scope, slot.service, slot.store = scope, service, store
-                async with trio.open_nursery() as inner:
-                    await inner.start(service.run)
-                    task_status.started()
-        finally:
-            slot.service = slot.store = slot.scope = None
-            store.close()
-            slot.stopped.set()
-
-    async def start(self, index: int) -> None:
-        await self._nursery.start(self._serve, self.peers[index])
-
-    async def stop(self, index: int, *, wipe: bool = False, timeout: float = 20.0) -> None:
-        slot = self.peers[index]
-        if slot.scope is not None:
-            slot.scope.cancel()
-            with trio.fail_after(timeout):
-                await slot.stopped.wait()
-        if wipe:
-            shutil.rmtree(slot.store_dir, ignore_errors=True)
+GridPeer = TestPeer
+HealingGrid = TestNetwork
 
 
 @asynccontextmanager
@@ -178,44 +85,26 @@ async def open_healing_grid(
     limits: Limits | None = None,
     inline_limit: int | None = None,
     directory: Path | None = None,
-) -> AsyncIterator[HealingGrid]:
-    identities = make_identities(network, peers)
-    addresses = [f"/ip4/127.0.0.1/tcp/{free_tcp_port()}" for _ in identities]
-    # Genesis now with long epochs: the grid stays in epoch 0 (epoch changes are not its topic).
-    members = [
-        Member.from_public_key(identity.public_key.raw, 1, [address])
-        for identity, address in zip(identities, addresses, strict=True)
-    ]
-    genesis = parse_genesis(
-        create_genesis_toml(
-            network=network,
-            n_shards=n_shards,
-            members=members,
-            genesis_time=int(time.time()),
-            epoch_duration_seconds=EPOCH_SECONDS,
-            limits=limits,
-        ),
-        source=f"<healing grid {network}>",
+) -> AsyncIterator[TestNetwork]:
+    """``peers`` running peers with short healing delays; the genesis is now with week-long
+    epochs, so the grid stays in epoch 0 (epoch changes are not its topic)."""
+    options = NetworkOptions(
+        n_shards=n_shards,
+        network=network,
+        epochs=EpochOptions(),
+        epoch_seconds=EPOCH_SECONDS,
+        healing=healing,
+        limits=limits,
+        capacity_bytes=CAPACITY_BYTES,
+        inline_limit=inline_limit,
+        request_timeout=PeerOptions(listen_addrs=()).request_timeout,
     )
-    async with AsyncExitStack() as stack:
-        if directory is None:
-            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="walrus-")))
-        slots = [
-            GridPeer(index, identity, address, directory / f"peer-{index:02d}" / "store")
-            for index, (identity, address) in enumerate(zip(identities, addresses, strict=True))
-        ]
-        async with trio.open_nursery() as nursery:
-            grid = HealingGrid(genesis, slots, nursery, healing, inline_limit)
-            for index in range(peers):
-                await grid.start(index)
-            try:
-                yield grid
-            finally:
-                nursery.cancel_scope.cancel()
+    async with open_network(peers, options, directory=directory) as grid:
+        yield grid
 
 
-def owner_identity(grid: HealingGrid) -> Identity:
-    return Identity.from_seed(seed_for(grid.genesis.network, "owner"))
+def owner_identity(grid: TestNetwork) -> Identity:
+    return grid.owner
 
 
 # -- writers ---------------------------------------------------------------------------------
@@ -408,6 +297,6 @@ class _TamperedBlob:
         return self._honest.sliver(sliver_type, index)
 
 
-def holder_of_pair(grid: HealingGrid, blob_id: BlobId, pair: int) -> GridPeer:
+def holder_of_pair(grid: TestNetwork, blob_id: BlobId, pair: int) -> TestPeer:
     n_shards = grid.genesis.n_shards
     return grid.peer(grid.genesis.committee.peer_of(pair_to_shard(blob_id, pair, n_shards)))
