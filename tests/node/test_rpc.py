@@ -18,6 +18,7 @@ from walrus_p2p.errors import (
 )
 from walrus_p2p.net.framing import encode_header, read_frame, write_frame
 from walrus_p2p.net.host import Host, HostConfig, open_host, peer_id_from_seed, split_peer_addr
+from walrus_p2p.net.inbound import InboundLimits
 from walrus_p2p.net.names import protocol_id
 from walrus_p2p.net.rpc import HandlerLimits
 from walrus_p2p.net.stream import Stream
@@ -355,3 +356,44 @@ async def test_caller_errors_leave_the_host_context_unwrapped() -> None:
     with pytest.raises(NotFoundError, match="plain"):
         async with open_test_host("plain", dht="server", gossip=True):
             raise NotFoundError("plain")
+
+
+async def test_streams_beyond_the_inbound_limit_are_answered_busy() -> None:
+    """A remote peer's request streams beyond ``max_streams_per_peer`` are refused with BUSY
+    before they are read; the admitted ones complete, and the counts say why."""
+    release = trio.Event()
+    started = 0
+
+    async def slow(payload: bytes | bytearray, remote: PeerId) -> bytes:
+        nonlocal started
+        started += 1
+        await release.wait()
+        return b"done"
+
+    limits = InboundLimits(max_streams_per_peer=2)
+    async with (
+        open_test_host("alice") as alice,
+        open_host(HostConfig(seed=host_seed_for("bob"), inbound=limits)) as bob,
+    ):
+        bob.set_handler(ECHO, slow, HandlerLimits(max_request=1024))
+        introduce(alice.host, bob)
+        outcomes: list[object] = []
+
+        async def ask() -> None:
+            try:
+                outcomes.append(await alice.host.request(bob.peer_id, ECHO, b"x", timeout=STEP))
+            except RemoteError as error:
+                outcomes.append(error.reason)
+
+        with trio.fail_after(STEP):
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(ask)
+                while len(outcomes) < 1 or started < 2:
+                    await trio.sleep(0.01)
+                assert outcomes == ["BUSY"] and started == 2
+                assert bob.inbound.streams == 2
+                release.set()
+        assert sorted(map(str, outcomes)) == ["BUSY", "b'done'", "b'done'"]
+        assert bob.inbound.counts[("refused", "streams_per_peer")] == 1
+        assert bob.inbound.streams == 0 and bob.inbound.held_bytes == 0

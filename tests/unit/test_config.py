@@ -12,6 +12,7 @@ import pytest
 from walrus_p2p.core.genesis import create_genesis_toml
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.errors import ConfigError
+from walrus_p2p.net.inbound import InboundLimits
 from walrus_p2p.node import config
 
 SEED = bytes(range(32))
@@ -90,6 +91,38 @@ def test_weight_and_candidacy_come_from_peer_toml(tmp_path: Path, genesis_path: 
     )
     loaded = config.load_peer(data_dir).config
     assert (loaded.weight, loaded.candidate) == (config.DEFAULT_WEIGHT, True)
+
+
+def test_inbound_limits_come_from_an_optional_table(tmp_path: Path, genesis_path: Path) -> None:
+    data_dir = tmp_path / "limits"
+    config.init_peer(data_dir, genesis_path, LISTEN)
+    assert config.load_peer(data_dir).config.inbound == InboundLimits()
+    config_file = data_dir / "peer.toml"
+    config_file.write_text(
+        config_file.read_text() + "\n[inbound]\nmax_streams_per_peer = 16\nmax_bytes = 1048576\n"
+    )
+    loaded = config.load_peer(data_dir).config.inbound
+    assert loaded == InboundLimits(max_streams_per_peer=16, max_bytes=1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("max_streams = 0", "inbound: .*max_streams must be a positive integer"),
+        ('max_bytes = "1G"', "inbound: .*max_bytes must be a positive integer"),
+        ("streams = 5", "inbound.streams: unknown field"),
+    ],
+)
+def test_bad_inbound_limits_are_refused(
+    tmp_path: Path, genesis_path: Path, table: str, message: str
+) -> None:
+    data_dir = tmp_path / "bad-limits"
+    config.init_peer(data_dir, genesis_path, LISTEN)
+    config_file = data_dir / "peer.toml"
+    config_file.write_text(config_file.read_text() + f"\n[inbound]\n{table}\n")
+    with pytest.raises(ConfigError, match=message) as caught:
+        config.load_peer(data_dir)
+    assert caught.value.path == str(config_file)
 
 
 def test_devnet_peers_are_in_the_genesis_committee(tmp_path: Path, genesis_path: Path) -> None:
@@ -204,6 +237,7 @@ def test_missing_files(tmp_path: Path, genesis_path: Path) -> None:
         (("candidate = true", "candidate = 1"), "candidate: must be true or false"),
         (("version = 1", "version = 1\nextra = 2"), "extra: unknown field"),
         (("version = 1", "version = [1"), "not valid TOML"),
+        (("version = 1", "version = 1\ninbound = 3"), "inbound: must be a table"),
     ],
 )
 def test_corrupt_config(
@@ -273,3 +307,11 @@ def test_ensure_identity_takes_the_key_another_process_created_first(
     assert not created
     assert second.peer_id == first.peer_id
     assert len(calls) == 2
+
+
+def test_the_home_profile_loads_with_the_default_inbound_limits(tmp_path: Path) -> None:
+    profile = Path(__file__).resolve().parents[2] / "peers" / "home.toml"
+    (tmp_path / "peer.toml").write_bytes(profile.read_bytes())
+    loaded = config.load_config(tmp_path)
+    assert loaded.inbound == InboundLimits()
+    assert loaded.metrics_address == "127.0.0.1:9464"

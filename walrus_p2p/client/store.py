@@ -67,6 +67,7 @@ RETRYABLE_REASONS = frozenset(
         "PEER_UNREACHABLE",
         "TIMEOUT",
         "RATE_LIMITED",
+        "BUSY",
         "SLIVERS_MISSING",
         "NETWORK_ERROR",
         "STORAGE_ERROR",

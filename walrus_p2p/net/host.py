@@ -24,7 +24,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import libp2p
@@ -49,6 +49,7 @@ from walrus_p2p.errors import (
 )
 from walrus_p2p.net import libp2p_patches, rpc
 from walrus_p2p.net._groups import is_nursery_closed, sole_body_error
+from walrus_p2p.net.inbound import InboundBudget, InboundLimits
 from walrus_p2p.net.logs import route_libp2p_logs
 from walrus_p2p.net.stream import Stream
 from walrus_p2p.types import PeerId
@@ -77,6 +78,7 @@ class HostConfig:
     ``min_connections``/``max_connections``: libp2p's auto-connector dials peers from the
     peerstore while fewer than ``min_connections`` are open, aiming at the midpoint of the two;
     the pruner trims above ``max_connections`` (library defaults: 50..200, target 170 dials).
+    ``inbound``: limits on request streams and bytes from remote peers (net/inbound.py).
     """
 
     seed: bytes
@@ -87,6 +89,7 @@ class HostConfig:
     failed_dial_block_seconds: float = 5.0
     min_connections: int = 8
     max_connections: int = 128
+    inbound: InboundLimits = field(default_factory=InboundLimits)
 
 
 def parse_peer_id(text: str) -> Any:
@@ -150,6 +153,8 @@ class Host:
         self._config = config
         self._peer_id = PeerId(raw.get_id().to_base58())
         self._limiters: dict[str, trio.CapacityLimiter] = {}
+        self.inbound = InboundBudget(config.inbound)
+        """Request streams and bytes granted to remote peers, on every protocol (net/inbound.py)."""
 
     # -- identity and addresses -------------------------------------------------------------
 
@@ -308,7 +313,7 @@ class Host:
         self._limiters[protocol_id] = limiter
 
         async def on_stream(stream: Stream) -> None:
-            await rpc.serve_stream(stream, handler, limits, limiter)
+            await rpc.serve_stream(stream, handler, limits, limiter, self.inbound)
 
         self.set_stream_handler(protocol_id, on_stream)
 

@@ -40,6 +40,7 @@ from walrus_p2p.net.framing import (
     read_header,
     write_frame,
 )
+from walrus_p2p.net.inbound import InboundBudget, InboundLimits
 from walrus_p2p.net.stream import Stream
 from walrus_p2p.net.traffic import TRAFFIC
 from walrus_p2p.types import PeerId
@@ -133,17 +134,39 @@ async def _send_error(stream: Stream, reason: str, message: str) -> bool:
 
 
 async def serve_stream(
-    stream: Stream, handler: Handler, limits: HandlerLimits, limiter: trio.CapacityLimiter
+    stream: Stream,
+    handler: Handler,
+    limits: HandlerLimits,
+    limiter: trio.CapacityLimiter,
+    budget: InboundBudget | None = None,
 ) -> None:
-    """Serve one request stream. Never raises (except cancellation); always closes the stream."""
+    """Serve one request stream. Never raises (except cancellation); always closes the stream.
+
+    ``budget`` (the host's, :mod:`walrus_p2p.net.inbound`) admits the stream and grants the
+    request's announced size before its body is read; a stream beyond the remote's or the
+    host's stream limit is answered ``BUSY`` at once."""
     peer = stream.remote_peer_id
     protocol = stream.protocol_id
+    budget = budget if budget is not None else InboundBudget(InboundLimits())
+    refused = budget.admit(peer)
+    if refused is not None:
+        logger.info(
+            "request stream refused peer=%s protocol=%s limit=%s", peer[:12], protocol, refused
+        )
+        try:
+            await _send_error(stream, "BUSY", f"too many request streams ({refused}); retry later")
+        finally:
+            await stream.close()
+        return
+    granted = 0
     ok = False
     try:
         request: bytes | bytearray | None = None
         try:
             with trio.move_on_after(limits.read_timeout):
                 size = await read_header(stream, max_size=limits.max_request)
+                await budget.reserve(peer, size)
+                granted = size
                 request = await read_exactly(stream, size, "body")
         except WireError as error:
             logger.info("rejected request peer=%s protocol=%s error=%s", peer[:12], protocol, error)
@@ -212,6 +235,7 @@ async def serve_stream(
         # connection (or the host) down with it.
         logger.exception("request stream failed peer=%s protocol=%s", peer[:12], protocol)
     finally:
+        budget.leave(peer, granted)
         if ok:
             await stream.close()
         else:

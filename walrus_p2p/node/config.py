@@ -25,7 +25,7 @@ import secrets
 import stat
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from walrus_p2p.core.committee import Member
 from walrus_p2p.core.genesis import Genesis, check_tcp_multiaddr, parse_genesis
 from walrus_p2p.core.identity import SEED_LENGTH, Identity
 from walrus_p2p.errors import ConfigError
+from walrus_p2p.net.inbound import InboundLimits
 
 KEY_FILE_NAME = "identity.key"
 CONFIG_FILE_NAME = "peer.toml"
@@ -61,6 +62,9 @@ class PeerConfig:
     weight; others are capped, see ``core.epochs.member_weight``)."""
     candidate: bool = True
     """Announce a candidacy each epoch (a genesis member that stops announcing is dropped)."""
+    inbound: InboundLimits = field(default_factory=InboundLimits)
+    """The optional ``[inbound]`` table: limits on request streams and bytes from other peers
+    (``walrus_p2p.net.inbound``, docs/network.md "Inbound limits")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +288,7 @@ def load_config(data_dir: str | os.PathLike[str]) -> PeerConfig:
         "metrics_address",
         "weight",
         "candidate",
+        "inbound",
     }
     _reject_unknown(document, allowed, where)
     if document.get("version") != CONFIG_VERSION:
@@ -309,6 +314,7 @@ def load_config(data_dir: str | os.PathLike[str]) -> PeerConfig:
         metrics_address=metrics,
         weight=document.get("weight", DEFAULT_WEIGHT),
         candidate=candidate,
+        inbound=_inbound_limits(document.get("inbound", {}), where),
     )
     _validate_config(config, where=where)
     return config
@@ -384,6 +390,20 @@ def _check_metrics_address(address: str, where: str) -> None:
             f"metrics_address: must be host:port with an IP address or localhost, got {address!r}",
             path=where,
         )
+
+
+def _inbound_limits(table: object, where: str) -> InboundLimits:
+    """The ``[inbound]`` table: any of InboundLimits' fields, each a positive integer."""
+    if not isinstance(table, dict):
+        raise ConfigError("inbound: must be a table like [inbound] max_streams = 512", path=where)
+    names = {item.name for item in fields(InboundLimits)}
+    for key in table:
+        if key not in names:
+            raise ConfigError(f"inbound.{key}: unknown field", path=where)
+    try:
+        return InboundLimits(**table)
+    except ConfigError as error:
+        raise ConfigError(f"inbound: {error}", path=where) from error
 
 
 def _reject_unknown(document: Mapping[str, Any], allowed: set[str], where: str) -> None:

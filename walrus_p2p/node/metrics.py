@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from walrus_p2p.net.inbound import InboundBudget
 from walrus_p2p.net.traffic import TRAFFIC, Traffic
 
 
@@ -51,6 +52,35 @@ class TrafficCollector(Collector):
             "walrus_net_bytes_sent",
             "Bytes this process wrote to TCP connections (libp2p framing included)",
             value=self.traffic.transport_bytes_sent,
+        )
+
+
+class InboundCollector(Collector):
+    """The host's inbound limits (:mod:`walrus_p2p.net.inbound`):
+    ``walrus_inbound_total{outcome,reason}`` (streams refused, grants throttled, by the limit
+    that applied), ``walrus_inbound_streams`` and ``walrus_inbound_granted_bytes`` (now)."""
+
+    def __init__(self, budget: InboundBudget) -> None:
+        self.budget = budget
+
+    def collect(self) -> Any:
+        outcomes = CounterMetricFamily(
+            "walrus_inbound",
+            "Request streams refused and byte grants throttled by the inbound limits",
+            labels=["outcome", "reason"],
+        )
+        for (outcome, reason), count in sorted(self.budget.counts.items()):
+            outcomes.add_metric([outcome, reason], count)
+        yield outcomes
+        yield GaugeMetricFamily(
+            "walrus_inbound_streams",
+            "Request streams from other peers being served now",
+            value=self.budget.streams,
+        )
+        yield GaugeMetricFamily(
+            "walrus_inbound_granted_bytes",
+            "Request bytes granted to streams from other peers now",
+            value=self.budget.held_bytes,
         )
 
 
@@ -114,7 +144,16 @@ class PeerMetrics:
             registry=self.registry,
         )
         self.registry.register(TrafficCollector())
+        self._inbound: InboundCollector | None = None
         self.started_at = time.time()
+
+    def watch_inbound(self, budget: InboundBudget) -> None:
+        """Export the host's inbound limits (once the host is open; a restarted peer's new
+        host replaces the old one's)."""
+        if self._inbound is not None:
+            self.registry.unregister(self._inbound)
+        self._inbound = InboundCollector(budget)
+        self.registry.register(self._inbound)
 
     def epoch_switched(self, epoch: int, round_: int, members: int) -> None:
         self.epoch_current.set(epoch)

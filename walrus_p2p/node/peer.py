@@ -37,6 +37,7 @@ from walrus_p2p.net.discovery import Discovery, DiscoveryConfig, open_discovery
 from walrus_p2p.net.gossip import Gossip, open_gossip
 from walrus_p2p.net.host import Host, HostConfig, open_host
 from walrus_p2p.net.http import serve_http
+from walrus_p2p.net.inbound import InboundLimits
 from walrus_p2p.net.names import topic
 from walrus_p2p.net.rpc import HandlerLimits
 from walrus_p2p.node.committee_view import CommitteeView
@@ -73,6 +74,8 @@ class PeerOptions:
     bootstrap: tuple[str, ...] = field(default_factory=tuple)
     healing: HealingOptions = field(default_factory=HealingOptions)
     epochs: EpochOptions = field(default_factory=EpochOptions)
+    inbound: InboundLimits = field(default_factory=InboundLimits)
+    """Limits on request streams and bytes from other peers (net/inbound.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +194,10 @@ class StoragePeerService:
             seed=self.identity.seed,
             listen_addrs=self.options.listen_addrs,
             announce_addrs=self.options.announce_addrs,
+            inbound=self.options.inbound,
         )
         async with open_host(host_config) as host, trio.open_nursery() as nursery:
+            self.metrics.watch_inbound(host.inbound)
             if self.options.metrics_bind:
                 app = build_metrics_app(self.metrics, self.health)
                 await nursery.start(serve_http, app, self.options.metrics_bind)

@@ -49,6 +49,7 @@ async def run_peer(
                     weight=loaded.config.weight,
                     capacity=loaded.config.capacity_bytes,
                 ),
+                inbound=loaded.config.inbound,
             ),
         )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -1,0 +1,79 @@
+"""The inbound budget of a host (net/inbound.py): streams refused, byte grants throttled, and
+one request of any allowed size always able to progress."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from walrus_p2p.errors import ConfigError
+from walrus_p2p.net.inbound import InboundBudget, InboundLimits
+from walrus_p2p.types import PeerId
+
+ALICE = PeerId("alice")
+BOB = PeerId("bob")
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "8"])
+def test_limits_must_be_positive_integers(value: object) -> None:
+    with pytest.raises(ConfigError, match="max_streams"):
+        InboundLimits(max_streams=value)  # type: ignore[arg-type]
+
+
+def test_streams_beyond_the_per_peer_and_total_limits_are_refused() -> None:
+    budget = InboundBudget(InboundLimits(max_streams=3, max_streams_per_peer=2))
+    assert budget.admit(ALICE) is None and budget.admit(ALICE) is None
+    assert budget.admit(ALICE) == "streams_per_peer"
+    assert budget.admit(BOB) is None
+    assert budget.admit(BOB) == "streams"
+    assert budget.streams == 3 and budget.held_by(ALICE) == (2, 0)
+    budget.leave(ALICE, 0)
+    assert budget.admit(BOB) is None
+    assert budget.counts == {("refused", "streams_per_peer"): 1, ("refused", "streams"): 1}
+
+
+async def test_a_spent_budget_makes_readers_wait_until_bytes_come_back() -> None:
+    budget = InboundBudget(InboundLimits(max_bytes=100, max_bytes_per_peer=60))
+    for peer in (ALICE, ALICE, BOB):
+        assert budget.admit(peer) is None
+    await budget.reserve(ALICE, 50)
+    granted: list[str] = []
+
+    async def take(peer: PeerId, size: int, name: str) -> None:
+        await budget.reserve(peer, size)
+        granted.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, ALICE, 20, "alice-second")  # 50 + 20 > 60 per peer: waits
+        nursery.start_soon(take, BOB, 40, "bob")  # 50 + 40 <= 100: granted
+        await trio.testing.wait_all_tasks_blocked()
+        assert granted == ["bob"]
+        assert budget.held_bytes == 90
+        budget.leave(ALICE, 50)  # the first request is done
+        await trio.testing.wait_all_tasks_blocked()
+        assert granted == ["bob", "alice-second"]
+    assert budget.held_by(ALICE) == (1, 20) and budget.held_bytes == 60
+    assert budget.counts[("throttled", "bytes_per_peer")] == 1
+
+
+async def test_a_waiting_grant_gives_up_at_the_callers_deadline() -> None:
+    budget = InboundBudget(InboundLimits(max_bytes=10, max_bytes_per_peer=10))
+    budget.admit(ALICE)
+    budget.admit(BOB)
+    await budget.reserve(ALICE, 10)
+    with trio.move_on_after(0.05) as scope:
+        await budget.reserve(BOB, 1)
+    assert scope.cancelled_caught
+    assert budget.held_by(BOB) == (1, 0) and budget.held_bytes == 10
+    assert budget.counts[("throttled", "bytes")] == 1
+
+
+async def test_one_request_bigger_than_every_budget_still_progresses() -> None:
+    budget = InboundBudget(InboundLimits(max_bytes=10, max_bytes_per_peer=5))
+    budget.admit(ALICE)
+    with trio.fail_after(1):
+        await budget.reserve(ALICE, 1_000)  # nothing held: granted at once
+    assert budget.held_bytes == 1_000
+    budget.leave(ALICE, 1_000)
+    assert budget.held_bytes == 0 and budget.streams == 0
