@@ -8,9 +8,10 @@ import trio
 import trio.testing
 
 from walrus_p2p.errors import ConfigError
-from walrus_p2p.net.inbound import InboundBudget, InboundLimits
+from walrus_p2p.net.inbound import SMALL_REQUEST_BYTES, InboundBudget, InboundLimits
 from walrus_p2p.types import PeerId
 
+MIB = 1 << 20
 ALICE = PeerId("alice")
 BOB = PeerId("bob")
 
@@ -34,14 +35,14 @@ def test_streams_beyond_the_per_peer_and_total_limits_are_refused() -> None:
 
 
 async def test_a_spent_budget_makes_readers_wait_until_bytes_come_back() -> None:
-    budget = InboundBudget(InboundLimits(max_bytes=100, max_bytes_per_peer=60))
+    budget = InboundBudget(InboundLimits(max_bytes=100 * MIB, max_bytes_per_peer=60 * MIB))
     for peer in (ALICE, ALICE, BOB):
         assert budget.admit(peer) is None
-    await budget.reserve(ALICE, 50)
+    await budget.reserve(ALICE, 50 * MIB)
     granted: list[str] = []
 
     async def take(peer: PeerId, size: int, name: str) -> None:
-        await budget.reserve(peer, size)
+        await budget.reserve(peer, size * MIB)
         granted.append(name)
 
     async with trio.open_nursery() as nursery:
@@ -49,31 +50,45 @@ async def test_a_spent_budget_makes_readers_wait_until_bytes_come_back() -> None
         nursery.start_soon(take, BOB, 40, "bob")  # 50 + 40 <= 100: granted
         await trio.testing.wait_all_tasks_blocked()
         assert granted == ["bob"]
-        assert budget.held_bytes == 90
-        budget.leave(ALICE, 50)  # the first request is done
+        assert budget.held_bytes == 90 * MIB
+        budget.leave(ALICE, 50 * MIB)  # the first request is done
         await trio.testing.wait_all_tasks_blocked()
         assert granted == ["bob", "alice-second"]
-    assert budget.held_by(ALICE) == (1, 20) and budget.held_bytes == 60
+    assert budget.held_by(ALICE) == (1, 20 * MIB) and budget.held_bytes == 60 * MIB
     assert budget.counts[("throttled", "bytes_per_peer")] == 1
 
 
 async def test_a_waiting_grant_gives_up_at_the_callers_deadline() -> None:
-    budget = InboundBudget(InboundLimits(max_bytes=10, max_bytes_per_peer=10))
+    budget = InboundBudget(InboundLimits(max_bytes=10 * MIB, max_bytes_per_peer=10 * MIB))
     budget.admit(ALICE)
     budget.admit(BOB)
-    await budget.reserve(ALICE, 10)
+    await budget.reserve(ALICE, 10 * MIB)
     with trio.move_on_after(0.05) as scope:
-        await budget.reserve(BOB, 1)
+        await budget.reserve(BOB, MIB)
     assert scope.cancelled_caught
-    assert budget.held_by(BOB) == (1, 0) and budget.held_bytes == 10
+    assert budget.held_by(BOB) == (1, 0) and budget.held_bytes == 10 * MIB
+    assert budget.counts[("throttled", "bytes")] == 1
+
+
+async def test_small_requests_are_never_held_back_by_big_ones() -> None:
+    budget = InboundBudget(InboundLimits(max_bytes=100_000, max_bytes_per_peer=10 * MIB))
+    budget.admit(ALICE)
+    budget.admit(BOB)
+    await budget.reserve(ALICE, 100_000)  # a stranger holds the whole budget
+    with trio.fail_after(1):
+        await budget.reserve(BOB, SMALL_REQUEST_BYTES)  # a status request: granted at once
+    assert budget.held_bytes == 100_000 + SMALL_REQUEST_BYTES
+    with trio.move_on_after(0.05) as scope:
+        await budget.reserve(BOB, SMALL_REQUEST_BYTES + 1)
+    assert scope.cancelled_caught
     assert budget.counts[("throttled", "bytes")] == 1
 
 
 async def test_one_request_bigger_than_every_budget_still_progresses() -> None:
-    budget = InboundBudget(InboundLimits(max_bytes=10, max_bytes_per_peer=5))
+    budget = InboundBudget(InboundLimits(max_bytes=10 * MIB, max_bytes_per_peer=5 * MIB))
     budget.admit(ALICE)
     with trio.fail_after(1):
-        await budget.reserve(ALICE, 1_000)  # nothing held: granted at once
-    assert budget.held_bytes == 1_000
-    budget.leave(ALICE, 1_000)
+        await budget.reserve(ALICE, 1_000 * MIB)  # nothing held: granted at once
+    assert budget.held_bytes == 1_000 * MIB
+    budget.leave(ALICE, 1_000 * MIB)
     assert budget.held_bytes == 0 and budget.streams == 0

@@ -17,7 +17,10 @@ in total:
   runs meanwhile, so a stream that waits or stalls too long is cut. A stream that waits holds
   nothing, so waiting streams never block each other; a peer that holds nothing is not held
   back by the per-peer budget, and nobody is held back while nothing is granted at all, so one
-  request of any size the protocol allows always progresses.
+  request of any size the protocol allows always progresses. Requests of at most
+  :data:`SMALL_REQUEST_BYTES` (metadata, status, records, symbols, consensus) are granted at
+  once and only counted: they cannot be starved by strangers' big frames, and the stream
+  limits bound what they hold (1024 streams x 64 KiB).
 
 What was refused or throttled, and why, is counted in :attr:`InboundBudget.counts` (exported as
 ``walrus_inbound_total{outcome,reason}``).
@@ -32,6 +35,9 @@ import trio
 
 from walrus_p2p.errors import ConfigError
 from walrus_p2p.types import PeerId
+
+SMALL_REQUEST_BYTES = 64 * 1024
+"""Requests up to this size are granted without waiting (they are counted all the same)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +130,7 @@ class InboundBudget:
     async def reserve(self, peer: PeerId, size: int) -> None:
         """Grant ``size`` bytes to a stream of ``peer``, waiting while a budget is spent (the
         caller's deadline bounds the wait)."""
-        reason = self._blocked_by(peer, size)
+        reason = None if size <= SMALL_REQUEST_BYTES else self._blocked_by(peer, size)
         if reason is not None:
             self.counts["throttled", reason] += 1
             while self._blocked_by(peer, size) is not None:
@@ -133,4 +139,4 @@ class InboundBudget:
         self._bytes_total += size
 
 
-__all__ = ["InboundBudget", "InboundLimits"]
+__all__ = ["SMALL_REQUEST_BYTES", "InboundBudget", "InboundLimits"]
