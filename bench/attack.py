@@ -310,7 +310,10 @@ def main() -> int:
     directory = Path(args.directory or tempfile.mkdtemp(prefix="walrus-attack-"))
     directory.mkdir(parents=True, exist_ok=True)
     if args.code:
-        os.environ["PYTHONPATH"] = str(Path(args.code).resolve())
+        # ``python -m`` puts the working directory first on sys.path: run the devnet from there.
+        code = Path(args.code).resolve()
+        os.environ["PYTHONPATH"] = str(code)
+        os.chdir(code)
     devnet = DevnetCommand(directory, peers=args.peers, shards=args.shards, epoch_duration=3600)
     print(f"cpu: {cpu_model()}  load: {load_text()}")
     print(f"peers run: {args.code or 'this checkout'}  directory: {directory}")

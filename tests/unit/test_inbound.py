@@ -23,7 +23,9 @@ def test_limits_must_be_positive_integers(value: object) -> None:
 
 
 def test_streams_beyond_the_per_peer_and_total_limits_are_refused() -> None:
-    budget = InboundBudget(InboundLimits(max_streams=3, max_streams_per_peer=2))
+    budget = InboundBudget(
+        InboundLimits(max_streams=3, max_streams_per_peer=2, guaranteed_streams_per_peer=1)
+    )
     assert budget.admit(ALICE) is None and budget.admit(ALICE) is None
     assert budget.admit(ALICE) == "streams_per_peer"
     assert budget.admit(BOB) is None
@@ -32,6 +34,20 @@ def test_streams_beyond_the_per_peer_and_total_limits_are_refused() -> None:
     budget.leave(ALICE, 0)
     assert budget.admit(BOB) is None
     assert budget.counts == {("refused", "streams_per_peer"): 1, ("refused", "streams"): 1}
+
+
+def test_a_peer_with_few_streams_is_admitted_when_strangers_spent_the_total() -> None:
+    budget = InboundBudget(
+        InboundLimits(max_streams=4, max_streams_per_peer=4, guaranteed_streams_per_peer=2)
+    )
+    strangers = [PeerId(f"sybil-{index}") for index in range(2)]
+    for stranger in strangers:
+        for _ in range(2):
+            assert budget.admit(stranger) is None
+    assert budget.admit(strangers[0]) == "streams"  # the total is spent
+    assert budget.admit(ALICE) is None and budget.admit(ALICE) is None  # guaranteed two
+    assert budget.admit(ALICE) == "streams"
+    assert budget.streams == 6
 
 
 async def test_a_spent_budget_makes_readers_wait_until_bytes_come_back() -> None:

@@ -8,7 +8,10 @@ in total:
 
 * **request streams being served** (read, handled or answered): a stream beyond
   ``max_streams_per_peer`` or ``max_streams`` is refused at once with ``BUSY``, before any byte
-  of it is read;
+  of it is read. A peer with fewer than ``guaranteed_streams_per_peer`` streams is admitted
+  even when the total is spent, so many strangers together cannot lock an honest peer out;
+  each stream waiting for its body costs the host up to one yamux receive window (256 KiB)
+  of buffered data, which is why the total is kept small;
 * **request bytes granted**: once a request's header is read, the size it announces is granted
   (credit) before any byte of the body is read, and given back when the request is done. The
   grant is only accounting: memory is still taken as the bytes arrive. When ``max_bytes`` (all
@@ -20,7 +23,7 @@ in total:
   request of any size the protocol allows always progresses. Requests of at most
   :data:`SMALL_REQUEST_BYTES` (metadata, status, records, symbols, consensus) are granted at
   once and only counted: they cannot be starved by strangers' big frames, and the stream
-  limits bound what they hold (1024 streams x 64 KiB).
+  limits bound what they hold (256 streams x 64 KiB).
 
 What was refused or throttled, and why, is counted in :attr:`InboundBudget.counts` (exported as
 ``walrus_inbound_total{outcome,reason}``).
@@ -44,17 +47,25 @@ SMALL_REQUEST_BYTES = 64 * 1024
 class InboundLimits:
     """Limits on inbound request streams (defaults sized for a home machine; docs/network.md)."""
 
-    max_streams: int = 1024
+    max_streams: int = 256
     """Request streams served at once, from all remote peers."""
-    max_streams_per_peer: int = 128
+    max_streams_per_peer: int = 64
     """Request streams served at once for one remote peer."""
-    max_bytes: int = 256 << 20
+    guaranteed_streams_per_peer: int = 4
+    """A peer serving fewer streams than this is admitted even above ``max_streams``."""
+    max_bytes: int = 128 << 20
     """Request bytes granted at once (being received or handled), from all remote peers."""
     max_bytes_per_peer: int = 64 << 20
     """Request bytes granted at once for one remote peer."""
 
     def __post_init__(self) -> None:
-        for name in ("max_streams", "max_streams_per_peer", "max_bytes", "max_bytes_per_peer"):
+        for name in (
+            "max_streams",
+            "max_streams_per_peer",
+            "guaranteed_streams_per_peer",
+            "max_bytes",
+            "max_bytes_per_peer",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"inbound limit {name} must be a positive integer, not {value!r}")
@@ -91,7 +102,10 @@ class InboundBudget:
         reason = None
         if self._streams[peer] >= self.limits.max_streams_per_peer:
             reason = "streams_per_peer"
-        elif self._streams_total >= self.limits.max_streams:
+        elif (
+            self._streams_total >= self.limits.max_streams
+            and self._streams[peer] >= self.limits.guaranteed_streams_per_peer
+        ):
             reason = "streams"
         if reason is not None:
             self.counts["refused", reason] += 1
