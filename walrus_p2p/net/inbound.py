@@ -23,7 +23,7 @@ in total:
   request of any size the protocol allows always progresses. Requests of at most
   :data:`SMALL_REQUEST_BYTES` (metadata, status, records, symbols, consensus) are granted at
   once and only counted: they cannot be starved by strangers' big frames, and the stream
-  limits bound what they hold (256 streams x 64 KiB).
+  limits bound what they hold.
 
 What was refused or throttled, and why, is counted in :attr:`InboundBudget.counts` (exported as
 ``walrus_inbound_total{outcome,reason}``).
@@ -47,11 +47,11 @@ SMALL_REQUEST_BYTES = 64 * 1024
 class InboundLimits:
     """Limits on inbound request streams (defaults sized for a home machine; docs/network.md)."""
 
-    max_streams: int = 256
+    max_streams: int = 128
     """Request streams served at once, from all remote peers."""
     max_streams_per_peer: int = 64
     """Request streams served at once for one remote peer."""
-    guaranteed_streams_per_peer: int = 4
+    guaranteed_streams_per_peer: int = 2
     """A peer serving fewer streams than this is admitted even above ``max_streams``."""
     max_bytes: int = 128 << 20
     """Request bytes granted at once (being received or handled), from all remote peers."""

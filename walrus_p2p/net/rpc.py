@@ -57,6 +57,10 @@ STATUS_ERROR = 1
 MAX_ERROR_BODY = 1024
 _REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 
+REFUSED_LINGER = 1.0
+"""Seconds a stream refused before its request was read stays open for the error reply to
+reach the client, before it is reset (so a sender that keeps writing is not buffered)."""
+
 DEFAULT_MAX_REQUEST = 4 * 1024 * 1024
 DEFAULT_MAX_REPLY = 4 * 1024 * 1024
 
@@ -156,12 +160,12 @@ async def serve_stream(
         try:
             await _send_error(stream, "BUSY", f"too many request streams ({refused}); retry later")
         finally:
-            await stream.close()
+            await stream.close_then_reset(REFUSED_LINGER)
         return
     granted = 0
     ok = False
+    request: bytes | bytearray | None = None
     try:
-        request: bytes | bytearray | None = None
         try:
             with trio.move_on_after(limits.read_timeout):
                 size = await read_header(stream, max_size=limits.max_request)
@@ -236,7 +240,9 @@ async def serve_stream(
         logger.exception("request stream failed peer=%s protocol=%s", peer[:12], protocol)
     finally:
         budget.leave(peer, granted)
-        if ok:
+        if ok and request is None:
+            await stream.close_then_reset(REFUSED_LINGER)
+        elif ok:
             await stream.close()
         else:
             await stream.reset()

@@ -93,6 +93,23 @@ class Stream:
                 )
                 await self._reset_quietly()
 
+    async def close_then_reset(self, linger: float) -> None:
+        """Close (the error reply written before goes out first), then reset after ``linger``
+        seconds: a sender whose request was refused before it was read, and who keeps writing,
+        must not leave a receive window of its data buffered here. Never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT + linger):
+            try:
+                await self._raw.close()
+            except Exception as error:
+                logger.debug(
+                    "stream close failed peer=%s error=%r", self.remote_peer_id[:12], error
+                )
+            await trio.sleep(linger)
+            await self._reset_quietly()
+
     async def reset(self) -> None:
         """Abort the stream in both directions (yamux RST). Never raises."""
         if self._closed:
