@@ -13,6 +13,8 @@ from __future__ import annotations
 import trio
 
 from walrus_p2p.core.committee import Committee
+from walrus_p2p.core.identity import Identity
+from walrus_p2p.types import PeerId
 
 
 class CommitteeView:
@@ -71,3 +73,25 @@ class CommitteeWriter:
 
     def mark_synced(self) -> None:
         self._view.synced.set()
+
+
+class ReadsCommittee:
+    """``peer_id``, ``committee`` and ``epoch`` of a peer, for classes that hold its
+    ``identity`` and its ``committees`` view (the peer and its context)."""
+
+    __slots__ = ()
+    identity: Identity
+    committees: CommitteeView
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self.identity.peer_id
+
+    @property
+    def committee(self) -> Committee:
+        """The committee in force now (written only by the epoch service)."""
+        return self.committees.current
+
+    @property
+    def epoch(self) -> int:
+        return self.committees.epoch

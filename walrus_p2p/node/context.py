@@ -14,22 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from walrus_p2p.core import wire
-from walrus_p2p.core.committee import Committee
 from walrus_p2p.core.genesis import Genesis
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.net.discovery import Discovery
 from walrus_p2p.net.gossip import Gossip
 from walrus_p2p.net.host import Host
-from walrus_p2p.node.committee_view import CommitteeView
+from walrus_p2p.node.committee_view import CommitteeView, ReadsCommittee
 from walrus_p2p.node.metrics import PeerMetrics
 from walrus_p2p.node.record_book import RecordBook
 from walrus_p2p.node.router import Router
 from walrus_p2p.storage import BlobStore
-from walrus_p2p.types import PeerId
 
 
 @dataclass(frozen=True, slots=True)
-class PeerContext:
+class PeerContext(ReadsCommittee):
     """One running storage peer, as its services see it."""
 
     identity: Identity
@@ -50,16 +48,3 @@ class PeerContext:
     gossip: Gossip
     announce_addrs: tuple[str, ...] | None = None
     """Addresses the operator configured to announce instead of the listen addresses."""
-
-    @property
-    def peer_id(self) -> PeerId:
-        return self.identity.peer_id
-
-    @property
-    def committee(self) -> Committee:
-        """The committee in force now."""
-        return self.committees.current
-
-    @property
-    def epoch(self) -> int:
-        return self.committees.epoch

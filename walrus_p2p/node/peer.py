@@ -29,7 +29,6 @@ from typing import Any
 
 import trio
 
-from walrus_p2p.core.committee import Committee
 from walrus_p2p.core.genesis import Genesis
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.errors import StorageError, WalrusError
@@ -40,7 +39,7 @@ from walrus_p2p.net.http import serve_http
 from walrus_p2p.net.inbound import InboundLimits
 from walrus_p2p.net.names import topic
 from walrus_p2p.net.rpc import HandlerLimits
-from walrus_p2p.node.committee_view import CommitteeView
+from walrus_p2p.node.committee_view import CommitteeView, ReadsCommittee
 from walrus_p2p.node.context import PeerContext
 from walrus_p2p.node.epochs import EpochOptions, EpochService
 from walrus_p2p.node.healing import HealingService
@@ -57,7 +56,6 @@ from walrus_p2p.node.record_book import RecordBook
 from walrus_p2p.node.router import Router
 from walrus_p2p.node.slivers import SliverService
 from walrus_p2p.storage import BlobStore
-from walrus_p2p.types import PeerId
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +86,7 @@ class RunningServices:
     healing: HealingService
 
 
-class StoragePeerService:
+class StoragePeerService(ReadsCommittee):
     """One storage peer; ``await run()`` until cancelled."""
 
     def __init__(
@@ -120,20 +118,7 @@ class StoragePeerService:
         self._started_monotonic = time.monotonic()
         self._services: RunningServices | None = None
 
-    # -- what tests, the runner and the CLI read ------------------------------------------
-
-    @property
-    def peer_id(self) -> PeerId:
-        return self.identity.peer_id
-
-    @property
-    def committee(self) -> Committee:
-        """The committee in force (written only by the epoch service)."""
-        return self.committees.current
-
-    @property
-    def epoch(self) -> int:
-        return self.committees.epoch
+    # -- what tests, the runner and the CLI read (and ``peer_id``, ``committee``, ``epoch``) --
 
     @property
     def services(self) -> RunningServices:
