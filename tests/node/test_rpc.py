@@ -7,6 +7,7 @@ import logging
 import pytest
 import trio
 
+from walrus_p2p.core import wire
 from walrus_p2p.errors import (
     ConfigError,
     NetworkError,
@@ -20,7 +21,7 @@ from walrus_p2p.net.framing import encode_header, read_frame, write_frame
 from walrus_p2p.net.host import Host, HostConfig, open_host, peer_id_from_seed, split_peer_addr
 from walrus_p2p.net.inbound import InboundLimits
 from walrus_p2p.net.names import protocol_id
-from walrus_p2p.net.rpc import HandlerLimits
+from walrus_p2p.net.rpc import HandlerLimits, decode_reply
 from walrus_p2p.net.stream import Stream
 from walrus_p2p.testing.network import STEP, host_seed_for, open_test_host
 from walrus_p2p.types import PeerId
@@ -397,3 +398,71 @@ async def test_streams_beyond_the_inbound_limit_are_answered_busy() -> None:
         assert sorted(map(str, outcomes)) == ["BUSY", "b'done'", "b'done'"]
         assert bob.inbound.counts[("refused", "streams_per_peer")] == 1
         assert bob.inbound.streams == 0 and bob.inbound.held_bytes == 0
+
+
+async def test_a_frame_larger_than_its_message_type_allows_is_refused_from_its_head() -> None:
+    """With a ``request_cap``, the server reads the header and the first bytes (the message's
+    type id), and refuses a frame bigger than that type's largest encoding before reading or
+    budgeting the rest; requests within their type's size are served."""
+    status = wire.BlobStatusRequest(blob_id=bytes(32))
+    seen: list[bytes] = []
+
+    async def handler(payload: bytes | bytearray, remote: PeerId) -> bytes:
+        seen.append(bytes(payload))
+        wire.decode(payload, wire.BlobStatusRequest)
+        return b"ok"
+
+    def cap(head: bytes) -> int:
+        return wire.max_size_for_head(head, (wire.BlobStatusRequest, wire.StoreSliverRequest))
+
+    async with open_test_host("alice") as alice, open_test_host("bob") as bob:
+        bob.host.set_handler(ECHO, handler, HandlerLimits(max_request=64 << 20, request_cap=cap))
+        introduce(alice.host, bob.host)
+        encoded = wire.encode(status)
+        with trio.fail_after(STEP):
+            assert await alice.host.request(bob.host.peer_id, ECHO, encoded, timeout=STEP) == b"ok"
+            # A status request's head announcing 16 MiB: refused after 4 + 18 bytes.
+            stream = await alice.host.open_stream(bob.host.peer_id, ECHO)
+            try:
+                await stream.write(encode_header(16 << 20) + encoded[: wire.HEAD_PEEK_BYTES])
+                with pytest.raises(RemoteError) as refused:
+                    decode_reply(await read_frame(stream, max_size=4096, timeout=STEP))
+                assert refused.value.reason == "WIRE_MALFORMED"
+                assert "exceeds" in refused.value.message
+            finally:
+                await stream.reset()
+            # An unknown type id is refused from the head as well.
+            with pytest.raises(RemoteError) as unknown:
+                await alice.host.request(
+                    bob.host.peer_id, ECHO, b"\x82\x19\xff\xf0" + bytes(60), timeout=STEP
+                )
+            assert unknown.value.reason == "WIRE_MALFORMED"
+        assert seen == [encoded]
+        assert bob.host.inbound.held_bytes == 0
+        await assert_still_serving_typed(alice.host, bob.host, encoded)
+
+
+async def assert_still_serving_typed(client: Host, server: Host, payload: bytes) -> None:
+    with trio.fail_after(STEP):
+        assert await client.request(server.peer_id, ECHO, payload, timeout=STEP) == b"ok"
+
+
+async def test_inbound_connections_beyond_the_cap_are_closed_before_their_handshake() -> None:
+    """``[inbound] max_connections`` is libp2p's inbound cap: with room for one inbound
+    connection, a second stranger cannot connect while the first is there; the per-peer
+    connection limit reaches libp2p's configuration."""
+    limits = InboundLimits(max_connections=1, max_connections_per_peer=1)
+    async with (
+        open_test_host("alice") as alice,
+        open_test_host("carol") as carol,
+        open_host(HostConfig(seed=host_seed_for("bob"), inbound=limits)) as bob,
+    ):
+        serve_echo(bob)
+        network = bob.libp2p_host.get_network()
+        assert network.connection_config.max_connections_per_peer == 1
+        introduce(alice.host, bob)
+        introduce(carol.host, bob)
+        await assert_still_serving(alice.host, bob)
+        with trio.fail_after(STEP), pytest.raises((NetworkError, RemoteError)):
+            await carol.host.request(bob.peer_id, ECHO, b"x", timeout=2.0)
+        await assert_still_serving(alice.host, bob)

@@ -860,3 +860,24 @@ def test_decode_view_tail_rejects_what_decode_rejects() -> None:
     limits = wire.WireLimits(max_sliver_size=99_999, max_symbol_size=40)
     with pytest.raises(WireError):
         wire.decode(encoded, wire.GetSliverReply, limits=limits, view_tail=True)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_the_head_of_a_message_names_its_size_cap(name: str) -> None:
+    """``max_size_for_head`` sees the type in the first HEAD_PEEK_BYTES bytes and gives that
+    type's cap; the whole message is within it."""
+    message = SAMPLES[name]
+    encoded = wire.encode(message)
+    cap = wire.max_size_for_head(encoded[: wire.HEAD_PEEK_BYTES], type(message))
+    assert cap == wire.max_encoded_size(type(message)) >= len(encoded)
+
+
+def test_a_head_that_names_no_expected_type_is_refused() -> None:
+    status = wire.encode(wire.BlobStatusRequest(blob_id=bytes(32)))
+    expected = (wire.BlobStatusRequest, wire.StoreSliverRequest)
+    assert wire.max_size_for_head(status[:18], expected) == 36
+    for head in (b"", b"\x82", b"\x82\x19\xff\xf0", b"\x01\x02", b"\x82\x60"):
+        with pytest.raises(WireError):
+            wire.max_size_for_head(head, expected)
+    with pytest.raises(WireError):  # a known type that is not expected here
+        wire.max_size_for_head(status[:18], wire.StoreSliverRequest)

@@ -72,6 +72,7 @@ __all__ = [
     "DEFAULT_MAX_SLIVER_SIZE",
     "ERROR_REASON_PATTERN",
     "HASH_LENGTH",
+    "HEAD_PEEK_BYTES",
     "MAX_ERROR_MESSAGE_LENGTH",
     "MAX_ERROR_REASON_LENGTH",
     "MAX_PROOF_LENGTH",
@@ -128,6 +129,7 @@ __all__ = [
     "encode",
     "encode_parts",
     "max_encoded_size",
+    "max_size_for_head",
     "message_class",
     "message_type_id",
     "record",
@@ -1066,12 +1068,15 @@ def _tail_view(
     return placeholder, name, memoryview(data)[start : start + length]
 
 
-def _decode_checked(
-    data: bytes | bytearray,
-    classes: tuple[type[Message], ...],
-    limits: WireLimits,
-    view_tail: bool = False,
-) -> Message:
+HEAD_PEEK_BYTES = 18
+"""Bytes that always hold a message's array head and type id (two CBOR heads of at most 9
+bytes): what :func:`max_size_for_head` needs to see."""
+
+
+def _message_class_at_start(
+    data: bytes | bytearray, classes: tuple[type[Message], ...]
+) -> tuple[type[Message], int]:
+    """The expected class named by the type id at the start of ``data``, and the array length."""
     major, field_count, position = _read_head(data, 0)
     if major != _MAJOR_ARRAY:
         raise WireError("a message must be a CBOR array")
@@ -1082,6 +1087,33 @@ def _decode_checked(
     if cls is None or cls not in classes:
         names = ", ".join(expected.__name__ for expected in classes)
         raise WireError(f"unexpected message type id {type_id}, expected {names}")
+    return cls, field_count
+
+
+def max_size_for_head(
+    head: bytes | bytearray,
+    expected: type[Message] | tuple[type[Message], ...],
+    *,
+    limits: WireLimits = DEFAULT_LIMITS,
+) -> int:
+    """The largest valid encoding of the message type that ``head`` (the first
+    :data:`HEAD_PEEK_BYTES` bytes of a message, or all of a shorter one) announces.
+
+    A server reads this much of a request, then refuses a frame larger than its type allows
+    before reading (or budgeting) the rest: a status request needs a few hundred bytes, not
+    the sliver cap (docs/network.md, "Inbound limits"). ``WireError`` if the head names no
+    expected type."""
+    cls, _ = _message_class_at_start(head, _expected_classes(expected))
+    return _bounds(cls, limits).max_size
+
+
+def _decode_checked(
+    data: bytes | bytearray,
+    classes: tuple[type[Message], ...],
+    limits: WireLimits,
+    view_tail: bool = False,
+) -> Message:
+    cls, field_count = _message_class_at_start(data, classes)
     bounds = _bounds(cls, limits)
     if len(data) > bounds.max_size:
         raise WireError(f"{cls.__name__} of {len(data)} bytes exceeds {bounds.max_size}")
@@ -1095,7 +1127,7 @@ def _decode_checked(
         raw = _loads(data if tail is None else tail[0], bounds.max_depth)
     except Exception as error:  # cbor2 errors, invalid UTF-8, MemoryError
         raise WireError(f"{cls.__name__}: malformed CBOR: {error}") from error
-    if type(raw) is not list or not raw or raw[0] != type_id:
+    if type(raw) is not list or not raw or raw[0] != cls.type_id:
         raise WireError(f"{cls.__name__}: malformed message")
     message = record_spec(cls).decode_fields(raw[1:], limits, cls.__name__)
     assert isinstance(message, cls)

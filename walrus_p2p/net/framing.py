@@ -77,16 +77,19 @@ class StreamEndedError(WireError):
     """
 
 
-async def read_exactly(stream: ByteStream, size: int, what: str) -> bytes | bytearray:
-    """The next ``size`` bytes of ``stream``: ``bytes`` below :data:`memory.MIN_HUGE_BYTES`,
-    a ``bytearray`` from there on (see :func:`_read_growing`). Memory grows with the bytes
-    that arrive, never with the size announced: a header is only a claim."""
+async def read_exactly(
+    stream: ByteStream, size: int, what: str, *, start: bytes = b""
+) -> bytes | bytearray:
+    """``start`` (bytes of this frame already read) and then the next ``size - len(start)``
+    bytes of ``stream``: ``bytes`` below :data:`memory.MIN_HUGE_BYTES`, a ``bytearray`` from
+    there on (see :func:`_read_growing`). Memory grows with the bytes that arrive, never with
+    the size announced: a header is only a claim."""
     if size >= memory.MIN_HUGE_BYTES:
-        return await _read_growing(stream, size, what)
+        return await _read_growing(stream, size, what, start)
     # The chunks are joined once at the end: a growing bytearray copied a multi-megabyte
     # sliver several times over, and then once more into bytes.
-    chunks: list[bytes] = []
-    got = 0
+    chunks: list[bytes] = [start] if start else []
+    got = len(start)
     while got < size:
         chunk = await stream.read(min(size - got, READ_CHUNK))
         if not chunk:
@@ -96,7 +99,7 @@ async def read_exactly(stream: ByteStream, size: int, what: str) -> bytes | byte
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _read_growing(stream: ByteStream, size: int, what: str) -> bytearray:
+async def _read_growing(stream: ByteStream, size: int, what: str, start: bytes) -> bytearray:
     """A big frame (a sliver) appended chunk by chunk to a ``bytearray`` this reader owns.
 
     The buffer grows as data arrives (CPython over-allocates a growing ``bytearray`` by an
@@ -108,7 +111,7 @@ async def _read_growing(stream: ByteStream, size: int, what: str) -> bytearray:
     after sliver does not fault in fresh pages for each. The caller gets the ``bytearray``
     itself: a StoreSliver request keeps its sliver as a view of it
     (``wire.decode(view_tail=True)``)."""
-    received = bytearray()
+    received = bytearray(start)
     while len(received) < size:
         chunk = await stream.read(min(size - len(received), READ_CHUNK))
         if not chunk:

@@ -75,10 +75,12 @@ class HostConfig:
     ``dial_retries``: extra attempts per address inside one dial (libp2p's default is 3).
     ``failed_dial_block_seconds``: how long a peer whose every address failed is not re-dialled
     (libp2p blocks for 60 s; an explicit :meth:`Host.connect` always lifts the block).
-    ``min_connections``/``max_connections``: libp2p's auto-connector dials peers from the
-    peerstore while fewer than ``min_connections`` are open, aiming at the midpoint of the two;
-    the pruner trims above ``max_connections`` (library defaults: 50..200, target 170 dials).
-    ``inbound``: limits on request streams and bytes from remote peers (net/inbound.py).
+    ``min_connections``: libp2p's auto-connector dials peers from the peerstore while fewer
+    than this are open, aiming at the midpoint of it and ``inbound.max_connections``; the
+    pruner trims above ``inbound.max_connections`` (library defaults: 50..200, target 170
+    dials).
+    ``inbound``: limits on connections, request streams and bytes from remote peers
+    (net/inbound.py).
     """
 
     seed: bytes
@@ -88,7 +90,6 @@ class HostConfig:
     dial_retries: int = 1
     failed_dial_block_seconds: float = 5.0
     min_connections: int = 8
-    max_connections: int = 128
     inbound: InboundLimits = field(default_factory=InboundLimits)
 
 
@@ -489,12 +490,16 @@ async def open_host(config: HostConfig) -> AsyncIterator[Host]:
     # class given in muxer_opt: the shielded subclass goes in through install() too.
     libp2p_patches.install()
     noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
+    # libp2p admits max_connections - min_connections inbound connections: the inbound cap is
+    # ours, and outbound dials keep min_connections slots of their own.
+    inbound_cap = config.inbound.max_connections
     connection_config = ConnectionConfig(
         dial_timeout=config.dial_timeout,
-        max_connections=config.max_connections + config.min_connections,
+        max_connections=inbound_cap + config.min_connections,
         min_connections=config.min_connections,
         low_watermark=config.min_connections,
-        high_watermark=max(config.min_connections + 1, config.max_connections),
+        high_watermark=max(config.min_connections + 1, inbound_cap),
+        max_connections_per_peer=config.inbound.max_connections_per_peer,
     )
     try:
         raw = libp2p.new_host(

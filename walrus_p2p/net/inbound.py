@@ -32,7 +32,7 @@ What was refused or throttled, and why, is counted in :attr:`InboundBudget.count
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import trio
 
@@ -57,16 +57,17 @@ class InboundLimits:
     """Request bytes granted at once (being received or handled), from all remote peers."""
     max_bytes_per_peer: int = 64 << 20
     """Request bytes granted at once for one remote peer."""
+    max_connections: int = 128
+    """Inbound connections at once, handshakes included (libp2p's inbound cap: a connection
+    beyond it is closed before its handshake)."""
+    max_connections_per_peer: int = 3
+    """Connections to one remote peer; libp2p trims the extra ones (fewest streams first)
+    once they are older than its 20 s grace period."""
 
     def __post_init__(self) -> None:
-        for name in (
-            "max_streams",
-            "max_streams_per_peer",
-            "guaranteed_streams_per_peer",
-            "max_bytes",
-            "max_bytes_per_peer",
-        ):
-            value = getattr(self, name)
+        for item in fields(self):
+            value = getattr(self, item.name)
+            name = item.name
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"inbound limit {name} must be a positive integer, not {value!r}")
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import trio
 
+from walrus_p2p.core.wire import HEAD_PEEK_BYTES
 from walrus_p2p.errors import (
     NetworkError,
     PeerUnreachableError,
@@ -40,7 +41,7 @@ from walrus_p2p.net.framing import (
     read_header,
     write_frame,
 )
-from walrus_p2p.net.inbound import InboundBudget, InboundLimits
+from walrus_p2p.net.inbound import InboundBudget
 from walrus_p2p.net.stream import Stream
 from walrus_p2p.net.traffic import TRAFFIC
 from walrus_p2p.types import PeerId
@@ -73,6 +74,10 @@ class HandlerLimits:
     ``read_timeout``: deadline for the whole request frame to arrive (slow-loris guard).
     ``handler_timeout``: deadline for the handler itself; on expiry the client gets ``TIMEOUT``.
     ``max_concurrent``: requests of this protocol served at once; further ones wait.
+    ``request_cap``: given the first :data:`wire.HEAD_PEEK_BYTES` bytes of a request (fewer if
+    it is shorter), the largest size a request of that kind may have
+    (:func:`walrus_p2p.core.wire.max_size_for_head`); a bigger frame is refused before the
+    rest is read or budgeted. ``None``: ``max_request`` is the only cap.
     """
 
     max_request: int = DEFAULT_MAX_REQUEST
@@ -80,6 +85,7 @@ class HandlerLimits:
     handler_timeout: float = 120.0
     max_concurrent: int = 64
     max_reply: int = 2**32 - 2
+    request_cap: Callable[[bytes], int] | None = None
 
 
 def encode_error(reason: str, message: str) -> bytes:
@@ -142,7 +148,7 @@ async def serve_stream(
     handler: Handler,
     limits: HandlerLimits,
     limiter: trio.CapacityLimiter,
-    budget: InboundBudget | None = None,
+    budget: InboundBudget,
 ) -> None:
     """Serve one request stream. Never raises (except cancellation); always closes the stream.
 
@@ -151,7 +157,6 @@ async def serve_stream(
     host's stream limit is answered ``BUSY`` at once."""
     peer = stream.remote_peer_id
     protocol = stream.protocol_id
-    budget = budget if budget is not None else InboundBudget(InboundLimits())
     refused = budget.admit(peer)
     if refused is not None:
         logger.info(
@@ -169,9 +174,16 @@ async def serve_stream(
         try:
             with trio.move_on_after(limits.read_timeout):
                 size = await read_header(stream, max_size=limits.max_request)
+                head = b""
+                if limits.request_cap is not None:
+                    head = bytes(await read_exactly(stream, min(size, HEAD_PEEK_BYTES), "head"))
+                    cap = limits.request_cap(head)
+                    if size > cap:
+                        budget.counts["refused", "request_type_size"] += 1
+                        raise WireError(f"request of {size} bytes exceeds {cap} for its type")
                 await budget.reserve(peer, size)
                 granted = size
-                request = await read_exactly(stream, size, "body")
+                request = await read_exactly(stream, size, "body", start=head)
         except WireError as error:
             logger.info("rejected request peer=%s protocol=%s error=%s", peer[:12], protocol, error)
             ok = await _send_error(stream, WireError.reason, str(error))

@@ -327,6 +327,7 @@ class EpochService:
                 read_timeout=self.options.request_timeout,
                 handler_timeout=self.options.request_timeout * 3,
                 max_concurrent=64,
+                request_cap=self._direct_request_cap,
             ),
         )
         gossip.set_validator(self.topic, self._validate_gossip)
@@ -584,6 +585,9 @@ class EpochService:
             self._queue(record)
 
     # -- direct messages ---------------------------------------------------------------------
+
+    def _direct_request_cap(self, head: bytes) -> int:
+        return wire.max_size_for_head(head, EpochMessagesRequest, limits=self.ctx.limits)
 
     async def _handle_direct(self, payload: bytes | bytearray, remote: PeerId) -> bytes:
         request = wire.decode(payload, EpochMessagesRequest, limits=self.ctx.limits)

@@ -200,6 +200,7 @@ class StoragePeerService(ReadsCommittee):
                         max_reply=self.max_frame,
                         handler_timeout=self.options.request_timeout,
                         max_concurrent=self.options.max_concurrent_requests,
+                        request_cap=self.router.request_cap,
                     ),
                 )
                 await nursery.start(self.records.run, gossip, self.records_topic)

@@ -60,6 +60,11 @@ class Router:
     def request_types(self) -> tuple[type[wire.Message], ...]:
         return tuple(self._handlers)
 
+    def request_cap(self, head: bytes) -> int:
+        """The largest request of the type ``head`` names (the rpc layer refuses a bigger
+        frame before reading it: docs/network.md, "Inbound limits")."""
+        return wire.max_size_for_head(head, self.request_types, limits=self.limits)
+
     def check_rate(self, remote: PeerId, kind: str) -> None:
         """Refuse a control-plane request beyond the remote's rate (node/ratelimit.py)."""
         if not self.rates.allow(remote, kind):
