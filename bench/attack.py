@@ -13,7 +13,12 @@ attacker (this process) opens libp2p hosts of its own and, one phase after anoth
 * ``half-open``: ``--half-open`` streams, spread over 10 identities, that each announce 16 MiB,
   send 64 KiB, and then stay open without sending more until the phase ends (``--hold`` s);
 * ``flood``: ``--connections`` identities, each opening ``--streams`` streams that announce the
-  frame cap and send ``--flood-mib`` MiB of it, then stay open until the phase ends.
+  largest sliver upload the peer admits and send ``--flood-mib`` MiB of it, then stay open
+  until the phase ends.
+
+Held streams start with the head of a well-formed ``StoreSliverRequest`` (the peer refuses a
+frame larger than its message type allows from its first 18 bytes, so junk would be turned
+away at once and prove nothing).
 
 Before the attack and during each phase an honest light peer asks the target for a stored
 blob's metadata, one request after another, and the median and 95th percentile of those
@@ -46,7 +51,7 @@ from walrus_p2p.core.genesis import Genesis
 from walrus_p2p.net.framing import encode_header
 from walrus_p2p.net.host import Host, HostConfig, open_host
 from walrus_p2p.node.config import load_genesis
-from walrus_p2p.node.protocol import max_frame_for, storage_protocol_id
+from walrus_p2p.node.protocol import max_frame_for, storage_protocol_id, wire_limits_for
 from walrus_p2p.testing.processes import (
     DevnetCommand,
     cpu_model,
@@ -56,7 +61,7 @@ from walrus_p2p.testing.processes import (
     parse_metrics,
     stop_process,
 )
-from walrus_p2p.types import blob_id_from_text
+from walrus_p2p.types import SliverKind, blob_id_from_text
 
 MIB = 1 << 20
 
@@ -86,6 +91,8 @@ class Target:
         self.addresses = list(member.addresses)
         self.protocol = storage_protocol_id(genesis)
         self.max_frame = max_frame_for(genesis)
+        # The largest frame the peer admits as a sliver upload (its per-type cap).
+        self.max_request = wire.max_encoded_size(wire.StoreSliverRequest, wire_limits_for(genesis))
 
     def inbound(self) -> dict[str, float]:
         if self.metrics is None:
@@ -140,15 +147,41 @@ async def one_header(host: Host, target: Target, size: int) -> None:
         await stream.reset()
 
 
+def sliver_request_head(sliver_size: int) -> bytes:
+    """The first bytes of a well-formed StoreSliverRequest carrying ``sliver_size`` bytes, up
+    to the sliver's own bytes: what an attacker sends so that the peer's per-type frame cap
+    (docs/network.md, "Inbound limits") admits the frame as a sliver upload."""
+    request = wire.StoreSliverRequest(
+        blob_id=bytes(32), pair_index=0, sliver_kind=SliverKind.PRIMARY, data=b"x"
+    )
+    encoded = wire.encode(request)
+    # The sliver is the last field: swap the 1-byte string (head and byte) for the head of a
+    # ``sliver_size``-byte string.
+    return encoded[:-2] + cbor_bytes_head(sliver_size)
+
+
+def cbor_bytes_head(length: int) -> bytes:
+    if length < 24:
+        return bytes([0x40 + length])
+    for info, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if length < 1 << (8 * width):
+            return bytes([0x40 + info]) + length.to_bytes(width, "big")
+    raise ValueError(length)
+
+
 async def held_stream(
     host: Host, target: Target, size: int, send: int, release: trio.Event, opened: list[int]
 ) -> None:
+    """Announce a sliver upload of ``size`` bytes in all (a valid head, so that it is admitted
+    and budgeted), send ``send`` bytes of it, and hold the stream open."""
     try:
         stream = await host.open_stream(target.peer_id, target.protocol)
     except Exception:
         return
     try:
-        await stream.write(encode_header(size))
+        head = sliver_request_head(size - 60)
+        head = sliver_request_head(size - len(head))
+        await stream.write(encode_header(size) + head)
         chunk = b"\xa5" * min(send, MIB)
         sent = 0
         while sent < send:
@@ -268,7 +301,7 @@ async def attack_main(args: argparse.Namespace, target: Target, blob_id: bytes) 
 
         async def flood(done: trio.Event) -> int:
             return await held(
-                args.connections, args.streams, target.max_frame, int(args.flood_mib * MIB)
+                args.connections, args.streams, target.max_request, int(args.flood_mib * MIB)
             )
 
         results.append(await run_phase("flood", honest, target, blob_id, flood))
