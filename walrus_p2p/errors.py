@@ -16,7 +16,9 @@ Every error raised on purpose by the package derives from :class:`WalrusError` a
     │   ├── PeerUnreachableError     PEER_UNREACHABLE
     │   ├── RequestTimeoutError      TIMEOUT
     │   └── RemoteError              (the reason code the remote peer sent)
-    └── QuorumError                  NOT_ENOUGH_PEERS    (quorum weight unreachable)
+    ├── QuorumError                  NOT_ENOUGH_PEERS    (quorum weight unreachable)
+    └── OrderRefusedError            ORDER_* and the like (an economy order or settlement refused;
+                                     the codes are in :data:`ORDER_REFUSAL_REASONS`)
 
 Errors carry their data as attributes; ``str(error)`` is a one-line message for a person.
 """
@@ -117,3 +119,38 @@ class QuorumError(WalrusError):
     """Not enough shard weight answered to reach the quorum an operation needs."""
 
     reason = "NOT_ENOUGH_PEERS"
+
+
+ORDER_REFUSAL_REASONS = frozenset(
+    {
+        "ORDER_MALFORMED",  # the order cannot be valid in any state (bad range, zero amount, ...)
+        "ORDER_FORGED",  # the owner's signature does not verify
+        "ORDER_WRONG_NETWORK",  # signed for another network
+        "ORDER_WRONG_EPOCH",  # names an epoch other than the signer's current one
+        "ORDER_REPLAYED",  # its sequence number was already used by a certified order
+        "ORDER_OUT_OF_SEQUENCE",  # an earlier sequence number of the account is not known here
+        "ORDER_CONFLICT",  # another order was signed or certified for (account, sequence)
+        "ORDER_OVERDRAWN",  # the balance does not cover it
+        "ORDER_PRICE_MISMATCH",  # the amount is not what the prices in force ask
+        "ORDER_LIFETIME_TOO_LONG",  # ends further ahead than the maximum lifetime
+        "RESOURCE_UNKNOWN",  # no such storage resource owned by the account
+        "RESOURCE_UNUSABLE",  # attached, not attached, too small or expired for this use
+        "STAKE_UNKNOWN",  # no such stake owned by the account
+        "STAKE_NOT_WITHDRAWABLE",  # withdrawal already requested, or not complete yet
+        "CERTIFICATE_INVALID",  # approvals do not verify or do not hold a quorum
+        "SETTLEMENT_INVALID",  # an epoch settlement contradicts the ledger
+    }
+)
+"""Stable reason codes of :class:`OrderRefusedError` (docs/economics.md, "Refusals")."""
+
+
+class OrderRefusedError(WalrusError):
+    """An economy order, certificate or settlement was refused; ``reason`` says why and is one of
+    :data:`ORDER_REFUSAL_REASONS`. Whatever raised it changed nothing."""
+
+    reason = "ORDER_MALFORMED"
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in ORDER_REFUSAL_REASONS:
+            raise ValueError(f"unknown order refusal reason {reason!r}")
+        super().__init__(message, reason=reason)

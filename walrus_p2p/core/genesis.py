@@ -7,6 +7,11 @@ spelling and member order in the file do not change it, while any change to a va
 form ``<network>-<16 hex digits>`` goes into every protocol id and gossip topic, so peers of
 two networks never mix.
 
+The optional ``[economy]`` table (docs/economics.md, "Genesis") gives the initial balances
+(``[[economy.allocation]]``) and the prices in force until the peers' votes set others. A genesis
+without it has exactly the network id it had before the economy existed; with it, the table is
+part of the hash.
+
 Everything here is pure: :func:`parse_genesis` takes text (the caller reads the file and passes
 its path as ``source`` for error messages). Every validation error is a ``ConfigError`` whose
 message starts with the TOML field it is about, e.g. ``committee[2].weight: ...``.
@@ -47,6 +52,13 @@ DEFAULT_MAX_BLOB_SIZE = 2**30
 DEFAULT_MAX_FRAME_SIZE = 2**24
 DEFAULT_MAX_GOSSIP_MESSAGE_SIZE = 2**20
 DEFAULT_MAX_EPOCHS_AHEAD = 53
+DEFAULT_STORAGE_PRICE = 100_000
+"""FROST per MiB of encoded size per epoch, until the votes set a price."""
+DEFAULT_WRITE_PRICE = 20_000
+"""FROST per MiB of encoded size, once per registration, until the votes set a price."""
+MAX_SUPPLY = 2**63 - 1
+"""The total of the allocations: every amount and sum fits an unsigned 64-bit wire field."""
+MAX_ALLOCATIONS = 100_000
 MIN_FRAME_SIZE = 2**16
 MIN_GOSSIP_MESSAGE_SIZE = 2**10
 
@@ -84,6 +96,31 @@ def max_primary_sliver_size(n_shards: int, blob_size: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Allocation:
+    """An initial balance: ``amount`` FROST for the account with this Ed25519 public key."""
+
+    account: bytes
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class EconomyGenesis:
+    """The economy's start: initial balances (sorted by account) and the initial prices."""
+
+    allocations: tuple[Allocation, ...] = ()
+    storage_price: int = DEFAULT_STORAGE_PRICE
+    write_price: int = DEFAULT_WRITE_PRICE
+
+    @property
+    def total_supply(self) -> int:
+        return sum(item.amount for item in self.allocations)
+
+
+NO_ECONOMY = EconomyGenesis()
+"""What a genesis without an ``[economy]`` table means: no balances, the default prices."""
+
+
+@dataclass(frozen=True, slots=True)
 class Genesis:
     """A parsed, validated genesis. Members are sorted by peer id; limits are resolved.
 
@@ -100,6 +137,7 @@ class Genesis:
     max_shards_per_peer: int | None = None
     bootstrap: tuple[str, ...] = ()
     version: int = GENESIS_VERSION
+    economy: EconomyGenesis | None = None
     network_id: bytes = field(init=False, repr=False)
     committee: Committee = field(init=False, repr=False, compare=False)
 
@@ -114,6 +152,10 @@ class Genesis:
         object.__setattr__(self, "members", members)
         object.__setattr__(self, "limits", limits)
         object.__setattr__(self, "bootstrap", tuple(self.bootstrap))
+        if self.economy is not None:
+            allocations = tuple(sorted(self.economy.allocations, key=lambda item: item.account))
+            economy = dataclasses.replace(self.economy, allocations=allocations)
+            object.__setattr__(self, "economy", economy)
         try:
             committee = Committee.create(
                 Epoch(0), members, self.n_shards, max_shards_per_peer=self.max_shards_per_peer
@@ -122,6 +164,16 @@ class Genesis:
             raise ConfigError(f"committee: {error.message}") from error
         object.__setattr__(self, "committee", committee)
         object.__setattr__(self, "network_id", _network_id(self))
+
+    @property
+    def economy_or_default(self) -> EconomyGenesis:
+        """The ``[economy]`` table, or :data:`NO_ECONOMY` when the file has none."""
+        return NO_ECONOMY if self.economy is None else self.economy
+
+    @property
+    def total_supply(self) -> int:
+        """The sum of the initial balances: every later state holds exactly this much."""
+        return self.economy_or_default.total_supply
 
     @property
     def network_id_text(self) -> str:
@@ -183,6 +235,26 @@ def _validate(genesis: Genesis) -> None:
     for position, address in enumerate(genesis.bootstrap):
         if check_tcp_multiaddr(address, where=f"bootstrap[{position}]") is None:
             raise ConfigError(f"bootstrap[{position}]: must end with /p2p/<peer id>")
+    if genesis.economy is not None:
+        _validate_economy(genesis.economy)
+
+
+def _validate_economy(economy: EconomyGenesis) -> None:
+    _check_range("economy.storage_price", economy.storage_price, 0, MAX_UINT63)
+    _check_range("economy.write_price", economy.write_price, 0, MAX_UINT63)
+    if len(economy.allocations) > MAX_ALLOCATIONS:
+        raise ConfigError(f"economy.allocation: at most {MAX_ALLOCATIONS} entries")
+    seen: set[bytes] = set()
+    for index, item in enumerate(economy.allocations):
+        where = f"economy.allocation[{index}]"
+        if not isinstance(item.account, bytes) or len(item.account) != identity.PUBLIC_KEY_LENGTH:
+            raise ConfigError(f"{where}.account: must be a 32-byte public key")
+        if item.account in seen:
+            raise ConfigError(f"{where}.account: {item.account.hex()} is listed twice")
+        seen.add(item.account)
+        _check_range(f"{where}.amount", item.amount, 1, MAX_SUPPLY)
+    if economy.total_supply > MAX_SUPPLY:
+        raise ConfigError(f"economy.allocation: the total exceeds {MAX_SUPPLY}")
 
 
 def _validate_limits(limits: Limits, n_shards: int) -> None:
@@ -284,6 +356,16 @@ def canonical_encoding(genesis: Genesis) -> bytes:
         ],
         list(genesis.bootstrap),
     ]
+    if genesis.economy is not None:  # absent: the encoding (and network id) of before
+        economy = genesis.economy
+        document.append(
+            [
+                "economy",
+                economy.storage_price,
+                economy.write_price,
+                [[item.account, item.amount] for item in economy.allocations],
+            ]
+        )
     encoded: bytes = cbor2.dumps(document, canonical=True)
     return encoded
 
@@ -307,8 +389,11 @@ _TOP_LEVEL_KEYS = frozenset(
         "limits",
         "committee",
         "bootstrap",
+        "economy",
     }
 )
+_ECONOMY_KEYS = frozenset({"storage_price", "write_price", "allocation"})
+_ALLOCATION_KEYS = frozenset({"account", "amount"})
 _MEMBER_KEYS = frozenset({"peer_id", "public_key", "weight", "addresses"})
 
 
@@ -356,6 +441,38 @@ def _genesis_from_document(document: Mapping[str, Any]) -> Genesis:
         limits=Limits(**limits_table),
         max_shards_per_peer=max_shards_per_peer,
         bootstrap=_require_str_list("bootstrap", document.get("bootstrap", [])),
+        economy=_economy_from_table(document["economy"]) if "economy" in document else None,
+    )
+
+
+def _economy_from_table(table: object) -> EconomyGenesis:
+    if not isinstance(table, dict):
+        raise ConfigError("economy: must be a table")
+    _reject_unknown(table, _ECONOMY_KEYS, "economy.")
+    entries = table.get("allocation", [])
+    if not isinstance(entries, list):
+        raise ConfigError("economy.allocation: must be an array of tables ([[economy.allocation]])")
+    allocations = []
+    for index, entry in enumerate(entries):
+        where = f"economy.allocation[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a table")
+        _reject_unknown(entry, _ALLOCATION_KEYS, f"{where}.")
+        for key in sorted(_ALLOCATION_KEYS):
+            if key not in entry:
+                raise ConfigError(f"{where}.{key}: missing")
+        account = parse_public_key(
+            _require_str(f"{where}.account", entry["account"]), where=f"{where}.account"
+        )
+        allocations.append(Allocation(account, _require_int(f"{where}.amount", entry["amount"])))
+    return EconomyGenesis(
+        allocations=tuple(allocations),
+        storage_price=_require_int(
+            "economy.storage_price", table.get("storage_price", DEFAULT_STORAGE_PRICE)
+        ),
+        write_price=_require_int(
+            "economy.write_price", table.get("write_price", DEFAULT_WRITE_PRICE)
+        ),
     )
 
 
@@ -468,6 +585,19 @@ def genesis_to_toml(genesis: Genesis) -> str:
             toml_text.assignment("weight", toml_text.integer(member.weight)),
             toml_text.assignment("addresses", toml_text.string_array(member.addresses)),
         ]
+    if genesis.economy is not None:
+        economy = genesis.economy
+        lines += [
+            f"\n[economy]  # total supply {economy.total_supply} FROST\n",
+            toml_text.assignment("storage_price", toml_text.integer(economy.storage_price)),
+            toml_text.assignment("write_price", toml_text.integer(economy.write_price)),
+        ]
+        for item in economy.allocations:
+            lines += [
+                "\n[[economy.allocation]]\n",
+                toml_text.assignment("account", toml_text.string(item.account.hex())),
+                toml_text.assignment("amount", toml_text.integer(item.amount)),
+            ]
     return "".join(lines)
 
 
@@ -481,6 +611,7 @@ def create_genesis_toml(
     limits: Limits | None = None,
     max_shards_per_peer: int | None = None,
     bootstrap: Iterable[str] = (),
+    economy: EconomyGenesis | None = None,
 ) -> str:
     """Validated genesis TOML for these members (``genesis create``, the devnet).
 
@@ -496,5 +627,6 @@ def create_genesis_toml(
         limits=Limits() if limits is None else limits,
         max_shards_per_peer=max_shards_per_peer,
         bootstrap=tuple(bootstrap),
+        economy=economy,
     )
     return genesis_to_toml(genesis)

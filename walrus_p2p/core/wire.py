@@ -45,7 +45,9 @@ and messages need no annotation. The aliases must be importable at module level 
 defines the message (``typing.get_type_hints`` resolves them there).
 
 Type ids: 1–9 shared values (errors, confirmations), 10–31 the storage peer request/reply pairs,
-32–63 reserved for signed system-log records, 64–95 for gossip and sync. A type id is never reused.
+32–63 reserved for signed system-log records, 64–95 for gossip and sync, 96–127 for the economy
+(orders, approvals, certificates, votes, settlements: ``core/economy_messages.py``). A type id is
+never reused.
 """
 
 from __future__ import annotations

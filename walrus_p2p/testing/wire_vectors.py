@@ -15,7 +15,15 @@ import json
 import sys
 from pathlib import Path
 
-from walrus_p2p.core import blob_messages, consensus, epochs, migration, records, wire
+from walrus_p2p.core import (
+    blob_messages,
+    consensus,
+    economy_messages,
+    epochs,
+    migration,
+    records,
+    wire,
+)
 from walrus_p2p.core.metadata import Metadata, SliverPairMetadata
 from walrus_p2p.types import BlobId, Epoch, PeerId, SliverKind
 
@@ -223,6 +231,7 @@ def _system_log_samples(blob_id: BlobId, network_id: bytes) -> dict[str, wire.Me
             epoch=Epoch(4), round=2, messages=(wire.encode(epoch_record),)
         ),
         **_migration_messages(network_id, blob_id, key, signature),
+        **_economy_messages(network_id, blob_id, key, signatures),
     }
 
 
@@ -249,6 +258,62 @@ def _migration_messages(
         "ShardsInPlace": in_place,
         "GetShardsInPlaceRequest": migration.GetShardsInPlaceRequest(epoch=Epoch(6)),
         "GetShardsInPlaceReply": migration.GetShardsInPlaceReply(reports=(in_place,)),
+    }
+
+
+def _economy_messages(
+    network_id: bytes, blob_id: BlobId, key: bytes, signatures: tuple[records.Signature, ...]
+) -> dict[str, wire.Message]:
+    em = economy_messages
+    account, other = _filled(32, 0x90), _filled(32, 0x91)
+    resource = _filled(32, 0x92)
+    transfer = em.TransferBody(network_id, account, 3, Epoch(7), other, 10**9)
+    signed = em.SignedOrder(wire.encode(transfer), _filled(64, 0x62))
+    second = em.SignedOrder(
+        wire.encode(em.TransferBody(network_id, account, 3, Epoch(7), key, 5)), _filled(64, 0x63)
+    )
+    vote_body = em.ParameterVoteBody(network_id, key, Epoch(7), 100_000, 20_000, 2**40, 1500)
+    return {
+        "TransferBody": transfer,
+        "BuyStorageBody": em.BuyStorageBody(
+            network_id, account, 4, Epoch(7), 12, Epoch(8), Epoch(60), 12 * 52 * 100_000
+        ),
+        "ExtendStorageBody": em.ExtendStorageBody(
+            network_id, account, 5, Epoch(7), resource, Epoch(70), 120_000
+        ),
+        "SplitStorageBody": em.SplitStorageBody(
+            network_id, account, 6, Epoch(7), resource, em.SplitKind.EPOCH, 30
+        ),
+        "AttachBlobBody": em.AttachBlobBody(
+            network_id, account, 7, Epoch(7), resource, blob_id, 5 * 2**20, True, 100_000
+        ),
+        "ReleaseStorageBody": em.ReleaseStorageBody(network_id, account, 8, Epoch(7), resource),
+        "StakeBody": em.StakeBody(network_id, account, 9, Epoch(7), key, 2**62),
+        "RequestWithdrawBody": em.RequestWithdrawBody(
+            network_id, account, 10, Epoch(7), _filled(32, 0x93)
+        ),
+        "WithdrawBody": em.WithdrawBody(network_id, account, 11, Epoch(8), _filled(32, 0x93)),
+        "SignedOrder": signed,
+        "OrderApprovalBody": em.OrderApprovalBody(network_id, Epoch(7), _filled(32, 0x94)),
+        "CertifiedOrder": em.CertifiedOrder(signed, signatures),
+        "ConflictEvidence": em.ConflictEvidence(
+            key, signed, _filled(64, 0x64), Epoch(7), second, _filled(64, 0x65), Epoch(7)
+        ),
+        "ParameterVoteBody": vote_body,
+        "ParameterVote": em.ParameterVote(vote_body, _filled(64, 0x66)),
+        "EpochSettlement": em.EpochSettlement(
+            network_id,
+            Epoch(7),
+            123_456_789,
+            (
+                em.VoteEntry(signatures[0].signer, 100_000, 20_000, 2**40, 1500),
+                em.VoteEntry(signatures[1].signer, 90_000, 25_000, 2**41, 0),
+            ),
+            (_filled(32, 0x10), _filled(32, 0x20)),
+            (_filled(32, 0x30),),
+            (signatures[1].signer,),
+        ),
+        "EpochSettlement/empty": em.EpochSettlement(network_id, Epoch(0), 0, (), (), (), ()),
     }
 
 

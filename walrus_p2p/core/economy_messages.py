@@ -1,0 +1,571 @@
+"""Economy messages: account orders, member approvals, certificates, evidence, votes, settlements.
+
+Owner: the wire form of the token economy (docs/economics.md; docs/design.md §5). Type ids
+96-127 are the economy's: 96-104 the order bodies, 105-108 signed orders, approvals,
+certificates and conflict evidence, 109-110 parameter votes, 111 the epoch settlement.
+
+- An **account** is an Ed25519 public key. Its owner signs order *bodies*: a transfer, a storage
+  purchase, an extension, a split, attaching a blob to a resource, releasing it after a delete,
+  a stake, a withdrawal request, a withdrawal. Every body names the network, the account, the
+  account's sequence number and the epoch in which it is to be certified.
+- A :class:`SignedOrder` carries the body as its canonical encoding (``body``), so the order id
+  (:func:`order_id`, a keyed blake3 hash of those bytes) and the owner's signature cover exactly
+  one value, and the body can be forwarded byte for byte.
+- A committee member that follows the signing rule (:class:`walrus_p2p.core.ledger.OrderSigner`)
+  *approves* an order by signing :class:`OrderApprovalBody` (network, epoch, order id). An order
+  with approvals from members holding a quorum of the epoch's shards is a
+  :class:`CertifiedOrder`: final (:func:`verify_certified_order`).
+- Two approvals by one member of two different orders of one (account, sequence) are
+  :class:`ConflictEvidence`, which anyone holding the member's public key can check.
+- :class:`ParameterVote` is a member's signed vote on prices, capacity and its commission;
+  :class:`EpochSettlement` is what the epoch change agrees on for the economy.
+
+Pure: no I/O. The state these messages change is :mod:`walrus_p2p.core.ledger`.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, TypeAlias
+
+from walrus_p2p.core import identity, wire
+from walrus_p2p.core.committee import Committee, is_quorum
+from walrus_p2p.core.merkle import derive_domain_key, keyed_hash
+from walrus_p2p.core.records import (
+    MAX_PEER_ID_LENGTH,
+    EpochNumber,
+    PeerIdText,
+    Signature,
+    Signatures,
+    verify_weighted_signatures,
+)
+from walrus_p2p.core.wire import (
+    MAX_SHARDS,
+    U16,
+    U64,
+    BlobIdBytes,
+    BytesSpec,
+    Hash32,
+    ListSpec,
+    Message,
+    NetworkIdBytes,
+    PublicKeyBytes,
+    SignatureBytes,
+    TextSpec,
+    record,
+    record_spec,
+    register,
+    signing_bytes,
+)
+from walrus_p2p.errors import OrderRefusedError, VerificationError, WireError
+from walrus_p2p.types import Epoch, PeerId
+
+ORDER_CONTEXT = "walrus-p2p/economy-order/v1"
+"""What an account owner signs its order bodies under."""
+ORDER_APPROVAL_CONTEXT = "walrus-p2p/economy-order-approval/v1"
+"""What a committee member signs an :class:`OrderApprovalBody` under."""
+PARAMETER_VOTE_CONTEXT = "walrus-p2p/economy-parameter-vote/v1"
+
+ORDER_ID_KEY = derive_domain_key("economy order id")
+SETTLEMENT_ID_KEY = derive_domain_key("economy settlement id")
+RESOURCE_ID_KEY = derive_domain_key("economy storage resource id")
+
+MAX_ORDER_BODY_SIZE = 512
+"""The largest body is an attach order, about 200 bytes."""
+MAX_SETTLEMENT_STAKE_MOVES = 1024
+"""Stake activations (and, separately, withdrawal requests) one settlement may list; more wait for
+the next epoch change."""
+MAX_COMMISSION_BPS = 10_000
+
+AccountKey = PublicKeyBytes
+"""An account: a 32-byte Ed25519 public key."""
+Amount = U64
+"""WAL in its base unit (FROST: 10^9 per WAL)."""
+SequenceNumber = U64
+
+
+# --------------------------------------------------------------------------------------------
+# Order bodies. Every body starts with: network id, account, sequence, epoch.
+
+
+@register(96)
+@dataclass(frozen=True, slots=True)
+class TransferBody(Message):
+    """Move ``amount`` from the account to ``recipient``."""
+
+    network_id: NetworkIdBytes
+    account: AccountKey
+    sequence: SequenceNumber
+    epoch: EpochNumber
+    recipient: AccountKey
+    amount: Amount
+
+
+@register(97)
+@dataclass(frozen=True, slots=True)
+class BuyStorageBody(Message):
+    """Buy a storage resource of ``units`` (MiB of encoded size) for epochs [start, end).
+
+    ``amount`` is units x storage price x (end - start) at the prices in force in ``epoch``; it
+    is split evenly into the reward pools of epochs start..end-1. The resource's id is the
+    order id."""
+
+    network_id: NetworkIdBytes
+    account: AccountKey
+    sequence: SequenceNumber
+    epoch: EpochNumber
+    units: U64
+    start_epoch: EpochNumber
+    end_epoch: EpochNumber
+    amount: Amount
+
+
+@register(98)
+@dataclass(frozen=True, slots=True)
+class ExtendStorageBody(Message):
+    """Extend a resource (attached to a blob or not) to ``end_epoch``, paying for the added
+    epochs: units x storage price x (end_epoch - old end)."""
+
+    network_id: NetworkIdBytes
+    account: AccountKey
+    sequence: SequenceNumber
+    epoch: EpochNumber
+    resource: Hash32
+    end_epoch: EpochNumber
+    amount: Amount
+
+
+class SplitKind(enum.Enum):
+    """How a resource is split: by size (``at`` units go to the first part) or by epoch (the
+    first part ends at epoch ``at``). Values are wire codes; never renumber them."""
+
+    SIZE = 0
+    EPOCH = 1
+
+
+@register(99)
+@dataclass(frozen=True, slots=True)
+class SplitStorageBody(Message):
+    """Split an unattached resource in two (:func:`split_resource_ids` names the parts)."""
+
+    network_id: NetworkIdBytes
+    account: AccountKey
+    sequence: SequenceNumber
+    epoch: EpochNumber
+    resource: Hash32
+    kind: SplitKind
+    at: U64
+
+
+@register(100)
+@dataclass(frozen=True, slots=True)
+class AttachBlobBody(Message):
+    """Register a blob on a resource: the resource must cover the blob's encoded size (in units)
+    and is consumed (attached) until a :class:`ReleaseStorageBody` after a delete. ``amount`` is
+    the write fee, units x write price, paid into the pool of ``epoch``."""
+
+    network_id: NetworkIdBytes
+    account: AccountKey
+    sequence: SequenceNumber
+    epoch: EpochNumber
+    resource: Hash32
+    blob_id: BlobIdBytes
+    encoded_size: U64
+    deletable: bool
+    amount: Amount
+
+
+@register(101)
+@dataclass(frozen=True, slots=True)
+class ReleaseStorageBody(Message):
+    """Detach a deletable blob's resource (the blob was deleted): the resource can be reused for
+    what is left of its epochs."""
+
+    network_id: NetworkIdBytes
+    account: AccountKey
+    sequence: SequenceNumber
+    epoch: EpochNumber
+    resource: Hash32
+
+
+@register(102)
+@dataclass(frozen=True, slots=True)
+class StakeBody(Message):
+    """Stake ``amount`` with the storage peer whose public key is ``peer``. The stake's id is the
+    order id; it counts from the committee selection of the first settlement that lists it."""
+
+    network_id: NetworkIdBytes
+    account: AccountKey
+    sequence: SequenceNumber
+    epoch: EpochNumber
+    peer: PublicKeyBytes
+    amount: Amount
+
+
+@register(103)
+@dataclass(frozen=True, slots=True)
+class RequestWithdrawBody(Message):
+    """Ask to withdraw a stake: it stops counting from the committee selection of the first
+    settlement that lists this request, and can be withdrawn once that settlement is applied."""
+
+    network_id: NetworkIdBytes
+    account: AccountKey
+    sequence: SequenceNumber
+    epoch: EpochNumber
+    stake: Hash32
+
+
+@register(104)
+@dataclass(frozen=True, slots=True)
+class WithdrawBody(Message):
+    """Withdraw a stake whose withdrawal is complete: its principal and rewards go to the
+    account's balance."""
+
+    network_id: NetworkIdBytes
+    account: AccountKey
+    sequence: SequenceNumber
+    epoch: EpochNumber
+    stake: Hash32
+
+
+OrderBody: TypeAlias = (
+    TransferBody
+    | BuyStorageBody
+    | ExtendStorageBody
+    | SplitStorageBody
+    | AttachBlobBody
+    | ReleaseStorageBody
+    | StakeBody
+    | RequestWithdrawBody
+    | WithdrawBody
+)
+ORDER_BODY_TYPES = (
+    TransferBody,
+    BuyStorageBody,
+    ExtendStorageBody,
+    SplitStorageBody,
+    AttachBlobBody,
+    ReleaseStorageBody,
+    StakeBody,
+    RequestWithdrawBody,
+    WithdrawBody,
+)
+"""For ``wire.decode(data, ORDER_BODY_TYPES)``."""
+
+OrderBodyBytes = Annotated[bytes, BytesSpec(min_length=1, max_length=MAX_ORDER_BODY_SIZE)]
+
+
+# --------------------------------------------------------------------------------------------
+# Signed orders, approvals, certificates
+
+
+@register(105)
+@dataclass(frozen=True, slots=True)
+class SignedOrder(Message):
+    """An order body (its canonical encoding) and the owner's signature over those bytes under
+    :data:`ORDER_CONTEXT`. Unverified until :func:`verify_order`."""
+
+    body: OrderBodyBytes
+    signature: SignatureBytes
+
+
+@register(106)
+@dataclass(frozen=True, slots=True)
+class OrderApprovalBody(Message):
+    """What a committee member of ``epoch`` signs to approve the order with id ``order_id``."""
+
+    network_id: NetworkIdBytes
+    epoch: EpochNumber
+    order_id: Hash32
+
+
+@register(107)
+@dataclass(frozen=True, slots=True)
+class CertifiedOrder(Message):
+    """An order and approvals (sorted by signer) from members holding a quorum of the shards of
+    the epoch the order names: final (:func:`verify_certified_order`)."""
+
+    order: SignedOrder
+    approvals: Signatures
+
+
+@register(108)
+@dataclass(frozen=True, slots=True)
+class ConflictEvidence(Message):
+    """One member's approvals of two different orders of one (account, sequence): an honest
+    member never signs both (docs/economics.md, "Double spending"). ``public_key`` is the
+    member's; :func:`verify_conflict_evidence` checks everything else."""
+
+    public_key: PublicKeyBytes
+    first: SignedOrder
+    first_approval: SignatureBytes
+    first_epoch: EpochNumber
+    second: SignedOrder
+    second_approval: SignatureBytes
+    second_epoch: EpochNumber
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter votes and the settlement
+
+
+@register(109)
+@dataclass(frozen=True, slots=True)
+class ParameterVoteBody(Message):
+    """A storage peer's vote, from ``epoch`` on: prices (FROST per MiB of encoded size: per epoch
+    for storage, once for a write), the capacity it offers (bytes) and its commission (basis
+    points of its rewards, at most 10 000)."""
+
+    network_id: NetworkIdBytes
+    public_key: PublicKeyBytes
+    epoch: EpochNumber
+    storage_price: U64
+    write_price: U64
+    capacity: U64
+    commission_bps: U16
+
+
+@register(110)
+@dataclass(frozen=True, slots=True)
+class ParameterVote(Message):
+    body: ParameterVoteBody
+    signature: SignatureBytes
+
+
+@record
+@dataclass(frozen=True, slots=True, order=True)
+class VoteEntry:
+    """A member's vote as the settlement carries it (the member is named by peer id)."""
+
+    peer_id: PeerIdText
+    storage_price: U64
+    write_price: U64
+    capacity: U64
+    commission_bps: U16
+
+
+VoteEntries = Annotated[
+    tuple[VoteEntry, ...],
+    ListSpec(record_spec(VoteEntry), MAX_SHARDS, strictly_increasing=True),
+]
+OrderIds = Annotated[tuple[bytes, ...], ListSpec(BytesSpec.exact(32), MAX_SETTLEMENT_STAKE_MOVES)]
+"""Order ids, sorted without repeats (checked by :func:`check_settlement_form`)."""
+PeerIds = Annotated[
+    tuple[PeerId, ...],
+    ListSpec(TextSpec(MAX_PEER_ID_LENGTH, r"[1-9A-HJ-NP-Za-km-z]+"), MAX_SHARDS),
+]
+"""Peer ids, sorted without repeats (checked by :func:`check_settlement_form`)."""
+
+
+@register(111)
+@dataclass(frozen=True, slots=True)
+class EpochSettlement(Message):
+    """The economy part of an epoch change: agreed by the committee of ``epoch`` together with
+    the committee of ``epoch`` + 1 (docs/economics.md, "What is agreed where").
+
+    - ``payout``: what the reward fund pays for ``epoch`` (the members' shares, the stakers'
+      shares and the burn);
+    - ``votes``: the parameter votes in force, sorted by peer id; prices and capacity of epoch
+      ``epoch`` + 1 are their quorum quantiles over the next committee's shards, and each
+      commission applies to the rewards of epoch ``epoch`` + 2;
+    - ``stake_activations``: stake orders that count from the next committee on;
+    - ``withdrawal_requests``: withdrawal requests whose stake stops counting from the next
+      committee on (and is withdrawable once this settlement is applied);
+    - ``slashed``: members whose commission for ``epoch`` is burned (a quorum voted for it).
+    """
+
+    network_id: NetworkIdBytes
+    epoch: EpochNumber
+    payout: Amount
+    votes: VoteEntries
+    stake_activations: OrderIds
+    withdrawal_requests: OrderIds
+    slashed: PeerIds
+
+
+# --------------------------------------------------------------------------------------------
+# Ids, signing, verification
+
+
+def order_id(order: SignedOrder) -> bytes:
+    """The 32-byte id of an order: a keyed hash of its body's canonical encoding."""
+    return keyed_hash(ORDER_ID_KEY, order.body)
+
+
+def settlement_id(settlement: EpochSettlement) -> bytes:
+    """The 32-byte id of a settlement, for the epoch value to carry."""
+    return keyed_hash(SETTLEMENT_ID_KEY, signing_bytes(settlement))
+
+
+def split_resource_ids(order: bytes) -> tuple[bytes, bytes]:
+    """The ids of the two resources a split order (id ``order``) makes."""
+    first = keyed_hash(RESOURCE_ID_KEY, order + b"\x00")
+    return first, keyed_hash(RESOURCE_ID_KEY, order + b"\x01")
+
+
+def sign_order(owner: identity.Identity, body: OrderBody) -> SignedOrder:
+    """The owner's signed order; the body must name the owner's account."""
+    if body.account != owner.public_key.raw:
+        raise ValueError("the order names another account than the signer's")
+    encoded = wire.encode(body)
+    return SignedOrder(encoded, owner.sign(ORDER_CONTEXT, encoded))
+
+
+def decode_order_body(order: SignedOrder) -> OrderBody:
+    """The body of an order; ``OrderRefusedError(ORDER_MALFORMED)`` if it does not decode."""
+    try:
+        body = wire.decode(order.body, ORDER_BODY_TYPES)
+    except WireError as error:
+        raise OrderRefusedError("ORDER_MALFORMED", f"order body: {error}") from error
+    assert isinstance(body, ORDER_BODY_TYPES)
+    return body
+
+
+def verify_order(order: SignedOrder, network_id: bytes) -> OrderBody:
+    """Decode the body and check the network and the owner's signature.
+
+    Refusals: ``ORDER_MALFORMED``, ``ORDER_WRONG_NETWORK``, ``ORDER_FORGED``."""
+    body = decode_order_body(order)
+    if body.network_id != network_id:
+        raise OrderRefusedError("ORDER_WRONG_NETWORK", "the order is for another network")
+    key = identity.PublicKey(body.account)
+    if not key.is_valid_signature(ORDER_CONTEXT, order.body, order.signature):
+        raise OrderRefusedError("ORDER_FORGED", "the owner's signature does not verify")
+    return body
+
+
+def approval_bytes(network_id: bytes, epoch: int, order: bytes) -> bytes:
+    """The bytes a member signs to approve the order with id ``order`` in ``epoch``."""
+    return signing_bytes(OrderApprovalBody(network_id, Epoch(epoch), order))
+
+
+def approve(member: identity.Identity, network_id: bytes, epoch: int, order: bytes) -> Signature:
+    """A member's approval (call it only through the signing rule, ``OrderSigner``)."""
+    signature = member.sign(ORDER_APPROVAL_CONTEXT, approval_bytes(network_id, epoch, order))
+    return Signature(member.peer_id, signature)
+
+
+def certify(order: SignedOrder, approvals: list[Signature]) -> CertifiedOrder:
+    """A certificate from collected approvals (sorted; verified by the receivers)."""
+    return CertifiedOrder(order, tuple(sorted(approvals)))
+
+
+CommitteeOf: TypeAlias = Callable[[Epoch], Committee | None]
+
+
+def verify_certified_order(
+    certificate: CertifiedOrder, network_id: bytes, committee_of: CommitteeOf
+) -> OrderBody:
+    """Check the order (as :func:`verify_order`) and that members of the committee of the epoch
+    it names, holding a quorum of its shards, approved it; each approval must verify.
+
+    Refusals: the order's own, then ``CERTIFICATE_INVALID``.
+    """
+    body = verify_order(certificate.order, network_id)
+    committee = committee_of(Epoch(body.epoch))
+    if committee is None:
+        raise OrderRefusedError("CERTIFICATE_INVALID", f"no committee known for epoch {body.epoch}")
+    message = approval_bytes(network_id, body.epoch, order_id(certificate.order))
+    try:
+        verify_weighted_signatures(
+            committee,
+            certificate.approvals,
+            ORDER_APPROVAL_CONTEXT,
+            lambda signer: message,
+            need=is_quorum,
+            what="order certificate",
+        )
+    except VerificationError as error:
+        raise OrderRefusedError("CERTIFICATE_INVALID", error.message) from error
+    return body
+
+
+def verify_conflict_evidence(evidence: ConflictEvidence, network_id: bytes) -> tuple[bytes, int]:
+    """Check that one key approved two different orders of one (account, sequence); returns the
+    (account, sequence). ``VerificationError`` if it is not such evidence.
+
+    The orders' own signatures are checked too, so evidence cannot be made from orders the
+    account's owner never signed."""
+    try:
+        first = verify_order(evidence.first, network_id)
+        second = verify_order(evidence.second, network_id)
+    except OrderRefusedError as error:
+        raise VerificationError(f"conflict evidence: {error.message}") from error
+    if (first.account, first.sequence) != (second.account, second.sequence):
+        raise VerificationError("conflict evidence: the orders are for different sequence slots")
+    first_id, second_id = order_id(evidence.first), order_id(evidence.second)
+    if first_id == second_id:
+        raise VerificationError("conflict evidence: the two orders are the same order")
+    key = identity.PublicKey(evidence.public_key)
+    for order, signature, epoch in (
+        (first_id, evidence.first_approval, evidence.first_epoch),
+        (second_id, evidence.second_approval, evidence.second_epoch),
+    ):
+        message = approval_bytes(network_id, epoch, order)
+        if not key.is_valid_signature(ORDER_APPROVAL_CONTEXT, message, signature):
+            raise VerificationError("conflict evidence: an approval does not verify")
+    return first.account, first.sequence
+
+
+def sign_parameter_vote(
+    member: identity.Identity,
+    *,
+    network_id: bytes,
+    epoch: int,
+    storage_price: int,
+    write_price: int,
+    capacity: int,
+    commission_bps: int,
+) -> ParameterVote:
+    """A storage peer's signed vote on prices, capacity and its commission."""
+    if not 0 <= commission_bps <= MAX_COMMISSION_BPS:
+        raise ValueError(f"commission must be 0..{MAX_COMMISSION_BPS} basis points")
+    body = ParameterVoteBody(
+        network_id,
+        member.public_key.raw,
+        Epoch(epoch),
+        storage_price,
+        write_price,
+        capacity,
+        commission_bps,
+    )
+    return ParameterVote(body, member.sign(PARAMETER_VOTE_CONTEXT, signing_bytes(body)))
+
+
+def verify_parameter_vote(vote: ParameterVote, network_id: bytes) -> VoteEntry:
+    """Check a vote's network, signature and commission range; its settlement entry."""
+    if vote.body.network_id != network_id:
+        raise VerificationError("parameter vote for another network")
+    if vote.body.commission_bps > MAX_COMMISSION_BPS:
+        raise VerificationError("parameter vote: commission above 10 000 basis points")
+    key = identity.PublicKey(vote.body.public_key)
+    key.verify(PARAMETER_VOTE_CONTEXT, signing_bytes(vote.body), vote.signature)
+    return VoteEntry(
+        key.peer_id,
+        vote.body.storage_price,
+        vote.body.write_price,
+        vote.body.capacity,
+        vote.body.commission_bps,
+    )
+
+
+def check_settlement_form(settlement: EpochSettlement, network_id: bytes) -> None:
+    """What a settlement must satisfy on its own: the network, sorted lists without repeats,
+    commissions in range. ``OrderRefusedError(SETTLEMENT_INVALID)`` otherwise."""
+
+    def refuse(why: str) -> OrderRefusedError:
+        return OrderRefusedError("SETTLEMENT_INVALID", f"settlement of {settlement.epoch}: {why}")
+
+    if settlement.network_id != network_id:
+        raise refuse("for another network")
+    for name in ("stake_activations", "withdrawal_requests", "slashed"):
+        items: tuple[bytes | str, ...] = getattr(settlement, name)
+        if any(not a < b for a, b in itertools.pairwise(items)):  # type: ignore[operator]
+            raise refuse(f"{name} not sorted without repeats")
+    if set(settlement.stake_activations) & set(settlement.withdrawal_requests):
+        raise refuse("an order is listed both as activation and as withdrawal request")
+    if any(vote.commission_bps > MAX_COMMISSION_BPS for vote in settlement.votes):
+        raise refuse("a commission above 10 000 basis points")
