@@ -275,7 +275,6 @@ async def serve_http(
     limits = limits or HttpLimits()
     stats = stats if stats is not None else ConnectionStats()
     config = hypercorn_config(bind, limits)
-    _warn_if_few_file_descriptors(limits.max_connections)
     sockets = config.create_sockets()
     listeners = []
     urls = []
@@ -338,7 +337,7 @@ async def _accept_loop(
         nursery.start_soon(connection, stream)
 
 
-def _warn_if_few_file_descriptors(max_connections: int) -> None:
+def warn_if_few_file_descriptors(max_connections: int) -> None:
     """Each connection is a file descriptor: say so if the process may run out before the cap."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < max_connections + FD_RESERVE:
