@@ -100,6 +100,9 @@ class SendDeadlineStream(trio.abc.HalfCloseableStream):
     in half); the deadline here is an inner scope, which a shield does not stop. A timed-out
     write closes the socket and raises ``trio.BrokenResourceError``, which hypercorn takes as the
     client having gone away: the request's app gets ``http.disconnect`` and ends.
+
+    Writes and the final ``send_eof`` take turns: hypercorn may end a connection from its reader
+    task while the app's task is writing, and trio refuses two senders on one stream.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class SendDeadlineStream(trio.abc.HalfCloseableStream):
         self._stream = stream
         self._send_timeout = send_timeout
         self._on_timeout = on_timeout
+        self._sending = trio.Lock()
 
     @property
     def socket(self) -> trio.socket.SocketType:
@@ -119,7 +123,8 @@ class SendDeadlineStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         with trio.move_on_after(self._send_timeout) as deadline:
-            await self._stream.send_all(data)
+            async with self._sending:
+                await self._stream.send_all(data)
         if deadline.cancelled_caught:
             if self._on_timeout is not None:
                 self._on_timeout()
@@ -134,7 +139,8 @@ class SendDeadlineStream(trio.abc.HalfCloseableStream):
         return await self._stream.receive_some(limit)
 
     async def send_eof(self) -> None:
-        await self._stream.send_eof()
+        async with self._sending:
+            await self._stream.send_eof()
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -153,10 +159,10 @@ def bounded_app(app: Any, send_timeout: float) -> Any:
       the client's flow-control window instead.
     - A request body the app leaves unread (a refusal, an error, a GET with a body) is taken from
       hypercorn's queue and dropped while the response ends, and the connection is closed if the
-      body is still arriving a second later. Without that, hypercorn deadlocks: with the queue
-      full, its reader waits to queue more body while the end of the response waits to queue
-      ``http.disconnect`` behind it, so the connection would stay open forever, whatever its
-      deadlines.
+      body is still arriving a second later; the response says ``Connection: close``. Without
+      this, hypercorn deadlocks: with the queue full, its reader waits to queue more body while
+      the end of the response waits to queue ``http.disconnect`` behind it, so the connection
+      would stay open forever, whatever its deadlines.
     """
 
     async def bounded(scope: Any, receive: Any, send: Any) -> None:
@@ -178,6 +184,8 @@ def bounded_app(app: Any, send_timeout: float) -> Any:
             body_done = True
 
         async def bounded_send(message: Any) -> None:
+            if message["type"] == "http.response.start" and not body_done:
+                message = _closing(message, scope)
             if message["type"] != "http.response.body":
                 await send(message)
                 return
@@ -198,6 +206,21 @@ def bounded_app(app: Any, send_timeout: float) -> Any:
                 await _abandon_body(scope, receive)
 
     return bounded
+
+
+def _closing(start: Any, scope: Any) -> Any:
+    """The response start with ``Connection: close`` (HTTP/1 only; h2 has no such header).
+
+    A response that starts before the request body was read ends the connection (the rest of
+    the body is dropped, see `bounded_app`); saying so keeps the client from sending its next
+    request on a connection about to close.
+    """
+    if scope.get("http_version") not in ("1.0", "1.1"):
+        return start
+    headers = list(start.get("headers", []))
+    if not any(name.lower() == b"connection" for name, _ in headers):
+        headers.append((b"connection", b"close"))
+    return {**start, "headers": headers}
 
 
 def _declares_body(scope: Any) -> bool:
