@@ -557,7 +557,7 @@ async def test_read_overload_is_429_and_writes_are_separate(fake: FakeBlobServic
     async def slow_read(client: httpx.AsyncClient) -> None:
         results.append(await client.get(f"/v1/blobs/{blob_id}"))
 
-    async with gateway(fake, max_concurrent_reads=1) as (client, _):
+    async with gateway(fake, max_concurrent_reads=1) as (client, probe):
         with trio.fail_after(TIMEOUT):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(slow_read, client)
@@ -571,6 +571,9 @@ async def test_read_overload_is_429_and_writes_are_separate(fake: FakeBlobServic
                 api = await client.get("/v1/api")
                 assert results == []
                 gate.set()
+            # The client has the last byte a moment before the server gives the slot back.
+            while probe.app.state.admission.reads.in_flight:
+                await trio.sleep(0.01)
             again = await client.get(f"/v1/blobs/{blob_id}")
     assert [error_of(response) for response in busy] == [(429, "TOO_MANY_REQUESTS")] * 2
     assert busy[0].headers["retry-after"] == "1"

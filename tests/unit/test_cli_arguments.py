@@ -96,6 +96,7 @@ def test_serve_limits_default_to_the_gateway_and_follow_the_flags() -> None:
         "--header-timeout=2.5",
         "--send-timeout=9",
         "--body-timeout=30",
+        "--min-body-rate=4096",
     ]
     limits = serve_limits(build_parser().parse_args(flags))
     assert (
@@ -107,7 +108,8 @@ def test_serve_limits_default_to_the_gateway_and_follow_the_flags() -> None:
         limits.header_timeout_seconds,
         limits.send_timeout_seconds,
         limits.body_timeout_seconds,
-    ) == (3, 5, 200_000_000, 50, 8192, 2.5, 9.0, 30.0)
+        limits.min_body_rate,
+    ) == (3, 5, 200_000_000, 50, 8192, 2.5, 9.0, 30.0, 4096)
 
 
 @pytest.mark.parametrize(

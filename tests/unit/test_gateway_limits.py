@@ -102,6 +102,8 @@ async def test_reads_beyond_the_per_address_limit_are_429(fake: FakeBlobService)
                 status = await gw.client.get("/status")
                 fake.gate.set()
                 fake.gate = None
+            # The client has the last byte a moment before the server task gives the slot back.
+            await wait_until(lambda: gw.control.reads.in_flight == 0, "read slot given back")
             again = await gw.client.get(f"/v1/blobs/{blob_id}")
     assert reason_of(refused) == (429, "TOO_MANY_REQUESTS")
     assert refused.headers["retry-after"] == "2"
@@ -111,7 +113,6 @@ async def test_reads_beyond_the_per_address_limit_are_429(fake: FakeBlobService)
     assert status.status_code == 200
     assert [response.content for response in held] == [BLOB]
     assert (again.status_code, again.content) == (200, BLOB)
-    assert gw.control.reads.in_flight == 0
 
 
 async def test_writes_beyond_the_per_address_limit_are_429(fake: FakeBlobService) -> None:
@@ -174,6 +175,7 @@ async def test_requests_beyond_the_byte_budget_are_429_before_buffering(
                 new_calls = fake.calls[len(calls_before) :]
                 fake.gate.set()
                 fake.gate = None
+            await wait_until(lambda: gw.control.budget.held == 0, "bytes given back")
             after = await gw.client.put("/v1/blobs?epochs=1", content=BLOB)
     assert reason_of(second_read) == (429, "TOO_MANY_REQUESTS")
     assert reason_of(upload) == (429, "TOO_MANY_REQUESTS")
@@ -355,3 +357,33 @@ def test_limits_describe_themselves_and_split_off_the_connection_part() -> None:
     assert "max_connections=7" in line
     assert "max_concurrent_reads_per_address=8" in line
     assert "max_bytes_in_flight=1073741824" in line
+
+
+async def test_a_dripping_upload_is_408_once_below_the_minimum_rate(
+    fake: FakeBlobService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("walrus_p2p.api._gateway.BODY_GRACE_SECONDS", 0.3)
+    async with gateway(fake, min_body_rate=1000, max_concurrent_writes=1) as gw:
+        with trio.fail_after(TIMEOUT):
+            sock = await raw_connection(gw.port)
+            with sock:
+                await sock.send(
+                    b"PUT /v1/blobs?epochs=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+                )
+                started = time.monotonic()
+                reply = b""
+                with trio.move_on_after(5):
+                    while not reply:
+                        await sock.send(b"d" * 10)  # 100 bytes/s, a tenth of the floor
+                        with trio.move_on_after(0.1):
+                            reply = await sock.recv(65536)
+                cut_after = time.monotonic() - started
+                while chunk := await sock.recv(65536):
+                    reply += chunk
+            await wait_until(lambda: gw.control.writes.in_flight == 0, "write slot given back")
+            fast = await gw.client.put("/v1/blobs?epochs=1", content=b"f" * 100_000)
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert b"REQUEST_TIMEOUT" in reply
+    assert 0.25 <= cut_after <= 2.0, cut_after
+    assert fast.status_code == 200
+    assert [size for size, _, _ in fake.stores] == [100_000]

@@ -75,6 +75,11 @@ DEFAULT_MAX_BYTES_IN_FLIGHT = 1 << 30
 (reads hold a whole blob), so every blob can be served, one such at a time."""
 DEFAULT_RETRY_AFTER_SECONDS = 1
 DEFAULT_BODY_TIMEOUT_SECONDS = 120.0
+DEFAULT_MIN_BODY_RATE = 8 * 1024
+"""Bytes per second a body must average after the grace period: 64 kbit/s, below any uplink a
+real uploader has, far above the drip of a client holding a write slot on purpose."""
+BODY_GRACE_SECONDS = 10.0
+"""A body's first seconds are not paced (connection warm-up, a client reading its file)."""
 
 STREAM_CHUNK_SIZE = 64 * 1024
 """Blob bodies go out in pieces of this size, so one send never carries a whole large blob."""
@@ -104,6 +109,7 @@ class GatewayLimits:
     max_bytes_in_flight: int = DEFAULT_MAX_BYTES_IN_FLIGHT
     retry_after_seconds: int = DEFAULT_RETRY_AFTER_SECONDS
     body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
+    min_body_rate: int = DEFAULT_MIN_BODY_RATE
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
@@ -131,6 +137,8 @@ class GatewayLimits:
             raise ConfigError(f"retry_after_seconds must be >= 0, got {self.retry_after_seconds}")
         if not self.body_timeout_seconds > 0:
             raise ConfigError(f"body_timeout_seconds must be > 0, got {self.body_timeout_seconds}")
+        if self.min_body_rate < 1:
+            raise ConfigError(f"min_body_rate must be >= 1, got {self.min_body_rate}")
         self.http_limits()  # validates the connection limits
 
     def http_limits(self) -> HttpLimits:
@@ -388,7 +396,8 @@ class _Gateway:
                 raise _too_large(max_body)
             reservation.take(int(declared))
         body = bytearray()
-        with trio.move_on_after(self._limits.body_timeout_seconds) as deadline:
+        pace = _BodyPace(self._limits)
+        with trio.CancelScope(deadline=pace.deadline(0)) as deadline:
             async with aclosing(request.stream()) as chunks:
                 async for chunk in chunks:
                     if len(body) + len(chunk) > max_body:
@@ -396,11 +405,13 @@ class _Gateway:
                     if len(body) + len(chunk) > reservation.held:
                         reservation.take(len(body) + len(chunk) - reservation.held)
                     body += chunk
+                    deadline.deadline = pace.deadline(len(body))
         if deadline.cancelled_caught:
+            logger.info("request body too slow received=%d %s", len(body), pace.describe())
             raise ApiError(
                 408,
                 "REQUEST_TIMEOUT",
-                f"the request body did not arrive within {self._limits.body_timeout_seconds} s",
+                f"the request body did not arrive in time ({pace.describe()})",
                 headers={"Connection": "close"},
             )
         return bytes(body)
@@ -433,6 +444,29 @@ class _Gateway:
                 f"read_range returned {len(data)} bytes, {byte_range.length} were asked"
             )
         return _stream(data, status_code, headers)
+
+
+class _BodyPace:
+    """When a request body must have arrived: a floor on its rate, and a bound on its time.
+
+    After a grace period the body must keep up ``min_body_rate`` on average, so a client
+    dripping a byte a second gives its write slot back within seconds, not only at the body
+    timeout; the whole body must arrive within the body timeout in any case.
+    """
+
+    def __init__(self, limits: GatewayLimits) -> None:
+        self._started = trio.current_time()
+        self._limits = limits
+
+    def deadline(self, received: int) -> float:
+        paced = BODY_GRACE_SECONDS + received / self._limits.min_body_rate
+        return self._started + min(paced, self._limits.body_timeout_seconds)
+
+    def describe(self) -> str:
+        return (
+            f"at least {self._limits.min_body_rate} bytes/s after {BODY_GRACE_SECONDS:g} s, "
+            f"all within {self._limits.body_timeout_seconds:g} s"
+        )
 
 
 def _blob_id_param(request: Request) -> tuple[BlobId, str]:

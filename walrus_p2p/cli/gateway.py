@@ -56,6 +56,7 @@ _SERVE_LIMIT_FLAGS = {
     "header_timeout": "header_timeout_seconds",
     "send_timeout": "send_timeout_seconds",
     "body_timeout": "body_timeout_seconds",
+    "min_body_rate": "min_body_rate",
 }
 
 
@@ -220,6 +221,13 @@ def _serve_limit_options(serve: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SECONDS",
         help="time for a whole request body to arrive, else 408 (default 120)",
+    )
+    serve.add_argument(
+        "--min-body-rate",
+        type=int,
+        metavar="BYTES",
+        help="bytes per second a request body must average after its first 10 s, else 408 "
+        "(default 8192)",
     )
 
 
