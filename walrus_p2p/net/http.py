@@ -48,7 +48,7 @@ from walrus_p2p.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONNECTIONS = 1024
-"""Open connections at once; see docs/http-api.md, "Limits" (about 100 KiB of ours each)."""
+"""Open connections at once; see docs/http-api.md, "Limits" (at most about 200 KiB of ours each)."""
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 """The request line and headers together; real clients send well under 2 KiB."""
 DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
