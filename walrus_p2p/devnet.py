@@ -23,8 +23,10 @@ from pathlib import Path
 import trio
 
 from walrus_p2p.api import (
+    DEFAULT_MAX_BYTES_IN_FLIGHT,
     DEFAULT_MAX_CONCURRENT_READS,
     DEFAULT_MAX_CONCURRENT_WRITES,
+    GatewayLimits,
     serve_gateway,
 )
 from walrus_p2p.client.service import WalrusClient, open_client
@@ -58,6 +60,19 @@ class DevnetOptions:
     max_body: int = 1 << 30
     max_concurrent_writes: int = DEFAULT_MAX_CONCURRENT_WRITES
     max_concurrent_reads: int = DEFAULT_MAX_CONCURRENT_READS
+
+
+def _gateway_limits(options: DevnetOptions) -> GatewayLimits:
+    """The devnet's gateway: every client is local and shares 127.0.0.1, so the per-address
+    limits are the gateway's own (docs/http-api.md, "Limits")."""
+    return GatewayLimits(
+        max_body=options.max_body,
+        max_concurrent_writes=options.max_concurrent_writes,
+        max_concurrent_reads=options.max_concurrent_reads,
+        max_concurrent_writes_per_address=options.max_concurrent_writes,
+        max_concurrent_reads_per_address=options.max_concurrent_reads,
+        max_bytes_in_flight=max(DEFAULT_MAX_BYTES_IN_FLIGHT, options.max_body),
+    )
 
 
 def peer_dir(directory: Path, index: int) -> Path:
@@ -259,14 +274,7 @@ async def run_devnet(
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_client(genesis, owner) as client, trio.open_nursery() as nursery:
                 await nursery.start(
-                    functools.partial(
-                        serve_gateway,
-                        client,
-                        options.http,
-                        max_body=options.max_body,
-                        max_concurrent_writes=options.max_concurrent_writes,
-                        max_concurrent_reads=options.max_concurrent_reads,
-                    )
+                    functools.partial(serve_gateway, client, options.http, _gateway_limits(options))
                 )
                 await wait_until_writable(client, options.ready_timeout)
                 print(_instructions(options), flush=True)

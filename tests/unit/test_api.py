@@ -29,107 +29,19 @@ from walrus_p2p.api import (
     parse_range_header,
     serve_gateway,
 )
-from walrus_p2p.client.results import (
-    AlreadyCertified,
-    BlobStatus,
-    NetworkStatus,
-    StoredBlob,
-    StoreOutcome,
-)
 from walrus_p2p.errors import (
     ConfigError,
-    InconsistentBlobError,
     NetworkError,
-    NotFoundError,
     QuorumError,
     RequestTimeoutError,
 )
 from walrus_p2p.net.http import serve_http
+from walrus_p2p.testing.fake_service import FakeBlobService
 from walrus_p2p.types import BlobId, blob_id_to_text
 
 TIMEOUT = 10
 BLOB = bytes(range(256)) * 800  # 200 KiB: several stream chunks
 UNKNOWN_ID = blob_id_to_text(bytes(32))
-
-
-class FakeBlobService:
-    """An in-memory `BlobService`: the blob id is the SHA-256 of the bytes."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[BlobId, bytes] = {}
-        self.invalid: set[BlobId] = set()
-        self.writable = True
-        self.stores: list[tuple[int, int, bool]] = []
-        """(size, epochs, permanent) of every store call."""
-        self.calls: list[str] = []
-        self.failure: Exception | None = None
-        """Raised by every call while set."""
-        self.gate: trio.Event | None = None
-        """While set, `store` and `read` wait on it (after setting `entered`)."""
-        self.entered: trio.Event | None = None
-
-    async def _enter(self, name: str) -> None:
-        self.calls.append(name)
-        if self.failure is not None:
-            raise self.failure
-        if self.gate is not None and name in ("store", "read"):
-            assert self.entered is not None
-            self.entered.set()
-            await self.gate.wait()
-
-    async def store(self, data: bytes, *, epochs: int, permanent: bool) -> StoreOutcome:
-        self.stores.append((len(data), epochs, permanent))
-        await self._enter("store")
-        blob_id = BlobId(hashlib.sha256(data).digest())
-        if blob_id in self.blobs:
-            return AlreadyCertified(blob_id=blob_id, end_epoch=7 + epochs)
-        self.blobs[blob_id] = data
-        return StoredBlob(
-            blob_id=blob_id,
-            size=len(data),
-            encoding_type=1,
-            certified_epoch=7,
-            start_epoch=7,
-            end_epoch=7 + epochs,
-            storage_size=5 * len(data),
-            deletable=not permanent,
-            cost=5 * len(data) * epochs,
-        )
-
-    def _get(self, blob_id: BlobId) -> bytes:
-        if blob_id in self.invalid:
-            raise InconsistentBlobError("inconsistent")
-        if blob_id not in self.blobs:
-            raise NotFoundError("no such blob")
-        return self.blobs[blob_id]
-
-    async def read(self, blob_id: BlobId, *, strict: bool = False) -> bytes:
-        await self._enter("read")
-        return self._get(blob_id)
-
-    async def read_range(self, blob_id: BlobId, start: int, length: int) -> bytes:
-        await self._enter(f"read_range {start} {length}")
-        data = self._get(blob_id)
-        assert start >= 0 and start + length <= len(data), "gateway asked outside the blob"
-        return data[start : start + length]
-
-    async def blob_status(self, blob_id: BlobId) -> BlobStatus:
-        await self._enter("blob_status")
-        if blob_id in self.invalid:
-            return BlobStatus(blob_id, "invalid", None, None, None, None)
-        data = self.blobs.get(blob_id)
-        if data is None:
-            return BlobStatus(blob_id, "nonexistent", None, None, None, None)
-        return BlobStatus(blob_id, "certified", len(data), 7, 9, True)
-
-    async def network_status(self) -> NetworkStatus:
-        await self._enter("network_status")
-        return NetworkStatus("devnet", "abc", 7, 10, 10 if self.writable else 3, self.writable)
-
-    def put(self, data: bytes) -> str:
-        blob_id = BlobId(hashlib.sha256(data).digest())
-        self.blobs[blob_id] = data
-        return blob_id_to_text(blob_id)
 
 
 class Probe:
@@ -168,7 +80,7 @@ class Probe:
 async def gateway(
     service: FakeBlobService, **limits: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Probe]]:
-    probe = Probe(build_gateway_app(service, **limits))
+    probe = Probe(build_gateway_app(service, GatewayLimits(**limits)))
     async with trio.open_nursery() as nursery:
         with trio.fail_after(TIMEOUT):
             urls = await nursery.start(serve_http, probe, "127.0.0.1:0")
@@ -645,7 +557,7 @@ async def test_read_overload_is_429_and_writes_are_separate(fake: FakeBlobServic
     async def slow_read(client: httpx.AsyncClient) -> None:
         results.append(await client.get(f"/v1/blobs/{blob_id}"))
 
-    async with gateway(fake, max_concurrent_reads=1) as (client, _):
+    async with gateway(fake, max_concurrent_reads=1) as (client, probe):
         with trio.fail_after(TIMEOUT):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(slow_read, client)
@@ -659,6 +571,9 @@ async def test_read_overload_is_429_and_writes_are_separate(fake: FakeBlobServic
                 api = await client.get("/v1/api")
                 assert results == []
                 gate.set()
+            # The client has the last byte a moment before the server gives the slot back.
+            while probe.app.state.admission.reads.in_flight:
+                await trio.sleep(0.01)
             again = await client.get(f"/v1/blobs/{blob_id}")
     assert [error_of(response) for response in busy] == [(429, "TOO_MANY_REQUESTS")] * 2
     assert busy[0].headers["retry-after"] == "1"
@@ -872,7 +787,12 @@ async def test_serve_gateway_entry_point(fake: FakeBlobService) -> None:
     async with trio.open_nursery() as nursery:
         with trio.fail_after(TIMEOUT):
             urls = await nursery.start(
-                partial(serve_gateway, fake, "127.0.0.1:0", max_body=16, max_concurrent_reads=2)
+                partial(
+                    serve_gateway,
+                    fake,
+                    "127.0.0.1:0",
+                    GatewayLimits(max_body=16, max_concurrent_reads=2),
+                )
             )
             assert re.fullmatch(r"http://127\.0\.0\.1:\d+", urls[0])
             async with httpx.AsyncClient(base_url=urls[0]) as client:
@@ -887,8 +807,11 @@ def test_public_api_is_pinned() -> None:
     assert set(walrus_p2p.api.__all__) == {
         "DEFAULT_BODY_TIMEOUT_SECONDS",
         "DEFAULT_MAX_BODY",
+        "DEFAULT_MAX_BYTES_IN_FLIGHT",
         "DEFAULT_MAX_CONCURRENT_READS",
+        "DEFAULT_MAX_CONCURRENT_READS_PER_ADDRESS",
         "DEFAULT_MAX_CONCURRENT_WRITES",
+        "DEFAULT_MAX_CONCURRENT_WRITES_PER_ADDRESS",
         "DEFAULT_RETRY_AFTER_SECONDS",
         "ERROR_REASONS",
         "ByteRange",

@@ -78,3 +78,51 @@ def test_log_level_is_one_option_shared_by_every_command() -> None:
         assert parser.parse_args([*command, "--log-level", "debug"]).log_level == "debug"
     assert parser.parse_args(["run", "--data-dir", "d"]).log_level == "info"
     assert parser.parse_args(["info"]).log_level == "warning"
+
+
+def test_serve_limits_default_to_the_gateway_and_follow_the_flags() -> None:
+    from walrus_p2p.api import GatewayLimits
+    from walrus_p2p.cli.gateway import serve_limits
+
+    defaults = serve_limits(build_parser().parse_args(["serve"]))
+    assert defaults == GatewayLimits(max_body=64 * 2**20)
+    flags = [
+        "serve",
+        "--max-writes-per-address=3",
+        "--max-reads-per-address=5",
+        "--max-bytes-in-flight=200000000",
+        "--max-connections=50",
+        "--max-header-bytes=8192",
+        "--header-timeout=2.5",
+        "--send-timeout=9",
+        "--body-timeout=30",
+        "--min-body-rate=4096",
+    ]
+    limits = serve_limits(build_parser().parse_args(flags))
+    assert (
+        limits.max_concurrent_writes_per_address,
+        limits.max_concurrent_reads_per_address,
+        limits.max_bytes_in_flight,
+        limits.max_connections,
+        limits.max_header_bytes,
+        limits.header_timeout_seconds,
+        limits.send_timeout_seconds,
+        limits.body_timeout_seconds,
+        limits.min_body_rate,
+    ) == (3, 5, 200_000_000, 50, 8192, 2.5, 9.0, 30.0, 4096)
+
+
+@pytest.mark.parametrize(
+    ("flag", "named"),
+    [
+        ("--max-reads-per-address=0", "--max-reads-per-address"),
+        ("--max-bytes-in-flight=1000", "--max-bytes-in-flight"),
+        ("--header-timeout=0", "--header-timeout"),
+        ("--max-connections=-1", "--max-connections"),
+    ],
+)
+def test_bad_serve_limits_are_usage_errors_naming_the_flag(flag: str, named: str) -> None:
+    from walrus_p2p.cli.gateway import serve_limits
+
+    with pytest.raises(_common.UsageError, match=named):
+        serve_limits(build_parser().parse_args(["serve", flag]))

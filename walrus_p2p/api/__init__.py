@@ -8,8 +8,11 @@ app. The endpoints, errors and limits are described in docs/http-api.md and serv
 from walrus_p2p.api._gateway import (
     DEFAULT_BODY_TIMEOUT_SECONDS,
     DEFAULT_MAX_BODY,
+    DEFAULT_MAX_BYTES_IN_FLIGHT,
     DEFAULT_MAX_CONCURRENT_READS,
+    DEFAULT_MAX_CONCURRENT_READS_PER_ADDRESS,
     DEFAULT_MAX_CONCURRENT_WRITES,
+    DEFAULT_MAX_CONCURRENT_WRITES_PER_ADDRESS,
     DEFAULT_RETRY_AFTER_SECONDS,
     GatewayLimits,
     build_gateway_app,
@@ -22,8 +25,11 @@ from walrus_p2p.api._ranges import ByteRange, UnsatisfiableRangeError, parse_ran
 __all__ = [
     "DEFAULT_BODY_TIMEOUT_SECONDS",
     "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_BYTES_IN_FLIGHT",
     "DEFAULT_MAX_CONCURRENT_READS",
+    "DEFAULT_MAX_CONCURRENT_READS_PER_ADDRESS",
     "DEFAULT_MAX_CONCURRENT_WRITES",
+    "DEFAULT_MAX_CONCURRENT_WRITES_PER_ADDRESS",
     "DEFAULT_RETRY_AFTER_SECONDS",
     "ERROR_REASONS",
     "ByteRange",

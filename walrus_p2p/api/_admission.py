@@ -1,48 +1,232 @@
-"""Load shedding: at most N requests of a kind in flight, the rest refused at once with 429.
+"""Admission: how much work the gateway takes on at once, counted in requests and in blob bytes.
 
-Refusing immediately (instead of queueing) keeps the gateway's memory bounded (each write buffers
-up to ``max_body`` bytes, each read a whole blob) and tells clients to back off with
-``Retry-After``. The token is held until the whole response, streamed body included, has been
-sent, and is released in ``finally`` so that a dropped connection or a cancelled request cannot
+Three bounds, one mechanism (docs/http-api.md, "Limits"):
+
+- requests of a kind (reads, writes) in flight on the whole gateway;
+- requests of a kind in flight from one client address, so that one stranger cannot take every
+  slot of the gateway (the address is the TCP peer's: behind a reverse proxy every client shares
+  the proxy's, and ``X-Forwarded-For`` is not trusted);
+- blob bytes held by requests in flight (bodies being received and stored, blobs being read and
+  sent), since a request's memory is the blob it carries, not the request itself.
+
+A request beyond a bound is refused at once with 429 and ``Retry-After`` instead of being queued,
+so a waiting request never holds memory. The slots are taken before the app runs; the bytes are
+taken by the handler as soon as it knows the size (before it reads or receives them), through the
+request's `Reservation`. Everything is given back in one ``finally`` after the whole response,
+streamed body included, has been sent, so a dropped connection or a cancelled request cannot
 leak it.
 """
 
 from __future__ import annotations
 
-import trio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from walrus_p2p.api._errors import error_response
+from walrus_p2p.api._errors import ApiError, error_response
+
+logger = logging.getLogger(__name__)
+
+BUSY = "busy"
+"""Refusal reason: the gateway already has its limit of requests of this kind in flight."""
+PER_ADDRESS = "per_address"
+"""Refusal reason: this client address already has its limit of requests of this kind."""
+BYTES = "bytes"
+"""Refusal reason: the blob bytes held by requests in flight would exceed the budget."""
+REFUSAL_REASONS = (BUSY, PER_ADDRESS, BYTES)
+
+REFUSAL_LOG_INTERVAL_SECONDS = 10.0
+"""At most one refusal line per kind and reason in this time (an attack must not flood the log)."""
+_RESERVATION_KEY = "walrus_p2p.reservation"
+_UNKNOWN_ADDRESS = "unknown"
+
+
+class RequestSlots:
+    """At most ``total`` requests of one kind in flight, at most ``per_address`` per address."""
+
+    def __init__(self, kind: str, *, total: int, per_address: int) -> None:
+        self.kind = kind
+        self.total = total
+        self.per_address = per_address
+        self.in_flight = 0
+        self._by_address: Counter[str] = Counter()
+
+    def try_take(self, address: str) -> str | None:
+        """Take a slot for ``address``; the refusal reason if there is none."""
+        if self.in_flight >= self.total:
+            return BUSY
+        if self._by_address[address] >= self.per_address:
+            return PER_ADDRESS
+        self.in_flight += 1
+        self._by_address[address] += 1
+        return None
+
+    def give_back(self, address: str) -> None:
+        self.in_flight -= 1
+        self._by_address[address] -= 1
+        if self._by_address[address] <= 0:
+            # Only addresses with requests in flight are remembered: the table stays bounded.
+            del self._by_address[address]
+
+    def in_flight_from(self, address: str) -> int:
+        return self._by_address[address]
+
+
+class ByteBudget:
+    """Blob bytes that requests in flight may hold together."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.held = 0
+
+    def try_take(self, size: int) -> bool:
+        if self.held + size > self.total:
+            return False
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+
+
+class Refusals:
+    """Refusals counted by kind and reason, and logged at INFO at most once per interval each."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self._logged_at: dict[tuple[str, str], float] = {}
+        self._logged_count: Counter[tuple[str, str]] = Counter()
+
+    def record(self, kind: str, reason: str, address: str) -> None:
+        key = (kind, reason)
+        self.counts[key] += 1
+        now = time.monotonic()
+        last = self._logged_at.get(key)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL_SECONDS:
+            return
+        logger.info(
+            "request refused kind=%s reason=%s address=%s refused=%d (+%d since the last line)",
+            kind,
+            reason,
+            address,
+            self.counts[key],
+            self.counts[key] - self._logged_count[key],
+        )
+        self._logged_at[key] = now
+        self._logged_count[key] = self.counts[key]
+
+    def total(self, reason: str | None = None) -> int:
+        return sum(n for (_, why), n in self.counts.items() if reason is None or why == reason)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionControl:
+    """The gateway's shared admission state: slots per kind, the byte budget, the refusals."""
+
+    reads: RequestSlots
+    writes: RequestSlots
+    budget: ByteBudget
+    refusals: Refusals
+    retry_after_seconds: int
+
+    def too_many(self, message: str) -> ApiError:
+        return ApiError(
+            429,
+            "TOO_MANY_REQUESTS",
+            message,
+            headers={"Retry-After": str(self.retry_after_seconds)},
+        )
+
+
+class Reservation:
+    """The blob bytes one request holds from the budget; all given back when it ends."""
+
+    def __init__(self, control: AdmissionControl, kind: str, address: str) -> None:
+        self._control = control
+        self._kind = kind
+        self._address = address
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        """Hold ``size`` more bytes, or raise the error that refuses the request.
+
+        Bytes that would not fit even in an empty budget can never be held: that is a 503 (this
+        gateway does not serve blobs that large), not a 429 that would be retried forever.
+        """
+        budget = self._control.budget
+        if self.held + size > budget.total:
+            logger.warning(
+                "blob larger than the byte budget refused kind=%s size=%d max_bytes_in_flight=%d",
+                self._kind,
+                self.held + size,
+                budget.total,
+            )
+            raise ApiError(
+                503,
+                "BLOB_TOO_LARGE",
+                f"the blob is larger than this gateway serves ({budget.total} bytes)",
+            )
+        if not budget.try_take(size):
+            self._control.refusals.record(self._kind, BYTES, self._address)
+            raise self._control.too_many(
+                "the gateway holds too many blob bytes for requests in flight; retry later"
+            )
+        self.held += size
+
+    def give_back_all(self) -> None:
+        self._control.budget.give_back(self.held)
+        self.held = 0
+
+
+def reservation_of(request: Request) -> Reservation:
+    """The reservation `Admission` opened for this request."""
+    reservation = request.scope.get(_RESERVATION_KEY)
+    if not isinstance(reservation, Reservation):
+        raise RuntimeError("the request did not go through Admission")
+    return reservation
+
+
+def client_address(scope: Scope) -> str:
+    """The TCP peer's address (not ``X-Forwarded-For``, which any client can write)."""
+    client = scope.get("client")
+    if not client:
+        return _UNKNOWN_ADDRESS
+    return str(client[0])
 
 
 class Admission:
-    """ASGI wrapper admitting at most ``limiter.total_tokens`` concurrent requests to ``app``."""
+    """ASGI wrapper admitting a request to ``app`` only within ``slots`` and the byte budget."""
 
-    def __init__(
-        self, app: ASGIApp, limiter: trio.CapacityLimiter, *, kind: str, retry_after_seconds: int
-    ) -> None:
+    def __init__(self, app: ASGIApp, control: AdmissionControl, slots: RequestSlots) -> None:
         self._app = app
-        self._limiter = limiter
-        self._kind = kind
-        self._retry_after = str(retry_after_seconds)
+        self._control = control
+        self._slots = slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        token = object()
-        try:
-            self._limiter.acquire_on_behalf_of_nowait(token)
-        except trio.WouldBlock:
-            response = error_response(
-                429,
-                "TOO_MANY_REQUESTS",
-                f"too many {self._kind} requests in flight; retry later",
-                {"Retry-After": self._retry_after},
-            )
-            await response(scope, receive, send)
+        address = client_address(scope)
+        refusal = self._slots.try_take(address)
+        if refusal is not None:
+            await self._refuse(refusal, address, scope, receive, send)
             return
+        reservation = Reservation(self._control, self._slots.kind, address)
         try:
-            await self._app(scope, receive, send)
+            await self._app({**scope, _RESERVATION_KEY: reservation}, receive, send)
         finally:
-            self._limiter.release_on_behalf_of(token)
+            reservation.give_back_all()
+            self._slots.give_back(address)
+
+    async def _refuse(
+        self, reason: str, address: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        self._control.refusals.record(self._slots.kind, reason, address)
+        whose = "from this address" if reason == PER_ADDRESS else "on this gateway"
+        error = self._control.too_many(f"too many {self._slots.kind} requests {whose}; retry later")
+        response = error_response(error.status, error.reason, error.message, error.headers)
+        await response(scope, receive, send)

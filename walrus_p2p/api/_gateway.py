@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import trio
@@ -25,7 +25,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, request_response
 
-from walrus_p2p.api._admission import Admission
+from walrus_p2p.api._admission import (
+    Admission,
+    AdmissionControl,
+    ByteBudget,
+    Refusals,
+    RequestSlots,
+    reservation_of,
+)
 from walrus_p2p.api._errors import (
     ApiError,
     api_error_response,
@@ -40,7 +47,16 @@ from walrus_p2p.api._openapi import openapi_document
 from walrus_p2p.api._ranges import ByteRange, UnsatisfiableRangeError, parse_range_header
 from walrus_p2p.client.results import AlreadyCertified, BlobService, StoreOutcome
 from walrus_p2p.errors import ConfigError, WalrusError, WireError
-from walrus_p2p.net.http import serve_http
+from walrus_p2p.net.http import (
+    DEFAULT_HEADER_TIMEOUT_SECONDS,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_SEND_TIMEOUT_SECONDS,
+    ConnectionStats,
+    HttpLimits,
+    serve_http,
+    warn_if_few_file_descriptors,
+)
 from walrus_p2p.types import BlobId, blob_id_from_text, blob_id_to_text, short_id
 
 logger = logging.getLogger(__name__)
@@ -49,8 +65,21 @@ DEFAULT_MAX_BODY = 10 * 1024 * 1024
 """10 MiB, the request limit of public Walrus publishers."""
 DEFAULT_MAX_CONCURRENT_WRITES = 8
 DEFAULT_MAX_CONCURRENT_READS = 32
+DEFAULT_MAX_CONCURRENT_WRITES_PER_ADDRESS = 2
+"""A quarter of the gateway's writes: one address cannot take them all, and one uploader rarely
+gains from more than two stores at once (each is bound by the network, not by the gateway)."""
+DEFAULT_MAX_CONCURRENT_READS_PER_ADDRESS = 8
+"""A quarter of the gateway's reads, and more than the 6 connections a browser opens per host."""
+DEFAULT_MAX_BYTES_IN_FLIGHT = 1 << 30
+"""1 GiB of blob bytes held by requests in flight: the largest blob a default network accepts
+(reads hold a whole blob), so every blob can be served, one such at a time."""
 DEFAULT_RETRY_AFTER_SECONDS = 1
 DEFAULT_BODY_TIMEOUT_SECONDS = 120.0
+DEFAULT_MIN_BODY_RATE = 8 * 1024
+"""Bytes per second a body must average after the grace period: 64 kbit/s, below any uplink a
+real uploader has, far above the drip of a client holding a write slot on purpose."""
+BODY_GRACE_SECONDS = 10.0
+"""A body's first seconds are not paced (connection warm-up, a client reading its file)."""
 
 STREAM_CHUNK_SIZE = 64 * 1024
 """Blob bodies go out in pieces of this size, so one send never carries a whole large blob."""
@@ -67,27 +96,63 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 @dataclass(frozen=True, slots=True)
 class GatewayLimits:
-    """The limits a gateway enforces; bad values raise ``ConfigError`` (they come from flags)."""
+    """The limits a gateway enforces; bad values raise ``ConfigError`` (they come from flags).
+
+    Each is described, with the reason for its default, in docs/http-api.md, "Limits".
+    """
 
     max_body: int = DEFAULT_MAX_BODY
     max_concurrent_writes: int = DEFAULT_MAX_CONCURRENT_WRITES
     max_concurrent_reads: int = DEFAULT_MAX_CONCURRENT_READS
+    max_concurrent_writes_per_address: int = DEFAULT_MAX_CONCURRENT_WRITES_PER_ADDRESS
+    max_concurrent_reads_per_address: int = DEFAULT_MAX_CONCURRENT_READS_PER_ADDRESS
+    max_bytes_in_flight: int = DEFAULT_MAX_BYTES_IN_FLIGHT
     retry_after_seconds: int = DEFAULT_RETRY_AFTER_SECONDS
     body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
+    min_body_rate: int = DEFAULT_MIN_BODY_RATE
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
+    send_timeout_seconds: float = DEFAULT_SEND_TIMEOUT_SECONDS
 
     def __post_init__(self) -> None:
         if self.max_body < 0:
             raise ConfigError(f"max_body must be >= 0, got {self.max_body}")
-        if self.max_concurrent_writes < 1:
+        for name in (
+            "max_concurrent_writes",
+            "max_concurrent_reads",
+            "max_concurrent_writes_per_address",
+            "max_concurrent_reads_per_address",
+        ):
+            value = getattr(self, name)
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.max_bytes_in_flight < max(self.max_body, 1):
+            # A body the size limit allows could otherwise never be admitted (429 forever).
             raise ConfigError(
-                f"max_concurrent_writes must be >= 1, got {self.max_concurrent_writes}"
+                f"max_bytes_in_flight ({self.max_bytes_in_flight}) must be at least max_body "
+                f"({self.max_body}) and >= 1"
             )
-        if self.max_concurrent_reads < 1:
-            raise ConfigError(f"max_concurrent_reads must be >= 1, got {self.max_concurrent_reads}")
         if self.retry_after_seconds < 0:
             raise ConfigError(f"retry_after_seconds must be >= 0, got {self.retry_after_seconds}")
         if not self.body_timeout_seconds > 0:
             raise ConfigError(f"body_timeout_seconds must be > 0, got {self.body_timeout_seconds}")
+        if self.min_body_rate < 1:
+            raise ConfigError(f"min_body_rate must be >= 1, got {self.min_body_rate}")
+        self.http_limits()  # validates the connection limits
+
+    def http_limits(self) -> HttpLimits:
+        """The connection-level part, enforced by `serve_http`."""
+        return HttpLimits(
+            max_connections=self.max_connections,
+            max_header_bytes=self.max_header_bytes,
+            header_timeout_seconds=self.header_timeout_seconds,
+            send_timeout_seconds=self.send_timeout_seconds,
+        )
+
+    def describe(self) -> str:
+        """One log line's worth: every limit as name=value."""
+        return " ".join(f"{field.name}={getattr(self, field.name)}" for field in fields(self))
 
 
 def store_outcome_json(outcome: StoreOutcome) -> dict[str, Any]:
@@ -118,100 +183,84 @@ def store_outcome_json(outcome: StoreOutcome) -> dict[str, Any]:
     }
 
 
-def build_gateway_app(
-    service: BlobService,
-    *,
-    max_body: int = DEFAULT_MAX_BODY,
-    max_concurrent_writes: int = DEFAULT_MAX_CONCURRENT_WRITES,
-    max_concurrent_reads: int = DEFAULT_MAX_CONCURRENT_READS,
-    retry_after_seconds: int = DEFAULT_RETRY_AFTER_SECONDS,
-    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS,
-) -> Starlette:
-    """The gateway as an ASGI app (run it on trio, e.g. with `serve_gateway`)."""
-    limits = GatewayLimits(
-        max_body=max_body,
-        max_concurrent_writes=max_concurrent_writes,
-        max_concurrent_reads=max_concurrent_reads,
-        retry_after_seconds=retry_after_seconds,
-        body_timeout_seconds=body_timeout_seconds,
+def build_gateway_app(service: BlobService, limits: GatewayLimits | None = None) -> Starlette:
+    """The gateway as an ASGI app (run it on trio, e.g. with `serve_gateway`).
+
+    The app's ``state.admission`` is its `AdmissionControl` (requests in flight, blob bytes held,
+    refusals counted by reason), for tests and benchmarks to look at.
+    """
+    limits = limits or GatewayLimits()
+    control = AdmissionControl(
+        reads=RequestSlots(
+            "read",
+            total=limits.max_concurrent_reads,
+            per_address=limits.max_concurrent_reads_per_address,
+        ),
+        writes=RequestSlots(
+            "write",
+            total=limits.max_concurrent_writes,
+            per_address=limits.max_concurrent_writes_per_address,
+        ),
+        budget=ByteBudget(limits.max_bytes_in_flight),
+        refusals=Refusals(),
+        retry_after_seconds=limits.retry_after_seconds,
     )
     gateway = _Gateway(service, limits)
-    writes = trio.CapacityLimiter(limits.max_concurrent_writes)
-    reads = trio.CapacityLimiter(limits.max_concurrent_reads)
 
-    def admitted(
-        handler: Handler, limiter: trio.CapacityLimiter, kind: str, name: str
-    ) -> Admission:
-        return Admission(
-            request_response(_guarded(handler, name)),
-            limiter,
-            kind=kind,
-            retry_after_seconds=limits.retry_after_seconds,
-        )
+    def admitted(handler: Handler, slots: RequestSlots, name: str) -> Admission:
+        return Admission(request_response(_guarded(handler, name)), control, slots)
 
     routes = [
         Route(
             "/v1/blobs",
-            admitted(gateway.put_blob, writes, "write", "store_blob"),
+            admitted(gateway.put_blob, control.writes, "store_blob"),
             methods=["PUT"],
             name="store_blob",
         ),
         Route(
             "/v1/blobs/{blob_id}",
-            admitted(gateway.get_blob, reads, "read", "read_blob"),
+            admitted(gateway.get_blob, control.reads, "read_blob"),
             methods=["GET"],
             name="read_blob",
         ),
         Route(
             "/v1/blobs/{blob_id}/byte-range",
-            admitted(gateway.get_byte_range, reads, "read", "read_byte_range"),
+            admitted(gateway.get_byte_range, control.reads, "read_byte_range"),
             methods=["GET"],
             name="read_byte_range",
         ),
         Route("/status", _guarded(gateway.status, "status"), methods=["GET"]),
         Route("/v1/api", _guarded(gateway.api, "api"), methods=["GET"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers={
             HTTPException: http_exception_handler,
             Exception: internal_exception_handler,
         },
     )
+    app.state.admission = control
+    return app
 
 
 async def serve_gateway(
     service: BlobService,
     bind: str,
+    limits: GatewayLimits | None = None,
     *,
-    max_body: int = DEFAULT_MAX_BODY,
-    max_concurrent_writes: int = DEFAULT_MAX_CONCURRENT_WRITES,
-    max_concurrent_reads: int = DEFAULT_MAX_CONCURRENT_READS,
-    retry_after_seconds: int = DEFAULT_RETRY_AFTER_SECONDS,
-    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS,
+    stats: ConnectionStats | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the gateway on ``bind`` ("host:port", port 0 picks one) until cancelled.
 
     Use with ``nursery.start``: the started value is the list of bound URLs, e.g.
-    ``["http://127.0.0.1:31415"]``.
+    ``["http://127.0.0.1:31415"]``. ``stats``, if given, is kept up to date with the connections.
     """
-    app = build_gateway_app(
-        service,
-        max_body=max_body,
-        max_concurrent_writes=max_concurrent_writes,
-        max_concurrent_reads=max_concurrent_reads,
-        retry_after_seconds=retry_after_seconds,
-        body_timeout_seconds=body_timeout_seconds,
-    )
-    logger.info(
-        "gateway starting bind=%s max_body=%d writes=%d reads=%d",
-        bind,
-        max_body,
-        max_concurrent_writes,
-        max_concurrent_reads,
-    )
-    await serve_http(app, bind, task_status=task_status)
+    limits = limits or GatewayLimits()
+    app = build_gateway_app(service, limits)
+    logger.info("gateway starting bind=%s %s", bind, limits.describe())
+    warn_if_few_file_descriptors(limits.max_connections)
+    await serve_http(app, bind, limits=limits.http_limits(), stats=stats, task_status=task_status)
 
 
 def _guarded(handler: Handler, name: str) -> Handler:
@@ -288,9 +337,15 @@ class _Gateway:
             if byte_range is not None:
                 headers["Content-Range"] = byte_range.content_range(size)
                 return await self._send_range(request, blob_id, byte_range, 206, headers)
+        size = await self._readable_size(blob_id)
         if request.method == "HEAD":
-            return _head_response(200, await self._readable_size(blob_id), headers)
+            return _head_response(200, size, headers)
+        # The size comes first so that the bytes are taken from the budget before they are read.
+        reservation = reservation_of(request)
+        reservation.take(size)
         data = await self._service.read(blob_id)
+        if len(data) > size:
+            reservation.take(len(data) - size)
         return _stream(data, 200, headers)
 
     async def get_byte_range(self, request: Request) -> Response:
@@ -326,28 +381,37 @@ class _Gateway:
     async def _read_body(self, request: Request) -> bytes:
         """The request body, refused with 413 as soon as it is known to exceed the limit.
 
-        A declared Content-Length is checked before reading anything; a chunked body is counted
-        as it arrives, so at most ``max_body`` bytes plus one transport chunk are ever held.
+        A declared Content-Length is checked before reading anything, and taken from the byte
+        budget at once (429 if it does not fit); a chunked body is counted, and taken from the
+        budget, as it arrives, so at most ``max_body`` bytes plus one transport chunk are ever
+        held, and never more than the budget allows.
         """
         max_body = self._limits.max_body
+        reservation = reservation_of(request)
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isascii() or not declared.isdigit():
                 raise ApiError(400, "BAD_REQUEST", "Content-Length is not a number")
             if len(declared) > 18 or int(declared) > max_body:
                 raise _too_large(max_body)
+            reservation.take(int(declared))
         body = bytearray()
-        with trio.move_on_after(self._limits.body_timeout_seconds) as deadline:
+        pace = _BodyPace(self._limits)
+        with trio.CancelScope(deadline=pace.deadline(0)) as deadline:
             async with aclosing(request.stream()) as chunks:
                 async for chunk in chunks:
                     if len(body) + len(chunk) > max_body:
                         raise _too_large(max_body)
+                    if len(body) + len(chunk) > reservation.held:
+                        reservation.take(len(body) + len(chunk) - reservation.held)
                     body += chunk
+                    deadline.deadline = pace.deadline(len(body))
         if deadline.cancelled_caught:
+            logger.info("request body too slow received=%d %s", len(body), pace.describe())
             raise ApiError(
                 408,
                 "REQUEST_TIMEOUT",
-                f"the request body did not arrive within {self._limits.body_timeout_seconds} s",
+                f"the request body did not arrive in time ({pace.describe()})",
                 headers={"Connection": "close"},
             )
         return bytes(body)
@@ -373,12 +437,36 @@ class _Gateway:
     ) -> Response:
         if request.method == "HEAD":
             return _head_response(status_code, byte_range.length, headers)
+        reservation_of(request).take(byte_range.length)
         data = await self._service.read_range(blob_id, byte_range.first, byte_range.length)
         if len(data) != byte_range.length:
             raise RuntimeError(
                 f"read_range returned {len(data)} bytes, {byte_range.length} were asked"
             )
         return _stream(data, status_code, headers)
+
+
+class _BodyPace:
+    """When a request body must have arrived: a floor on its rate, and a bound on its time.
+
+    After a grace period the body must keep up ``min_body_rate`` on average, so a client
+    dripping a byte a second gives its write slot back within seconds, not only at the body
+    timeout; the whole body must arrive within the body timeout in any case.
+    """
+
+    def __init__(self, limits: GatewayLimits) -> None:
+        self._started = trio.current_time()
+        self._limits = limits
+
+    def deadline(self, received: int) -> float:
+        paced = BODY_GRACE_SECONDS + received / self._limits.min_body_rate
+        return self._started + min(paced, self._limits.body_timeout_seconds)
+
+    def describe(self) -> str:
+        return (
+            f"at least {self._limits.min_body_rate} bytes/s after {BODY_GRACE_SECONDS:g} s, "
+            f"all within {self._limits.body_timeout_seconds:g} s"
+        )
 
 
 def _blob_id_param(request: Request) -> tuple[BlobId, str]:

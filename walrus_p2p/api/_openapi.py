@@ -22,6 +22,7 @@ ERROR_REASONS = (
     "RANGE_NOT_SATISFIABLE",
     "TOO_MANY_REQUESTS",
     "INTERNAL",
+    "BLOB_TOO_LARGE",
     "NETWORK_ERROR",
     "NOT_ENOUGH_PEERS",
     "TIMEOUT",
@@ -89,9 +90,18 @@ _CONTENT_RANGE_UNSATISFIED = {
 }
 
 
+_TOO_LARGE_FOR_GATEWAY = _error(
+    "The blob (or range) is larger than the gateway's byte budget (`BLOB_TOO_LARGE`)."
+)
+
+
 def _network_errors() -> dict[str, Any]:
     return {
-        "429": _error("Too many requests of this kind in flight.", headers=_RETRY_AFTER),
+        "429": _error(
+            "Too many requests of this kind in flight (on the gateway or from this client "
+            "address), or too many blob bytes held by requests in flight.",
+            headers=_RETRY_AFTER,
+        ),
         "500": _error("Unexpected error; details are in the gateway log only."),
         "502": _error("The storage network could not be reached (`NETWORK_ERROR`)."),
         "504": _error(
@@ -150,6 +160,7 @@ def openapi_document(*, max_body: int) -> dict[str, Any]:
                 "The range lies outside the blob (`RANGE_NOT_SATISFIABLE`).",
                 headers=_CONTENT_RANGE_UNSATISFIED,
             ),
+            "503": _TOO_LARGE_FOR_GATEWAY,
             **_network_errors(),
         },
     }
@@ -243,6 +254,7 @@ def openapi_document(*, max_body: int) -> dict[str, Any]:
                             "`start` is at or past the end of the blob (`RANGE_NOT_SATISFIABLE`).",
                             headers=_CONTENT_RANGE_UNSATISFIED,
                         ),
+                        "503": _TOO_LARGE_FOR_GATEWAY,
                         **_network_errors(),
                     },
                 }

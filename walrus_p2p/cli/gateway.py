@@ -7,6 +7,7 @@ import contextlib
 import functools
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from walrus_p2p.cli._common import (
     EXIT_OK,
@@ -18,6 +19,12 @@ from walrus_p2p.cli._common import (
     key_directory,
     shard_count,
 )
+
+if TYPE_CHECKING:
+    from walrus_p2p.api import GatewayLimits
+
+_FILES_BESIDES_HTTP = 512
+"""File descriptors the light peer may need besides HTTP connections (peers, logs, keys)."""
 
 
 def _gateway_limits(arguments: argparse.Namespace) -> tuple[int, int]:
@@ -36,6 +43,62 @@ def _gateway_limits(arguments: argparse.Namespace) -> tuple[int, int]:
     return limits[0], limits[1]
 
 
+# flag destination -> GatewayLimits field, for the limits `serve` takes from its flags
+_SERVE_LIMIT_FLAGS = {
+    "max_body": "max_body",
+    "max_concurrent_writes": "max_concurrent_writes",
+    "max_concurrent_reads": "max_concurrent_reads",
+    "max_writes_per_address": "max_concurrent_writes_per_address",
+    "max_reads_per_address": "max_concurrent_reads_per_address",
+    "max_bytes_in_flight": "max_bytes_in_flight",
+    "max_connections": "max_connections",
+    "max_header_bytes": "max_header_bytes",
+    "header_timeout": "header_timeout_seconds",
+    "send_timeout": "send_timeout_seconds",
+    "body_timeout": "body_timeout_seconds",
+    "min_body_rate": "min_body_rate",
+}
+
+
+def serve_limits(arguments: argparse.Namespace) -> GatewayLimits:
+    """The gateway's limits from ``serve``'s flags; a flag not given keeps the default.
+
+    A bad value is a usage error naming the flag (docs/http-api.md, "Limits", lists them).
+    """
+    from walrus_p2p.api import GatewayLimits
+    from walrus_p2p.errors import ConfigError
+
+    given = {
+        field: getattr(arguments, flag)
+        for flag, field in _SERVE_LIMIT_FLAGS.items()
+        if getattr(arguments, flag) is not None
+    }
+    try:
+        return GatewayLimits(**given)
+    except ConfigError as error:
+        flags = {field: flag for flag, field in _SERVE_LIMIT_FLAGS.items()}
+        message = error.message
+        for field, flag in sorted(flags.items(), key=lambda item: -len(item[0])):
+            message = message.replace(field, "--" + flag.replace("_", "-"))
+        raise UsageError(message) from error
+
+
+def raise_open_file_limit(needed: int) -> None:
+    """Raise this process's soft limit on open files towards ``needed`` (up to the hard limit).
+
+    Each HTTP connection is a file descriptor; the common soft default (1024) is below the
+    gateway's default connection cap plus what the light peer itself uses.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def _command_serve(arguments: argparse.Namespace) -> int:
     import trio
 
@@ -44,22 +107,15 @@ def _command_serve(arguments: argparse.Namespace) -> int:
     from walrus_p2p.node.config import ensure_identity, load_genesis
 
     configure_logging(arguments.log_level)
+    limits = serve_limits(arguments)
     genesis = load_genesis(genesis_path(arguments))
     owner, _ = ensure_identity(key_directory(arguments))
-
-    writes, reads = _gateway_limits(arguments)
+    raise_open_file_limit(limits.max_connections + _FILES_BESIDES_HTTP)
 
     async def main_task() -> None:
         async with open_client(genesis, owner) as client, trio.open_nursery() as nursery:
             urls = await nursery.start(
-                functools.partial(
-                    serve_gateway,
-                    client,
-                    arguments.bind,
-                    max_body=arguments.max_body,
-                    max_concurrent_writes=writes,
-                    max_concurrent_reads=reads,
-                )
+                functools.partial(serve_gateway, client, arguments.bind, limits)
             )
             print(f"gateway listening on {' '.join(urls)}", file=sys.stderr, flush=True)
 
@@ -113,11 +169,80 @@ def _limit_options(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _serve_limit_options(serve: argparse.ArgumentParser) -> None:
+    """What one client address, and strangers together, may hold (docs/http-api.md, "Limits")."""
+    serve.add_argument(
+        "--max-writes-per-address",
+        type=int,
+        metavar="N",
+        help="stores in flight from one client address, more get 429 (default 2); all local "
+        "clients, and all clients behind one reverse proxy, share one address",
+    )
+    serve.add_argument(
+        "--max-reads-per-address",
+        type=int,
+        metavar="N",
+        help="reads in flight from one client address, more get 429 (default 8)",
+    )
+    serve.add_argument(
+        "--max-bytes-in-flight",
+        type=int,
+        metavar="BYTES",
+        help="blob bytes held by requests in flight, more get 429 (default 1 GiB; at least "
+        "--max-body)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="open connections; further ones wait to be accepted (default 1024)",
+    )
+    serve.add_argument(
+        "--max-header-bytes",
+        type=int,
+        metavar="BYTES",
+        help="request line and headers, larger get 431 (default 16384)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time for a request's headers to arrive, and for an idle connection to stay "
+        "open (default 10)",
+    )
+    serve.add_argument(
+        "--send-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time a client may take to accept each 64 KiB of a response (default 30)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time for a whole request body to arrive, else 408 (default 120)",
+    )
+    serve.add_argument(
+        "--min-body-rate",
+        type=int,
+        metavar="BYTES",
+        help="bytes per second a request body must average after its first 10 s, else 408 "
+        "(default 8192)",
+    )
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser("serve", help="run the HTTP gateway (publisher + aggregator)")
     serve.add_argument("--bind", default="127.0.0.1:31415", metavar="HOST:PORT")
-    serve.add_argument("--max-body", type=int, default=64 * 2**20, metavar="BYTES")
+    serve.add_argument(
+        "--max-body",
+        type=int,
+        default=64 * 2**20,
+        metavar="BYTES",
+        help="largest blob accepted, larger ones get 413 (default 64 MiB)",
+    )
     _limit_options(serve)
+    _serve_limit_options(serve)
     client_options(serve)
     serve.set_defaults(handler=_command_serve)
 
