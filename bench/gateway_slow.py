@@ -22,7 +22,8 @@ each of:
 They connect from ``--addresses`` different loopback addresses (127.1.x.y; Linux routes all of
 127.0.0.0/8 to the loopback interface), as strangers on the internet would, so the gateway's
 per-address limits do not simply refuse them all; the normal client is 127.0.0.1. A slow client
-that is cut or refused does not come back.
+that is cut or refused does not come back, unless ``--reconnect`` is given: then it starts over
+at once, as a determined attacker would.
 
 Printed: the normal client's GET and PUT latencies (median, 95th percentile, non-200 answers)
 idle and under attack, the gateway's resident memory (``VmRSS`` max and its peak ``VmHWM``), and
@@ -108,6 +109,7 @@ async def serve_main(args: argparse.Namespace) -> None:
                 "send_timeouts": stats.send_timeouts,
                 "reads": control.reads.in_flight,
                 "writes": control.writes.in_flight,
+                "uploads": control.uploads.in_flight,
                 "held_mib": round(control.budget.held / MIB, 1),
                 "refused": dict(refused),
             }
@@ -169,6 +171,24 @@ async def slow_client(
         except OSError:
             outcomes.answers[f"{kind} reset"] += 1
         outcomes.cut[kind].append(time.monotonic() - outcomes.started)
+
+
+async def returning_client(
+    kind: str,
+    address: str,
+    port: int,
+    ids: dict[str, str],
+    args: argparse.Namespace,
+    outcomes: Outcomes,
+) -> None:
+    """A slow client that, with ``--reconnect``, comes back as soon as it is cut or refused
+    (at most ``MAX_RETURNS`` times; the attack's end cancels it)."""
+    for _ in range(MAX_RETURNS if args.reconnect else 1):
+        await slow_client(kind, address, port, ids, args, outcomes)
+        await trio.sleep(0.05)
+
+
+MAX_RETURNS = 10_000
 
 
 def loopback_address(index: int, count: int) -> str:
@@ -251,7 +271,7 @@ async def client_main(args: argparse.Namespace, gateway: subprocess.Popen[str]) 
             for index in range(args.clients):
                 kind = KINDS[index % len(KINDS)]
                 address = loopback_address(index, args.addresses)
-                attackers.start_soon(slow_client, kind, address, port, ids, args, outcomes)
+                attackers.start_soon(returning_client, kind, address, port, ids, args, outcomes)
                 if index % 50 == 49:
                     await trio.sleep(0)
             attack = await normal_client(url, ids["small"], args.seconds)
@@ -289,7 +309,8 @@ async def client_main(args: argparse.Namespace, gateway: subprocess.Popen[str]) 
         print(
             f"  t={report['t']:>6} open={report['open']:>4} accepted={report['accepted']:>5} "
             f"send_timeouts={report['send_timeouts']:>4} reads={report['reads']:>3} "
-            f"writes={report['writes']:>2} held={report['held_mib']:>6} MiB "
+            f"uploads={report['uploads']:>3} writes={report['writes']:>2} "
+            f"held={report['held_mib']:>6} MiB "
             f"refused={report['refused']}"
         )
 
@@ -306,6 +327,9 @@ def main() -> int:
     parser.add_argument("--send-timeout", type=float, default=30.0)
     parser.add_argument("--body-timeout", type=float, default=120.0)
     parser.add_argument("--min-body-rate", type=int, default=8192)
+    parser.add_argument(
+        "--reconnect", action="store_true", help="slow clients come back once cut or refused"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     soft, _ = raise_file_limit()

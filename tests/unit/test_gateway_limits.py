@@ -130,7 +130,7 @@ async def test_writes_beyond_the_per_address_limit_are_429(fake: FakeBlobService
                 fake.gate.set()
     assert reason_of(refused) == (429, "TOO_MANY_REQUESTS")
     assert [size for size, _, _ in fake.stores] == [5]
-    assert gw.control.refusals.counts[("write", PER_ADDRESS)] == 1
+    assert gw.control.refusals.counts[("upload", PER_ADDRESS)] == 1
 
 
 def test_one_address_at_its_limit_leaves_the_others_alone() -> None:
@@ -184,7 +184,7 @@ async def test_requests_beyond_the_byte_budget_are_429_before_buffering(
     assert new_calls == ["blob_status", "blob_status", "read_range 0 1000"]
     assert small_range.status_code == 200
     assert gw.control.refusals.counts[("read", BYTES)] == 1
-    assert gw.control.refusals.counts[("write", BYTES)] == 1
+    assert gw.control.refusals.counts[("upload", BYTES)] == 1
     assert after.status_code == 200
     assert gw.control.budget.held == 0
 
@@ -218,7 +218,7 @@ async def test_a_chunked_upload_is_refused_when_it_outgrows_the_budget(
                 fake.gate.set()
     if refused is not None:
         assert reason_of(refused) == (429, "TOO_MANY_REQUESTS")
-    assert gw.control.refusals.counts[("write", BYTES)] == 1
+    assert gw.control.refusals.counts[("upload", BYTES)] == 1
     assert held_during == len(BLOB)  # the refused upload gave its part back at once
     assert fake.stores == []
 
@@ -380,10 +380,32 @@ async def test_a_dripping_upload_is_408_once_below_the_minimum_rate(
                 cut_after = time.monotonic() - started
                 while chunk := await sock.recv(65536):
                     reply += chunk
-            await wait_until(lambda: gw.control.writes.in_flight == 0, "write slot given back")
+            await wait_until(lambda: gw.control.uploads.in_flight == 0, "upload slot given back")
             fast = await gw.client.put("/v1/blobs?epochs=1", content=b"f" * 100_000)
     assert reply.startswith(b"HTTP/1.1 408 ")
     assert b"REQUEST_TIMEOUT" in reply
     assert 0.25 <= cut_after <= 2.0, cut_after
     assert fast.status_code == 200
     assert [size for size, _, _ in fake.stores] == [100_000]
+
+
+async def test_a_slow_upload_never_holds_a_write_slot(fake: FakeBlobService) -> None:
+    """The write slot (a store into the network) is taken once the body is complete: with one
+    write slot and an upload dripping its body, another client's store goes through."""
+    async with gateway(fake, max_concurrent_writes=1) as gw:
+        with trio.fail_after(TIMEOUT):
+            sock = await raw_connection(gw.port)
+            with sock:
+                await sock.send(
+                    b"PUT /v1/blobs?epochs=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+                    + b"d" * 10
+                )
+                await wait_until(lambda: gw.control.budget.held == 10, "the drip's bytes held")
+                assert gw.control.uploads.in_flight == 1
+                assert gw.control.writes.in_flight == 0
+                fast = await gw.client.put("/v1/blobs?epochs=1", content=b"f" * 5000)
+                # The fast store's bytes go back a moment after its reply; the drip holds only
+                # what it sent, not the 1000 bytes it announced.
+                await wait_until(lambda: gw.control.budget.held == 10, "the fast store's bytes")
+    assert fast.status_code == 200
+    assert [size for size, _, _ in fake.stores] == [5000]

@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -74,6 +76,18 @@ class RequestSlots:
 
     def in_flight_from(self, address: str) -> int:
         return self._by_address[address]
+
+    @contextmanager
+    def held(self, control: AdmissionControl, address: str) -> Iterator[None]:
+        """Hold a slot for the block, or raise the 429 that refuses the request (counted)."""
+        refusal = self.try_take(address)
+        if refusal is not None:
+            control.refusals.record(self.kind, refusal, address)
+            raise control.too_many(f"too many {self.kind} requests on this gateway; retry later")
+        try:
+            yield
+        finally:
+            self.give_back(address)
 
 
 class ByteBudget:
@@ -128,7 +142,10 @@ class AdmissionControl:
     """The gateway's shared admission state: slots per kind, the byte budget, the refusals."""
 
     reads: RequestSlots
+    uploads: RequestSlots
+    """Request bodies being received (and then stored), per address and in total."""
     writes: RequestSlots
+    """Stores into the network, taken once a body is complete."""
     budget: ByteBudget
     refusals: Refusals
     retry_after_seconds: int

@@ -31,6 +31,7 @@ from walrus_p2p.api._admission import (
     ByteBudget,
     Refusals,
     RequestSlots,
+    client_address,
     reservation_of,
 )
 from walrus_p2p.api._errors import (
@@ -64,10 +65,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 """10 MiB, the request limit of public Walrus publishers."""
 DEFAULT_MAX_CONCURRENT_WRITES = 8
+"""Stores into the network at once: each encodes its blob and talks to the whole committee."""
+DEFAULT_MAX_CONCURRENT_UPLOADS = 256
+"""Request bodies being received at once. A body holds only the bytes that have arrived (taken
+from the byte budget as they do), so many slow uploads cost little; the write slot is taken only
+once a body is complete, so they cannot hold the stores hostage."""
 DEFAULT_MAX_CONCURRENT_READS = 32
 DEFAULT_MAX_CONCURRENT_WRITES_PER_ADDRESS = 2
-"""A quarter of the gateway's writes: one address cannot take them all, and one uploader rarely
-gains from more than two stores at once (each is bound by the network, not by the gateway)."""
+"""Uploads (body and store) from one address: a quarter of the gateway's writes, so one address
+cannot take them all, and one uploader rarely gains from more than two stores at once (each is
+bound by the network, not by the gateway)."""
 DEFAULT_MAX_CONCURRENT_READS_PER_ADDRESS = 8
 """A quarter of the gateway's reads, and more than the 6 connections a browser opens per host."""
 DEFAULT_MAX_BYTES_IN_FLIGHT = 1 << 30
@@ -104,6 +111,7 @@ class GatewayLimits:
     max_body: int = DEFAULT_MAX_BODY
     max_concurrent_writes: int = DEFAULT_MAX_CONCURRENT_WRITES
     max_concurrent_reads: int = DEFAULT_MAX_CONCURRENT_READS
+    max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
     max_concurrent_writes_per_address: int = DEFAULT_MAX_CONCURRENT_WRITES_PER_ADDRESS
     max_concurrent_reads_per_address: int = DEFAULT_MAX_CONCURRENT_READS_PER_ADDRESS
     max_bytes_in_flight: int = DEFAULT_MAX_BYTES_IN_FLIGHT
@@ -121,6 +129,7 @@ class GatewayLimits:
         for name in (
             "max_concurrent_writes",
             "max_concurrent_reads",
+            "max_concurrent_uploads",
             "max_concurrent_writes_per_address",
             "max_concurrent_reads_per_address",
         ):
@@ -196,16 +205,22 @@ def build_gateway_app(service: BlobService, limits: GatewayLimits | None = None)
             total=limits.max_concurrent_reads,
             per_address=limits.max_concurrent_reads_per_address,
         ),
+        uploads=RequestSlots(
+            "upload",
+            total=limits.max_concurrent_uploads,
+            per_address=limits.max_concurrent_writes_per_address,
+        ),
+        # Taken once the body is complete; the per-address bound was applied to the upload.
         writes=RequestSlots(
             "write",
             total=limits.max_concurrent_writes,
-            per_address=limits.max_concurrent_writes_per_address,
+            per_address=limits.max_concurrent_writes,
         ),
         budget=ByteBudget(limits.max_bytes_in_flight),
         refusals=Refusals(),
         retry_after_seconds=limits.retry_after_seconds,
     )
-    gateway = _Gateway(service, limits)
+    gateway = _Gateway(service, limits, control)
 
     def admitted(handler: Handler, slots: RequestSlots, name: str) -> Admission:
         return Admission(request_response(_guarded(handler, name)), control, slots)
@@ -213,7 +228,7 @@ def build_gateway_app(service: BlobService, limits: GatewayLimits | None = None)
     routes = [
         Route(
             "/v1/blobs",
-            admitted(gateway.put_blob, control.writes, "store_blob"),
+            admitted(gateway.put_blob, control.uploads, "store_blob"),
             methods=["PUT"],
             name="store_blob",
         ),
@@ -302,9 +317,12 @@ def _guarded(handler: Handler, name: str) -> Handler:
 class _Gateway:
     """The request handlers, sharing the service and the limits."""
 
-    def __init__(self, service: BlobService, limits: GatewayLimits) -> None:
+    def __init__(
+        self, service: BlobService, limits: GatewayLimits, control: AdmissionControl
+    ) -> None:
         self._service = service
         self._limits = limits
+        self._control = control
         self._openapi = openapi_document(max_body=limits.max_body)
 
     async def put_blob(self, request: Request) -> Response:
@@ -312,7 +330,11 @@ class _Gateway:
         epochs = _unsigned_param(params, "epochs", minimum=1)
         permanent = _permanence(params)
         data = await self._read_body(request)
-        outcome = await self._service.store(data, epochs=epochs, permanent=permanent)
+        # The write slot is taken only now: a client still sending its body (slowly, or on
+        # purpose) holds an upload slot and the bytes it sent, never a store (docs/http-api.md,
+        # "Limits").
+        with self._control.writes.held(self._control, client_address(request.scope)):
+            outcome = await self._service.store(data, epochs=epochs, permanent=permanent)
         logger.info(
             "blob stored blob=%s size=%d outcome=%s",
             short_id(outcome.blob_id),
@@ -381,10 +403,10 @@ class _Gateway:
     async def _read_body(self, request: Request) -> bytes:
         """The request body, refused with 413 as soon as it is known to exceed the limit.
 
-        A declared Content-Length is checked before reading anything, and taken from the byte
-        budget at once (429 if it does not fit); a chunked body is counted, and taken from the
-        budget, as it arrives, so at most ``max_body`` bytes plus one transport chunk are ever
-        held, and never more than the budget allows.
+        A declared Content-Length is checked against the limit before reading anything; the
+        body is taken from the byte budget as it arrives (429 once it does not fit), so a slow
+        or stalled upload holds only what it sent, at most ``max_body`` bytes plus one
+        transport chunk are ever held, and never more than the budget allows.
         """
         max_body = self._limits.max_body
         reservation = reservation_of(request)
@@ -394,7 +416,6 @@ class _Gateway:
                 raise ApiError(400, "BAD_REQUEST", "Content-Length is not a number")
             if len(declared) > 18 or int(declared) > max_body:
                 raise _too_large(max_body)
-            reservation.take(int(declared))
         body = bytearray()
         pace = _BodyPace(self._limits)
         with trio.CancelScope(deadline=pace.deadline(0)) as deadline:

@@ -49,6 +49,7 @@ _SERVE_LIMIT_FLAGS = {
     "max_concurrent_writes": "max_concurrent_writes",
     "max_concurrent_reads": "max_concurrent_reads",
     "max_writes_per_address": "max_concurrent_writes_per_address",
+    "max_concurrent_uploads": "max_concurrent_uploads",
     "max_reads_per_address": "max_concurrent_reads_per_address",
     "max_bytes_in_flight": "max_bytes_in_flight",
     "max_connections": "max_connections",
@@ -175,8 +176,16 @@ def _serve_limit_options(serve: argparse.ArgumentParser) -> None:
         "--max-writes-per-address",
         type=int,
         metavar="N",
-        help="stores in flight from one client address, more get 429 (default 2); all local "
-        "clients, and all clients behind one reverse proxy, share one address",
+        help="uploads (body and store) in flight from one client address, more get 429 "
+        "(default 2); all local clients, and all clients behind one reverse proxy, share one "
+        "address",
+    )
+    serve.add_argument(
+        "--max-concurrent-uploads",
+        type=int,
+        metavar="N",
+        help="request bodies being received at once, more get 429 (default 256); a store "
+        "takes one of --max-concurrent-writes only once its body is complete",
     )
     serve.add_argument(
         "--max-reads-per-address",
