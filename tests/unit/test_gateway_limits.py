@@ -409,3 +409,11 @@ async def test_a_slow_upload_never_holds_a_write_slot(fake: FakeBlobService) -> 
                 await wait_until(lambda: gw.control.budget.held == 10, "the fast store's bytes")
     assert fast.status_code == 200
     assert [size for size, _, _ in fake.stores] == [5000]
+
+
+def test_hypercorn_is_the_version_serve_http_was_written_for() -> None:
+    """serve_http drives hypercorn's per-connection server itself (net/http.py): a new hypercorn
+    minor version must be checked against it before this test is changed."""
+    from walrus_p2p.net.http import HYPERCORN_SERIES, hypercorn_is_supported
+
+    assert hypercorn_is_supported(), HYPERCORN_SERIES

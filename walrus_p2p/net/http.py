@@ -22,6 +22,11 @@ its own accept loop and hands each connection to hypercorn's per-connection serv
   stream whose client never opens its flow-control window (that wait is not a socket write), and
   a request body the app left unread closed with its connection (see `bounded_app`).
 
+This leans on hypercorn internals (``TCPServer``, ``WorkerContext``, ``wrap_app``), so it is
+written for one hypercorn minor version, :data:`HYPERCORN_SERIES`: pyproject.toml pins it, a
+warning is logged at start on any other version, and tests/unit/test_gateway_limits.py fails
+when the installed version moves (and its slow-client tests fail if the wrapper stops working).
+
 Hypercorn's ``read_timeout`` (a bound on each socket read) stays off: a client legitimately sends
 nothing while a long download or a slow store runs, so it would cut honest requests, while the
 head deadline above and the gateway's body timeout already bound the client's turns to send.
@@ -30,6 +35,7 @@ head deadline above and the gateway's body timeout already bound the client's tu
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import logging
 import resource
 from collections.abc import Awaitable, Callable
@@ -46,6 +52,16 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 from walrus_p2p.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+HYPERCORN_SERIES = "0.18"
+"""The hypercorn minor version whose internals ``serve_http`` uses."""
+
+
+def hypercorn_is_supported() -> bool:
+    """True when the installed hypercorn is of :data:`HYPERCORN_SERIES`."""
+    version = importlib.metadata.version("hypercorn")
+    return version == HYPERCORN_SERIES or version.startswith(HYPERCORN_SERIES + ".")
+
 
 DEFAULT_MAX_CONNECTIONS = 1024
 """Open connections at once; see docs/http-api.md, "Limits" (at most about 200 KiB of ours each)."""
@@ -297,6 +313,13 @@ async def serve_http(
     """
     limits = limits or HttpLimits()
     stats = stats if stats is not None else ConnectionStats()
+    if not hypercorn_is_supported():
+        logger.warning(
+            "hypercorn %s: serve_http was written for %s.x and uses its TCPServer directly; "
+            "check the connection limits (docs/http-api.md, \"Limits\")",
+            importlib.metadata.version("hypercorn"),
+            HYPERCORN_SERIES,
+        )
     config = hypercorn_config(bind, limits)
     sockets = config.create_sockets()
     listeners = []
