@@ -30,8 +30,14 @@ from walrus_p2p.core.records import (
 )
 from walrus_p2p.errors import PeerUnreachableError, WalrusError
 from walrus_p2p.node.epoch_links import EpochLinks, take_batch
-from walrus_p2p.node.epochs import EpochService
+from walrus_p2p.node.epochs import (
+    EARLY_BYTES_KEPT,
+    EARLY_STRANGER_BYTES_KEPT,
+    MAX_HINTS,
+    EpochService,
+)
 from walrus_p2p.node.ratelimit import Rate, RequestRates
+from walrus_p2p.testing import fuzz
 from walrus_p2p.testing.epochs import epoch_genesis
 from walrus_p2p.types import Epoch, PeerId
 
@@ -318,3 +324,55 @@ async def test_a_vote_sent_by_its_signer_outside_the_relay_gets_this_peers_votes
     other = next(p for p in PEERS[1:] if p.peer_id not in (proposer, member.peer_id))
     relayed = await service.serve_messages(request([prevote(other, genesis)]), proposer)
     assert relayed.messages == ()
+
+
+def big_proposal(genesis: Genesis, epoch: int, round_: int) -> wire.Message:
+    """An unverifiable proposal of about 200 KiB for ``epoch`` (signed by nobody)."""
+    golden = next(v for v in fuzz.golden_vectors() if v.cls.__name__ == "Proposal")
+    proposal: Any = wire.decode(golden.data, golden.cls)
+    member = proposal.value.members[0]
+    member = dataclasses.replace(member, addresses=tuple("/dns/" + "a" * 195 for _ in range(8)))
+    value = dataclasses.replace(
+        proposal.value, network_id=genesis.network_id, members=(member,) * 120
+    )
+    body = dataclasses.replace(
+        proposal.body, network_id=genesis.network_id, epoch=Epoch(epoch), round=round_
+    )
+    return dataclasses.replace(proposal, body=body, value=value)
+
+
+async def test_strangers_claiming_a_later_epoch_leave_a_bounded_hint_and_nothing_else() -> None:
+    """Fuzzing regression (docs/testing.md, "Fuzzing"): each fresh key used to add an entry to
+    the liveness and incarnation tables for good, and hints were unbounded between syncs."""
+    service, _genesis = make_service()
+    await running_agreement(service)
+    strangers = [Identity.from_seed(bytes([9, index]) * 16) for index in range(100)]
+    for index, stranger in enumerate(strangers):
+        await service.serve_messages(
+            request([], epoch=3 + index, incarnation=bytes([index]) * 8), stranger.peer_id
+        )
+    known = {peer.peer_id for peer in PEERS}
+    assert set(service._heard) <= known
+    assert set(service._incarnations) <= known
+    assert len(service._hinted) == MAX_HINTS
+    # The highest epochs are kept: the latest claim is still asked first.
+    assert service._hinted[strangers[-1].peer_id] == 3 + 99 - 1
+
+
+async def test_early_messages_are_bounded_in_bytes_and_strangers_get_a_small_share() -> None:
+    """Fuzzing regression: messages of the next agreement cannot be verified yet, and a
+    stranger could park 4,096 proposals of up to 256 KiB each until the next epoch change."""
+    service, genesis = make_service()
+    agreement = await running_agreement(service)
+    next_epoch = int(agreement.epoch) + 1
+    size = len(wire.encode(big_proposal(genesis, next_epoch, 0)))
+    assert size > 150_000
+    for batch in range(10):
+        proposals = [big_proposal(genesis, next_epoch, 5 * batch + i) for i in range(5)]
+        await service.serve_messages(request(proposals, epoch=next_epoch + 1), OUTSIDER.peer_id)
+    assert 0 < len(service._early) <= EARLY_STRANGER_BYTES_KEPT // size
+    for batch in range(20):
+        proposals = [big_proposal(genesis, next_epoch, 100 + 5 * batch + i) for i in range(5)]
+        await service.serve_messages(request(proposals, epoch=next_epoch), PEERS[1].peer_id)
+    kept = sum(len(wire.encode(message)) for message in service._early)
+    assert EARLY_BYTES_KEPT - size < kept <= EARLY_BYTES_KEPT

@@ -499,3 +499,37 @@ def test_golden_record_encodings() -> None:
     }
     digests = {name: blake3.blake3(wire.encode(item)).hexdigest() for name, item in items.items()}
     assert digests == GOLDEN
+
+
+@pytest.mark.parametrize("end_epoch", [2**63, 11_707_992_513_525_541_956, 2**64 - 1])
+def test_owner_records_beyond_the_storable_epochs_are_refused(end_epoch: int) -> None:
+    """Fuzzing regression (docs/testing.md, "Fuzzing"): a self-signed register record ending at
+    the epoch the fuzzer sent (11707992513525541956) verified, was merged and announced, and the
+    store's refusal of the epoch stopped every peer that merged it from gossip."""
+    register = records.sign_register(
+        OWNER,
+        network_id=NETWORK,
+        blob_id=BLOB,
+        size=1,
+        start_epoch=0,
+        end_epoch=end_epoch,
+        deletable=True,
+    )
+    register.verify(NETWORK)  # the signature alone is fine
+    with pytest.raises(VerificationError, match="beyond epoch"):
+        records.verify_blob_record(register, NETWORK, lambda epoch: None)
+    extend = records.sign_extend(
+        OWNER, network_id=NETWORK, blob_id=BLOB, start_epoch=end_epoch, end_epoch=end_epoch
+    )
+    with pytest.raises(VerificationError, match="beyond epoch"):
+        records.verify_blob_record(extend, NETWORK, lambda epoch: None)
+    ordinary = records.sign_register(
+        OWNER,
+        network_id=NETWORK,
+        blob_id=BLOB,
+        size=1,
+        start_epoch=0,
+        end_epoch=2**63 - 1,
+        deletable=True,
+    )
+    records.verify_blob_record(ordinary, NETWORK, lambda epoch: None)

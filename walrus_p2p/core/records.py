@@ -72,6 +72,7 @@ __all__ = [
     "MAX_ADDRESSES",
     "MAX_ADDRESS_LENGTH",
     "MAX_PEER_ID_LENGTH",
+    "MAX_RECORD_EPOCH",
     "PRECOMMIT_CONTEXT",
     "PREVOTE_CONTEXT",
     "PROPOSAL_CONTEXT",
@@ -711,6 +712,14 @@ CommitteeLookup: TypeAlias = Callable[[Epoch], Committee | None]
 """The committee of an epoch, or None if this peer does not know that epoch (yet)."""
 
 
+MAX_RECORD_EPOCH = (1 << 63) - 1
+"""The latest epoch an owner's record may name. The wire allows any u64, but a peer keeps a
+blob's epochs as signed 64-bit integers (``BlobStore.set_blob_state``): a self-signed register
+record ending at epoch 2**64 - 1, merged and announced on gossip, made every peer that merged
+it fail in its gossip reader and stop (found by the fuzzer, docs/testing.md, "Fuzzing"). At one
+epoch a second the bound is 292 billion years away."""
+
+
 def verify_blob_record(
     record: BlobRecord, network_id: bytes, committee_of: CommitteeLookup
 ) -> None:
@@ -724,6 +733,10 @@ def verify_blob_record(
             raise VerificationError(f"no committee known for epoch {record.epoch}")
         record.verify(network_id, committee)
     else:
+        for name in ("start_epoch", "end_epoch"):
+            epoch = getattr(record.body, name, 0)
+            if epoch > MAX_RECORD_EPOCH:
+                raise VerificationError(f"{name} {epoch} is beyond epoch {MAX_RECORD_EPOCH}")
         record.verify(network_id)
 
 

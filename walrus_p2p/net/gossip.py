@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+import types
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -212,6 +213,12 @@ class Gossip:
             return accepted
 
         self._pubsub.set_topic_validator(topic, libp2p_validator, False)
+
+    @property
+    def validators(self) -> Mapping[str, Validator]:
+        """The validator of each topic (read-only): the fuzzer feeds them hostile messages
+        directly (docs/testing.md, "Fuzzing")."""
+        return types.MappingProxyType(self._validators)
 
     def remove_validator(self, topic: str) -> None:
         self._validators.pop(topic, None)

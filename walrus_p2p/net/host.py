@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,6 +155,7 @@ class Host:
         self._config = config
         self._peer_id = PeerId(raw.get_id().to_base58())
         self._limiters: dict[str, trio.CapacityLimiter] = {}
+        self._handlers: dict[str, rpc.Handler] = {}
         self.inbound = InboundBudget(config.inbound)
         """Request streams and bytes granted to remote peers, on every protocol (net/inbound.py)."""
 
@@ -295,6 +297,7 @@ class Host:
     def remove_stream_handler(self, protocol_id: str) -> None:
         self._raw.remove_stream_handler(protocol_id)
         self._limiters.pop(protocol_id, None)
+        self._handlers.pop(protocol_id, None)
 
     # -- request / reply -------------------------------------------------------------------
 
@@ -312,11 +315,18 @@ class Host:
         limits = limits or rpc.HandlerLimits()
         limiter = trio.CapacityLimiter(limits.max_concurrent)
         self._limiters[protocol_id] = limiter
+        self._handlers[protocol_id] = handler
 
         async def on_stream(stream: Stream) -> None:
             await rpc.serve_stream(stream, handler, limits, limiter, self.inbound)
 
         self.set_stream_handler(protocol_id, on_stream)
+
+    @property
+    def handlers(self) -> Mapping[str, rpc.Handler]:
+        """The request/reply handler of each protocol set with :meth:`set_handler` (read-only):
+        the fuzzer calls them with hostile payloads (docs/testing.md, "Fuzzing")."""
+        return types.MappingProxyType(self._handlers)
 
     async def request(
         self,

@@ -98,9 +98,17 @@ JOURNAL_NAMESPACE = "epoch-journal"
 """Write-ahead log of the running agreement: key = 8-byte epoch + 16-byte hash of the message."""
 GOSSIP_TYPES = (Candidacy, EpochRecord)
 DIRECT_TYPES = (Proposal, Vote, EpochRecord)
+MAX_HINTS = 64
+"""Origins of later-epoch hints kept between two syncs (``EpochService._hint``)."""
 OUTBOX_SIZE = 4096
 EARLY_MESSAGES_KEPT = 4096
 """Consensus messages of the agreement after this peer's current one, kept until it starts."""
+EARLY_BYTES_KEPT = 8 << 20
+"""Their encoded bytes, at most: their signers belong to a committee this peer does not know
+yet, so they cannot be checked, and one proposal may be 256 KiB (4,096 of them were 1 GiB)."""
+EARLY_STRANGER_BYTES_KEPT = 1 << 20
+"""Of those, bytes sent by peers outside every committee this peer knows (a new member of the
+next committee, or anyone with a fresh key): strangers cannot crowd out the members' messages."""
 MAX_TIMEOUT_DELAY = 1.0
 """Seconds of measured round trip, at most, that timeouts and fallback waits grow with."""
 GOSSIP_RECORD_EPOCHS_KEPT = 16
@@ -183,6 +191,8 @@ class EpochService:
         self._fallback_answered: dict[PeerId, set[tuple[int, int, str]]] = {}
         """Per member, the (epoch, round, vote kind) of its fallback votes already answered."""
         self._early: list[Proposal | Vote] = []
+        self._early_bytes = [0, 0]
+        """Encoded bytes of ``_early``: in all, and sent by strangers."""
         self._relays: dict[tuple[int, VoteKind, int], _Relay] = {}
         self._gossip_records: set[int] = set()
         self._last_rounds = 0
@@ -408,6 +418,7 @@ class EpochService:
         self._relays = {}
         self._fallback_answered = {}
         early, self._early = self._early, []
+        self._early_bytes = [0, 0]
         for message in early:
             if message.body.epoch == agreement.epoch:
                 # Kept while this peer was still in the agreement before (it acknowledged them).
@@ -605,12 +616,16 @@ class EpochService:
                 f"peer={remote[:12]} is not a member of a committee this peer knows",
                 reason="NOT_A_MEMBER",
             )
-        self._heard[remote] = self.epoch
-        if self.links is not None:
-            self.links.revive(remote)
         ours, _round = self._position()
         if int(request.epoch) > ours:
             self._hint(remote, int(request.epoch) - 1)
+        if known:
+            # Per-remote state is kept for members only: a stranger claiming a later epoch (a
+            # member of a committee this peer does not know yet, or anyone with a fresh key)
+            # leaves its hint and nothing else (docs/epochs.md, "Load shedding").
+            self._heard[remote] = self.epoch
+            if self.links is not None:
+                self.links.revive(remote)
         fell_back: set[tuple[int, int, str]] = set()
         for raw in request.messages:
             try:
@@ -622,7 +637,7 @@ class EpochService:
                 assert isinstance(message, Vote)
                 fell_back.add((int(message.body.epoch), int(message.round), message.kind.name))
             await self._take(message, source=remote)
-        evidence = self._evidence_for(remote, request, fell_back=fell_back)
+        evidence = self._evidence_for(remote, request, fell_back=fell_back) if known else ()
         epoch, round_ = self._position()
         return EpochMessagesReply(epoch=Epoch(epoch), round=round_, messages=evidence)
 
@@ -664,11 +679,25 @@ class EpochService:
         elif epoch == agreement.epoch + 1:
             # The next agreement has begun elsewhere while this peer has not switched yet: the
             # sender counts these as delivered, so they are kept for when it does.
-            if len(self._early) < EARLY_MESSAGES_KEPT:
-                self._early.append(message)
+            self._keep_early(message, source)
             self._hint(source, epoch - 1)
         elif epoch > agreement.epoch + 1:
             self._hint(source, epoch - 1)
+
+    def _keep_early(self, message: Proposal | Vote, source: PeerId) -> None:
+        """Keep a message of the next agreement within the count and byte bounds (docs/epochs.md,
+        "Load shedding")."""
+        size = len(wire.encode(message))
+        stranger = not any(source in committee for committee in self.ctx.committees.known())
+        total, from_strangers = self._early_bytes
+        if (
+            len(self._early) >= EARLY_MESSAGES_KEPT
+            or total + size > EARLY_BYTES_KEPT
+            or (stranger and from_strangers + size > EARLY_STRANGER_BYTES_KEPT)
+        ):
+            return
+        self._early.append(message)
+        self._early_bytes = [total + size, from_strangers + (size if stranger else 0)]
 
     def _is_fallback(self, message: Proposal | Vote | EpochRecord, remote: PeerId) -> bool:
         """A vote sent by its own signer to this peer, neither of them the proposer of its round:
@@ -846,9 +875,19 @@ class EpochService:
             await trio.sleep(pause)
 
     def _hint(self, origin: PeerId, epoch: int) -> None:
-        if origin and origin != self.ctx.peer_id:
-            self._hinted[origin] = max(epoch, self._hinted.get(origin, 0))
-            self._sync_wanted.set()
+        """``origin`` showed ``epoch``: sync soon, asking it first. At most
+        :data:`MAX_HINTS` origins are kept until the next sync (the highest epochs): strangers
+        with fresh keys can send hints faster than a sync to unreachable origins ends."""
+        if not origin or origin == self.ctx.peer_id:
+            return
+        if origin not in self._hinted and len(self._hinted) >= MAX_HINTS:
+            lowest = min(self._hinted, key=self._hinted.__getitem__)
+            if self._hinted[lowest] >= epoch:
+                self._sync_wanted.set()
+                return
+            del self._hinted[lowest]
+        self._hinted[origin] = max(epoch, self._hinted.get(origin, 0))
+        self._sync_wanted.set()
 
     async def _read_gossip(self, subscription: Subscription) -> None:
         async for message in subscription:
