@@ -22,6 +22,7 @@ from walrus_p2p.net.gossip import (
     Subscription,
     _CountedGossipSub,
 )
+from walrus_p2p.net.host import peer_id_from_seed
 from walrus_p2p.net.names import protocol_id, topic
 from walrus_p2p.testing.network import STEP, TestHost, open_test_host, open_test_hosts
 
@@ -290,3 +291,30 @@ def test_equal_scoring_peers_are_not_grafted_opportunistically() -> None:
     to_graft, _ = router.mesh_heartbeat()
     assert list(to_graft) == [better]
     assert better in router.mesh[NEWS]
+
+
+async def test_one_failing_message_never_ends_a_subscription_reader(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``Subscription.handle_each``: a refusal (WalrusError) and a bug (any other exception) on
+    one message are logged, and the next messages are still handled."""
+    send, receive = trio.open_memory_channel[object](8)
+    origin = ID.from_base58(peer_id_from_seed(bytes(32)))
+    for data in (b"refused", b"bug", b"good"):
+        send.send_nowait(SimpleNamespace(from_id=origin.to_bytes(), data=data, seqno=b""))
+    send.close()
+    handled: list[bytes] = []
+
+    async def handle(message: GossipMessage) -> None:
+        if message.data == b"refused":
+            raise WireError("not a batch")
+        if message.data == b"bug":
+            raise ValueError("an unexpected failure")
+        handled.append(message.data)
+
+    subscription = Subscription("topic", SimpleNamespace(get=receive.receive))
+    with caplog.at_level(logging.DEBUG, logger="walrus_p2p.net.gossip"), trio.fail_after(5):
+        await subscription.handle_each(handle, what="test")
+    assert handled == [b"good"]
+    assert "gossip message handler failed" in caplog.text
+    assert "gossip message dropped" in caplog.text

@@ -25,7 +25,7 @@ import logging
 import math
 import time
 import types
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +37,7 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_11
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 
-from walrus_p2p.errors import ConfigError, NetworkError, WireError
+from walrus_p2p.errors import ConfigError, NetworkError, WalrusError, WireError
 from walrus_p2p.net import libp2p_patches
 from walrus_p2p.net._groups import sole_body_error
 from walrus_p2p.net._service import run_guarded_service
@@ -162,6 +162,33 @@ class Subscription:
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 return
             yield _convert(message, self.topic, forwarder=None)
+
+    async def handle_each(
+        self, handle: Callable[[GossipMessage], Awaitable[None]], *, what: str
+    ) -> None:
+        """Call ``handle`` on every message until the subscription ends; one message's failure
+        never ends the loop (or the peer). A ``WalrusError`` (bad input, a refusal) is logged
+        at debug; anything else is a bug, logged with its traceback: a gossip message comes from
+        anyone, and a handler that raised an unexpected exception on one took the whole peer
+        down before (docs/security.md, "Errors")."""
+        async for message in self:
+            try:
+                await handle(message)
+            except WalrusError as error:
+                logger.debug(
+                    "gossip message dropped topic=%s what=%s origin=%s error=%s",
+                    self.topic,
+                    what,
+                    message.origin[:12],
+                    error,
+                )
+            except Exception:
+                logger.exception(
+                    "gossip message handler failed topic=%s what=%s origin=%s",
+                    self.topic,
+                    what,
+                    message.origin[:12],
+                )
 
 
 def _peer_text(raw_id: bytes) -> PeerId:

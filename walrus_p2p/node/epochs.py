@@ -890,15 +890,14 @@ class EpochService:
         self._sync_wanted.set()
 
     async def _read_gossip(self, subscription: Subscription) -> None:
-        async for message in subscription:
-            try:
-                decoded = wire.decode(message.data, GOSSIP_TYPES)
-            except WireError:
-                continue
-            if isinstance(decoded, Candidacy):
-                self._learn_candidacy(decoded)
-            else:
-                await self.apply_record(decoded, source="gossip")
+        await subscription.handle_each(self._apply_gossip, what="epoch records")
+
+    async def _apply_gossip(self, message: GossipMessage) -> None:
+        decoded = wire.decode(message.data, GOSSIP_TYPES)
+        if isinstance(decoded, Candidacy):
+            self._learn_candidacy(decoded)
+        else:
+            await self.apply_record(decoded, source="gossip")
 
     def _learn_candidacy(self, candidacy: Candidacy) -> None:
         """Keep the newest verified candidacy of each peer (the validator verified it)."""

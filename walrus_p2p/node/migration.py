@@ -155,13 +155,10 @@ class ShardMigration:
         return True
 
     async def _read_gossip(self, subscription: Subscription) -> None:
-        async for message in subscription:
-            try:
-                self.accept_report(wire.decode(message.data, ShardsInPlace))
-            except (WireError, VerificationError) as error:
-                logger.debug(
-                    "in-place report dropped origin=%s error=%s", message.origin[:12], error
-                )
+        await subscription.handle_each(self._accept_gossip, what="in-place reports")
+
+    async def _accept_gossip(self, message: GossipMessage) -> None:
+        self.accept_report(wire.decode(message.data, ShardsInPlace))
 
     async def serve_reports(
         self, request: GetShardsInPlaceRequest, remote: PeerId

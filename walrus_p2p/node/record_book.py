@@ -231,16 +231,15 @@ class RecordBook:
         return True
 
     async def _read_gossip(self, subscription: Subscription) -> None:
-        async for message in subscription:
-            try:
-                batch = wire.decode(message.data, BlobRecordsBatch)
-                by_blob: dict[BlobId, list[records.BlobRecord]] = {}
-                for record in decode_any_records(batch.records):
-                    by_blob.setdefault(BlobId(record.blob_id), []).append(record)
-                for blob_id, items in by_blob.items():
-                    await self.merge(blob_id, items, announce=False)
-            except WalrusError as error:
-                logger.info("gossip records dropped origin=%s error=%s", message.origin[:12], error)
+        await subscription.handle_each(self._merge_gossip, what="blob records")
+
+    async def _merge_gossip(self, message: GossipMessage) -> None:
+        batch = wire.decode(message.data, BlobRecordsBatch)
+        by_blob: dict[BlobId, list[records.BlobRecord]] = {}
+        for record in decode_any_records(batch.records):
+            by_blob.setdefault(BlobId(record.blob_id), []).append(record)
+        for blob_id, items in by_blob.items():
+            await self.merge(blob_id, items, announce=False)
 
     async def _publish_gossip(self, gossip: Gossip, topic: str) -> None:
         while True:
