@@ -180,7 +180,11 @@ async def test_double_spend_over_two_halves_certifies_at_most_one(
         halves = {order_id(first): rotated[:2], order_id(second): rotated[2:]}
         approvals: dict[bytes, list[Signature]] = {order_id(first): [], order_id(second): []}
 
-        async def attack(order: SignedOrder) -> None:
+        async def attack(
+            order: SignedOrder,
+            halves: dict[bytes, list[PeerId]],
+            approvals: dict[bytes, list[Signature]],
+        ) -> None:
             # Its own half first, then the other half: both race for every member.
             mine = halves[order_id(order)]
             for peer_id in mine + [p for p in members if p not in mine]:
@@ -193,8 +197,8 @@ async def test_double_spend_over_two_halves_certifies_at_most_one(
 
         with trio.fail_after(STEP * 2):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(attack, first)
-                nursery.start_soon(attack, second)
+                nursery.start_soon(attack, first, halves, approvals)
+                nursery.start_soon(attack, second, halves, approvals)
         certified = [
             identifier
             for identifier, signed in approvals.items()
