@@ -244,8 +244,8 @@ def _instructions(options: DevnetOptions) -> str:
         if address is None
         else [
             f"  export WALRUS_WALLET={wallet}",
-            f"  walrus-peer wallet balance                # account {address}",
-            "  walrus-peer wallet send ADDRESS 1.5        # WAL, certified by the committee",
+            f"  {'walrus-peer wallet balance':<41}# account {address}",
+            f"  {'walrus-peer wallet send ADDRESS 1.5':<41}# WAL, certified by the committee",
         ]
     )
     return "\n".join(

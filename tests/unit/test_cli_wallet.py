@@ -107,3 +107,25 @@ def test_wallet_commands_share_the_client_options() -> None:
     assert parser.parse_args(["wallet", "history", "--limit", "3"]).limit == 3
     with pytest.raises(SystemExit):
         parser.parse_args(["wallet", "history", "--limit", "11"])
+
+
+def test_devnet_genesis_funds_its_wallet_and_the_banner_names_it(tmp_path: Path) -> None:
+    from walrus_p2p.devnet import (
+        WALLET_FUNDS,
+        WALLET_NAME,
+        DevnetOptions,
+        _instructions,
+        prepare,
+    )
+
+    options = DevnetOptions(directory=tmp_path, peers=4, shards=8)
+    genesis = prepare(options)
+    owner = load_wallet(tmp_path / WALLET_NAME)
+    allocations = genesis.economy_or_default.allocations
+    assert [(item.account, item.amount) for item in allocations] == [
+        (owner.public_key.raw, WALLET_FUNDS)
+    ]
+    assert prepare(options).network_id == genesis.network_id  # reused, not rewritten
+    banner = _instructions(options)
+    assert f"WALRUS_WALLET={tmp_path / WALLET_NAME}" in banner
+    assert owner.public_key.hex() in banner
