@@ -3,10 +3,11 @@
 docs/economics.md, "The protocol". An account is an Ed25519 key. A transfer is made like this,
 with a deadline on every call:
 
-1. **ask** every committee member for the account (``GetAccountRequest``, in parallel): the next
-   sequence number is the highest one a member *proves* with the certificate of the order just
-   before it (checked against the committee), so a lying member cannot push it up, and asking
-   every member keeps a lagging one from pulling it down;
+1. **ask** every committee member for the account (``GetAccountRequest``, in parallel, until
+   members holding a quorum of shards answered): the next sequence number is the highest one a
+   member *proves* with the certificate of the order just before it (checked against the
+   committee), so a lying member cannot push it up, and a quorum always holds an honest member
+   that took the latest certificate, so a lagging one cannot pull it down;
 2. **sign** the order (:class:`~walrus_p2p.core.economy_messages.TransferBody` naming that
    sequence and the committee's epoch) and ask every member for an approval in parallel, until
    the approvers hold a quorum of shards (or a quorum is out of reach: then the refusal reason
@@ -359,8 +360,14 @@ async def account_view(
     async def ask(peer_id: PeerId) -> GetAccountReply:
         return await light.call(peer_id, request, GetAccountReply, timeout=options.request_timeout)
 
+    # A quorum of answers is enough: the certificate of the account's latest order reached a
+    # quorum (the sending wallet waits for that), and two quorums share an honest member, so
+    # the highest sequence proven among a quorum is the account's (when its last send ended).
     replies, failures = await _each_member(
-        committee, ask, options=options, enough=lambda answers, failed: False
+        committee,
+        ask,
+        options=options,
+        enough=lambda answers, failed: committee.is_quorum(answers),
     )
     answered = committee.shard_weight(replies)
     if not is_validity(answered, committee.n_shards):
