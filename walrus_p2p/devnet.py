@@ -1,9 +1,10 @@
 """`walrus-peer devnet`: a whole local network on this machine, one process per storage peer.
 
-Creates (or reuses) ``DIR/genesis.toml`` and ``DIR/peer-01`` … ``DIR/peer-NN``, starts every peer
-as its own ``walrus-peer run`` process on 127.0.0.1, runs the HTTP gateway in this process, and
-stops every process it started on Ctrl-C or SIGTERM. ``GET /status`` on the gateway answers 200
-once the peers that answer hold a write quorum of shards.
+Creates (or reuses) ``DIR/genesis.toml``, ``DIR/peer-01`` … ``DIR/peer-NN`` and
+``DIR/wallet.key`` (a WAL wallet the genesis funds with :data:`WALLET_FUNDS`, for ``walrus-peer
+wallet``), starts every peer as its own ``walrus-peer run`` process on 127.0.0.1, runs the HTTP
+gateway in this process, and stops every process it started on Ctrl-C or SIGTERM. ``GET /status``
+on the gateway answers 200 once the peers that answer hold a write quorum of shards.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from walrus_p2p.api import (
     serve_gateway,
 )
 from walrus_p2p.client.service import WalrusClient, open_client
-from walrus_p2p.core.genesis import Genesis, create_genesis_toml
+from walrus_p2p.client.wallet import FROST_PER_WAL, ensure_wallet
+from walrus_p2p.core.genesis import Allocation, EconomyGenesis, Genesis, create_genesis_toml
 from walrus_p2p.errors import ConfigError, WalrusError
 from walrus_p2p.node.config import (
     ensure_identity,
@@ -45,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 GENESIS_NAME = "genesis.toml"
 CLIENT_KEY_DIR = "client"
+WALLET_NAME = "wallet.key"
+WALLET_FUNDS = 1_000_000 * FROST_PER_WAL
+"""What the genesis of a new devnet gives the devnet's wallet (docs/economics.md, "Genesis")."""
 STOP_GRACE_SECONDS = 5.0
 
 
@@ -146,12 +151,14 @@ def prepare(options: DevnetOptions) -> Genesis:
                 check_genesis=False,
             )
         members.append(genesis_member(data_dir, 1))
+    wallet, _ = ensure_wallet(directory / WALLET_NAME)
     text = create_genesis_toml(
         network="devnet",
         n_shards=options.shards,
         members=members,
         genesis_time=int(time.time()),
         epoch_duration_seconds=options.epoch_duration,
+        economy=EconomyGenesis(allocations=(Allocation(wallet.public_key.raw, WALLET_FUNDS),)),
     )
     return write_genesis(genesis_path, text)
 
@@ -244,13 +251,25 @@ async def demo_round_trip(client: WalrusClient, files: list[Path]) -> None:
 
 def _instructions(options: DevnetOptions) -> str:
     genesis = options.directory / GENESIS_NAME
+    wallet = options.directory / WALLET_NAME
     url = f"http://{options.http}"
+    address = ensure_wallet(wallet)[0].public_key.hex() if wallet.exists() else None
+    wallet_lines = (
+        []
+        if address is None
+        else [
+            f"  export WALRUS_WALLET={wallet}",
+            f"  {'walrus-peer wallet balance':<41}# account {address}",
+            f"  {'walrus-peer wallet send ADDRESS 1.5':<41}# WAL, certified by the committee",
+        ]
+    )
     return "\n".join(
         [
             f"devnet ready: {options.peers} peers, {options.shards} shards, gateway {url}",
             f"  export WALRUS_GENESIS={genesis}",
             "  walrus-peer store FILE --epochs 5          # prints the blob id",
             "  walrus-peer read BLOB_ID -o OUT",
+            *wallet_lines,
             f"  curl -X PUT --data-binary @FILE '{url}/v1/blobs?epochs=5'",
             f"  curl {url}/v1/blobs/BLOB_ID -o OUT",
             f"  peer logs: {options.directory}/peer-NN/peer.log   (Ctrl-C stops everything)",

@@ -2,7 +2,8 @@
 
 One module per command group, each with its arguments next to its handlers
 (``add_commands``): :mod:`.client` (light-client and offline blob commands), :mod:`.peer`
-(a storage peer's ``init``, ``genesis``, ``run``), :mod:`.gateway` (``serve``, ``devnet``);
+(a storage peer's ``init``, ``genesis``, ``run``), :mod:`.wallet` (``wallet``: a WAL account),
+:mod:`.gateway` (``serve``, ``devnet``);
 what they share (exit codes, options, logging, the light client) is in :mod:`._common`. Each
 command imports what it runs when it runs, so a command starts without loading the others.
 """
@@ -17,6 +18,7 @@ from walrus_p2p import __version__
 from walrus_p2p.cli import client as client_commands
 from walrus_p2p.cli import gateway as gateway_commands
 from walrus_p2p.cli import peer as peer_commands
+from walrus_p2p.cli import wallet as wallet_commands
 from walrus_p2p.cli._common import (
     EXIT_FAILED,
     EXIT_INVALID_BLOB,
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     # Help lists the commands in this order: offline tools and clients, peers, servers.
     client_commands.add_commands(commands)
+    wallet_commands.add_commands(commands)
     peer_commands.add_commands(commands)
     gateway_commands.add_commands(commands)
     return parser

@@ -2,7 +2,9 @@
 
 Owner: the wire form of the token economy (docs/economics.md; docs/design.md §5). Type ids
 96-127 are the economy's: 96-104 the order bodies, 105-108 signed orders, approvals,
-certificates and conflict evidence, 109-110 parameter votes, 111 the epoch settlement.
+certificates and conflict evidence, 109-110 parameter votes, 111 the epoch settlement, 112-120
+the requests and replies of the storage protocol and the gossip batch that carry them between
+wallets and peers (docs/economics.md, "The protocol").
 
 - An **account** is an Ed25519 public key. Its owner signs order *bodies*: a transfer, a storage
   purchase, an extension, a split, attaching a blob to a resource, releasing it after a delete,
@@ -384,6 +386,149 @@ class EpochSettlement(Message):
     stake_activations: OrderIds
     withdrawal_requests: OrderIds
     slashed: PeerIds
+
+
+# --------------------------------------------------------------------------------------------
+# Requests and replies on the storage protocol, and the gossip batch (docs/economics.md, "The
+# protocol"). Certificates travel as their canonical encodings, each decoded and verified on its
+# own by the receiver, so one bad certificate in a page or batch does not hide the others and a
+# known one is recognised by its bytes before any signature is checked.
+
+MAX_CERTIFIED_ORDER_SIZE = 36 * 1024
+"""A certificate with approvals from all 256 shard holders is 34 636 bytes."""
+MAX_CERTIFICATES_PER_MESSAGE = 24
+"""Certificates in one listing page, gossip batch or history list: at most ~830 KiB, below the
+gossip message cap of the default genesis limits (1 MiB)."""
+MAX_HISTORY = 10
+"""Orders of each kind (signed by the account, received by it) an account query returns."""
+ORDER_KEY_SIZE = 40
+"""A certified order's place in a listing: the account (32 bytes), then its sequence (8 bytes,
+big-endian), so the listing is in account then sequence order."""
+
+EncodedCertificates = Annotated[
+    tuple[bytes, ...],
+    ListSpec(
+        BytesSpec(min_length=1, max_length=MAX_CERTIFIED_ORDER_SIZE),
+        MAX_CERTIFICATES_PER_MESSAGE,
+    ),
+]
+HistoryCertificates = Annotated[
+    tuple[bytes, ...],
+    ListSpec(BytesSpec(min_length=1, max_length=MAX_CERTIFIED_ORDER_SIZE), MAX_HISTORY),
+]
+OrderKeyBytes = Annotated[bytes, BytesSpec.exact(ORDER_KEY_SIZE)]
+
+
+def order_key(account: bytes, sequence: int) -> bytes:
+    """The listing key of the order at (account, sequence)."""
+    return bytes(account) + sequence.to_bytes(8, "big")
+
+
+class SubmitOutcome(enum.Enum):
+    """What a peer did with a submitted certificate (:class:`walrus_p2p.core.ledger.Outcome`).
+    Values are wire codes; never renumber them."""
+
+    APPLIED = 0
+    WAITING = 1
+    DUPLICATE = 2
+    VOID = 3
+
+
+@register(112)
+@dataclass(frozen=True, slots=True)
+class ApproveOrderRequest(Message):
+    """Ask a committee member to approve an order under its signing rule. The reply is an
+    :class:`ApproveOrderReply`, or an error reply whose reason is the refusal's
+    (:data:`walrus_p2p.errors.ORDER_REFUSAL_REASONS`)."""
+
+    order: SignedOrder
+
+
+@register(113)
+@dataclass(frozen=True, slots=True)
+class ApproveOrderReply(Message):
+    """The member's signature over :func:`approval_bytes` (network, ``epoch``, order id); the
+    member wrote its lock to durable storage before sending it."""
+
+    epoch: EpochNumber
+    signature: SignatureBytes
+
+
+@register(114)
+@dataclass(frozen=True, slots=True)
+class SubmitCertificateRequest(Message):
+    """Give a peer a certified order: it verifies, stores, merges and announces it."""
+
+    certificate: CertifiedOrder
+
+
+@register(115)
+@dataclass(frozen=True, slots=True)
+class SubmitCertificateReply(Message):
+    outcome: SubmitOutcome
+
+
+@register(116)
+@dataclass(frozen=True, slots=True)
+class GetAccountRequest(Message):
+    """An account as the peer's ledger sees it, with up to ``history`` recent certificates of
+    each kind (0: none)."""
+
+    account: AccountKey
+    history: Annotated[int, wire.IntSpec(0, MAX_HISTORY)]
+
+
+@register(117)
+@dataclass(frozen=True, slots=True)
+class GetAccountReply(Message):
+    """``orders``: certificates of the account's own orders, newest (highest sequence) first;
+    the first is the one at ``next_sequence - 1``, which proves ``next_sequence`` to an asker
+    holding the committee. ``received``: certificates of transfers to the account, newest
+    arrival here first. ``pending``: the id of the order this member approved at
+    ``next_sequence`` and whose certificate it has not seen (a send under way, or an earlier
+    one left unfinished)."""
+
+    epoch: EpochNumber
+    balance: Amount
+    next_sequence: SequenceNumber
+    pending: Hash32 | None
+    orders: HistoryCertificates
+    received: HistoryCertificates
+
+
+@register(118)
+@dataclass(frozen=True, slots=True)
+class ListCertificatesRequest(Message):
+    """Certified orders whose key (:func:`order_key`) is at least ``start`` (None: from the
+    first), in key order, at most ``limit`` (the server may send fewer)."""
+
+    start: OrderKeyBytes | None
+    limit: Annotated[int, wire.IntSpec(1, MAX_CERTIFICATES_PER_MESSAGE)]
+
+
+@register(119)
+@dataclass(frozen=True, slots=True)
+class ListCertificatesReply(Message):
+    """One page; ``next_start`` is the ``start`` of the next page, None when the listing ended."""
+
+    certificates: EncodedCertificates
+    next_start: OrderKeyBytes | None
+
+
+@register(120)
+@dataclass(frozen=True, slots=True)
+class CertificatesBatch(Message):
+    """News on the certified-orders gossip topic: verified by every receiver before it is
+    forwarded (the topic validator) and before it is merged."""
+
+    certificates: EncodedCertificates
+
+
+def decode_certificate(encoded: bytes) -> CertifiedOrder:
+    """One certificate from its canonical encoding; ``WireError`` if it is not one."""
+    certificate = wire.decode(encoded, CertifiedOrder)
+    assert isinstance(certificate, CertifiedOrder)
+    return certificate
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ It owns the parts that exist before the network does (the store, metrics, the
 * :class:`~walrus_p2p.node.epochs.EpochService`: epoch agreement and sync, the only writer of
   the committee view;
 * :class:`~walrus_p2p.node.healing.HealingService`: blob sync, catch-up, scrub, garbage
-  collection, invalid blobs and shard migration.
+  collection, invalid blobs and shard migration;
+* :class:`~walrus_p2p.node.economy.EconomyService`: the ledger, the member's signing rule
+  (approvals), certified orders with their gossip topic and catch-up (docs/economics.md).
 
 Each service registers its request types on the router; requests arrive on one protocol id per
 network (``/walrus-p2p/<network>/storage/1.0.0``), one stream per request, one CBOR message each
@@ -41,6 +43,7 @@ from walrus_p2p.net.names import topic
 from walrus_p2p.net.rpc import HandlerLimits
 from walrus_p2p.node.committee_view import CommitteeView, ReadsCommittee
 from walrus_p2p.node.context import PeerContext
+from walrus_p2p.node.economy import CERTIFICATES_TOPIC, EconomyOptions, EconomyService
 from walrus_p2p.node.epochs import EpochOptions, EpochService
 from walrus_p2p.node.healing import HealingService
 from walrus_p2p.node.healing_options import HealingOptions
@@ -74,6 +77,7 @@ class PeerOptions:
     epochs: EpochOptions = field(default_factory=EpochOptions)
     inbound: InboundLimits = field(default_factory=InboundLimits)
     """Limits on request streams and bytes from other peers (net/inbound.py)."""
+    economy: EconomyOptions = field(default_factory=EconomyOptions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,7 @@ class RunningServices:
     slivers: SliverService
     epochs: EpochService
     healing: HealingService
+    economy: EconomyService
 
 
 class StoragePeerService(ReadsCommittee):
@@ -143,6 +148,10 @@ class StoragePeerService(ReadsCommittee):
     def healing(self) -> HealingService:
         return self.services.healing
 
+    @property
+    def economy(self) -> EconomyService:
+        return self.services.economy
+
     # -- lifecycle ----------------------------------------------------------------------
 
     def configure(self, router: Router) -> None:
@@ -171,8 +180,12 @@ class StoragePeerService(ReadsCommittee):
         self.records.register(self.router)
         epochs = EpochService(context, self.options.epochs, self.committees.writer())
         healing = HealingService(context, self.options.healing)
+        economy = EconomyService(context, self.options.economy)
+        economy.register(self.router)
         self.configure(self.router)
-        return RunningServices(context=context, slivers=slivers, epochs=epochs, healing=healing)
+        return RunningServices(
+            context=context, slivers=slivers, epochs=epochs, healing=healing, economy=economy
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         host_config = HostConfig(
@@ -191,6 +204,9 @@ class StoragePeerService(ReadsCommittee):
                 open_gossip(host) as gossip,
             ):
                 services = self._compose(host, discovery, gossip)
+                # The signer's locks and the certified orders are in memory before any request
+                # is answered (a member must never approve without its locks).
+                await services.economy.load()
                 self._services = services
                 host.set_handler(
                     self.protocol,
@@ -204,6 +220,11 @@ class StoragePeerService(ReadsCommittee):
                     ),
                 )
                 await nursery.start(self.records.run, gossip, self.records_topic)
+                await nursery.start(
+                    services.economy.run,
+                    gossip,
+                    topic(self.genesis.network_id_text, CERTIFICATES_TOPIC),
+                )
                 nursery.start_soon(self._join, discovery)
                 nursery.start_soon(self._watch_connections, host)
                 nursery.start_soon(services.healing.run)

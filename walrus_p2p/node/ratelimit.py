@@ -37,6 +37,12 @@ CONTROL_RATES: dict[str, Rate] = {
     "GetShardsInPlaceRequest": Rate(5.0, 20.0),
     "BlobStatusRequest": Rate(20.0, 60.0),
     "EpochMessagesRequest": Rate(20.0, 100.0),
+    # The economy (docs/economics.md, "The protocol"): a wallet asks each member once per order
+    # for an approval and gives it the certificate once; a peer catching up pages a listing.
+    "ApproveOrderRequest": Rate(50.0, 100.0),
+    "SubmitCertificateRequest": Rate(50.0, 100.0),
+    "GetAccountRequest": Rate(20.0, 60.0),
+    "ListCertificatesRequest": Rate(5.0, 20.0),
 }
 """Per remote peer and request type. Honest peers stay far below: a member sends one consensus
 batch per step (a few a second during a change), a catch-up pages a listing, a light client's

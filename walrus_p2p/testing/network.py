@@ -43,12 +43,19 @@ from walrus_p2p.client.read import ReadOptions
 from walrus_p2p.client.service import WalrusClient, open_client
 from walrus_p2p.client.store import StoreOptions
 from walrus_p2p.core.committee import Member
-from walrus_p2p.core.genesis import Genesis, Limits, create_genesis_toml, parse_genesis
+from walrus_p2p.core.genesis import (
+    EconomyGenesis,
+    Genesis,
+    Limits,
+    create_genesis_toml,
+    parse_genesis,
+)
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.devnet import free_tcp_port
 from walrus_p2p.net.discovery import DhtMode, Discovery, DiscoveryConfig, open_discovery
 from walrus_p2p.net.gossip import Gossip, GossipConfig, open_gossip
 from walrus_p2p.net.host import Host, HostConfig, open_host
+from walrus_p2p.node.economy import EconomyOptions
 from walrus_p2p.node.epochs import EpochOptions
 from walrus_p2p.node.faults import peer_service_class
 from walrus_p2p.node.healing import HealingService
@@ -94,6 +101,7 @@ def make_genesis(
     genesis_time: int | None = None,
     epoch_seconds: int = EPOCH_DURATION_SECONDS,
     max_shards_per_peer: int | None = None,
+    economy: EconomyGenesis | None = None,
 ) -> Genesis:
     """A genesis for these identities at these addresses (through the TOML text, as on disk)."""
     members = [
@@ -110,6 +118,7 @@ def make_genesis(
         epoch_duration_seconds=epoch_seconds,
         limits=limits,
         max_shards_per_peer=max_shards_per_peer,
+        economy=economy,
     )
     return parse_genesis(text, source=f"<test genesis {network}>")
 
@@ -137,6 +146,9 @@ class NetworkOptions:
     """False keeps the tests fast; durability across kills is the multi-process tests' subject."""
     faults: Mapping[int, str] = field(default_factory=dict)
     """Peer index -> the fault it runs with (:mod:`walrus_p2p.node.faults`)."""
+    economy: EconomyGenesis | None = None
+    """The genesis's ``[economy]`` table (initial balances); None: none."""
+    economy_options: EconomyOptions = field(default_factory=EconomyOptions)
 
 
 @dataclass(eq=False)
@@ -255,6 +267,7 @@ class TestNetwork:
                 request_timeout=options.request_timeout,
                 healing=options.healing,
                 epochs=EpochOptions(enabled=False) if options.epochs is None else options.epochs,
+                economy=options.economy_options,
             ),
         )
 
@@ -345,6 +358,7 @@ async def open_network(
         genesis_time=int(time.time() + options.start_in),
         epoch_seconds=options.epoch_seconds,
         max_shards_per_peer=options.max_shards_per_peer,
+        economy=options.economy,
     )
     async with AsyncExitStack() as stack:
         if directory is None:

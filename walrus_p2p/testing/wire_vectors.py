@@ -272,6 +272,8 @@ def _economy_messages(
     second = em.SignedOrder(
         wire.encode(em.TransferBody(network_id, account, 3, Epoch(7), key, 5)), _filled(64, 0x63)
     )
+    certified = em.CertifiedOrder(signed, signatures)
+    encoded = wire.encode(certified)
     vote_body = em.ParameterVoteBody(network_id, key, Epoch(7), 100_000, 20_000, 2**40, 1500)
     return {
         "TransferBody": transfer,
@@ -295,7 +297,7 @@ def _economy_messages(
         "WithdrawBody": em.WithdrawBody(network_id, account, 11, Epoch(8), _filled(32, 0x93)),
         "SignedOrder": signed,
         "OrderApprovalBody": em.OrderApprovalBody(network_id, Epoch(7), _filled(32, 0x94)),
-        "CertifiedOrder": em.CertifiedOrder(signed, signatures),
+        "CertifiedOrder": certified,
         "ConflictEvidence": em.ConflictEvidence(
             key, signed, _filled(64, 0x64), Epoch(7), second, _filled(64, 0x65), Epoch(7)
         ),
@@ -314,6 +316,20 @@ def _economy_messages(
             (signatures[1].signer,),
         ),
         "EpochSettlement/empty": em.EpochSettlement(network_id, Epoch(0), 0, (), (), (), ()),
+        "ApproveOrderRequest": em.ApproveOrderRequest(signed),
+        "ApproveOrderReply": em.ApproveOrderReply(Epoch(7), _filled(64, 0x67)),
+        "SubmitCertificateRequest": em.SubmitCertificateRequest(certified),
+        "SubmitCertificateReply": em.SubmitCertificateReply(em.SubmitOutcome.WAITING),
+        "GetAccountRequest": em.GetAccountRequest(account, 10),
+        "GetAccountReply": em.GetAccountReply(
+            Epoch(7), 999 * 10**9, 4, _filled(32, 0x95), (encoded,), (encoded,)
+        ),
+        "GetAccountReply/new": em.GetAccountReply(Epoch(0), 0, 0, None, (), ()),
+        "ListCertificatesRequest": em.ListCertificatesRequest(em.order_key(account, 3), 24),
+        "ListCertificatesRequest/first": em.ListCertificatesRequest(None, 1),
+        "ListCertificatesReply": em.ListCertificatesReply((encoded,), em.order_key(other, 0)),
+        "ListCertificatesReply/last": em.ListCertificatesReply((), None),
+        "CertificatesBatch": em.CertificatesBatch((encoded, encoded)),
     }
 
 

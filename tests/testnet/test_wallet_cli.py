@@ -1,0 +1,83 @@
+"""``walrus-peer wallet`` against a devnet of real peer processes (4 peers, 8 shards).
+
+The devnet's genesis funds its wallet (``DIR/wallet.key``); the test runs the commands a user
+runs: balance, send, the recipient's balance and the history, an overdrawn send (a one-line
+error with its reason, nothing changed), and balance once every peer is stopped (the committee
+is unreachable: exit code 4). Every command has a timeout; the fixture stops every process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from walrus_p2p.cli import EXIT_FAILED, EXIT_NOT_ENOUGH_PEERS
+from walrus_p2p.client.wallet import create_wallet
+from walrus_p2p.devnet import WALLET_FUNDS, WALLET_NAME
+from walrus_p2p.testing.processes import Devnet
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+READY_TIMEOUT = 120.0
+
+
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+    net = Devnet(tmp_path_factory.mktemp("wallet-devnet"), 4, 8)
+    try:
+        net.prepare()
+        for index in net.peers:
+            net.start_peer(index)
+        for index in net.peers:
+            net.wait_peer_metrics(index, timeout=READY_TIMEOUT)
+        yield net
+    finally:
+        net.close()
+
+
+def wallet(devnet: Devnet, *arguments: str) -> Any:
+    path = str(devnet.directory / WALLET_NAME)
+    return devnet.cli_json("wallet", *arguments, "--wallet", path)
+
+
+def test_send_balance_history_and_refusals(devnet: Devnet) -> None:
+    recipient = create_wallet(devnet.directory / "recipient.key").public_key.hex()
+    assert wallet(devnet, "balance")["balance"] == WALLET_FUNDS
+
+    sent = wallet(devnet, "send", recipient, "1.5")
+    assert sent["amount"] == 1_500_000_000 and sent["sequence"] == 0
+    assert 3 * sent["approvedShards"] >= 2 * sent["shards"] + 1
+
+    seen = wallet(devnet, "balance", recipient)
+    assert seen["balance"] == 1_500_000_000 and seen["nextSequence"] == 0
+    history = wallet(devnet, "history")
+    assert [entry["orderId"] for entry in history["sent"]] == [sent["orderId"]]
+    assert history["balance"] == WALLET_FUNDS - 1_500_000_000
+    received = wallet(devnet, "history", recipient)["received"]
+    assert [(entry["from"], entry["amountWal"]) for entry in received] == [(sent["from"], "1.5")]
+
+    overdrawn = devnet.cli(
+        "wallet",
+        "send",
+        recipient,
+        str(WALLET_FUNDS),
+        "--frost",
+        "--wallet",
+        str(devnet.directory / WALLET_NAME),
+    )
+    err = overdrawn.stderr.decode()
+    assert overdrawn.returncode == EXIT_FAILED, err
+    assert "ORDER_OVERDRAWN" in err and "Traceback" not in err
+    assert wallet(devnet, "balance")["nextSequence"] == 1
+
+    for index in devnet.peers:
+        devnet.stop_peer(index)
+    unreachable = devnet.cli("wallet", "balance", recipient)
+    err = unreachable.stderr.decode()
+    assert unreachable.returncode == EXIT_NOT_ENOUGH_PEERS, err
+    # libp2p may log its failed dials first; the command's own report is the last line.
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "NOT_ENOUGH_PEERS" in last, err
+    assert "Traceback" not in err

@@ -1,0 +1,487 @@
+"""The economy of a storage peer: its ledger, its signing rule, and the certified orders it keeps.
+
+docs/economics.md, "The protocol", and docs/design.md §11.1. :class:`EconomyService` is a
+composed service like the record book:
+
+- **approvals** (``ApproveOrderRequest``): the member's :class:`~walrus_p2p.core.ledger.OrderSigner`
+  decides; a new lock is written to the store (an fsynced SQLite commit when the store is
+  durable) *before* the approval is sent, so a member that restarts never approves a conflicting
+  order. Approvals asked at the same time share one write (group commit: whoever takes the
+  journal lock writes the locks as they are then, covering every approval made before it);
+- **certificates** (``SubmitCertificateRequest``, gossip, catch-up): verified against the
+  committee of the epoch the order names, merged into the peer's
+  :class:`~walrus_p2p.core.ledger.Ledger` (which starts from the genesis allocations), stored under
+  their listing key (account, sequence), and — when they came directly from a wallet — announced
+  on the certified-orders topic in batches by one peer per order;
+- **queries**: an account's balance, next sequence, pending lock and recent certificates
+  (``GetAccountRequest``), and the paged listing of every certificate (``ListCertificatesRequest``)
+  that a peer catching up reads.
+
+At start the peer loads its journal and every stored certificate; then, in the background, it
+pages through the listing of a few other members (bounded) and, while its ledger waits for an
+earlier order of some account (a gap: a certificate it never received), asks a member for the
+missing ones.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import trio
+
+from walrus_p2p.core import wire
+from walrus_p2p.core.economy_messages import (
+    MAX_CERTIFICATES_PER_MESSAGE,
+    ApproveOrderReply,
+    ApproveOrderRequest,
+    CertificatesBatch,
+    CertifiedOrder,
+    GetAccountReply,
+    GetAccountRequest,
+    ListCertificatesReply,
+    ListCertificatesRequest,
+    SubmitCertificateReply,
+    SubmitCertificateRequest,
+    SubmitOutcome,
+    TransferBody,
+    decode_certificate,
+    decode_order_body,
+    order_id,
+    order_key,
+    verify_certified_order,
+)
+from walrus_p2p.core.ledger import Ledger, OrderSigner, Outcome
+from walrus_p2p.errors import WalrusError, WireError
+from walrus_p2p.net.gossip import Gossip, GossipMessage, Subscription
+from walrus_p2p.node.context import PeerContext
+from walrus_p2p.node.peer_calls import PeerCaller
+from walrus_p2p.node.protocol import max_frame_for
+from walrus_p2p.node.router import Router
+from walrus_p2p.types import Epoch, PeerId
+
+logger = logging.getLogger(__name__)
+
+ORDERS_NAMESPACE = "economy-orders"
+"""Store namespace of certified orders: key = account + sequence (8 bytes, big-endian)."""
+RECEIVED_NAMESPACE = "economy-received"
+"""Transfers received, for an account's history: key = recipient + arrival time (8 bytes,
+nanoseconds) + 8 bytes of the order id; value = the order's key in ``ORDERS_NAMESPACE``."""
+SIGNER_NAMESPACE = "economy-signer"
+JOURNAL_KEY = b"journal"
+CERTIFICATES_TOPIC = "certified-orders"
+
+_OUTCOMES = {
+    Outcome.APPLIED: SubmitOutcome.APPLIED,
+    Outcome.WAITING: SubmitOutcome.WAITING,
+    Outcome.DUPLICATE: SubmitOutcome.DUPLICATE,
+    Outcome.VOID: SubmitOutcome.VOID,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EconomyOptions:
+    """How a peer keeps the economy up to date (defaults suit a home machine)."""
+
+    catch_up_on_start: bool = True
+    catch_up_sources: int = 2
+    """Members whose listing is read at start (each pages through every certificate)."""
+    catch_up_max_pages: int = 4096
+    """A listing stops after this many pages (~100 000 certificates) per source and round."""
+    catch_up_interval: float = 600.0
+    """Seconds between two catch-up rounds after the first; 0 turns them off."""
+    gap_interval: float = 5.0
+    """Seconds between two looks for gaps (orders waiting for an earlier one); 0: off."""
+    gap_accounts: int = 16
+    """Accounts whose gap one look tries to fill."""
+    request_timeout: float = 20.0
+    gossip_batch_seconds: float = 1.0
+    """Certificates that arrived directly are announced after at most this long, batched."""
+
+
+class EconomyService:
+    """The ledger, signing rule and certified orders of one storage peer."""
+
+    def __init__(self, ctx: PeerContext, options: EconomyOptions | None = None) -> None:
+        self.ctx = ctx
+        self.options = options or EconomyOptions()
+        self.network_id = ctx.genesis.network_id
+        self.ledger = Ledger.from_genesis(ctx.genesis)
+        self.signer = OrderSigner(ctx.identity, self.network_id)
+        self.caller = PeerCaller(
+            ctx.host,
+            protocol=ctx.protocol,
+            limits=ctx.limits,
+            max_frame=max_frame_for(ctx.genesis),
+            committee=lambda: ctx.committee,
+            discovery=ctx.discovery,
+        )
+        self._known: set[bytes] = set()
+        """Ids of the certified orders merged here (a known one is not verified again)."""
+        self._journal_lock = trio.Lock()
+        self._journal_changes = 0
+        self._journal_written = 0
+        self._merge_lock = trio.Lock()
+        self._announce: list[bytes] = []
+        self._announce_ready = trio.Event()
+        self._keys: list[bytes] = []
+        self._keys_read_at = -math.inf
+        self.caught_up = trio.Event()
+        """Set when the first catch-up round ended (whatever it found)."""
+        self.loaded = False
+
+    # -- start ---------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read the signer's journal and every stored certificate (before requests are served).
+
+        A journal that does not load stops the peer (``WireError``): starting without its locks
+        would let this member approve an order conflicting with one it approved before."""
+        store = self.ctx.store
+        journal = await trio.to_thread.run_sync(store.get_value, SIGNER_NAMESPACE, JOURNAL_KEY)
+        if journal is not None:
+            self.signer = OrderSigner.from_bytes(journal, self.ctx.identity, self.network_id)
+        stored = await trio.to_thread.run_sync(
+            lambda: [value for _, value in store.iter_values(ORDERS_NAMESPACE)]
+        )
+        for encoded in stored:
+            try:
+                certificate = decode_certificate(encoded)
+                self.ledger.add_order(certificate.order)
+            except WalrusError as error:
+                # Verified before it was stored: only a damaged store gets here.
+                logger.warning("stored certified order unusable error=%s", error)
+                continue
+            self._known.add(order_id(certificate.order))
+        self.loaded = True
+        logger.info(
+            "economy loaded orders=%d locks_journal=%s", len(self._known), journal is not None
+        )
+
+    def register(self, router: Router) -> None:
+        router.add(ApproveOrderRequest, self.approve)
+        router.add(SubmitCertificateRequest, self.submit)
+        router.add(GetAccountRequest, self.get_account)
+        router.add(ListCertificatesRequest, self.list_certificates)
+
+    async def run(
+        self,
+        gossip: Gossip,
+        topic: str,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Gossip, catch-up and gap filling, until cancelled."""
+        gossip.set_validator(topic, self._validate_gossip)
+        subscription = await gossip.subscribe(topic)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read_gossip, subscription)
+            nursery.start_soon(self._publish_gossip, gossip, topic)
+            nursery.start_soon(self._catch_up_loop)
+            nursery.start_soon(self._gap_loop)
+            task_status.started()
+
+    # -- approvals -----------------------------------------------------------------------
+
+    async def approve(self, request: ApproveOrderRequest, remote: PeerId) -> ApproveOrderReply:
+        """Approve under the signing rule; the lock is durable before the reply leaves."""
+        epoch = self.ctx.epoch
+        signature = self.signer.approve(request.order, self.ledger, epoch)
+        # Also when this order was approved before: its lock may still be on its way to disk
+        # (the first request's write), and this reply must not overtake it.
+        await self._persist_journal()
+        return ApproveOrderReply(epoch=Epoch(epoch), signature=signature)
+
+    async def _persist_journal(self) -> None:
+        self._journal_changes += 1
+        wanted = self._journal_changes
+        async with self._journal_lock:
+            if self._journal_written >= wanted:
+                return  # a write that started after this change covered it
+            covered = self._journal_changes
+            data = self.signer.to_bytes()
+            await trio.to_thread.run_sync(
+                self.ctx.store.put_value, SIGNER_NAMESPACE, JOURNAL_KEY, data
+            )
+            self._journal_written = covered
+
+    # -- certificates --------------------------------------------------------------------
+
+    async def submit(
+        self, request: SubmitCertificateRequest, remote: PeerId
+    ) -> SubmitCertificateReply:
+        outcome = await self.merge(request.certificate, announce=True)
+        return SubmitCertificateReply(outcome=_OUTCOMES[outcome])
+
+    def verify(self, certificate: CertifiedOrder) -> None:
+        """``verify_certified_order`` against the committees this peer knows, unless the order
+        is known here already (its certificate verified when it was merged)."""
+        if order_id(certificate.order) in self._known:
+            return
+        verify_certified_order(certificate, self.network_id, self.ctx.committees.committee_of)
+
+    async def merge(self, certificate: CertifiedOrder, *, announce: bool) -> Outcome:
+        """Verify, apply, store (and announce, if it came directly) one certificate.
+
+        Raises ``OrderRefusedError``: the certificate's own refusal, or ``ORDER_CONFLICT`` when
+        another order is certified for its slot (only a faulty quorum makes that)."""
+        identifier = order_id(certificate.order)
+        if identifier in self._known:
+            return Outcome.DUPLICATE
+        self.verify(certificate)
+        body = decode_order_body(certificate.order)
+        outcome = self.ledger.add_order(certificate.order)
+        if outcome is Outcome.DUPLICATE:
+            return outcome
+        self._known.add(identifier)
+        encoded = wire.encode(certificate)
+        key = order_key(body.account, body.sequence)
+        store = self.ctx.store
+        async with self._merge_lock:
+            await trio.to_thread.run_sync(store.put_value, ORDERS_NAMESPACE, key, encoded)
+            if isinstance(body, TransferBody):
+                received = (
+                    bytes(body.recipient) + time.time_ns().to_bytes(8, "big") + identifier[:8]
+                )
+                await trio.to_thread.run_sync(store.put_value, RECEIVED_NAMESPACE, received, key)
+            # Only once the certificate is on disk may the journal drop the locks it settles
+            # (a restarted member rebuilds its ledger from the stored certificates).
+            self.signer.prune(self.ledger)
+        if announce and self._is_announcer(identifier):
+            self._announce.append(encoded)
+            self._announce_ready.set()
+        logger.info(
+            "certified order merged account=%s sequence=%d outcome=%s",
+            body.account.hex()[:12],
+            body.sequence,
+            outcome.value,
+        )
+        return outcome
+
+    async def merge_encoded(self, items: Iterable[bytes], source: str) -> int:
+        """Merge certificates from a listing or a gossip batch; bad ones are logged and
+        skipped. Returns how many were new here."""
+        merged = 0
+        for encoded in items:
+            try:
+                outcome = await self.merge(decode_certificate(encoded), announce=False)
+            except WalrusError as error:
+                logger.info(
+                    "certified order dropped source=%s reason=%s detail=%s",
+                    source,
+                    error.reason,
+                    error,
+                )
+                continue
+            merged += outcome is not Outcome.DUPLICATE
+        return merged
+
+    def _is_announcer(self, identifier: bytes) -> bool:
+        """The holder of shard ``order id mod n`` announces a certificate on gossip, so the news
+        costs one message per order (wallets also give it to every member directly)."""
+        committee = self.ctx.committee
+        shard = int.from_bytes(identifier, "big") % committee.n_shards
+        return committee.peer_of(shard) == self.ctx.peer_id
+
+    # -- queries -------------------------------------------------------------------------
+
+    async def get_account(self, request: GetAccountRequest, remote: PeerId) -> GetAccountReply:
+        account = bytes(request.account)
+        next_sequence = self.ledger.next_sequence(account)
+        lock = self.signer.locked(account, next_sequence)
+        wanted = request.history
+        store = self.ctx.store
+
+        def read() -> tuple[list[bytes], list[bytes]]:
+            own: list[bytes] = []
+            for sequence in range(next_sequence - 1, max(-1, next_sequence - 1 - wanted), -1):
+                value = store.get_value(ORDERS_NAMESPACE, order_key(account, sequence))
+                if value is not None:
+                    own.append(value)
+            received: list[bytes] = []
+            if wanted:
+                keys = [value for _, value in store.iter_values(RECEIVED_NAMESPACE, prefix=account)]
+                for key in reversed(keys[-wanted:]):
+                    value = store.get_value(ORDERS_NAMESPACE, key)
+                    if value is not None:
+                        received.append(value)
+            return own, received
+
+        own, received = await trio.to_thread.run_sync(read)
+        return GetAccountReply(
+            epoch=Epoch(self.ctx.epoch),
+            balance=self.ledger.balance(account),
+            next_sequence=next_sequence,
+            pending=None if lock is None else lock[1],
+            orders=tuple(own),
+            received=tuple(received),
+        )
+
+    async def list_certificates(
+        self, request: ListCertificatesRequest, remote: PeerId
+    ) -> ListCertificatesReply:
+        store = self.ctx.store
+        now = trio.current_time()
+        if request.start is None or now - self._keys_read_at > 30.0:
+            # No range query on the store: the sorted keys are read once per listing (and at
+            # most every 30 s), then pages are served from them.
+            self._keys = await trio.to_thread.run_sync(
+                lambda: [key for key, _ in store.iter_values(ORDERS_NAMESPACE)]
+            )
+            self._keys_read_at = now
+        keys = self._keys
+        first = 0 if request.start is None else bisect.bisect_left(keys, bytes(request.start))
+        chosen = keys[first : first + request.limit]
+
+        def read() -> list[bytes]:
+            values = (store.get_value(ORDERS_NAMESPACE, key) for key in chosen)
+            return [value for value in values if value is not None]
+
+        certificates = await trio.to_thread.run_sync(read)
+        following = first + len(chosen)
+        return ListCertificatesReply(
+            certificates=tuple(certificates),
+            next_start=keys[following] if following < len(keys) else None,
+        )
+
+    # -- gossip --------------------------------------------------------------------------
+
+    def _validate_gossip(self, message: GossipMessage) -> bool:
+        """Every certificate of the batch must verify, or none is relayed."""
+        batch = wire.decode(message.data, CertificatesBatch)
+        for encoded in batch.certificates:
+            self.verify(decode_certificate(encoded))
+        return True
+
+    async def _read_gossip(self, subscription: Subscription) -> None:
+        async for message in subscription:
+            try:
+                batch = wire.decode(message.data, CertificatesBatch)
+            except WireError as error:
+                logger.info("gossip orders dropped origin=%s error=%s", message.origin[:12], error)
+                continue
+            await self.merge_encoded(batch.certificates, f"gossip:{message.origin[:12]}")
+
+    async def _publish_gossip(self, gossip: Gossip, topic: str) -> None:
+        budget = 800 * 1024
+        while True:
+            await self._announce_ready.wait()
+            await trio.sleep(self.options.gossip_batch_seconds)
+            self._announce_ready = trio.Event()
+            pending, self._announce = self._announce, []
+            while pending:
+                batch: list[bytes] = []
+                size = 0
+                while (
+                    pending
+                    and len(batch) < MAX_CERTIFICATES_PER_MESSAGE
+                    and size + len(pending[0]) <= budget
+                ):
+                    size += len(pending[0])
+                    batch.append(pending.pop(0))
+                try:
+                    await gossip.publish(topic, wire.encode(CertificatesBatch(tuple(batch))))
+                except WalrusError as error:
+                    logger.info("orders gossip publish failed error=%s", error)
+
+    # -- catch-up ------------------------------------------------------------------------
+
+    def _others(self) -> list[PeerId]:
+        others = [peer for peer in self.ctx.committee.peer_ids if peer != self.ctx.peer_id]
+        random.shuffle(others)
+        return others
+
+    async def pull_from(self, source: PeerId, start: bytes | None = None) -> int:
+        """Page through one source's listing from ``start``; returns how many were new here."""
+        merged = 0
+        for _page in range(self.options.catch_up_max_pages):
+            reply = await self.caller.call(
+                source,
+                ListCertificatesRequest(start=start, limit=MAX_CERTIFICATES_PER_MESSAGE),
+                ListCertificatesReply,
+                timeout=self.options.request_timeout,
+            )
+            merged += await self.merge_encoded(reply.certificates, f"listing:{source[:12]}")
+            if reply.next_start is None:
+                break
+            if start is not None and reply.next_start <= start:
+                raise WireError("certificate listing did not advance")
+            start = reply.next_start
+        return merged
+
+    async def catch_up(self, sources: int | None = None) -> int:
+        """Read the listings of ``sources`` other members (in parallel, trying others when one
+        fails); returns how many certificates were new here."""
+        wanted = self.options.catch_up_sources if sources is None else sources
+        others = self._others()
+        merged = answered = 0
+        while others and answered < wanted:
+            batch, others = others[: wanted - answered], others[wanted - answered :]
+
+            async def pull(source: PeerId) -> None:
+                nonlocal merged, answered
+                try:
+                    merged += await self.pull_from(source)
+                except WalrusError as error:
+                    logger.info(
+                        "orders catch-up source failed peer=%s reason=%s", source[:12], error.reason
+                    )
+                    return
+                answered += 1
+
+            async with trio.open_nursery() as nursery:
+                for source in batch:
+                    nursery.start_soon(pull, source)
+        logger.info("orders catch-up done sources=%d merged=%d", answered, merged)
+        return merged
+
+    async def _catch_up_loop(self) -> None:
+        if self.options.catch_up_on_start:
+            await self.catch_up()
+        self.caught_up.set()
+        if self.options.catch_up_interval <= 0:
+            return
+        while True:
+            await trio.sleep(self.options.catch_up_interval * random.uniform(0.8, 1.2))
+            await self.catch_up(1)
+
+    async def fill_gaps(self) -> int:
+        """For accounts whose next order waits for an earlier one this peer never received, ask
+        a member for the certificates from the account's next sequence on."""
+        firsts: dict[bytes, int] = {}
+        for account, sequence in self.ledger.waiting_orders():
+            firsts.setdefault(account, sequence)
+        gaps = [
+            account
+            for account, sequence in firsts.items()
+            if sequence > self.ledger.next_sequence(account)
+        ][: self.options.gap_accounts]
+        merged = 0
+        for account in gaps:
+            start = order_key(account, self.ledger.next_sequence(account))
+            for source in self._others()[:2]:
+                try:
+                    reply = await self.caller.call(
+                        source,
+                        ListCertificatesRequest(start=start, limit=MAX_CERTIFICATES_PER_MESSAGE),
+                        ListCertificatesReply,
+                        timeout=self.options.request_timeout,
+                    )
+                except WalrusError as error:
+                    logger.info("gap fill failed peer=%s reason=%s", source[:12], error.reason)
+                    continue
+                merged += await self.merge_encoded(reply.certificates, f"gap:{source[:12]}")
+                break
+        return merged
+
+    async def _gap_loop(self) -> None:
+        if self.options.gap_interval <= 0:
+            return
+        while True:
+            await trio.sleep(self.options.gap_interval)
+            await self.fill_gaps()
