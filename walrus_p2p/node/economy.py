@@ -359,13 +359,11 @@ class EconomyService:
         return True
 
     async def _read_gossip(self, subscription: Subscription) -> None:
-        async for message in subscription:
-            try:
-                batch = wire.decode(message.data, CertificatesBatch)
-            except WireError as error:
-                logger.info("gossip orders dropped origin=%s error=%s", message.origin[:12], error)
-                continue
-            await self.merge_encoded(batch.certificates, f"gossip:{message.origin[:12]}")
+        await subscription.handle_each(self._merge_gossip, what="certified orders")
+
+    async def _merge_gossip(self, message: GossipMessage) -> None:
+        batch = wire.decode(message.data, CertificatesBatch)
+        await self.merge_encoded(batch.certificates, f"gossip:{message.origin[:12]}")
 
     async def _publish_gossip(self, gossip: Gossip, topic: str) -> None:
         budget = 800 * 1024

@@ -45,7 +45,15 @@ from typing import Any
 import trio
 from hypothesis import strategies as st
 
-from walrus_p2p.core import blob_messages, consensus, epochs, migration, records, wire
+from walrus_p2p.core import (
+    blob_messages,
+    consensus,
+    economy_messages,
+    epochs,
+    migration,
+    records,
+    wire,
+)
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.core.metadata import compute_blob_id
 from walrus_p2p.errors import RequestTimeoutError, WalrusError, WireError
@@ -59,6 +67,7 @@ from walrus_p2p.net.framing import (
 )
 from walrus_p2p.net.gossip import GossipMessage
 from walrus_p2p.net.names import protocol_id, topic
+from walrus_p2p.node.economy import CERTIFICATES_TOPIC
 from walrus_p2p.node.epochs import EPOCHS_PROTOCOL, EPOCHS_TOPIC, EpochOptions
 from walrus_p2p.node.migration import SHARDS_TOPIC
 from walrus_p2p.node.peer import StoragePeerService
@@ -851,6 +860,7 @@ TOPIC_TYPES: dict[str, tuple[type[wire.Message], ...]] = {
     RECORDS_TOPIC: (blob_messages.BlobRecordsBatch,),
     EPOCHS_TOPIC: (records.Candidacy, records.EpochRecord),
     SHARDS_TOPIC: (migration.ShardsInPlace,),
+    CERTIFICATES_TOPIC: (economy_messages.CertificatesBatch,),
 }
 """Message types of each gossip topic, by topic name."""
 
