@@ -12,7 +12,9 @@ It owns the parts that exist before the network does (the store, metrics, the
 * :class:`~walrus_p2p.node.epochs.EpochService`: epoch agreement and sync, the only writer of
   the committee view;
 * :class:`~walrus_p2p.node.healing.HealingService`: blob sync, catch-up, scrub, garbage
-  collection, invalid blobs and shard migration.
+  collection, invalid blobs and shard migration;
+* :class:`~walrus_p2p.node.challenges.ChallengeService`: the storage challenge of each epoch,
+  availability certificates, and the window that guards the recovery symbol handlers.
 
 Each service registers its request types on the router; requests arrive on one protocol id per
 network (``/walrus-p2p/<network>/storage/1.0.0``), one stream per request, one CBOR message each
@@ -39,6 +41,7 @@ from walrus_p2p.net.http import serve_http
 from walrus_p2p.net.inbound import InboundLimits
 from walrus_p2p.net.names import topic
 from walrus_p2p.net.rpc import HandlerLimits
+from walrus_p2p.node.challenges import ChallengeOptions, ChallengeService
 from walrus_p2p.node.committee_view import CommitteeView, ReadsCommittee
 from walrus_p2p.node.context import PeerContext
 from walrus_p2p.node.epochs import EpochOptions, EpochService
@@ -74,6 +77,7 @@ class PeerOptions:
     epochs: EpochOptions = field(default_factory=EpochOptions)
     inbound: InboundLimits = field(default_factory=InboundLimits)
     """Limits on request streams and bytes from other peers (net/inbound.py)."""
+    challenges: ChallengeOptions = field(default_factory=ChallengeOptions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,7 @@ class RunningServices:
     slivers: SliverService
     epochs: EpochService
     healing: HealingService
+    challenges: ChallengeService
 
 
 class StoragePeerService(ReadsCommittee):
@@ -143,6 +148,10 @@ class StoragePeerService(ReadsCommittee):
     def healing(self) -> HealingService:
         return self.services.healing
 
+    @property
+    def challenges(self) -> ChallengeService:
+        return self.services.challenges
+
     # -- lifecycle ----------------------------------------------------------------------
 
     def configure(self, router: Router) -> None:
@@ -171,8 +180,17 @@ class StoragePeerService(ReadsCommittee):
         self.records.register(self.router)
         epochs = EpochService(context, self.options.epochs, self.committees.writer())
         healing = HealingService(context, self.options.healing)
+        # After the sliver service: it guards the recovery symbol handlers during its window.
+        challenges = ChallengeService(context, self.options.challenges)
+        challenges.register(self.router)
         self.configure(self.router)
-        return RunningServices(context=context, slivers=slivers, epochs=epochs, healing=healing)
+        return RunningServices(
+            context=context,
+            slivers=slivers,
+            epochs=epochs,
+            healing=healing,
+            challenges=challenges,
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         host_config = HostConfig(
@@ -210,6 +228,7 @@ class StoragePeerService(ReadsCommittee):
                 if self.options.epochs.enabled:
                     # Catches up with the epoch chain (bounded) before the peer reports started.
                     await nursery.start(services.epochs.run)
+                    await nursery.start(services.challenges.run)
                 logger.info(
                     "peer serving peer=%s network=%s shards=%d addrs=%s",
                     self.peer_id[:12],
@@ -268,5 +287,8 @@ class StoragePeerService(ReadsCommittee):
             "shards": list(self.committee.shards_of(self.peer_id)),
             "peersConnected": connected,
             "uptimeSeconds": round(time.monotonic() - self._started_monotonic, 1),
+            "challengeLastCertifiedEpoch": (
+                services.challenges.last_certified_epoch if services is not None else None
+            ),
             **(services.healing.migration.summary() if services is not None else {}),
         }
