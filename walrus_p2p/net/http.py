@@ -316,7 +316,7 @@ async def serve_http(
     if not hypercorn_is_supported():
         logger.warning(
             "hypercorn %s: serve_http was written for %s.x and uses its TCPServer directly; "
-            "check the connection limits (docs/http-api.md, \"Limits\")",
+            'check the connection limits (docs/http-api.md, "Limits")',
             importlib.metadata.version("hypercorn"),
             HYPERCORN_SERIES,
         )

@@ -675,9 +675,12 @@ class ChallengeService:
         accepted = 0
         for certificate in items:
             known = await self.certificates(certificate.epoch)
+            if known.get(certificate.member) == certificate:
+                continue  # the same certificate again: verified when it was kept
+            # Verified even when another certificate of the member is kept: a bad one is refused.
+            self._verify(certificate)
             if certificate.member in known:
                 continue
-            self._verify(certificate)
             key = certificate.epoch.to_bytes(8, "big") + certificate.member.encode()
             encoded = wire.encode(certificate)
             await trio.to_thread.run_sync(

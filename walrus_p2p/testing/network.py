@@ -49,6 +49,7 @@ from walrus_p2p.devnet import free_tcp_port
 from walrus_p2p.net.discovery import DhtMode, Discovery, DiscoveryConfig, open_discovery
 from walrus_p2p.net.gossip import Gossip, GossipConfig, open_gossip
 from walrus_p2p.net.host import Host, HostConfig, open_host
+from walrus_p2p.node.challenges import ChallengeOptions
 from walrus_p2p.node.epochs import EpochOptions
 from walrus_p2p.node.faults import peer_service_class
 from walrus_p2p.node.healing import HealingService
@@ -137,6 +138,8 @@ class NetworkOptions:
     """False keeps the tests fast; durability across kills is the multi-process tests' subject."""
     faults: Mapping[int, str] = field(default_factory=dict)
     """Peer index -> the fault it runs with (:mod:`walrus_p2p.node.faults`)."""
+    challenges: ChallengeOptions = field(default_factory=ChallengeOptions)
+    """How the peers run storage challenges (they run only with epochs on, from epoch 1)."""
 
 
 @dataclass(eq=False)
@@ -255,6 +258,7 @@ class TestNetwork:
                 request_timeout=options.request_timeout,
                 healing=options.healing,
                 epochs=EpochOptions(enabled=False) if options.epochs is None else options.epochs,
+                challenges=options.challenges,
             ),
         )
 
