@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from economy_helpers import committee_of, identities
 
+from walrus_p2p.cli import build_parser
 from walrus_p2p.core import challenges, wire
 from walrus_p2p.core.challenge_messages import AvailabilityCertificate
 from walrus_p2p.core.challenge_payout import certified_members, certified_payout
@@ -325,3 +326,12 @@ def test_certified_members_of_an_epoch() -> None:
     certificate = _certificate(members, committee, members[0], members[:3])
     later = dataclasses.replace(certificate, epoch=Epoch(6))
     assert certified_members([certificate, later], 5) == {members[0].peer_id}
+
+
+def test_the_challenges_command_parses_its_options() -> None:
+    parser = build_parser()
+    arguments = parser.parse_args(["challenges", "--epoch", "3", "--json"])
+    assert arguments.epoch == 3 and arguments.json
+    assert parser.parse_args(["challenges"]).epoch is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["challenges", "--epoch", "-1"])
