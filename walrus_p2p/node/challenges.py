@@ -97,8 +97,8 @@ class ChallengeOptions:
 
     enabled: bool = True
     window_seconds: float | None = None
-    """Length of the window from the switch to epoch e; None: a quarter of the epoch, at least
-    10 s and at most 300 s."""
+    """Length of the window from the switch to epoch e; None: a quarter of the epoch, at most
+    300 s and at least 10 s or half the epoch, whichever is shorter (short test epochs)."""
     ticket_fraction: float = 0.5
     """Part of the window spent collecting tickets before the pass over local disk (the pass
     starts earlier once every member answered)."""
@@ -113,7 +113,7 @@ class ChallengeOptions:
     def window_for(self, epoch_seconds: float) -> float:
         if self.window_seconds is not None:
             return self.window_seconds
-        return min(300.0, max(10.0, epoch_seconds / 4))
+        return min(300.0, max(epoch_seconds / 4, min(10.0, epoch_seconds / 2)))
 
 
 @dataclass(slots=True)
