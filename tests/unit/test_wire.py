@@ -115,6 +115,11 @@ def maximal_value(spec: wire.FieldSpec, limits: wire.WireLimits) -> object:
             )[: spec.max_length]
             rest = [maximal_value(field, limits) for _, field in others]
             return tuple(spec.item.record_type(key, *rest) for key in keys)
+        if spec.strictly_increasing and isinstance(spec.item, wire.BytesSpec):
+            # Distinct, sorted byte strings of the longest length: big-endian counters.
+            length = spec.item.max_length
+            assert isinstance(length, int)
+            return tuple(index.to_bytes(length, "big") for index in range(spec.max_length))
         if spec.strictly_increasing:
             assert isinstance(spec.item, wire.IntSpec)
             return tuple(range(spec.item.max - spec.max_length + 1, spec.item.max + 1))

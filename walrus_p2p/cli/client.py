@@ -1,5 +1,5 @@
 """Light-client commands: ``blob-id`` (offline), ``store``, ``read``, ``status``, ``list``,
-``extend``, ``delete``, ``info``."""
+``extend``, ``delete``, ``info``, ``challenges``."""
 
 from __future__ import annotations
 
@@ -376,6 +376,64 @@ def _command_info(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _command_challenges(arguments: argparse.Namespace) -> int:
+    """Per member of an epoch's committee: whether it holds an availability certificate
+    (docs/challenges.md, "Light clients"), each verified against the committee of that epoch
+    from the epoch chain this light peer verified from genesis."""
+    import trio
+
+    from walrus_p2p.client.challenges import AvailabilityReport, fetch_availability
+    from walrus_p2p.client.network import open_light_peer
+    from walrus_p2p.node.config import load_genesis
+
+    configure_logging(arguments.log_level)
+    genesis = load_genesis(genesis_path(arguments))
+
+    async def fetch() -> AvailabilityReport:
+        async with open_light_peer(genesis) as light:
+            return await fetch_availability(light, arguments.epoch)
+
+    report = trio.run(fetch)
+    rows = [
+        {
+            "peerId": member.peer_id,
+            "shards": member.shards,
+            "certified": member.certified,
+            "passes": member.signers,
+        }
+        for member in report.members
+    ]
+    if arguments.json:
+        print_json(
+            {
+                "epoch": report.epoch,
+                "certified": len(report.certified),
+                "members": rows,
+                "membersAsked": report.asked,
+                "membersAnswered": report.answered,
+            }
+        )
+        return EXIT_OK
+    print(
+        f"epoch {report.epoch}: {len(report.certified)} of {len(rows)} members hold an "
+        f"availability certificate (asked {report.asked}, {report.answered} answered)"
+    )
+    for row in rows:
+        verdict = f"certified ({row['passes']} PASS)" if row["certified"] else "no certificate"
+        print(f"  {row['peerId']} shards={row['shards']} {verdict}")
+    return EXIT_OK
+
+
+def _epoch_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from error
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"an epoch is not negative, got {value}")
+    return value
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     blob_id = commands.add_parser(
         "blob-id", help="print the blob id a network of N shards would give FILE (offline)"
@@ -427,3 +485,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="show the genesis committee without asking any peer for the epoch chain",
     )
     info.set_defaults(handler=_command_info)
+
+    challenges = commands.add_parser(
+        "challenges", help="which members proved in an epoch that they still hold their data"
+    )
+    challenges.add_argument(
+        "--epoch", type=_epoch_number, metavar="E", help="the epoch (default: the current one)"
+    )
+    client_options(challenges)
+    challenges.set_defaults(handler=_command_challenges)

@@ -46,8 +46,9 @@ defines the message (``typing.get_type_hints`` resolves them there).
 
 Type ids: 1–9 shared values (errors, confirmations), 10–31 the storage peer request/reply pairs,
 32–63 reserved for signed system-log records, 64–95 for gossip and sync, 96–127 for the economy
-(orders, approvals, certificates, votes, settlements: ``core/economy_messages.py``). A type id is
-never reused.
+(orders, approvals, certificates, votes, settlements: ``core/economy_messages.py``), 128–159 for
+storage challenges (tickets, responses, availability certificates: ``core/challenge_messages.py``).
+A type id is never reused.
 """
 
 from __future__ import annotations

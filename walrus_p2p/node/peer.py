@@ -15,6 +15,8 @@ It owns the parts that exist before the network does (the store, metrics, the
   collection, invalid blobs and shard migration;
 * :class:`~walrus_p2p.node.economy.EconomyService`: the ledger, the member's signing rule
   (approvals), certified orders with their gossip topic and catch-up (docs/economics.md).
+* :class:`~walrus_p2p.node.challenges.ChallengeService`: the storage challenge of each epoch,
+  availability certificates, and the window that guards the recovery symbol handlers.
 
 Each service registers its request types on the router; requests arrive on one protocol id per
 network (``/walrus-p2p/<network>/storage/1.0.0``), one stream per request, one CBOR message each
@@ -41,6 +43,7 @@ from walrus_p2p.net.http import serve_http
 from walrus_p2p.net.inbound import InboundLimits
 from walrus_p2p.net.names import topic
 from walrus_p2p.net.rpc import HandlerLimits
+from walrus_p2p.node.challenges import ChallengeOptions, ChallengeService
 from walrus_p2p.node.committee_view import CommitteeView, ReadsCommittee
 from walrus_p2p.node.context import PeerContext
 from walrus_p2p.node.economy import CERTIFICATES_TOPIC, EconomyOptions, EconomyService
@@ -78,6 +81,7 @@ class PeerOptions:
     inbound: InboundLimits = field(default_factory=InboundLimits)
     """Limits on request streams and bytes from other peers (net/inbound.py)."""
     economy: EconomyOptions = field(default_factory=EconomyOptions)
+    challenges: ChallengeOptions = field(default_factory=ChallengeOptions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,7 @@ class RunningServices:
     epochs: EpochService
     healing: HealingService
     economy: EconomyService
+    challenges: ChallengeService
 
 
 class StoragePeerService(ReadsCommittee):
@@ -152,6 +157,9 @@ class StoragePeerService(ReadsCommittee):
     def economy(self) -> EconomyService:
         return self.services.economy
 
+    def challenges(self) -> ChallengeService:
+        return self.services.challenges
+
     # -- lifecycle ----------------------------------------------------------------------
 
     def configure(self, router: Router) -> None:
@@ -182,9 +190,17 @@ class StoragePeerService(ReadsCommittee):
         healing = HealingService(context, self.options.healing)
         economy = EconomyService(context, self.options.economy)
         economy.register(self.router)
+        # After the sliver service: it guards the recovery symbol handlers during its window.
+        challenges = ChallengeService(context, self.options.challenges)
+        challenges.register(self.router)
         self.configure(self.router)
         return RunningServices(
-            context=context, slivers=slivers, epochs=epochs, healing=healing, economy=economy
+            context=context,
+            slivers=slivers,
+            epochs=epochs,
+            healing=healing,
+            economy=economy,
+            challenges=challenges,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -231,6 +247,7 @@ class StoragePeerService(ReadsCommittee):
                 if self.options.epochs.enabled:
                     # Catches up with the epoch chain (bounded) before the peer reports started.
                     await nursery.start(services.epochs.run)
+                    await nursery.start(services.challenges.run)
                 logger.info(
                     "peer serving peer=%s network=%s shards=%d addrs=%s",
                     self.peer_id[:12],
@@ -289,5 +306,8 @@ class StoragePeerService(ReadsCommittee):
             "shards": list(self.committee.shards_of(self.peer_id)),
             "peersConnected": connected,
             "uptimeSeconds": round(time.monotonic() - self._started_monotonic, 1),
+            "challengeLastCertifiedEpoch": (
+                services.challenges.last_certified_epoch if services is not None else None
+            ),
             **(services.healing.migration.summary() if services is not None else {}),
         }

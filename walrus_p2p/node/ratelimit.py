@@ -43,10 +43,15 @@ CONTROL_RATES: dict[str, Rate] = {
     "SubmitCertificateRequest": Rate(50.0, 100.0),
     "GetAccountRequest": Rate(20.0, 60.0),
     "ListCertificatesRequest": Rate(5.0, 20.0),
+    "ChallengeTicketRequest": Rate(4.0, 20.0),
+    "ChallengeResponseRequest": Rate(4.0, 20.0),
+    "PostAvailabilityCertificatesRequest": Rate(5.0, 20.0),
+    "GetAvailabilityCertificatesRequest": Rate(5.0, 20.0),
 }
 """Per remote peer and request type. Honest peers stay far below: a member sends one consensus
 batch per step (a few a second during a change), a catch-up pages a listing, a light client's
-status check pings each member once."""
+status check pings each member once; a challenge round asks each member for one ticket and
+sends it one response (retried every half second while the member has not entered its window)."""
 
 
 class RequestRates:

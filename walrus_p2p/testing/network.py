@@ -55,6 +55,7 @@ from walrus_p2p.devnet import free_tcp_port
 from walrus_p2p.net.discovery import DhtMode, Discovery, DiscoveryConfig, open_discovery
 from walrus_p2p.net.gossip import Gossip, GossipConfig, open_gossip
 from walrus_p2p.net.host import Host, HostConfig, open_host
+from walrus_p2p.node.challenges import ChallengeOptions
 from walrus_p2p.node.economy import EconomyOptions
 from walrus_p2p.node.epochs import EpochOptions
 from walrus_p2p.node.faults import peer_service_class
@@ -149,6 +150,8 @@ class NetworkOptions:
     economy: EconomyGenesis | None = None
     """The genesis's ``[economy]`` table (initial balances); None: none."""
     economy_options: EconomyOptions = field(default_factory=EconomyOptions)
+    challenges: ChallengeOptions = field(default_factory=ChallengeOptions)
+    """How the peers run storage challenges (they run only with epochs on, from epoch 1)."""
 
 
 @dataclass(eq=False)
@@ -268,6 +271,7 @@ class TestNetwork:
                 healing=options.healing,
                 epochs=EpochOptions(enabled=False) if options.epochs is None else options.epochs,
                 economy=options.economy_options,
+                challenges=options.challenges,
             ),
         )
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from walrus_p2p.core import (
     blob_messages,
+    challenge_messages,
     consensus,
     economy_messages,
     epochs,
@@ -232,6 +233,7 @@ def _system_log_samples(blob_id: BlobId, network_id: bytes) -> dict[str, wire.Me
         ),
         **_migration_messages(network_id, blob_id, key, signature),
         **_economy_messages(network_id, blob_id, key, signatures),
+        **_challenge_messages(network_id, blob_id, signatures),
     }
 
 
@@ -330,6 +332,33 @@ def _economy_messages(
         "ListCertificatesReply": em.ListCertificatesReply((encoded,), em.order_key(other, 0)),
         "ListCertificatesReply/last": em.ListCertificatesReply((), None),
         "CertificatesBatch": em.CertificatesBatch((encoded, encoded)),
+    }
+
+
+def _challenge_messages(
+    network_id: bytes, blob_id: BlobId, signatures: tuple[records.Signature, ...]
+) -> dict[str, wire.Message]:
+    cm = challenge_messages
+    member = signatures[0].signer
+    certificate = cm.AvailabilityCertificate(network_id, Epoch(9), member, signatures)
+    return {
+        "ChallengeTicketRequest": cm.ChallengeTicketRequest(Epoch(9)),
+        "ChallengeTicketReply": cm.ChallengeTicketReply(
+            Epoch(9), _filled(32, 0x71), (_filled(32, 0x01), bytes(blob_id))
+        ),
+        "ChallengeTicketReply/empty": cm.ChallengeTicketReply(Epoch(9), _filled(32, 0x72), ()),
+        "ChallengeResponseRequest": cm.ChallengeResponseRequest(Epoch(9), _filled(32, 0x73)),
+        "ChallengeResponseReply": cm.ChallengeResponseReply(_filled(64, 0x74)),
+        "AvailabilityPassBody": cm.AvailabilityPassBody(network_id, Epoch(9), member),
+        "AvailabilityCertificate": certificate,
+        "PostAvailabilityCertificatesRequest": cm.PostAvailabilityCertificatesRequest(
+            (certificate,)
+        ),
+        "PostAvailabilityCertificatesReply": cm.PostAvailabilityCertificatesReply(1),
+        "GetAvailabilityCertificatesRequest": cm.GetAvailabilityCertificatesRequest(Epoch(9)),
+        "GetAvailabilityCertificatesReply": cm.GetAvailabilityCertificatesReply(
+            Epoch(9), (certificate,)
+        ),
     }
 
 
