@@ -157,6 +157,7 @@ class StoragePeerService(ReadsCommittee):
     def economy(self) -> EconomyService:
         return self.services.economy
 
+    @property
     def challenges(self) -> ChallengeService:
         return self.services.challenges
 
