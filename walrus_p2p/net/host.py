@@ -265,15 +265,32 @@ class Host:
         try:
             raw_stream = await self._raw.new_stream(peer, [protocol_id])
         except Exception as error:
-            if _says_protocol_unsupported(error):
-                raise NetworkError(
-                    f"peer={peer_id[:12]} does not serve protocol={protocol_id}",
-                    reason="PROTOCOL_NOT_SUPPORTED",
+            self._raise_if_unsupported(error, peer_id, protocol_id)
+            # A connection to a peer that just restarted can still be listed after it died,
+            # and libp2p dials only when no connection is listed: it refuses the stream
+            # instead. Closing what is listed and trying once more dials afresh.
+            if not self._raw.get_network().get_connections(peer):
+                raise PeerUnreachableError(
+                    f"cannot open stream to peer={peer_id[:12]}: {error}"
                 ) from error
-            raise PeerUnreachableError(
-                f"cannot open stream to peer={peer_id[:12]}: {error}"
-            ) from error
+            logger.debug("stream refused on a listed connection, redialling peer=%s", peer_id[:12])
+            await self.disconnect(peer_id)
+            try:
+                raw_stream = await self._raw.new_stream(peer, [protocol_id])
+            except Exception as retry_error:
+                self._raise_if_unsupported(retry_error, peer_id, protocol_id)
+                raise PeerUnreachableError(
+                    f"cannot open stream to peer={peer_id[:12]}: {retry_error}"
+                ) from retry_error
         return Stream(raw_stream, remote_peer_id=PeerId(peer_id), protocol_id=protocol_id)
+
+    @staticmethod
+    def _raise_if_unsupported(error: Exception, peer_id: str, protocol_id: str) -> None:
+        if _says_protocol_unsupported(error):
+            raise NetworkError(
+                f"peer={peer_id[:12]} does not serve protocol={protocol_id}",
+                reason="PROTOCOL_NOT_SUPPORTED",
+            ) from error
 
     def set_stream_handler(self, protocol_id: str, handler: StreamHandler) -> None:
         """Serve raw streams of ``protocol_id``. The stream is reset if the handler raises and
