@@ -182,6 +182,9 @@ class StoragePeerService(ReadsCommittee):
         healing = HealingService(context, self.options.healing)
         economy = EconomyService(context, self.options.economy)
         economy.register(self.router)
+        if self.genesis.economy is not None:
+            # Paid storage is opt-in by genesis (docs/economics.md, "Paid storage").
+            self.records.payments = economy.check_payment
         self.configure(self.router)
         return RunningServices(
             context=context, slivers=slivers, epochs=epochs, healing=healing, economy=economy
