@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -56,6 +57,8 @@ from walrus_p2p.core.economy_messages import (
     ReleaseStorageBody,
     SignedOrder,
     SplitStorageBody,
+    SubmitCertificateReply,
+    SubmitCertificateRequest,
     certify,
     decode_certificate,
     decode_order_body,
@@ -193,13 +196,56 @@ class Payer:
         )
 
     async def _certify(
-        self, committee: Committee, signed: SignedOrder, *, needed: int, balance: int
+        self,
+        committee: Committee,
+        signed: SignedOrder,
+        *,
+        needed: int,
+        balance: int,
+        after: CertifiedOrder | None = None,
     ) -> CertifiedOrder:
         """Approvals from a quorum, the certificate, delivered to a quorum (the rest in the
-        background)."""
+        background). ``after``: the certificate of the order just before, given to each member
+        right before it is asked to approve (one round trip per member instead of a delivery
+        round and then an approval round), and to every member in the background."""
+        before = None
+        if after is not None:
+            request = SubmitCertificateRequest(certificate=after)
+
+            async def before(peer_id: PeerId) -> object:
+                return await self.light.call(
+                    peer_id, request, SubmitCertificateReply, timeout=self.options.request_timeout
+                )
+
+        certificate = await self._certify_only(
+            committee, signed, needed=needed, balance=balance, before=before
+        )
+        if after is not None and self.background is not None:
+            # The members that were not asked (a quorum approved first) get it too.
+            self.background.start_soon(self._deliver_quietly, committee, after)
+        delivered = await deliver_certificate(
+            self.light, committee, certificate, options=self.options, background=self.background
+        )
+        if not is_quorum(delivered, committee.n_shards):
+            logger.warning("certificate delivered to %d shards only", delivered)
+        return certificate
+
+    async def _certify_only(
+        self,
+        committee: Committee,
+        signed: SignedOrder,
+        *,
+        needed: int,
+        balance: int,
+        before: Callable[[PeerId], Awaitable[object]] | None = None,
+    ) -> CertifiedOrder:
+        """Approvals from a quorum and the certificate; the caller delivers it. Until the
+        certificate exists the order is remembered as unfinished (see :meth:`_view`)."""
         self._unfinished = signed
         try:
-            approvals = await collect_approvals(self.light, committee, signed, options=self.options)
+            approvals = await collect_approvals(
+                self.light, committee, signed, options=self.options, before=before
+            )
         except OrderRefusedError as error:
             self._unfinished = None  # refused by a quorum: the next order may take its place
             if error.reason == "ORDER_OVERDRAWN":
@@ -208,12 +254,13 @@ class Payer:
         certificate = certify(signed, approvals)
         verify_certified_order(certificate, self.genesis.network_id, self.light.committee_of)
         self._unfinished = None
-        delivered = await deliver_certificate(
-            self.light, committee, certificate, options=self.options, background=self.background
-        )
-        if not is_quorum(delivered, committee.n_shards):
-            logger.warning("certificate delivered to %d shards only", delivered)
         return certificate
+
+    async def _deliver_quietly(self, committee: Committee, certificate: CertifiedOrder) -> None:
+        try:
+            await deliver_certificate(self.light, committee, certificate, options=self.options)
+        except WalrusError as error:
+            logger.info("certificate delivery ended reason=%s", error.reason)
 
     async def pay_for_blob(
         self, *, blob_id: bytes, size: int, deletable: bool, start_epoch: int, end_epoch: int
@@ -264,8 +311,12 @@ class Payer:
                     amount=price.write_fee,
                 ),
             )
-            await self._certify(committee, buy, needed=price.total, balance=view.balance)
-            await self._certify(committee, attach, needed=price.write_fee, balance=view.balance)
+            bought = await self._certify_only(
+                committee, buy, needed=price.total, balance=view.balance
+            )
+            await self._certify(
+                committee, attach, needed=price.write_fee, balance=view.balance, after=bought
+            )
         logger.info(
             "blob storage paid blob=%s units=%d epochs=[%d,%d) storage=%d write=%d",
             short_id(blob_id),

@@ -460,14 +460,19 @@ async def collect_approvals(
     signed: SignedOrder,
     *,
     options: WalletOptions,
+    before: Callable[[PeerId], Awaitable[object]] | None = None,
 ) -> list[Signature]:
     """Approvals of ``signed`` from members holding a quorum of ``committee``'s shards, each
-    checked; raises the refusal (or ``QuorumError``) when a quorum is out of reach."""
+    checked; raises the refusal (or ``QuorumError``) when a quorum is out of reach. ``before``
+    is awaited for each member just before it is asked (a paid store gives it the certificate
+    of the purchase the attachment needs, without a round of its own)."""
     body = decode_order_body(signed)
     message = approval_bytes(light.genesis.network_id, committee.epoch, order_id(signed))
     n_shards = committee.n_shards
 
     async def ask(peer_id: PeerId) -> Signature:
+        if before is not None:
+            await before(peer_id)
         reply = await light.call(
             peer_id,
             ApproveOrderRequest(order=signed),
