@@ -2,7 +2,10 @@
 
 Creates (or reuses) ``DIR/genesis.toml``, ``DIR/peer-01`` … ``DIR/peer-NN`` and
 ``DIR/wallet.key`` (a WAL wallet the genesis funds with :data:`WALLET_FUNDS`, for ``walrus-peer
-wallet``), starts every peer as its own ``walrus-peer run`` process on 127.0.0.1, runs the HTTP
+wallet`` and for the CLI's stores, which storage peers want paid: docs/economics.md, "Paid
+storage"); the genesis funds the gateway's account too (the key of ``DIR/client``, which owns
+and pays for the stores the gateway makes), so ``PUT /v1/blobs`` works out of the box. It starts
+every peer as its own ``walrus-peer run`` process on 127.0.0.1, runs the HTTP
 gateway in this process, and stops every process it started on Ctrl-C or SIGTERM. ``GET /status``
 on the gateway answers 200 once the peers that answer hold a write quorum of shards.
 """
@@ -31,8 +34,9 @@ from walrus_p2p.api import (
     serve_gateway,
 )
 from walrus_p2p.client.service import WalrusClient, open_client
-from walrus_p2p.client.wallet import FROST_PER_WAL, ensure_wallet
+from walrus_p2p.client.wallet import FROST_PER_WAL, ensure_wallet, load_wallet
 from walrus_p2p.core.genesis import Allocation, EconomyGenesis, Genesis, create_genesis_toml
+from walrus_p2p.core.identity import Identity
 from walrus_p2p.errors import ConfigError, WalrusError
 from walrus_p2p.node.config import (
     ensure_identity,
@@ -152,13 +156,19 @@ def prepare(options: DevnetOptions) -> Genesis:
             )
         members.append(genesis_member(data_dir, 1))
     wallet, _ = ensure_wallet(directory / WALLET_NAME)
+    gateway, _ = ensure_identity(directory / CLIENT_KEY_DIR)
     text = create_genesis_toml(
         network="devnet",
         n_shards=options.shards,
         members=members,
         genesis_time=int(time.time()),
         epoch_duration_seconds=options.epoch_duration,
-        economy=EconomyGenesis(allocations=(Allocation(wallet.public_key.raw, WALLET_FUNDS),)),
+        economy=EconomyGenesis(
+            allocations=(
+                Allocation(wallet.public_key.raw, WALLET_FUNDS),
+                Allocation(gateway.public_key.raw, WALLET_FUNDS),
+            )
+        ),
     )
     return write_genesis(genesis_path, text)
 
@@ -261,6 +271,8 @@ def _instructions(options: DevnetOptions) -> str:
             f"  export WALRUS_WALLET={wallet}",
             f"  {'walrus-peer wallet balance':<41}# account {address}",
             f"  {'walrus-peer wallet send ADDRESS 1.5':<41}# WAL, certified by the committee",
+            f"  {'walrus-peer price FILE --epochs 5':<41}# what a store costs; stores pay "
+            "from the wallet",
         ]
     )
     return "\n".join(
@@ -277,11 +289,23 @@ def _instructions(options: DevnetOptions) -> str:
     )
 
 
+def gateway_owner(directory: Path, genesis: Genesis) -> Identity:
+    """The key the devnet's gateway stores (and pays) with: ``DIR/client``'s, which the genesis
+    funds; a devnet made before the gateway was funded pays from ``DIR/wallet.key``."""
+    owner, _ = ensure_identity(directory / CLIENT_KEY_DIR)
+    if genesis.economy is None:
+        return owner
+    funded = {item.account for item in genesis.economy.allocations}
+    if owner.public_key.raw in funded or not (directory / WALLET_NAME).exists():
+        return owner
+    return load_wallet(directory / WALLET_NAME)
+
+
 async def run_devnet(
     options: DevnetOptions, *, demo_files: list[Path], exit_after_demo: bool
 ) -> None:
     genesis = prepare(options)
-    owner, _ = ensure_identity(options.directory / CLIENT_KEY_DIR)
+    owner = gateway_owner(options.directory, genesis)
     processes = PeerProcesses(options.directory, len(genesis.members))
     print(
         f"starting {len(genesis.members)} peers ({genesis.n_shards} shards) "

@@ -18,7 +18,8 @@ Every error raised on purpose by the package derives from :class:`WalrusError` a
     │   └── RemoteError              (the reason code the remote peer sent)
     ├── QuorumError                  NOT_ENOUGH_PEERS    (quorum weight unreachable)
     └── OrderRefusedError            ORDER_* and the like (an economy order or settlement refused;
-                                     the codes are in :data:`ORDER_REFUSAL_REASONS`)
+        │                            the codes are in :data:`ORDER_REFUSAL_REASONS`)
+        └── InsufficientFundsError   ORDER_OVERDRAWN     (a payment the balance does not cover)
 
 Errors carry their data as attributes; ``str(error)`` is a one-line message for a person.
 """
@@ -135,6 +136,7 @@ ORDER_REFUSAL_REASONS = frozenset(
         "ORDER_LIFETIME_TOO_LONG",  # ends further ahead than the maximum lifetime
         "RESOURCE_UNKNOWN",  # no such storage resource owned by the account
         "RESOURCE_UNUSABLE",  # attached, not attached, too small or expired for this use
+        "RESOURCE_IN_USE",  # a release while the owner's registration of its blob is not deleted
         "STAKE_UNKNOWN",  # no such stake owned by the account
         "STAKE_NOT_WITHDRAWABLE",  # withdrawal already requested, or not complete yet
         "CERTIFICATE_INVALID",  # approvals do not verify or do not hold a quorum
@@ -154,3 +156,13 @@ class OrderRefusedError(WalrusError):
         if reason not in ORDER_REFUSAL_REASONS:
             raise ValueError(f"unknown order refusal reason {reason!r}")
         super().__init__(message, reason=reason)
+
+
+class InsufficientFundsError(OrderRefusedError):
+    """A payment (storage, a write fee) that the account's balance does not cover: ``needed``
+    is what it costs and ``balance`` what the committee reported, both in FROST."""
+
+    def __init__(self, message: str, *, needed: int, balance: int) -> None:
+        super().__init__("ORDER_OVERDRAWN", message)
+        self.needed = needed
+        self.balance = balance

@@ -1,21 +1,27 @@
-"""``walrus-peer wallet`` against a devnet of real peer processes (4 peers, 8 shards).
+"""``walrus-peer wallet``, ``price`` and paid ``store`` against a devnet of real peer processes
+(4 peers, 8 shards).
 
-The devnet's genesis funds its wallet (``DIR/wallet.key``); the test runs the commands a user
-runs: balance, send, the recipient's balance and the history, an overdrawn send (a one-line
-error with its reason, nothing changed), and balance once every peer is stopped (the committee
-is unreachable: exit code 4). Every command has a timeout; the fixture stops every process.
+First a paid store (docs/economics.md, "Paid storage"): ``price`` quotes a file, ``store`` pays
+exactly that from the wallet it is given and the file reads back; a wallet without funds gets a
+one-line ``ORDER_OVERDRAWN`` error with the amount needed. Then the wallet: the devnet's
+genesis funds its wallet (``DIR/wallet.key``); the test runs the commands a user runs: balance,
+send, the recipient's balance and the history, an overdrawn send (a one-line error with its
+reason, nothing changed), and balance once every peer is stopped (the committee is unreachable:
+exit code 4). Every command has a timeout; the fixture stops every process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from walrus_p2p.cli import EXIT_FAILED, EXIT_NOT_ENOUGH_PEERS
 from walrus_p2p.client.wallet import create_wallet
-from walrus_p2p.devnet import WALLET_FUNDS, WALLET_NAME
+from walrus_p2p.devnet import CLIENT_KEY_DIR, WALLET_FUNDS, WALLET_NAME
+from walrus_p2p.node.config import load_identity
 from walrus_p2p.testing.processes import Devnet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -40,6 +46,39 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
 def wallet(devnet: Devnet, *arguments: str) -> Any:
     path = str(devnet.directory / WALLET_NAME)
     return devnet.cli_json("wallet", *arguments, "--wallet", path)
+
+
+def test_price_then_paid_store_then_unfunded_store(devnet: Devnet, tmp_path: Path) -> None:
+    # The gateway's account (DIR/client) is funded by the genesis too: a wallet file with its
+    # seed pays here, leaving the devnet wallet to the test below.
+    seed = load_identity(devnet.directory / CLIENT_KEY_DIR).seed
+    paying = devnet.directory / "paying.key"
+    create_wallet(paying, seed=seed)
+    data = bytes(range(256)) * 400
+    path = tmp_path / "paid.bin"
+    path.write_bytes(data)
+    quote = devnet.cli_json("price", str(path), "--epochs", "2")["quote"]
+    assert quote["size"] == len(data) and quote["total"] > 0
+    assert quote["total"] == quote["storageCost"] + quote["writeFee"]
+
+    (stored,) = devnet.cli_json("store", str(path), "--epochs", "2", "--wallet", str(paying))
+    assert stored["newlyCreated"]["cost"] == quote["total"]
+    balance = devnet.cli_json("wallet", "balance", "--wallet", str(paying))
+    assert balance["balance"] == WALLET_FUNDS - quote["total"]
+    blob_id = stored["newlyCreated"]["blobObject"]["blobId"]
+    devnet.cli("read", blob_id, "-o", str(tmp_path / "back.bin"), check=True)
+    assert (tmp_path / "back.bin").read_bytes() == data
+
+    poor = devnet.directory / "poor.key"
+    create_wallet(poor)
+    other = tmp_path / "other.bin"
+    other.write_bytes(data[::-1])
+    refused = devnet.cli("store", str(other), "--epochs", "2", "--wallet", str(poor))
+    err = refused.stderr.decode()
+    assert refused.returncode == EXIT_FAILED, err
+    last = err.strip().splitlines()[-1]
+    assert "ORDER_OVERDRAWN" in last and f"needs {quote['total']} FROST" in last, err
+    assert "Traceback" not in err
 
 
 def test_send_balance_history_and_refusals(devnet: Devnet) -> None:

@@ -32,6 +32,7 @@ from walrus_p2p.api import (
 from walrus_p2p.errors import (
     ConfigError,
     NetworkError,
+    OrderRefusedError,
     QuorumError,
     RequestTimeoutError,
 )
@@ -99,7 +100,11 @@ def error_of(response: httpx.Response) -> tuple[int, str]:
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
     assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "reason", "message"}
+    assert set(body["error"]) - {"needed", "balance", "orderReason"} == {
+        "code",
+        "reason",
+        "message",
+    }
     assert body["error"]["code"] == response.status_code
     assert body["error"]["reason"] in ERROR_REASONS
     return response.status_code, body["error"]["reason"]
@@ -431,6 +436,27 @@ async def test_service_failures_map_to_stable_reasons(
     for response in responses:
         assert error_of(response) == (status, reason)
         assert "secret" not in response.text
+
+
+async def test_store_the_gateway_cannot_pay_for_is_402_with_the_amount(
+    fake: FakeBlobService,
+) -> None:
+    fake.balance = 5 * 1000 * 2 + 10  # covers one 1000-byte store of two epochs, not two
+    async with gateway(fake) as (client, _):
+        with trio.fail_after(TIMEOUT):
+            paid = await client.put("/v1/blobs?epochs=2", content=b"a" * 1000)
+            refused = await client.put("/v1/blobs?epochs=2", content=b"b" * 1000)
+            fake.failure = OrderRefusedError("ORDER_CONFLICT", "another order for the slot")
+            failed = await client.put("/v1/blobs?epochs=2", content=b"c" * 1000)
+    assert paid.status_code == 200
+    assert paid.json()["newlyCreated"]["cost"] == 10_000
+    assert error_of(refused) == (402, "PAYMENT_REQUIRED")
+    assert refused.json()["error"]["needed"] == 10_000
+    assert refused.json()["error"]["balance"] == 10
+    assert "10000" in refused.json()["error"]["message"]
+    assert len(fake.blobs) == 1  # nothing stored for the refused one
+    assert error_of(failed) == (503, "PAYMENT_FAILED")
+    assert failed.json()["error"]["orderReason"] == "ORDER_CONFLICT"
 
 
 async def test_unknown_route_and_wrong_method_are_json(fake: FakeBlobService) -> None:

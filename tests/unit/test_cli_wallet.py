@@ -109,22 +109,29 @@ def test_wallet_commands_share_the_client_options() -> None:
         parser.parse_args(["wallet", "history", "--limit", "11"])
 
 
-def test_devnet_genesis_funds_its_wallet_and_the_banner_names_it(tmp_path: Path) -> None:
+def test_devnet_genesis_funds_its_wallet_and_gateway_and_the_banner_names_it(
+    tmp_path: Path,
+) -> None:
     from walrus_p2p.devnet import (
+        CLIENT_KEY_DIR,
         WALLET_FUNDS,
         WALLET_NAME,
         DevnetOptions,
         _instructions,
+        gateway_owner,
         prepare,
     )
+    from walrus_p2p.node.config import load_identity
 
     options = DevnetOptions(directory=tmp_path, peers=4, shards=8)
     genesis = prepare(options)
     owner = load_wallet(tmp_path / WALLET_NAME)
+    gateway = load_identity(tmp_path / CLIENT_KEY_DIR)
     allocations = genesis.economy_or_default.allocations
-    assert [(item.account, item.amount) for item in allocations] == [
-        (owner.public_key.raw, WALLET_FUNDS)
-    ]
+    assert sorted((item.account, item.amount) for item in allocations) == sorted(
+        [(owner.public_key.raw, WALLET_FUNDS), (gateway.public_key.raw, WALLET_FUNDS)]
+    )
+    assert gateway_owner(tmp_path, genesis).public_key == gateway.public_key
     assert prepare(options).network_id == genesis.network_id  # reused, not rewritten
     banner = _instructions(options)
     assert f"WALRUS_WALLET={tmp_path / WALLET_NAME}" in banner

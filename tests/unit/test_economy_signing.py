@@ -48,7 +48,7 @@ def test_every_refusal_reason_is_stable_and_known() -> None:
     with pytest.raises(ValueError):
         OrderRefusedError("NOT_A_REASON", "x")
     assert OrderRefusedError("ORDER_FORGED", "x").reason == "ORDER_FORGED"
-    assert len(ORDER_REFUSAL_REASONS) == 16
+    assert len(ORDER_REFUSAL_REASONS) == 17
 
 
 def test_the_signer_refuses_bad_orders_with_their_reasons() -> None:
@@ -121,7 +121,12 @@ def test_the_signer_refuses_bad_orders_with_their_reasons() -> None:
     expect("STAKE_NOT_WITHDRAWABLE", twice)
     waiting = Orders(OWNER, owner.sequence).sign(WithdrawBody, stake=em.order_id(stake))
     expect("STAKE_NOT_WITHDRAWABLE", waiting)  # requested, not complete before a settlement
-    assert seen == ORDER_REFUSAL_REASONS - {"CERTIFICATE_INVALID", "SETTLEMENT_INVALID"}
+    # RESOURCE_IN_USE is the storage peer's (it reads its record book): test_paid_storage.py
+    assert seen == ORDER_REFUSAL_REASONS - {
+        "CERTIFICATE_INVALID",
+        "SETTLEMENT_INVALID",
+        "RESOURCE_IN_USE",
+    }
 
 
 def test_signer_state_survives_a_restart_and_keeps_refusing_conflicts() -> None:

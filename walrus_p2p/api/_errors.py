@@ -16,8 +16,10 @@ from starlette.responses import JSONResponse, Response
 
 from walrus_p2p.errors import (
     InconsistentBlobError,
+    InsufficientFundsError,
     NetworkError,
     NotFoundError,
+    OrderRefusedError,
     QuorumError,
     RequestTimeoutError,
     WalrusError,
@@ -38,29 +40,34 @@ class ApiError(Exception):
         message: str,
         *,
         headers: Mapping[str, str] | None = None,
+        details: Mapping[str, int | str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
         self.headers = dict(headers or {})
+        self.details = dict(details or {})
+        """More fields of the error object (a 402's ``needed`` and ``balance``)."""
 
 
 def error_response(
-    status: int, reason: str, message: str, headers: Mapping[str, str] | None = None
+    status: int,
+    reason: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    details: Mapping[str, int | str] | None = None,
 ) -> Response:
     """The JSON error body; errors are never cached (a 404 may turn into a blob later)."""
     all_headers = {"Cache-Control": "no-store"}
     all_headers.update(headers or {})
-    return JSONResponse(
-        {"error": {"code": status, "reason": reason, "message": message}},
-        status_code=status,
-        headers=all_headers,
-    )
+    body: dict[str, int | str] = {**(details or {}), "code": status, "reason": reason}
+    body["message"] = message
+    return JSONResponse({"error": body}, status_code=status, headers=all_headers)
 
 
 def api_error_response(error: ApiError) -> Response:
-    return error_response(error.status, error.reason, error.message, error.headers)
+    return error_response(error.status, error.reason, error.message, error.headers, error.details)
 
 
 def blob_not_found() -> ApiError:
@@ -78,6 +85,22 @@ def walrus_error_to_api(error: WalrusError) -> ApiError | None:
         return blob_not_found()
     if isinstance(error, InconsistentBlobError):
         return blob_inconsistent()
+    if isinstance(error, InsufficientFundsError):
+        # The gateway's own wallet cannot pay for this store (docs/http-api.md, "Errors").
+        return ApiError(
+            402,
+            "PAYMENT_REQUIRED",
+            f"the gateway's wallet cannot pay for this store: it costs {error.needed} FROST, "
+            f"the balance is {error.balance} FROST",
+            details={"needed": error.needed, "balance": error.balance},
+        )
+    if isinstance(error, OrderRefusedError):
+        return ApiError(
+            503,
+            "PAYMENT_FAILED",
+            f"the committee refused the gateway's payment ({error.reason})",
+            details={"orderReason": error.reason},
+        )
     if isinstance(error, QuorumError):
         return ApiError(504, "NOT_ENOUGH_PEERS", "not enough storage peers answered")
     if isinstance(error, RequestTimeoutError):

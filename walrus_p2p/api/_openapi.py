@@ -26,6 +26,8 @@ ERROR_REASONS = (
     "NETWORK_ERROR",
     "NOT_ENOUGH_PEERS",
     "TIMEOUT",
+    "PAYMENT_REQUIRED",
+    "PAYMENT_FAILED",
 )
 
 _BLOB_ID_PATTERN = "^[A-Za-z0-9_-]{43}$"
@@ -221,6 +223,14 @@ def openapi_document(*, max_body: int) -> dict[str, Any]:
                         "400": _error("Missing or invalid query parameters (`BAD_REQUEST`)."),
                         "408": _error("The body did not arrive in time (`REQUEST_TIMEOUT`)."),
                         "413": _error(f"The body exceeds {max_body} bytes (`PAYLOAD_TOO_LARGE`)."),
+                        "402": _error(
+                            "On a network with an economy: the gateway's wallet cannot pay for "
+                            "this store (`PAYMENT_REQUIRED`; `needed` and `balance` in FROST)."
+                        ),
+                        "503": _error(
+                            "The committee refused the gateway's payment for another reason "
+                            "(`PAYMENT_FAILED`; `orderReason`)."
+                        ),
                         **_network_errors(),
                     },
                 }
@@ -301,13 +311,23 @@ def openapi_document(*, max_body: int) -> dict[str, Any]:
                 "BlobId": {"type": "string", "pattern": _BLOB_ID_PATTERN},
                 "Error": _object(
                     {
-                        "error": _object(
-                            {
+                        "error": {
+                            **_object(
+                                {
+                                    "code": _integer(400),
+                                    "reason": {"type": "string", "enum": list(ERROR_REASONS)},
+                                    "message": {"type": "string"},
+                                }
+                            ),
+                            "properties": {
                                 "code": _integer(400),
                                 "reason": {"type": "string", "enum": list(ERROR_REASONS)},
                                 "message": {"type": "string"},
-                            }
-                        )
+                                "needed": _integer(),
+                                "balance": _integer(),
+                                "orderReason": {"type": "string"},
+                            },
+                        }
                     }
                 ),
                 "StoreResponse": {

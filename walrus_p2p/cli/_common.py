@@ -51,6 +51,7 @@ def add_log_level(command: argparse.ArgumentParser, default: str) -> None:
 
 
 DEFAULT_KEY_DIR = "~/.walrus-p2p/client"
+DEFAULT_WALLET = "~/.walrus-p2p/wallet.key"
 
 
 class UsageError(WalrusError):
@@ -130,22 +131,39 @@ def key_directory(arguments: argparse.Namespace) -> Path:
     return Path(os.path.expanduser(text))
 
 
+def wallet_path(arguments: argparse.Namespace) -> Path:
+    """``--wallet``, else ``WALRUS_WALLET``, else the default wallet key file."""
+    text = getattr(arguments, "wallet", None) or os.environ.get("WALRUS_WALLET") or DEFAULT_WALLET
+    return Path(os.path.expanduser(text))
+
+
 def print_json(value: object) -> None:
     print(json.dumps(value, sort_keys=True))
 
 
 def run_client(
-    arguments: argparse.Namespace, work: Callable[[WalrusClient], Awaitable[int]]
+    arguments: argparse.Namespace,
+    work: Callable[[WalrusClient], Awaitable[int]],
+    *,
+    pays: bool = False,
 ) -> int:
-    """Load genesis and owner key, open a light peer, run ``work(client)`` under trio."""
+    """Load genesis and owner key, open a light peer, run ``work(client)`` under trio.
+
+    A command that ``pays`` (store, extend, delete) on a network with an economy owns its blobs
+    with the wallet's key (``--wallet``, ``WALRUS_WALLET``): the paying account is the owner
+    (docs/economics.md, "Paid storage"). Otherwise the owner key is the key directory's."""
     import trio
 
     from walrus_p2p.client.service import open_client
+    from walrus_p2p.client.wallet import load_wallet
     from walrus_p2p.node.config import ensure_identity, load_genesis
 
     configure_logging(arguments.log_level)
     genesis = load_genesis(genesis_path(arguments))
-    owner, _ = ensure_identity(key_directory(arguments))
+    if pays and genesis.economy is not None:
+        owner = load_wallet(wallet_path(arguments))
+    else:
+        owner, _ = ensure_identity(key_directory(arguments))
 
     async def main_task() -> int:
         async with open_client(genesis, owner) as client:
@@ -172,6 +190,12 @@ def client_options(command: argparse.ArgumentParser) -> None:
         "--key-dir",
         metavar="DIR",
         help=f"owner key directory (or WALRUS_KEY_DIR; default {DEFAULT_KEY_DIR})",
+    )
+    command.add_argument(
+        "--wallet",
+        metavar="PATH",
+        help="on a network with an economy: the wallet that pays for storage and owns the "
+        f"blobs (or WALRUS_WALLET; default {DEFAULT_WALLET})",
     )
     command.add_argument("--json", action="store_true", help="print JSON for scripts")
     add_log_level(command, "warning")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from walrus_p2p.cli._common import (
     EXIT_OK,
     UsageError,
+    add_log_level,
     client_options,
     close_mapping,
     configure_logging,
@@ -83,6 +84,7 @@ def _record_stored(key_dir: Path, outcome_json: dict[str, Any]) -> None:
 
 def _command_store(arguments: argparse.Namespace) -> int:
     from walrus_p2p.api import store_outcome_json
+    from walrus_p2p.client.wallet import format_wal
     from walrus_p2p.core.encoding import EncodingConfig
 
     files = list(arguments.files)
@@ -113,9 +115,13 @@ def _command_store(arguments: argparse.Namespace) -> int:
             if not arguments.json:
                 if "newlyCreated" in outcome_json:
                     blob = outcome_json["newlyCreated"]["blobObject"]
+                    paid = ""
+                    if client.genesis.economy is not None:
+                        cost = outcome_json["newlyCreated"]["cost"]
+                        paid = f", paid {cost} FROST ({format_wal(cost)} WAL)"
                     print(
                         f"stored {path}: blob id {blob['blobId']} size {blob['size']} "
-                        f"until epoch {blob['storage']['endEpoch']}"
+                        f"until epoch {blob['storage']['endEpoch']}{paid}"
                     )
                 else:
                     known = outcome_json["alreadyCertified"]
@@ -127,7 +133,7 @@ def _command_store(arguments: argparse.Namespace) -> int:
             print_json(results)
         return EXIT_OK
 
-    return run_client(arguments, work)
+    return run_client(arguments, work, pays=True)
 
 
 def _command_read(arguments: argparse.Namespace) -> int:
@@ -249,7 +255,7 @@ def _command_extend(arguments: argparse.Namespace) -> int:
             print(f"extended {arguments.blob_id} until epoch {end}")
         return EXIT_OK
 
-    return run_client(arguments, work)
+    return run_client(arguments, work, pays=True)
 
 
 def _command_delete(arguments: argparse.Namespace) -> int:
@@ -265,7 +271,7 @@ def _command_delete(arguments: argparse.Namespace) -> int:
             print(f"deleted {arguments.blob_id}")
         return EXIT_OK
 
-    return run_client(arguments, work)
+    return run_client(arguments, work, pays=True)
 
 
 def _command_info(arguments: argparse.Namespace) -> int:
@@ -346,6 +352,7 @@ def _command_info(arguments: argparse.Namespace) -> int:
             "maxGossipMessageSize": genesis.limits.max_gossip_message_size,
             "maxEpochsAhead": genesis.limits.max_epochs_ahead,
         },
+        "prices": _prices_json(genesis),
     }
     if problem is not None:
         summary["unverifiedReason"] = problem
@@ -365,6 +372,14 @@ def _command_info(arguments: argparse.Namespace) -> int:
         f"limits: blob {limits['maxBlobSize']} B, sliver {limits['maxSliverSize']} B, "
         f"frame {limits['maxFrameSize']} B, {limits['maxEpochsAhead']} epochs ahead"
     )
+    prices = summary["prices"]
+    if prices is None:
+        print("prices: none (no economy: storing is free)")
+    else:
+        print(
+            f"prices (genesis): storage {prices['storagePrice']} FROST/MiB/epoch, "
+            f"write {prices['writePrice']} FROST/MiB"
+        )
     for entry in summary["committee"]:
         shards = ",".join(str(shard) for shard in entry["shards"]) or "-"
         pending = ",".join(str(shard) for shard in entry["shardsArriving"])
@@ -373,6 +388,75 @@ def _command_info(arguments: argparse.Namespace) -> int:
             f"  {entry['peerId']} weight={entry['weight']} shards={shards}{arriving_text} "
             f"{' '.join(entry['addresses'])}"
         )
+    return EXIT_OK
+
+
+def _prices_json(genesis: Any) -> dict[str, Any] | None:
+    """The prices in force (the genesis's: votes do not move them yet), None without an
+    economy."""
+    if genesis.economy is None:
+        return None
+    return {
+        "storagePrice": genesis.economy.storage_price,
+        "writePrice": genesis.economy.write_price,
+        "unit": "FROST per MiB of encoded size (storage: per epoch)",
+        "source": "genesis",
+    }
+
+
+def _command_price(arguments: argparse.Namespace) -> int:
+    """Prices in force and, for a file, what storing it costs (offline: the genesis's prices;
+    docs/economics.md, "Paid storage")."""
+    from walrus_p2p.client.payment import blob_quote
+    from walrus_p2p.client.wallet import format_wal
+    from walrus_p2p.core.economy import encoded_size
+    from walrus_p2p.node.config import load_genesis
+
+    configure_logging(arguments.log_level)
+    genesis = load_genesis(genesis_path(arguments))
+    epochs = arguments.epochs
+    if not 1 <= epochs <= genesis.limits.max_epochs_ahead:
+        raise UsageError(f"--epochs must be between 1 and {genesis.limits.max_epochs_ahead}")
+    prices = _prices_json(genesis)
+    summary: dict[str, Any] = {"network": genesis.network, "prices": prices}
+    if arguments.file is not None:
+        data, size = read_file_bytes(arguments.file)
+        close_mapping(data)
+        encoded = encoded_size(size, genesis.n_shards)
+        entry: dict[str, Any] = {"path": arguments.file, "size": size, "encodedSize": encoded}
+        if prices is not None:
+            price = blob_quote(genesis, size, epochs)
+            entry.update(
+                epochs=epochs,
+                units=price.units,
+                storageCost=price.storage_cost,
+                writeFee=price.write_fee,
+                total=price.total,
+            )
+        summary["quote"] = entry
+    if arguments.json:
+        print_json(summary)
+        return EXIT_OK
+    if prices is None:
+        print(f"network {genesis.network} has no economy: storing is free")
+    else:
+        print(
+            f"prices in force (genesis): storage {prices['storagePrice']} FROST per MiB of "
+            f"encoded size per epoch, write {prices['writePrice']} FROST per MiB once"
+        )
+    quote_entry = summary.get("quote")
+    if quote_entry is not None:
+        line = (
+            f"{quote_entry['path']}: {quote_entry['size']} B, "
+            f"encoded {quote_entry['encodedSize']} B"
+        )
+        if prices is not None:
+            line += (
+                f" = {quote_entry['units']} MiB units; {epochs} epochs: storage "
+                f"{quote_entry['storageCost']} + write {quote_entry['writeFee']} = "
+                f"{quote_entry['total']} FROST ({format_wal(quote_entry['total'])} WAL)"
+            )
+        print(line)
     return EXIT_OK
 
 
@@ -477,7 +561,17 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     client_options(delete)
     delete.set_defaults(handler=_command_delete)
 
-    info = commands.add_parser("info", help="network id, epoch, committee and limits")
+    price = commands.add_parser(
+        "price", help="storage prices in force, and what storing FILE costs (offline)"
+    )
+    price.add_argument("file", nargs="?", metavar="FILE")
+    price.add_argument("--epochs", type=int, default=1, metavar="N")
+    price.add_argument("--genesis", metavar="FILE", help="network genesis (or WALRUS_GENESIS)")
+    price.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_log_level(price, "warning")
+    price.set_defaults(handler=_command_price)
+
+    info = commands.add_parser("info", help="network id, epoch, committee, limits and prices")
     client_options(info)
     info.add_argument(
         "--offline",

@@ -18,6 +18,7 @@ from walrus_p2p.cli._common import (
     genesis_path,
     key_directory,
     shard_count,
+    wallet_path,
 )
 
 if TYPE_CHECKING:
@@ -105,12 +106,18 @@ def _command_serve(arguments: argparse.Namespace) -> int:
 
     from walrus_p2p.api import serve_gateway
     from walrus_p2p.client.service import open_client
+    from walrus_p2p.client.wallet import load_wallet
     from walrus_p2p.node.config import ensure_identity, load_genesis
 
     configure_logging(arguments.log_level)
     limits = serve_limits(arguments)
     genesis = load_genesis(genesis_path(arguments))
-    owner, _ = ensure_identity(key_directory(arguments))
+    if genesis.economy is not None:
+        # The gateway pays for the stores it makes from its own wallet, which owns the blobs
+        # (docs/http-api.md, "Payment"); one gateway process per wallet.
+        owner = load_wallet(wallet_path(arguments))
+    else:
+        owner, _ = ensure_identity(key_directory(arguments))
     raise_open_file_limit(limits.max_connections + _FILES_BESIDES_HTTP)
 
     async def main_task() -> None:

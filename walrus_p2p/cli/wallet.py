@@ -13,31 +13,25 @@ reachable), and the exit codes of :mod:`walrus_p2p.cli._common`.
 from __future__ import annotations
 
 import argparse
-import os
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from walrus_p2p.cli._common import (
+    DEFAULT_WALLET,
     EXIT_OK,
     UsageError,
     add_log_level,
     configure_logging,
     genesis_path,
     print_json,
+    wallet_path,
 )
 
 if TYPE_CHECKING:
     from walrus_p2p.client.network import LightPeer
     from walrus_p2p.client.wallet import HistoryEntry
 
-DEFAULT_WALLET = "~/.walrus-p2p/wallet.key"
 MAX_AMOUNT = 2**64 - 1
-
-
-def wallet_path(arguments: argparse.Namespace) -> Path:
-    text = arguments.wallet or os.environ.get("WALRUS_WALLET") or DEFAULT_WALLET
-    return Path(os.path.expanduser(text))
 
 
 def parse_amount(text: str, *, frost: bool) -> int:

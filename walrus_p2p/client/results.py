@@ -22,7 +22,8 @@ class StoredBlob:
     """Encoded size the network stores for the blob (n·(kp+ks)·S)."""
     deletable: bool
     cost: int
-    """Cost in storage units; there is no token yet, so this is the encoded size times epochs."""
+    """On a network with an economy: the FROST this store paid (storage + write fee; 0 when an
+    earlier payment of the owner covered it). Without one: the encoded size times epochs."""
 
 
 @dataclass(frozen=True, slots=True)

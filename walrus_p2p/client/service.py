@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from walrus_p2p.client.network import LightPeer, open_light_peer
+from walrus_p2p.client.payment import Payer
 from walrus_p2p.client.read import ReadOptions, read_blob, read_range
 from walrus_p2p.client.records import fetch_blob_state, push_records
 from walrus_p2p.client.results import BlobStatus, NetworkStatus, StoreOutcome
@@ -46,6 +47,11 @@ class WalrusClient:
         self.background = background
         """Where store tails run after a store returned (see ``StoreOptions.tail_seconds``)."""
         self.owner = owner
+        self.payer = (
+            None if light.genesis.economy is None else Payer(light, owner, background=background)
+        )
+        """Pays from the owner's account on a network with an economy (docs/economics.md,
+        "Paid storage"): the owner key is the account."""
         self.store_options = store_options or StoreOptions()
         self.read_options = read_options or ReadOptions()
         self._status: NetworkStatus | None = None
@@ -74,6 +80,7 @@ class WalrusClient:
             options=self.store_options,
             progress=progress,
             background=self.background,
+            payer=self.payer,
         )
 
     async def read(self, blob_id: BlobId, *, strict: bool = False) -> memoryview:
@@ -113,6 +120,11 @@ class WalrusClient:
             raise NotFoundError(f"blob {short_id(blob_id)} has no live registration of this key")
         (_, start_epoch), registration = mine
         new_end = max(registration.end_epoch, self.light.epoch) + epochs
+        if self.payer is not None:
+            # The resource attached to the blob must last as long: peers refuse the extend
+            # record otherwise (PAYMENT_MISMATCH).
+            paid = await self.payer.pay_extension(blob_id=blob_id, end_epoch=new_end)
+            logger.info("extension paid blob=%s end=%d cost=%d", short_id(blob_id), new_end, paid)
         record = records.sign_extend(
             self.owner,
             network_id=self.genesis.network_id,

@@ -1,4 +1,9 @@
-"""The store flow (docs/design.md §6.1): encode, register, upload to every shard's peer, certify.
+"""The store flow (docs/design.md §6.1): encode, pay, register, upload to every shard, certify.
+
+On a network with an economy the owner's account pays before the register record goes out: it
+buys the storage and attaches the blob (:class:`~walrus_p2p.client.payment.Payer`; storage peers
+refuse an unpaid register, docs/economics.md, "Paid storage"), and the result's ``cost`` is what
+was paid, in FROST.
 
 Memory: the blob is encoded once (the slivers are views into the encoder's buffers); each upload
 in flight adds one wire-encoded copy of one sliver, and at most ``max_parallel_slivers`` slivers
@@ -20,6 +25,7 @@ import trio
 
 from walrus_p2p.client.committee import refresh_committee
 from walrus_p2p.client.network import LightPeer
+from walrus_p2p.client.payment import Payer, Payment
 from walrus_p2p.client.records import fetch_blob_state, push_records
 from walrus_p2p.client.results import AlreadyCertified, StoredBlob, StoreOutcome
 from walrus_p2p.core import records, wire
@@ -85,6 +91,15 @@ class BlobTooLargeError(WalrusError):
     reason = "BLOB_TOO_LARGE"
 
 
+@dataclass(slots=True)
+class _Paid:
+    """The payment of one store call, kept across its attempts (a store that starts over in a
+    new epoch registers on the storage it paid for, which still covers the new epoch)."""
+
+    payment: Payment | None = None
+    cost: int = 0
+
+
 def verify_confirmation(
     light: LightPeer,
     peer_id: PeerId,
@@ -131,14 +146,23 @@ async def store_blob(
     options: StoreOptions | None = None,
     progress: ProgressCallback | None = None,
     background: trio.Nursery | None = None,
+    payer: Payer | None = None,
 ) -> StoreOutcome:
     """Store ``data`` for ``epochs`` epochs from now; see the module docstring for the flow.
 
     With ``background``, uploads to the peers that had not confirmed when the quorum did go on
     there for ``tail_seconds`` more, after this returns (the blob is certified by then; peers
-    the tail misses rebuild their slivers by blob sync)."""
+    the tail misses rebuild their slivers by blob sync). On a network with an economy,
+    ``payer`` (one per account and process: it orders the account's orders) pays from
+    ``owner``'s account; without one, a payer is made for this call."""
     options = options or StoreOptions()
     genesis = light.genesis
+    if genesis.economy is None:
+        payer = None
+    elif payer is None:
+        payer = Payer(light, owner, background=background)
+    elif payer.account != owner.public_key.raw:
+        raise ValueError("the payer's account must be the blob owner's key")
     size = len(memoryview(data))
     if size > genesis.limits.max_blob_size:
         raise BlobTooLargeError(
@@ -152,6 +176,7 @@ async def store_blob(
     config = EncodingConfig.for_shards(genesis.n_shards)
     encoded: EncodedBlobWithMetadata = await trio.to_thread.run_sync(encode_blob, data, config)
     blob_id = encoded.blob_id
+    paid = _Paid()
     for attempt in range(1, max(1, options.epoch_attempts) + 1):
         before = light.epoch  # the epoch of the committee snapshot _store_in_epoch takes
         try:
@@ -165,6 +190,8 @@ async def store_blob(
                 options=options,
                 progress=progress,
                 background=background,
+                payer=payer,
+                paid=paid,
             )
         except EpochMovedError as error:
             await light.refresh_if_stale(min_interval=0.0)
@@ -191,6 +218,8 @@ async def _store_in_epoch(
     options: StoreOptions,
     progress: ProgressCallback | None,
     background: trio.Nursery | None,
+    payer: Payer | None = None,
+    paid: _Paid | None = None,
 ) -> StoreOutcome:
     """One store against the committee the light peer holds now: the whole flow works with that
     snapshot, so a refresh of the light peer in the middle (the gateway serves other calls
@@ -214,6 +243,21 @@ async def _store_in_epoch(
     ):
         logger.info("blob already certified blob=%s end_epoch=%s", short_id(blob_id), end)
         return AlreadyCertified(blob_id=blob_id, end_epoch=end)
+
+    cost = config.encoded_length(size) * epochs  # no economy: storage units, as before
+    if payer is not None:
+        paid = paid if paid is not None else _Paid()
+        if paid.payment is None or paid.payment.end_epoch <= current:
+            paid.payment = await payer.pay_for_blob(
+                blob_id=blob_id,
+                size=size,
+                deletable=not permanent,
+                start_epoch=current,
+                end_epoch=end_epoch,
+            )
+            paid.cost += paid.payment.cost
+        end_epoch = paid.payment.end_epoch
+        cost = paid.cost
 
     register = records.sign_register(
         owner,
@@ -259,7 +303,7 @@ async def _store_in_epoch(
         end_epoch=end_epoch,
         storage_size=config.encoded_length(size),
         deletable=not permanent,
-        cost=config.encoded_length(size) * epochs,
+        cost=cost,
     )
 
 

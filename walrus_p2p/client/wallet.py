@@ -50,6 +50,7 @@ from walrus_p2p.core.economy_messages import (
     CertifiedOrder,
     GetAccountReply,
     GetAccountRequest,
+    OrderBody,
     SignedOrder,
     SubmitCertificateReply,
     SubmitCertificateRequest,
@@ -236,6 +237,8 @@ class HistoryEntry:
     """The body's type name without ``Body`` (``Transfer``, ``BuyStorage``, ...)."""
     amount: int | None
     recipient: bytes | None
+    body: OrderBody | None = None
+    """The order itself (a payment looks for an earlier purchase and attachment in it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +331,7 @@ def _entry(light: LightPeer, encoded: bytes, verified: set[bytes]) -> HistoryEnt
         kind=type(body).__name__.removesuffix("Body"),
         amount=amount if isinstance(amount, int) else None,
         recipient=bytes(recipient) if isinstance(recipient, bytes) else None,
+        body=body,
     )
 
 
@@ -456,14 +460,19 @@ async def collect_approvals(
     signed: SignedOrder,
     *,
     options: WalletOptions,
+    before: Callable[[PeerId], Awaitable[object]] | None = None,
 ) -> list[Signature]:
     """Approvals of ``signed`` from members holding a quorum of ``committee``'s shards, each
-    checked; raises the refusal (or ``QuorumError``) when a quorum is out of reach."""
+    checked; raises the refusal (or ``QuorumError``) when a quorum is out of reach. ``before``
+    is awaited for each member just before it is asked (a paid store gives it the certificate
+    of the purchase the attachment needs, without a round of its own)."""
     body = decode_order_body(signed)
     message = approval_bytes(light.genesis.network_id, committee.epoch, order_id(signed))
     n_shards = committee.n_shards
 
     async def ask(peer_id: PeerId) -> Signature:
+        if before is not None:
+            await before(peer_id)
         reply = await light.call(
             peer_id,
             ApproveOrderRequest(order=signed),
@@ -490,18 +499,16 @@ async def collect_approvals(
     return list(approvals.values())
 
 
-async def deliver_certificate(
+async def _deliver_all(
     light: LightPeer,
     committee: Committee,
-    certificate: CertifiedOrder,
-    *,
+    request: SubmitCertificateRequest,
+    taken: set[PeerId],
+    quorum: trio.Event,
     options: WalletOptions,
-) -> int:
-    """Give the certificate to every member; returns the shard weight that took it. Waits for
-    a quorum, then at most ``tail_seconds`` for the others."""
-    request = SubmitCertificateRequest(certificate=certificate)
-    taken: set[PeerId] = set()
-    quorum = trio.Event()
+) -> None:
+    """Give ``request`` to every member until each answered, or ``tail_seconds`` after members
+    holding a quorum took it; sets ``quorum`` then (or when every member answered)."""
 
     async def give(peer_id: PeerId) -> SubmitCertificateReply:
         reply = await light.call(
@@ -526,6 +533,27 @@ async def deliver_certificate(
         with trio.move_on_after(options.tail_seconds):
             await trio.sleep_forever()
         nursery.cancel_scope.cancel()
+
+
+async def deliver_certificate(
+    light: LightPeer,
+    committee: Committee,
+    certificate: CertifiedOrder,
+    *,
+    options: WalletOptions,
+    background: trio.Nursery | None = None,
+) -> int:
+    """Give the certificate to every member; returns the shard weight that took it. Waits for
+    a quorum, then at most ``tail_seconds`` for the others: here, or in ``background`` after
+    returning (a paid store goes on at once; docs/economics.md, "Paid storage")."""
+    request = SubmitCertificateRequest(certificate=certificate)
+    taken: set[PeerId] = set()
+    quorum = trio.Event()
+    if background is None:
+        await _deliver_all(light, committee, request, taken, quorum, options)
+    else:
+        background.start_soon(_deliver_all, light, committee, request, taken, quorum, options)
+        await quorum.wait()
     return committee.shard_weight(taken)
 
 

@@ -132,6 +132,8 @@ class Resource:
     end_epoch: int
     blob_id: bytes | None = None
     deletable: bool = False
+    encoded_size: int = 0
+    """The encoded size the attach order declared (and paid the write fee for); 0 when free."""
 
 
 class StakeState(enum.Enum):
@@ -200,6 +202,9 @@ class Ledger:
         self._voided: dict[_Key, str] = {}
         self._waiting: dict[bytes, dict[int, _Waiting]] = {}
         self._resources: dict[bytes, Resource] = {}
+        self._attached: dict[tuple[bytes, bytes], set[bytes]] = {}
+        """(owner, blob id) -> ids of the owner's resources attached to the blob (derived from
+        ``_resources``, for the payment check of blob records: :mod:`walrus_p2p.core.payments`)."""
         self._stakes: dict[bytes, StakePosition] = {}
         self._requests: dict[bytes, bytes] = {}  # request order id -> stake id
         self._stake_orders: set[bytes] = set()  # every stake id ever made, withdrawn ones too
@@ -240,6 +245,11 @@ class Ledger:
 
     def resources_of(self, account: bytes) -> dict[bytes, Resource]:
         return {key: res for key, res in self._resources.items() if res.owner == account}
+
+    def attached_resources(self, account: bytes, blob_id: bytes) -> dict[bytes, Resource]:
+        """The account's resources attached to ``blob_id`` (what paid for its registrations)."""
+        identifiers = self._attached.get((account, blob_id), set())
+        return {key: self._resources[key] for key in sorted(identifiers)}
 
     def stake(self, stake_id: bytes) -> StakePosition | None:
         return self._stakes.get(stake_id)
@@ -591,11 +601,21 @@ class Ledger:
             self._debit(account, body.amount)
             self._contribute({body.epoch: body.amount})
             self._resources[body.resource] = dataclasses.replace(
-                self._resources[body.resource], blob_id=body.blob_id, deletable=body.deletable
+                self._resources[body.resource],
+                blob_id=body.blob_id,
+                deletable=body.deletable,
+                encoded_size=body.encoded_size,
             )
+            self._attached.setdefault((account, body.blob_id), set()).add(body.resource)
         elif isinstance(body, ReleaseStorageBody):
+            released = self._resources[body.resource]
+            assert released.blob_id is not None  # _validate: only an attached one is released
+            attached = self._attached[(account, released.blob_id)]
+            attached.discard(body.resource)
+            if not attached:
+                del self._attached[(account, released.blob_id)]
             self._resources[body.resource] = dataclasses.replace(
-                self._resources[body.resource], blob_id=None, deletable=False
+                released, blob_id=None, deletable=False, encoded_size=0
             )
         elif isinstance(body, StakeBody):
             self._debit(account, body.amount)

@@ -33,7 +33,7 @@ from walrus_p2p.node.context import PeerContext
 from walrus_p2p.node.healing_metrics import HealingMetrics
 from walrus_p2p.node.healing_options import HealingOptions
 from walrus_p2p.node.peer_calls import PeerCaller
-from walrus_p2p.node.protocol import RECORDS_NAMESPACE
+from walrus_p2p.node.protocol import RECORDS_NAMESPACE, ProtocolRefusal
 from walrus_p2p.types import BlobId, PeerId, short_id
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,18 @@ class CatchUp:
             good.append(item)
         if not good:
             return 0
-        return await self.ctx.records.merge(blob_id, good)
+        try:
+            return await self.ctx.records.merge(blob_id, good)
+        except ProtocolRefusal as error:
+            # An owner record this peer finds unpaid (docs/economics.md, "Paid storage"): the
+            # blob's other records are merged, and the listing goes on.
+            logger.info(
+                "catch-up record refused blob=%s peer=%s reason=%s",
+                short_id(blob_id),
+                source[:12],
+                error.reason,
+            )
+            return 0
 
     async def pull_from(self, source: PeerId) -> int:
         """Page through one source's listing; returns how many records were new here."""

@@ -21,6 +21,13 @@ At start the peer loads its journal and every stored certificate; then, in the b
 pages through the listing of a few other members (bounded) and, while its ledger waits for an
 earlier order of some account (a gap: a certificate it never received), asks a member for the
 missing ones.
+
+On a network with an economy the record book asks :meth:`EconomyService.check_payment` before it
+merges an owner's register or extend record (docs/economics.md, "Paid storage"): the rule is
+:func:`walrus_p2p.core.payments.record_payment` on this peer's ledger; a record whose payment is
+not known here yet makes the peer fetch the owner's newest certificates from other members and
+wait (bounded) for them before it refuses. A release (``ReleaseStorageBody``) is approved only
+once the owner's registrations of the resource's blob are deleted here.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from walrus_p2p.core.economy_messages import (
     GetAccountRequest,
     ListCertificatesReply,
     ListCertificatesRequest,
+    ReleaseStorageBody,
     SubmitCertificateReply,
     SubmitCertificateRequest,
     SubmitOutcome,
@@ -57,13 +65,15 @@ from walrus_p2p.core.economy_messages import (
     verify_certified_order,
 )
 from walrus_p2p.core.ledger import Ledger, OrderSigner, Outcome
-from walrus_p2p.errors import WalrusError, WireError
+from walrus_p2p.core.payments import PaymentRefusal, record_payment
+from walrus_p2p.core.records import BlobExtend, BlobRecord, BlobRegister, BlobState
+from walrus_p2p.errors import OrderRefusedError, WalrusError, WireError
 from walrus_p2p.net.gossip import Gossip, GossipMessage, Subscription
 from walrus_p2p.node.context import PeerContext
 from walrus_p2p.node.peer_calls import PeerCaller
-from walrus_p2p.node.protocol import max_frame_for
+from walrus_p2p.node.protocol import ProtocolRefusal, max_frame_for
 from walrus_p2p.node.router import Router
-from walrus_p2p.types import Epoch, PeerId
+from walrus_p2p.types import BlobId, Epoch, PeerId
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +112,13 @@ class EconomyOptions:
     request_timeout: float = 20.0
     gossip_batch_seconds: float = 1.0
     """Certificates that arrived directly are announced after at most this long, batched."""
+    payment_wait: float = 5.0
+    """How long a blob record whose payment is not known here waits for it (fetching the
+    owner's newest certificates from other members meanwhile) before it is refused. A client
+    delivers its payment's certificates to a quorum before it registers; the others get them
+    within seconds."""
+    payment_sources: int = 3
+    """Members asked, one after another, for an owner's newest certificates."""
 
 
 class EconomyService:
@@ -134,6 +151,8 @@ class EconomyService:
         self.caught_up = trio.Event()
         """Set when the first catch-up round ended (whatever it found)."""
         self.loaded = False
+        self._applied = trio.Event()
+        """Set (and replaced) whenever a certificate changed the ledger: payments wait on it."""
 
     # -- start ---------------------------------------------------------------------------
 
@@ -191,11 +210,33 @@ class EconomyService:
     async def approve(self, request: ApproveOrderRequest, remote: PeerId) -> ApproveOrderReply:
         """Approve under the signing rule; the lock is durable before the reply leaves."""
         epoch = self.ctx.epoch
+        await self._check_release(request)
         signature = self.signer.approve(request.order, self.ledger, epoch)
         # Also when this order was approved before: its lock may still be on its way to disk
         # (the first request's write), and this reply must not overtake it.
         await self._persist_journal()
         return ApproveOrderReply(epoch=Epoch(epoch), signature=signature)
+
+    async def _check_release(self, request: ApproveOrderRequest) -> None:
+        """A release frees a resource for another blob, so it is approved only when the owner's
+        registrations of the blob it carries are all deleted here (``RESOURCE_IN_USE``
+        otherwise): else one payment could keep a blob stored and pay for another one
+        (docs/economics.md, "Paid storage"). The signing rule checks the rest."""
+        try:
+            body = decode_order_body(request.order)
+        except OrderRefusedError:
+            return  # the signing rule refuses it with its reason
+        if not isinstance(body, ReleaseStorageBody):
+            return
+        resource = self.ledger.resource(bytes(body.resource))
+        if resource is None or resource.blob_id is None or resource.owner != body.account:
+            return
+        state = await self.ctx.records.blob_state(BlobId(resource.blob_id))
+        if any(owner == body.account for owner, _ in state.live_registrations):
+            raise OrderRefusedError(
+                "RESOURCE_IN_USE",
+                "a registration of the resource's blob by this owner is not deleted here",
+            )
 
     async def _persist_journal(self) -> None:
         self._journal_changes += 1
@@ -239,11 +280,19 @@ class EconomyService:
         if outcome is Outcome.DUPLICATE:
             return outcome
         self._known.add(identifier)
+        if outcome is not Outcome.WAITING:
+            self._applied.set()
+            self._applied = trio.Event()
         encoded = wire.encode(certificate)
         key = order_key(body.account, body.sequence)
         store = self.ctx.store
         async with self._merge_lock:
             await trio.to_thread.run_sync(store.put_value, ORDERS_NAMESPACE, key, encoded)
+            # The listing's cached keys include it at once: a peer fetching an owner's newest
+            # certificates for a payment asks right after they arrived here.
+            place = bisect.bisect_left(self._keys, key)
+            if place == len(self._keys) or self._keys[place] != key:
+                self._keys.insert(place, key)
             if isinstance(body, TransferBody):
                 received = (
                     bytes(body.recipient) + time.time_ns().to_bytes(8, "big") + identifier[:8]
@@ -287,6 +336,71 @@ class EconomyService:
         committee = self.ctx.committee
         shard = int.from_bytes(identifier, "big") % committee.n_shards
         return committee.peer_of(shard) == self.ctx.peer_id
+
+    # -- paid storage --------------------------------------------------------------------
+
+    def payment_refusal(self, record: BlobRecord) -> PaymentRefusal | None:
+        """Why ``record`` is not paid for in this peer's ledger (None: paid, or needs none)."""
+        if not isinstance(record, BlobRegister | BlobExtend):
+            return None
+        return record_payment(self.ledger, record, self.ctx.genesis.n_shards)
+
+    async def check_payment(self, record: BlobRecord, state: BlobState, wait: bool = True) -> None:
+        """Refuse (``ProtocolRefusal``: ``PAYMENT_REQUIRED``, ``PAYMENT_MISMATCH``) an owner's
+        register or extend record that the ledger shows no payment for.
+
+        ``state`` is the blob's state with the records being merged: a registration deleted
+        there needs no payment any more (its resource may have been released since). With
+        ``wait``, a missing payment is looked for first: the owner's certificates from its next
+        sequence on are asked from up to ``payment_sources`` other members, and certificates
+        arriving meanwhile are awaited, for at most ``payment_wait`` seconds."""
+        if not isinstance(record, BlobRegister | BlobExtend):
+            return
+        key = (bytes(record.body.owner), int(record.body.start_epoch))
+        registration = state.registrations.get(key)
+        if registration is not None and registration.deleted and not registration.permanent:
+            return
+        refusal = self.payment_refusal(record)
+        if refusal is None:
+            return
+        if wait and self.options.payment_wait > 0:
+            refusal = await self._await_payment(record, refusal)
+            if refusal is None:
+                return
+        raise ProtocolRefusal(refusal.reason, refusal.message)
+
+    async def _await_payment(
+        self, record: BlobRegister | BlobExtend, refusal: PaymentRefusal
+    ) -> PaymentRefusal | None:
+        account = bytes(record.body.owner)
+        sources = self._others()[: self.options.payment_sources]
+        with trio.move_on_after(self.options.payment_wait):
+            while True:
+                changed = self._applied
+                if sources:
+                    source = sources.pop(0)
+                    start = order_key(account, self.ledger.next_sequence(account))
+                    try:
+                        reply = await self.caller.call(
+                            source,
+                            ListCertificatesRequest(
+                                start=start, limit=MAX_CERTIFICATES_PER_MESSAGE
+                            ),
+                            ListCertificatesReply,
+                            timeout=self.options.payment_wait,
+                        )
+                        await self.merge_encoded(reply.certificates, f"payment:{source[:12]}")
+                    except WalrusError as error:
+                        logger.info(
+                            "payment fetch failed peer=%s reason=%s", source[:12], error.reason
+                        )
+                else:
+                    await changed.wait()
+                refusal_now = self.payment_refusal(record)
+                if refusal_now is None:
+                    return None
+                refusal = refusal_now
+        return refusal
 
     # -- queries -------------------------------------------------------------------------
 

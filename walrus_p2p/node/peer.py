@@ -191,6 +191,9 @@ class StoragePeerService(ReadsCommittee):
         healing = HealingService(context, self.options.healing)
         economy = EconomyService(context, self.options.economy)
         economy.register(self.router)
+        if self.genesis.economy is not None:
+            # Paid storage is opt-in by genesis (docs/economics.md, "Paid storage").
+            self.records.payments = economy.check_payment
         # After the sliver service: it guards the recovery symbol handlers during its window.
         challenges = ChallengeService(context, self.options.challenges)
         challenges.register(self.router)

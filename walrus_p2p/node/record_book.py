@@ -7,13 +7,18 @@ committee of their own epoch, through the :class:`~walrus_p2p.node.committee_vie
 persists them in the store, keeps each blob's merged :class:`~walrus_p2p.core.records.BlobState`,
 tells its listeners (healing) about new ones, and announces records that arrived directly on the
 records gossip topic, batched, by one peer per blob.
+
+On a network with an economy, :attr:`RecordBook.payments` is set (the economy's payment check,
+docs/economics.md, "Paid storage"): an owner's register or extend record that is not paid for is
+not merged, and the merge raises its refusal (``PAYMENT_REQUIRED``, ``PAYMENT_MISMATCH``) after
+merging the other records it was given.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import blake3
 import trio
@@ -46,6 +51,11 @@ GOSSIP_BATCH_RECORDS = 64
 
 RecordListener = Callable[[BlobId, records.BlobState], None]
 """Called (synchronously, must not block) after new records of a blob were merged."""
+PaymentCheck = Callable[[records.BlobRecord, records.BlobState, bool], Awaitable[None]]
+"""(record, the blob's state with the records being merged, whether to wait for a missing
+payment): raises ``ProtocolRefusal`` if the record is not paid for."""
+UNPAID_REMEMBERED = 1024
+"""Blobs whose last refused record's payment refusal is remembered (for store_metadata)."""
 
 
 class RecordBook:
@@ -70,6 +80,9 @@ class RecordBook:
         self._listeners: list[RecordListener] = []
         self._announce: list[bytes] = []
         self._announce_ready = trio.Event()
+        self.payments: PaymentCheck | None = None
+        """The payment check of owner records; None: storage is free (no economy)."""
+        self._unpaid: OrderedDict[BlobId, ProtocolRefusal] = OrderedDict()
 
     @property
     def remembered(self) -> int:
@@ -126,19 +139,58 @@ class RecordBook:
             self._verified.popitem(last=False)
         return digest
 
+    def payment_refusal(self, blob_id: BlobId) -> ProtocolRefusal | None:
+        """The refusal of the last unpaid record of the blob, if one was refused here."""
+        return self._unpaid.get(blob_id)
+
+    async def _paid(
+        self, blob_id: BlobId, items: list[records.BlobRecord], wait: bool
+    ) -> tuple[list[int], ProtocolRefusal | None]:
+        """The indices of ``items`` that are paid for (or need no payment), and the first
+        refusal."""
+        if self.payments is None:
+            return list(range(len(items))), None
+        state = records.merge_records(blob_id, items).join(await self.blob_state(blob_id))
+        kept: list[int] = []
+        refusal: ProtocolRefusal | None = None
+        for index, record in enumerate(items):
+            try:
+                await self.payments(record, state, wait)
+            except ProtocolRefusal as error:
+                refusal = refusal or error
+                self._unpaid[blob_id] = error
+                self._unpaid.move_to_end(blob_id)
+                while len(self._unpaid) > UNPAID_REMEMBERED:
+                    self._unpaid.popitem(last=False)
+                continue
+            kept.append(index)
+        return kept, refusal
+
     async def merge(
-        self, blob_id: BlobId, items: list[records.BlobRecord], *, announce: bool = True
+        self,
+        blob_id: BlobId,
+        items: list[records.BlobRecord],
+        *,
+        announce: bool = True,
+        wait_for_payment: bool = True,
     ) -> int:
         """Verify, persist and merge records; returns how many were new. Bad ones raise.
 
         New records that arrived directly (not by gossip) are announced on gossip by one peer
         per blob (see :meth:`_is_announcer`), batched, so the news costs one message per blob
-        rather than one per peer.
+        rather than one per peer. With :attr:`payments` set, unpaid owner records are left out
+        and their refusal is raised once the others are merged; ``wait_for_payment`` lets a
+        missing payment be fetched and awaited first (bounded; gossip does not wait).
         """
         encodings = [wire.encode(record) for record in items]
         digests = [
             self.verify(record, encoded) for record, encoded in zip(items, encodings, strict=True)
         ]
+        kept, refusal = await self._paid(blob_id, items, wait_for_payment)
+        if refusal is not None:
+            items = [items[index] for index in kept]
+            encodings = [encodings[index] for index in kept]
+            digests = [digests[index] for index in kept]
         accepted = 0
         async with self._lock:
             state = await self.blob_state(blob_id)
@@ -167,6 +219,8 @@ class RecordBook:
         if accepted:
             for listener in self._listeners:
                 listener(blob_id, state)
+        if refusal is not None:
+            raise refusal
         return accepted
 
     def _is_announcer(self, blob_id: BlobId) -> bool:
@@ -239,7 +293,14 @@ class RecordBook:
         for record in decode_any_records(batch.records):
             by_blob.setdefault(BlobId(record.blob_id), []).append(record)
         for blob_id, items in by_blob.items():
-            await self.merge(blob_id, items, announce=False)
+            try:
+                await self.merge(blob_id, items, announce=False, wait_for_payment=False)
+            except ProtocolRefusal as error:
+                # Unpaid (or paid by a certificate not here yet: the client delivers records
+                # directly, and catch-up brings them again): the rest of the batch still counts.
+                logger.debug(
+                    "gossiped record refused blob=%s reason=%s", short_id(blob_id), error.reason
+                )
 
     async def _publish_gossip(self, gossip: Gossip, topic: str) -> None:
         while True:

@@ -84,6 +84,10 @@ class SliverService:
         if state.is_invalid:
             raise ProtocolRefusal("BLOB_INVALID", "the blob was marked invalid")
         if not state.is_stored_in(self.ctx.epoch):
+            unpaid = self.ctx.records.payment_refusal(blob_id)
+            if unpaid is not None and not state.registrations:
+                # Its register record was refused here: PAYMENT_REQUIRED or PAYMENT_MISMATCH.
+                raise ProtocolRefusal(unpaid.reason, unpaid.message)
             raise ProtocolRefusal(
                 "BLOB_NOT_REGISTERED", "send a valid register record for this blob first"
             )

@@ -17,7 +17,7 @@ from walrus_p2p.client.results import (
     StoredBlob,
     StoreOutcome,
 )
-from walrus_p2p.errors import InconsistentBlobError, NotFoundError
+from walrus_p2p.errors import InconsistentBlobError, InsufficientFundsError, NotFoundError
 from walrus_p2p.types import BlobId, blob_id_to_text
 
 
@@ -36,6 +36,9 @@ class FakeBlobService:
         self.gate: trio.Event | None = None
         """While set, `store` and `read` wait on it (after setting `entered`)."""
         self.entered: trio.Event | None = None
+        self.balance: int | None = None
+        """While set, the wallet of a network with an economy: a new store costs ``cost``
+        (below) and fails with ``InsufficientFundsError`` when the balance does not cover it."""
 
     async def _enter(self, name: str) -> None:
         self.calls.append(name)
@@ -52,6 +55,13 @@ class FakeBlobService:
         blob_id = BlobId(hashlib.sha256(data).digest())
         if blob_id in self.blobs:
             return AlreadyCertified(blob_id=blob_id, end_epoch=7 + epochs)
+        cost = 5 * len(data) * epochs
+        if self.balance is not None:
+            if cost > self.balance:
+                raise InsufficientFundsError(
+                    f"needs {cost} FROST, has {self.balance}", needed=cost, balance=self.balance
+                )
+            self.balance -= cost
         self.blobs[blob_id] = data
         return StoredBlob(
             blob_id=blob_id,
@@ -62,7 +72,7 @@ class FakeBlobService:
             end_epoch=7 + epochs,
             storage_size=5 * len(data),
             deletable=not permanent,
-            cost=5 * len(data) * epochs,
+            cost=cost,
         )
 
     def _get(self, blob_id: BlobId) -> bytes:

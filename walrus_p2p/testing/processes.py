@@ -54,7 +54,7 @@ from walrus_p2p.core import wire
 from walrus_p2p.core.encoding import SliverType, shard_to_pair
 from walrus_p2p.core.genesis import Genesis
 from walrus_p2p.core.metadata import Metadata, verify_sliver
-from walrus_p2p.devnet import GENESIS_NAME, DevnetOptions, peer_dir, prepare
+from walrus_p2p.devnet import GENESIS_NAME, WALLET_NAME, DevnetOptions, peer_dir, prepare
 from walrus_p2p.errors import WalrusError
 from walrus_p2p.node.config import load_genesis, load_identity
 from walrus_p2p.testing.network import EPOCH_DURATION_SECONDS, free_tcp_port, genesis_time_now
@@ -564,7 +564,7 @@ class Devnet:
 
     def environment(self, **extra: str) -> dict[str, str]:
         """The environment of this devnet's children: no ``WALRUS_*`` of the caller, the
-        devnet's genesis and client key directory."""
+        devnet's genesis, client key directory and wallet."""
         environment = {
             key: value
             for key, value in os.environ.items()
@@ -572,6 +572,9 @@ class Devnet:
         }
         environment["WALRUS_GENESIS"] = str(self.genesis_path)
         environment["WALRUS_KEY_DIR"] = str(self.key_dir)
+        # The devnet's funded wallet pays for the CLI's stores (docs/economics.md, "Paid
+        # storage").
+        environment["WALRUS_WALLET"] = str(self.directory / WALLET_NAME)
         environment.update(extra)
         return environment
 
