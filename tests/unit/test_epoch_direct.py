@@ -35,6 +35,7 @@ from walrus_p2p.node.epochs import (
     EARLY_STRANGER_BYTES_KEPT,
     MAX_HINTS,
     EpochService,
+    sync_wait,
 )
 from walrus_p2p.node.ratelimit import Rate, RequestRates
 from walrus_p2p.testing import fuzz
@@ -376,3 +377,12 @@ async def test_early_messages_are_bounded_in_bytes_and_strangers_get_a_small_sha
         await service.serve_messages(request(proposals, epoch=next_epoch), PEERS[1].peer_id)
     kept = sum(len(wire.encode(message)) for message in service._early)
     assert EARLY_BYTES_KEPT - size < kept <= EARLY_BYTES_KEPT
+
+
+def test_the_sync_backoff_never_overflows() -> None:
+    """Regression (fuzzing campaign): after 1,024 fruitless catch-up attempts the doubling
+    overflowed a float and the sync loop died with the peer."""
+    assert sync_wait(0, 2.0, 60.0) == 2.0
+    assert sync_wait(3, 2.0, 60.0) == 16.0
+    assert sync_wait(1024, 2.0, 60.0) == 60.0
+    assert sync_wait(10**9, 2.0, 60.0) == 60.0

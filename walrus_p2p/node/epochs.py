@@ -975,7 +975,7 @@ class EpochService:
         fruitless = 0
         while True:
             wanted = self._sync_wanted
-            wait = min(self.options.sync_backoff_max, self.options.sync_grace * 2.0**fruitless)
+            wait = sync_wait(fruitless, self.options.sync_grace, self.options.sync_backoff_max)
             with trio.move_on_after(wait * random.uniform(0.75, 1.25)):
                 await wanted.wait()
             hinted = wanted.is_set()
@@ -1071,6 +1071,15 @@ class _Relay:
     seen: set[bytes] = field(default_factory=set)
     ready: trio.Event = field(default_factory=trio.Event)
     scheduled: bool = False
+
+
+def sync_wait(fruitless: int, grace: float, backoff_max: float) -> float:
+    """The wait before the next catch-up attempt after ``fruitless`` attempts that brought
+    nothing: ``grace`` doubled per attempt, at most ``backoff_max``. The exponent is capped: a
+    peer whose syncs stay fruitless for long (1,024 attempts: hours at the cap) overflowed a
+    float and its sync loop died with the peer (found by the fuzzing campaign, where strangers'
+    hints drive the attempts; docs/testing.md, "Fuzzing")."""
+    return min(backoff_max, grace * 2.0 ** min(fruitless, 60))
 
 
 MAX_DIRECT_FRAME = MAX_BATCH_BYTES + 2 * MAX_EPOCH_RECORD_SIZE
