@@ -22,7 +22,7 @@ from walrus_p2p.net.host import Host, HostConfig, open_host, peer_id_from_seed, 
 from walrus_p2p.net.inbound import InboundLimits
 from walrus_p2p.net.names import protocol_id
 from walrus_p2p.net.rpc import HandlerLimits, decode_reply
-from walrus_p2p.net.stream import Stream
+from walrus_p2p.net.stream import DRAIN_LIMIT, Stream
 from walrus_p2p.testing.network import STEP, host_seed_for, open_test_host
 from walrus_p2p.types import PeerId
 
@@ -466,3 +466,34 @@ async def test_inbound_connections_beyond_the_cap_are_closed_before_their_handsh
         with trio.fail_after(STEP), pytest.raises((NetworkError, RemoteError)):
             await carol.host.request(bob.peer_id, ECHO, b"x", timeout=2.0)
         await assert_still_serving(alice.host, bob)
+
+
+async def test_a_refused_stream_is_read_and_dropped_until_it_is_reset() -> None:
+    """``Stream.close_then_reset`` (net/stream.py) reads and drops what a refused sender keeps
+    writing, so that it is not buffered in a yamux window, and resets at once after
+    DRAIN_LIMIT bytes instead of waiting out the linger."""
+
+    class Endless:
+        def __init__(self) -> None:
+            self.read_bytes = 0
+            self.events: list[str] = []
+
+        async def close(self) -> None:
+            self.events.append("close")
+
+        async def read(self, size: int) -> bytes:
+            await trio.sleep(0)
+            self.read_bytes += size
+            return b"\xa5" * size
+
+        async def reset(self) -> None:
+            self.events.append("reset")
+
+    raw = Endless()
+    stream = Stream(raw, remote_peer_id=PeerId("peer"), protocol_id=ECHO)
+    started = trio.current_time()
+    with trio.fail_after(STEP):
+        await stream.close_then_reset(60.0)
+    assert raw.events == ["close", "reset"]
+    assert DRAIN_LIMIT <= raw.read_bytes < DRAIN_LIMIT + 64 * 1024 + 1
+    assert trio.current_time() - started < 5.0  # reset after the limit, not after 60 s

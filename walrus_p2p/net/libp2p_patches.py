@@ -141,6 +141,31 @@ def tune_allocator() -> None:
         logger.debug("mallopt refused the thresholds; allocator left as it was")
 
 
+def trim_allocator() -> bool:
+    """Give freed heap back to the system now (glibc's ``malloc_trim(0)``; False elsewhere).
+
+    Setting 5 keeps up to ``TRIM_THRESHOLD`` bytes of freed heap, and the freed pieces that
+    strangers' streams leave behind (a flood of refused or half-open streams) are scattered
+    through it, so glibc never trims them on its own: after an attack the peer kept its peak.
+    The storage peer's runner calls this every :data:`TRIM_INTERVAL` seconds, which bounds
+    how long such memory stays (docs/network.md, "Inbound limits")."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False  # not glibc
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim.restype = ctypes.c_int
+    malloc_trim(0)
+    return True
+
+
+TRIM_INTERVAL = 10.0
+"""Seconds between two :func:`trim_allocator` calls of a storage peer."""
+
+
 async def _buffered_read(self: Any, n: int | None = None) -> bytes:
     """``TrioTCPStream.read`` with a receive buffer; same contract and same errors."""
     async with self.read_lock:

@@ -21,6 +21,9 @@ from walrus_p2p.types import PeerId
 logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 5.0
+DRAIN_CHUNK = 64 * 1024
+DRAIN_LIMIT = 1 << 20
+"""Bytes of a refused stream read and dropped before it is reset early."""
 """Upper bound on sending a FIN/RST: a wedged connection must not wedge a ``finally``."""
 
 
@@ -96,7 +99,10 @@ class Stream:
     async def close_then_reset(self, linger: float) -> None:
         """Close (the error reply written before goes out first), then reset after ``linger``
         seconds: a sender whose request was refused before it was read, and who keeps writing,
-        must not leave a receive window of its data buffered here. Never raises."""
+        must not leave a receive window of its data buffered here. Meanwhile what it sends is
+        read and dropped (at most :data:`DRAIN_LIMIT` bytes, then the reset comes at once), so
+        a flood of refused streams holds a read chunk each, not a yamux window each
+        (docs/network.md, "Inbound limits"). Never raises."""
         if self._closed:
             return
         self._closed = True
@@ -107,8 +113,21 @@ class Stream:
                 logger.debug(
                     "stream close failed peer=%s error=%r", self.remote_peer_id[:12], error
                 )
-            await trio.sleep(linger)
+            with trio.move_on_after(linger):
+                await self._drain(DRAIN_LIMIT)
             await self._reset_quietly()
+
+    async def _drain(self, limit: int) -> None:
+        """Read and drop until the end of the stream, an error or ``limit`` bytes."""
+        dropped = 0
+        while dropped < limit:
+            try:
+                chunk = await self._raw.read(DRAIN_CHUNK)
+            except Exception:
+                return
+            if not chunk:
+                return
+            dropped += len(chunk)
 
     async def reset(self) -> None:
         """Abort the stream in both directions (yamux RST). Never raises."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from walrus_p2p.net.libp2p_patches import tune_allocator
+from walrus_p2p.net.libp2p_patches import TRIM_INTERVAL, trim_allocator, tune_allocator
 from walrus_p2p.node.config import load_peer
 from walrus_p2p.node.epochs import EpochOptions
 from walrus_p2p.node.faults import fault_from_environment, peer_service_class
@@ -55,6 +55,7 @@ async def run_peer(
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(service.run)
+                nursery.start_soon(_trim_allocator_periodically)
                 task_status.started(service)
                 async for signal_number in signals:
                     logger.info(
@@ -67,3 +68,14 @@ async def run_peer(
     finally:
         store.close()
     logger.info("peer stopped")
+
+
+async def _trim_allocator_periodically() -> None:
+    """Freed heap goes back to the system every TRIM_INTERVAL seconds (until cancelled): the
+    allocator tuning keeps it otherwise, and memory strangers made the peer touch would stay
+    resident after they left (docs/network.md, "Inbound limits")."""
+    if not trim_allocator():
+        return
+    while True:
+        await trio.sleep(TRIM_INTERVAL)
+        trim_allocator()
