@@ -20,7 +20,14 @@ import pytest
 import trio
 
 from walrus_p2p.api import GatewayLimits, build_gateway_app
-from walrus_p2p.api._admission import BYTES, PER_ADDRESS, AdmissionControl, RequestSlots
+from walrus_p2p.api._admission import (
+    BYTES,
+    PER_ADDRESS,
+    SMALL_BLOB_BYTES,
+    AdmissionControl,
+    ByteBudget,
+    RequestSlots,
+)
 from walrus_p2p.errors import ConfigError
 from walrus_p2p.net.http import ConnectionStats, HttpLimits, serve_http
 from walrus_p2p.testing.fake_service import FakeBlobService
@@ -417,3 +424,24 @@ def test_hypercorn_is_the_version_serve_http_was_written_for() -> None:
     from walrus_p2p.net.http import HYPERCORN_SERIES, hypercorn_is_supported
 
     assert hypercorn_is_supported(), HYPERCORN_SERIES
+
+
+def test_an_address_without_a_read_gets_one_even_when_every_slot_is_taken() -> None:
+    """Slow readers from many addresses holding every read slot cannot lock a newcomer out."""
+    slots = RequestSlots("read", total=2, per_address=8, guaranteed_per_address=1)
+    assert slots.try_take("198.51.100.1") is None
+    assert slots.try_take("198.51.100.2") is None
+    assert slots.try_take("198.51.100.1") == "busy"  # it already has its guaranteed one
+    assert slots.try_take("203.0.113.7") is None  # a newcomer, above the total
+    assert slots.in_flight == 3
+    assert slots.try_take("203.0.113.7") == "busy"
+
+
+def test_small_blobs_are_never_refused_by_the_byte_budget() -> None:
+    budget = ByteBudget(100_000)
+    assert budget.try_take(90_000)
+    assert not budget.try_take(20_000 + SMALL_BLOB_BYTES)  # big: refused
+    assert budget.try_take(SMALL_BLOB_BYTES)  # small: counted, over the total
+    assert budget.held == 90_000 + SMALL_BLOB_BYTES
+    # A request that already holds bytes is small only while all it holds is.
+    assert not budget.try_take(1, already=SMALL_BLOB_BYTES)

@@ -48,20 +48,28 @@ _UNKNOWN_ADDRESS = "unknown"
 
 
 class RequestSlots:
-    """At most ``total`` requests of one kind in flight, at most ``per_address`` per address."""
+    """At most ``total`` requests of one kind in flight, at most ``per_address`` per address;
+    an address with fewer than ``guaranteed_per_address`` in flight is admitted even when the
+    total is spent, so strangers holding every slot (slow readers, from many addresses) cannot
+    lock a newcomer out. What such requests hold is still bounded: by the connection limit and
+    by the byte budget."""
 
-    def __init__(self, kind: str, *, total: int, per_address: int) -> None:
+    def __init__(
+        self, kind: str, *, total: int, per_address: int, guaranteed_per_address: int = 0
+    ) -> None:
         self.kind = kind
         self.total = total
         self.per_address = per_address
+        self.guaranteed_per_address = guaranteed_per_address
         self.in_flight = 0
         self._by_address: Counter[str] = Counter()
 
     def try_take(self, address: str) -> str | None:
         """Take a slot for ``address``; the refusal reason if there is none."""
-        if self.in_flight >= self.total:
+        held = self._by_address[address]
+        if self.in_flight >= self.total and held >= self.guaranteed_per_address:
             return BUSY
-        if self._by_address[address] >= self.per_address:
+        if held >= self.per_address:
             return PER_ADDRESS
         self.in_flight += 1
         self._by_address[address] += 1
@@ -90,6 +98,12 @@ class RequestSlots:
             self.give_back(address)
 
 
+SMALL_BLOB_BYTES = 64 * 1024
+"""Blob bytes a request may always take, counted but never refused: a small read or upload is
+never starved by strangers holding the budget with big ones (what small requests hold is
+bounded by the connection limit: 1024 × 64 KiB)."""
+
+
 class ByteBudget:
     """Blob bytes that requests in flight may hold together."""
 
@@ -97,8 +111,10 @@ class ByteBudget:
         self.total = total
         self.held = 0
 
-    def try_take(self, size: int) -> bool:
-        if self.held + size > self.total:
+    def try_take(self, size: int, *, already: int = 0) -> bool:
+        """Take ``size`` more bytes for a request holding ``already``; a request staying within
+        :data:`SMALL_BLOB_BYTES` in all always gets them."""
+        if already + size > SMALL_BLOB_BYTES and self.held + size > self.total:
             return False
         self.held += size
         return True
@@ -187,7 +203,7 @@ class Reservation:
                 "BLOB_TOO_LARGE",
                 f"the blob is larger than this gateway serves ({budget.total} bytes)",
             )
-        if not budget.try_take(size):
+        if not budget.try_take(size, already=self.held):
             self._control.refusals.record(self._kind, BYTES, self._address)
             raise self._control.too_many(
                 "the gateway holds too many blob bytes for requests in flight; retry later"

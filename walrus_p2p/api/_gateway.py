@@ -77,6 +77,9 @@ cannot take them all, and one uploader rarely gains from more than two stores at
 bound by the network, not by the gateway)."""
 DEFAULT_MAX_CONCURRENT_READS_PER_ADDRESS = 8
 """A quarter of the gateway's reads, and more than the 6 connections a browser opens per host."""
+GUARANTEED_READS_PER_ADDRESS = 1
+"""An address with no read in flight is admitted even when every read slot is taken (slow
+readers from many addresses must not lock a newcomer out: docs/http-api.md, "Limits")."""
 DEFAULT_MAX_BYTES_IN_FLIGHT = 1 << 30
 """1 GiB of blob bytes held by requests in flight: the largest blob a default network accepts
 (reads hold a whole blob), so every blob can be served, one such at a time."""
@@ -204,6 +207,7 @@ def build_gateway_app(service: BlobService, limits: GatewayLimits | None = None)
             "read",
             total=limits.max_concurrent_reads,
             per_address=limits.max_concurrent_reads_per_address,
+            guaranteed_per_address=GUARANTEED_READS_PER_ADDRESS,
         ),
         uploads=RequestSlots(
             "upload",
