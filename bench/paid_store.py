@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import trio
 
@@ -38,7 +36,7 @@ from walrus_p2p.core.economy_messages import GetAccountReply, GetAccountRequest
 from walrus_p2p.devnet import CLIENT_KEY_DIR
 from walrus_p2p.errors import WalrusError
 from walrus_p2p.node.config import load_genesis, load_identity
-from walrus_p2p.testing.processes import Devnet, cpu_model, load_text
+from walrus_p2p.testing.processes import Devnet, bench_header, load_text, running_devnet
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -132,25 +130,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     arguments = parser.parse_args()
-    print(
-        f"bench/paid_store.py {time.strftime('%Y-%m-%d %H:%M:%S %Z')} cpu={cpu_model()!r} "
-        f"cores={os.cpu_count()} load={load_text()}"
-    )
+    print(bench_header("bench/paid_store.py"))
     print(
         f"peers={arguments.peers} shards={arguments.shards} stores={arguments.stores} "
         f"size={arguments.size} epochs={arguments.epochs}"
     )
-    directory = Path(tempfile.mkdtemp(prefix="walrus-paid-"))
-    devnet = Devnet(directory, arguments.peers, arguments.shards)
-    try:
-        devnet.prepare()
-        for index in devnet.peers:
-            devnet.start_peer(index)
-        for index in devnet.peers:
-            devnet.wait_peer_metrics(index, timeout=arguments.ready_timeout)
+    with running_devnet(
+        "walrus-paid-", arguments.peers, arguments.shards, ready_timeout=arguments.ready_timeout
+    ) as devnet:
         trio.run(run, devnet, arguments)
-    finally:
-        devnet.close()
     print(f"load after: {load_text()}")
 
 

@@ -29,10 +29,8 @@ import argparse
 import os
 import re
 import statistics
-import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 
 import trio
 
@@ -49,7 +47,7 @@ from walrus_p2p.devnet import WALLET_NAME
 from walrus_p2p.errors import WalrusError
 from walrus_p2p.net.traffic import TRAFFIC
 from walrus_p2p.node.config import load_genesis
-from walrus_p2p.testing.processes import CpuMeter, Devnet, cpu_model, load_text
+from walrus_p2p.testing.processes import CpuMeter, Devnet, bench_header, load_text, running_devnet
 
 OPTIONS = WalletOptions(request_timeout=20.0, total_timeout=120.0, tail_seconds=5.0)
 
@@ -186,25 +184,15 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=8)
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     arguments = parser.parse_args()
-    print(
-        f"bench/wallet.py {time.strftime('%Y-%m-%d %H:%M:%S %Z')} cpu={cpu_model()!r} "
-        f"cores={os.cpu_count()} load={load_text()}"
-    )
+    print(bench_header("bench/wallet.py"))
     print(
         f"peers={arguments.peers} shards={arguments.shards} transfers={arguments.transfers} "
         f"senders={arguments.senders}"
     )
-    directory = Path(tempfile.mkdtemp(prefix="walrus-wallet-"))
-    devnet = Devnet(directory, arguments.peers, arguments.shards)
-    try:
-        devnet.prepare()
-        for index in devnet.peers:
-            devnet.start_peer(index)
-        for index in devnet.peers:
-            devnet.wait_peer_metrics(index, timeout=arguments.ready_timeout)
+    with running_devnet(
+        "walrus-wallet-", arguments.peers, arguments.shards, ready_timeout=arguments.ready_timeout
+    ) as devnet:
         trio.run(run, devnet, arguments)
-    finally:
-        devnet.close()
     print(f"load after: {load_text()}")
 
 

@@ -35,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -726,6 +727,33 @@ class Devnet:
         # The sliver stores are large (several 64 MiB blobs, ~4x encoded); keep only the logs.
         for peer in self.peers.values():
             shutil.rmtree(peer.data_dir / "store", ignore_errors=True)
+
+
+@contextmanager
+def running_devnet(
+    prefix: str, peers: int, shards: int, *, ready_timeout: float
+) -> Iterator[Devnet]:
+    """A :class:`Devnet` in a fresh temporary directory with every peer started and answering
+    on its metrics port; every process is stopped on the way out (the benches' set-up)."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    devnet = Devnet(directory, peers, shards)
+    try:
+        devnet.prepare()
+        for index in devnet.peers:
+            devnet.start_peer(index)
+        for index in devnet.peers:
+            devnet.wait_peer_metrics(index, timeout=ready_timeout)
+        yield devnet
+    finally:
+        devnet.close()
+
+
+def bench_header(name: str) -> str:
+    """The first line a bench prints: what, when, on which CPU, at which load."""
+    return (
+        f"{name} {time.strftime('%Y-%m-%d %H:%M:%S %Z')} cpu={cpu_model()!r} "
+        f"cores={os.cpu_count()} load={load_text()}"
+    )
 
 
 def peers_holding_at_most(devnet: Devnet, weight: int) -> list[int]:
