@@ -89,6 +89,8 @@ def devnet(
             str(LIMITS_MAX_BODY),
             "--max-concurrent-writes",
             "1",
+            "--max-writes-per-address",
+            "1",
             "--max-concurrent-reads",
             "1",
         )
@@ -605,9 +607,9 @@ def test_gateway_refuses_malformed_blob_ids_with_400(gateway: Gateway, http: htt
 def test_gateway_sheds_write_overload_with_429_and_recovers(
     devnet: Devnet, http: httpx.Client
 ) -> None:
-    """With one write slot held by a slow upload, another write is refused at once with 429
-    TOO_MANY_REQUESTS and Retry-After; reads are not affected; once the slow upload finishes it
-    is stored, and writes are admitted again."""
+    """With this address's one upload held by a slow upload (its body still arriving), another
+    upload is refused at once with 429 TOO_MANY_REQUESTS and Retry-After; reads are not
+    affected; once the slow upload finishes it is stored, and uploads are admitted again."""
     limited = devnet.gateway("limits")
     url = f"{limited.url}/v1/blobs"
     release = threading.Event()

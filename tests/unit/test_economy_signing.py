@@ -38,9 +38,9 @@ MEMBERS = identities(7, salt=41)
 COMMITTEE = committee_of(MEMBERS[:4], [1, 1, 1, 1], 4, epoch=0)
 
 
-def refusal(call: object, *arguments: object) -> str:
+def refusal(call: object, *arguments: object, **keywords: object) -> str:
     with pytest.raises(OrderRefusedError) as refused:
-        call(*arguments)  # type: ignore[operator]
+        call(*arguments, **keywords)  # type: ignore[operator]
     return refused.value.reason
 
 
@@ -300,3 +300,17 @@ def test_a_certified_order_through_the_signing_rule_applies() -> None:
     em.verify_certified_order(certificate, NETWORK, {Epoch(0): COMMITTEE}.get)
     assert ledger.add_order(certificate.order) is Outcome.APPLIED
     assert isinstance(ledger, Ledger) and ledger.balance(PAYEE.public_key.raw) == 4
+
+
+def test_a_member_of_the_last_committee_still_approves_its_orders() -> None:
+    """An order of epoch e - 1 whose approvals were under way at the epoch change: a member
+    that was in that committee approves it in epoch e, signing for e - 1; one that was not, or
+    an order two epochs old, is refused ORDER_WRONG_EPOCH."""
+    ledger = new_ledger({OWNER.public_key.raw: 100})
+    signer = OrderSigner(MEMBERS[0], NETWORK)
+    order = Orders(OWNER).sign(TransferBody, recipient=PAYEE.public_key.raw, amount=10)  # epoch 0
+    assert refusal(signer.approve, order, ledger, 1) == "ORDER_WRONG_EPOCH"
+    assert refusal(signer.approve, order, ledger, 2, previous=True) == "ORDER_WRONG_EPOCH"
+    signature = signer.approve(order, ledger, 1, previous=True)
+    assert signature == em.approve(MEMBERS[0], NETWORK, 0, em.order_id(order)).signature
+    assert signer.locked(OWNER.public_key.raw, 0) == (0, em.order_id(order))

@@ -797,14 +797,23 @@ class OrderSigner:
         lock = self._locks.get((account, sequence))
         return None if lock is None else (lock.epoch, lock.order_id)
 
-    def approve(self, order: SignedOrder, ledger: Ledger, epoch: int) -> bytes:
+    def approve(
+        self, order: SignedOrder, ledger: Ledger, epoch: int, *, previous: bool = False
+    ) -> bytes:
         """The member's approval signature (64 bytes) for ``order`` in ``epoch``; raises
-        ``OrderRefusedError`` with the reason, and then records nothing."""
+        ``OrderRefusedError`` with the reason, and then records nothing.
+
+        With ``previous`` (the member was also in the committee of ``epoch - 1``), an order
+        naming ``epoch - 1`` is approved too, as a member of that committee: an order whose
+        approvals were under way when the epoch changed can still gather its quorum, instead of
+        leaving locks behind that block its account's sequence for good (docs/economics.md,
+        "Epoch changes"). The approval signs the order's own epoch."""
         body = verify_order(order, self.network_id)
-        if body.epoch != epoch:
+        if body.epoch != epoch and not (previous and body.epoch == epoch - 1):
             raise OrderRefusedError(
                 "ORDER_WRONG_EPOCH", f"the order is for epoch {body.epoch}, this is {epoch}"
             )
+        epoch = int(body.epoch)
         identifier = order_id(order)
         key = (body.account, body.sequence)
         lock = self._locks.get(key)

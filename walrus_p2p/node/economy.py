@@ -211,11 +211,14 @@ class EconomyService:
         """Approve under the signing rule; the lock is durable before the reply leaves."""
         epoch = self.ctx.epoch
         await self._check_release(request)
-        signature = self.signer.approve(request.order, self.ledger, epoch)
+        before = self.ctx.committees.committee_of(epoch - 1) if epoch > 0 else None
+        previous = before is not None and self.ctx.peer_id in before.peer_ids
+        signature = self.signer.approve(request.order, self.ledger, epoch, previous=previous)
         # Also when this order was approved before: its lock may still be on its way to disk
         # (the first request's write), and this reply must not overtake it.
         await self._persist_journal()
-        return ApproveOrderReply(epoch=Epoch(epoch), signature=signature)
+        approved_in = decode_order_body(request.order).epoch
+        return ApproveOrderReply(epoch=Epoch(approved_in), signature=signature)
 
     async def _check_release(self, request: ApproveOrderRequest) -> None:
         """A release frees a resource for another blob, so it is approved only when the owner's
