@@ -136,7 +136,11 @@ def main() -> None:
         f"size={arguments.size} epochs={arguments.epochs}"
     )
     with running_devnet(
-        "walrus-paid-", arguments.peers, arguments.shards, ready_timeout=arguments.ready_timeout
+        "walrus-paid-",
+        arguments.peers,
+        arguments.shards,
+        ready_timeout=arguments.ready_timeout,
+        economy=True,
     ) as devnet:
         trio.run(run, devnet, arguments)
     print(f"load after: {load_text()}")

@@ -190,7 +190,11 @@ def main() -> None:
         f"senders={arguments.senders}"
     )
     with running_devnet(
-        "walrus-wallet-", arguments.peers, arguments.shards, ready_timeout=arguments.ready_timeout
+        "walrus-wallet-",
+        arguments.peers,
+        arguments.shards,
+        ready_timeout=arguments.ready_timeout,
+        economy=True,
     ) as devnet:
         trio.run(run, devnet, arguments)
     print(f"load after: {load_text()}")

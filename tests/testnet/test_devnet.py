@@ -76,7 +76,7 @@ MEMORY_BOUND_BASELINE = 150 * MIB
 def devnet(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Devnet]:
-    net = Devnet(tmp_path_factory.mktemp("devnet"), PEERS, SHARDS)
+    net = Devnet(tmp_path_factory.mktemp("devnet"), PEERS, SHARDS, economy=True)
     failed_before = request.session.testsfailed
     try:
         net.prepare()

@@ -31,7 +31,7 @@ READY_TIMEOUT = 120.0
 
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    net = Devnet(tmp_path_factory.mktemp("wallet-devnet"), 4, 8)
+    net = Devnet(tmp_path_factory.mktemp("wallet-devnet"), 4, 8, economy=True)
     try:
         net.prepare()
         for index in net.peers:

@@ -109,7 +109,7 @@ def test_wallet_commands_share_the_client_options() -> None:
         parser.parse_args(["wallet", "history", "--limit", "11"])
 
 
-def test_devnet_genesis_funds_its_wallet_and_gateway_and_the_banner_names_it(
+def test_an_economy_devnet_funds_its_wallet_and_gateway_and_the_banner_names_it(
     tmp_path: Path,
 ) -> None:
     from walrus_p2p.devnet import (
@@ -123,7 +123,10 @@ def test_devnet_genesis_funds_its_wallet_and_gateway_and_the_banner_names_it(
     )
     from walrus_p2p.node.config import load_identity
 
-    options = DevnetOptions(directory=tmp_path, peers=4, shards=8)
+    plain = prepare(DevnetOptions(directory=tmp_path / "plain", peers=4, shards=8))
+    assert plain.economy is None  # without --economy: no economy, no wallet
+    assert not (tmp_path / "plain" / WALLET_NAME).exists()
+    options = DevnetOptions(directory=tmp_path, peers=4, shards=8, economy=True)
     genesis = prepare(options)
     owner = load_wallet(tmp_path / WALLET_NAME)
     gateway = load_identity(tmp_path / CLIENT_KEY_DIR)

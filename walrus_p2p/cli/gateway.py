@@ -151,6 +151,7 @@ def _command_devnet(arguments: argparse.Namespace) -> int:
         http=arguments.http,
         max_concurrent_writes=writes,
         max_concurrent_reads=reads,
+        economy=arguments.economy,
     )
     if not 1 <= options.peers <= options.shards:
         raise UsageError("--peers must be between 1 and --shards")
@@ -278,6 +279,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="once ready, store FILE through the network and read it back",
     )
     devnet.add_argument("--exit-after-demo", action="store_true")
+    devnet.add_argument(
+        "--economy",
+        action="store_true",
+        help="a WAL economy: the genesis funds DIR/wallet.key and the gateway, stores pay "
+        "(docs/economics.md)",
+    )
     _limit_options(devnet)
     add_log_level(devnet, "warning")
     devnet.set_defaults(handler=_command_devnet)

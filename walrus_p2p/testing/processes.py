@@ -549,6 +549,8 @@ class Devnet:
     directory: Path
     peer_count: int
     shard_count: int
+    economy: bool = False
+    """A WAL economy in the genesis (``walrus-peer devnet --economy``)."""
     peers: dict[int, DevnetPeer] = field(default_factory=dict)
     gateways: list[Gateway] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
@@ -573,9 +575,10 @@ class Devnet:
         }
         environment["WALRUS_GENESIS"] = str(self.genesis_path)
         environment["WALRUS_KEY_DIR"] = str(self.key_dir)
-        # The devnet's funded wallet pays for the CLI's stores (docs/economics.md, "Paid
-        # storage").
-        environment["WALRUS_WALLET"] = str(self.directory / WALLET_NAME)
+        if self.economy:
+            # The devnet's funded wallet pays for the CLI's stores (docs/economics.md, "Paid
+            # storage").
+            environment["WALRUS_WALLET"] = str(self.directory / WALLET_NAME)
         environment.update(extra)
         return environment
 
@@ -586,6 +589,7 @@ class Devnet:
                 peers=self.peer_count,
                 shards=self.shard_count,
                 capacity_bytes=4 << 30,
+                economy=self.economy,
             )
         )
         info = self.cli_json("info", timeout=60)
@@ -731,12 +735,12 @@ class Devnet:
 
 @contextmanager
 def running_devnet(
-    prefix: str, peers: int, shards: int, *, ready_timeout: float
+    prefix: str, peers: int, shards: int, *, ready_timeout: float, economy: bool = False
 ) -> Iterator[Devnet]:
     """A :class:`Devnet` in a fresh temporary directory with every peer started and answering
     on its metrics port; every process is stopped on the way out (the benches' set-up)."""
     directory = Path(tempfile.mkdtemp(prefix=prefix))
-    devnet = Devnet(directory, peers, shards)
+    devnet = Devnet(directory, peers, shards, economy=economy)
     try:
         devnet.prepare()
         for index in devnet.peers:
