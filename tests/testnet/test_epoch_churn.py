@@ -59,7 +59,9 @@ def store(
     devnet: DevnetCommand, data: bytes, timeout: float = 180.0
 ) -> tuple[int, str | None, str]:
     """``PUT /v1/blobs``: (HTTP status, blob id or None, error reason or '')."""
-    code, body = http_put(devnet.url("/v1/blobs?epochs=5"), data, timeout)
+    # Long enough to outlive the tests' own epoch changes: a blob past its end epoch is gone
+    # (404), as it should be.
+    code, body = http_put(devnet.url(f"/v1/blobs?epochs={STORE_EPOCHS}"), data, timeout)
     try:
         reply = json.loads(body)
     except ValueError:
@@ -69,6 +71,9 @@ def store(
         blob_id = (info.get("blobObject") or {}).get("blobId") or info.get("blobId")
         return code, blob_id, ""
     return code, None, str((reply.get("error") or {}).get("reason"))
+
+
+STORE_EPOCHS = 50
 
 
 def read(devnet: DevnetCommand, blob_id: str) -> tuple[int, bytes]:
