@@ -266,9 +266,12 @@ async def test_peer_that_was_down_catches_up(network: TestNetwork, light: LightP
         economy = down.running.economy
         await economy.caught_up.wait()
         await wait_for(lambda: economy.ledger.next_sequence(ALICE.public_key.raw) == 2)
+        # A certificate is applied to the ledger first and written to the store right after.
+        key = ALICE.public_key.raw + bytes(8)
+        await wait_for(lambda: down.running.store.get_value("economy-orders", key) is not None)
     assert economy.ledger.balance(BOB.public_key.raw) == 7 * WAL
     assert economy.ledger.balance(CAROL.public_key.raw) == 3 * WAL
-    stored = down.running.store.get_value("economy-orders", ALICE.public_key.raw + bytes(8))
+    stored = down.running.store.get_value("economy-orders", key)
     assert stored is not None
     assert wire.decode(stored, CertifiedOrder).order == first.certificate.order
 
