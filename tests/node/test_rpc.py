@@ -23,6 +23,7 @@ from walrus_p2p.net.inbound import InboundLimits
 from walrus_p2p.net.names import protocol_id
 from walrus_p2p.net.rpc import HandlerLimits, decode_reply
 from walrus_p2p.net.stream import DRAIN_LIMIT, Stream
+from walrus_p2p.node.metrics import PeerMetrics
 from walrus_p2p.testing.network import STEP, host_seed_for, open_test_host
 from walrus_p2p.types import PeerId
 
@@ -463,9 +464,16 @@ async def test_inbound_connections_beyond_the_cap_are_closed_before_their_handsh
         introduce(alice.host, bob)
         introduce(carol.host, bob)
         await assert_still_serving(alice.host, bob)
+        assert bob.inbound.counts["refused", "connection_cap"] == 0
         with trio.fail_after(STEP), pytest.raises((NetworkError, RemoteError)):
             await carol.host.request(bob.peer_id, ECHO, b"x", timeout=2.0)
         await assert_still_serving(alice.host, bob)
+        # The refusal is counted (libp2p patch 11), and so exported as
+        # walrus_inbound_total{outcome="refused",reason="connection_cap"}.
+        assert bob.inbound.counts["refused", "connection_cap"] >= 1
+        metrics = PeerMetrics()
+        metrics.watch_inbound(bob.inbound)
+        assert b'reason="connection_cap"' in metrics.render()
 
 
 async def test_a_refused_stream_is_read_and_dropped_until_it_is_reset() -> None:

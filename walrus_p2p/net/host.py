@@ -545,6 +545,7 @@ async def open_host(config: HostConfig) -> AsyncIterator[Host]:
     _guard_common_handler(raw)
 
     host = Host(raw, config)
+    libp2p_patches.count_connection_refusals(network, host.inbound.counts)
     started = False
     body_error: BaseException | None = None
     escaped: BaseException | None = None

@@ -57,6 +57,11 @@ patches"; ``bench/transport.py`` measures it again):
    network-wide traffic figures of ``bench/epochs.py``: one integer addition per write.
 10. **No happy-eyeballs pause**: the swarm waited 250 ms before *every* dial
     (``swarm._HAPPY_EYEBALLS_DELAY``), also with a single address to try.
+11. **Refused connections are counted** (:func:`count_connection_refusals`): the swarm closes
+    an inbound connection beyond its cap, fails one whose handshake fails or comes too late, and
+    trims a peer's connections beyond the per-peer limit, and says so only in debug logs; each
+    now adds one to the host's inbound counts (``walrus_inbound_total{outcome="refused"}``,
+    reasons ``connection_cap``, ``connection_handshake``, ``connection_per_peer``).
 
 Setting 5 (the allocator) is not part of :func:`install`: it changes ``malloc`` for the whole
 process, so only the storage peer's runner calls :func:`tune_allocator` (and the benches that
@@ -561,6 +566,74 @@ def _fewer_copies_live() -> bool:
     )
 
 
+_REFUSAL_COUNTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+"""Swarm -> the ``Counter`` its refused connections are counted in (patch 11)."""
+
+
+def count_connection_refusals(network: Any, counts: Any) -> None:
+    """Count the connections ``network`` (a libp2p swarm) refuses in ``counts`` (a
+    ``Counter`` keyed ``("refused", reason)``, the host's inbound counts); without patch 11 in
+    effect nothing is counted (:func:`live`)."""
+    _REFUSAL_COUNTS[network] = counts
+
+
+def _refused(network: Any, reason: str, how_many: int = 1) -> None:
+    counts = _REFUSAL_COUNTS.get(network)
+    if counts is not None and how_many > 0:
+        counts["refused", reason] += how_many
+
+
+# The originals (None on a library without them: the patch then skips itself).
+_handle_inbound: Any = getattr(swarm_module.Swarm, "_handle_inbound_connection", None)
+_upgrade_inbound: Any = getattr(swarm_module.Swarm, "upgrade_inbound_raw_conn", None)
+_trim_connections: Any = getattr(swarm_module.Swarm, "_trim_connections", None)
+
+
+async def _counted_handle_inbound(self: Any, read_write_closer: Any, maddr: Any) -> None:
+    # The swarm takes an inbound slot with acquire_nowait() right after this, with no
+    # checkpoint in between when it has no metric channel (as ours): no slot now is a refusal.
+    limiter = getattr(self, "_inbound_limiter", None)
+    if (
+        limiter is not None
+        and getattr(self, "metric_send_channel", None) is None
+        and limiter.available_tokens < 1
+    ):
+        _refused(self, "connection_cap")
+    await _handle_inbound(self, read_write_closer, maddr)
+
+
+async def _counted_upgrade_inbound(self: Any, raw_conn: Any, maddr: Any) -> Any:
+    try:
+        return await _upgrade_inbound(self, raw_conn, maddr)
+    except Exception as error:
+        cap = "Maximum connections limit" in str(error)
+        _refused(self, "connection_cap" if cap else "connection_handshake")
+        raise
+
+
+def _counted_trim(self: Any, peer_id: Any) -> None:
+    before = len(self.connections.get(peer_id, ()))
+    _trim_connections(self, peer_id)
+    excess = before - self.connection_config.max_connections_per_peer
+    _refused(self, "connection_per_peer", excess)
+
+
+_COUNTED_SWARM = (
+    ("_handle_inbound_connection", _counted_handle_inbound),
+    ("upgrade_inbound_raw_conn", _counted_upgrade_inbound),
+    ("_trim_connections", _counted_trim),
+)
+
+
+def _apply_counted_refusals() -> None:
+    for name, replacement in _COUNTED_SWARM:
+        setattr(swarm_module.Swarm, name, replacement)
+
+
+def _counted_refusals_live() -> bool:
+    return all(getattr(swarm_module.Swarm, n, None) is f for n, f in _COUNTED_SWARM)
+
+
 _SIGNED_RECORD_MODULES = (pubsub_module, gossipsub_module)
 
 PATCHES: tuple[Patch, ...] = (
@@ -638,6 +711,13 @@ PATCHES: tuple[Patch, ...] = (
         ((swarm_module, "_HAPPY_EYEBALLS_DELAY"),),
         _set_all((swarm_module,), "_HAPPY_EYEBALLS_DELAY", 0.0),
         lambda: swarm_module._HAPPY_EYEBALLS_DELAY == 0.0,
+    ),
+    Patch(
+        "11-connection-refusals-counted",
+        False,
+        tuple((swarm_module.Swarm, name) for name, _ in _COUNTED_SWARM),
+        _apply_counted_refusals,
+        _counted_refusals_live,
     ),
 )
 """Every patch, fixes first."""
