@@ -42,6 +42,7 @@ from walrus_p2p.node.config import (
     ensure_identity,
     genesis_member,
     init_peer,
+    load_config,
     load_genesis,
     write_genesis,
 )
@@ -234,6 +235,48 @@ class PeerProcesses:
                 process.wait()
 
 
+async def wait_until_listening(
+    directory: Path, processes: PeerProcesses, timeout: float
+) -> float:
+    """Wait until every peer process serves its health endpoint (its libp2p host listens by
+    then: the endpoint starts right after it), so the gateway's first dials find every peer.
+    Raises if a peer exits or the deadline passes; returns the seconds it took."""
+    started = time.monotonic()
+    pending: dict[int, tuple[str, int]] = {}
+    for index in range(1, processes.count + 1):
+        address = load_config(peer_dir(directory, index)).metrics_address
+        if address is not None:
+            host, _, port = address.rpartition(":")
+            pending[index] = (host, int(port))
+    with trio.move_on_after(timeout):
+        while pending:
+            exited = processes.exited()
+            if exited:
+                index, code = sorted(exited.items())[0]
+                raise WalrusError(
+                    f"peer {index:02d} exited with code {code} while starting; see "
+                    f"{peer_dir(directory, index) / 'peer.log'}",
+                    reason="INTERNAL",
+                )
+            for index, (host, port) in list(pending.items()):
+                with trio.move_on_after(1.0):
+                    try:
+                        stream = await trio.open_tcp_stream(host, port)
+                    except OSError:
+                        continue
+                    await stream.aclose()
+                    del pending[index]
+            if pending:
+                await trio.sleep(0.25)
+    if pending:
+        names = ", ".join(f"{index:02d}" for index in sorted(pending))
+        raise WalrusError(
+            f"peers {names} did not start listening within {timeout:g}s; see their peer.log",
+            reason="NOT_ENOUGH_PEERS",
+        )
+    return time.monotonic() - started
+
+
 async def wait_until_writable(client: WalrusClient, timeout: float) -> None:
     with trio.move_on_after(timeout):
         while True:
@@ -320,14 +363,26 @@ async def run_devnet(
         f"network={genesis.network_id_text} dir={options.directory}",
         flush=True,
     )
+    check_bind_free(options.http)
+    began = time.monotonic()
     processes.start_all()
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await wait_until_listening(options.directory, processes, options.ready_timeout)
+            step(f"peers listening: {processes.count} of {processes.count}", began)
             async with open_client(genesis, owner) as client, trio.open_nursery() as nursery:
+                committee = client.light.committee
+                step(
+                    f"committee known: epoch {int(committee.epoch)}, "
+                    f"{len(committee.members)} members",
+                    began,
+                )
                 await nursery.start(
                     functools.partial(serve_gateway, client, options.http, _gateway_limits(options))
                 )
+                step(f"gateway up: http://{options.http}", began)
                 await wait_until_writable(client, options.ready_timeout)
+                step("write quorum reached", began)
                 print(_instructions(options), flush=True)
                 if demo_files:
                     await demo_round_trip(client, demo_files)
@@ -341,6 +396,27 @@ async def run_devnet(
                     break
     finally:
         processes.stop_all()
+
+
+def check_bind_free(bind: str) -> None:
+    """Refuse a gateway address another process already listens on, before any peer starts."""
+    host, _, port = bind.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host.strip("[]"), int(port)))
+    except OSError as error:
+        raise ConfigError(f"--http {bind}: cannot listen there ({error.strerror or error})")
+    finally:
+        probe.close()
+
+
+def step(text: str, began: float) -> None:
+    """One progress line of the devnet's start (docs/testnet.md, "Process devnet")."""
+    print(f"  {text} ({time.monotonic() - began:.1f} s)", flush=True)
 
 
 async def _watch_children(processes: PeerProcesses) -> None:

@@ -209,3 +209,25 @@ def test_public_api_is_pinned() -> None:
     ]
     for name in net.__all__:
         assert getattr(net, name) is not None
+
+
+def test_routine_library_failures_are_forwarded_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """A failed dial and a connection this process closed are logged by libp2p at ERROR; they
+    are routine (the caller sees the failure too) and reach our loggers at DEBUG, while other
+    library errors keep their level (docs/network.md, "Logs")."""
+    forwarder = RateLimitedForwarder(burst=10, window_seconds=60)
+    names = ("libp2p.transport.tcp.tcp", "libp2p.stream_muxer.yamux.yamux")
+    sources = [logging.getLogger(name) for name in names]
+    for source in sources:
+        source.propagate = False
+        source.addHandler(forwarder)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="walrus_p2p.net.libp2p"):
+            sources[0].error("Failed to open TCP stream: %s", "connection refused")
+            sources[1].error("Error in handle_incoming for peer 12D3Koo: ClosedResourceError: ")
+            sources[1].error("Error in handle_incoming for peer 12D3Koo: ValueError: bad frame")
+        levels = [(record.name.rsplit(".", 1)[-1], record.levelname) for record in caplog.records]
+        assert levels == [("tcp", "DEBUG"), ("yamux", "DEBUG"), ("yamux", "ERROR")]
+    finally:
+        for source in sources:
+            source.removeHandler(forwarder)

@@ -718,4 +718,15 @@ def test_devnet_command_runs_the_demo_and_stops_its_peers(tmp_path: Path) -> Non
     assert process.returncode == 0, output[-3000:]
     assert "devnet ready: 4 peers, 10 shards" in output
     assert f"demo: {demo.name}: {300 * KIB} bytes" in output and ": identical" in output
+    # One progress line per step, and a healthy start prints no warnings or errors, on the
+    # terminal or in the peers' logs (docs/testnet.md, "Process devnet").
+    for step in ("peers listening: 4 of 4", "committee known: epoch 0", "gateway up: http://"):
+        assert step in output, output[-3000:]
+    assert "write quorum reached" in output
+    noisy = [line for line in output.splitlines() if "level=warning" in line or "level=error" in line]
+    assert noisy == [], noisy[:5]
+    for log in sorted(directory.glob("peer-*/peer.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        noisy = [line for line in lines if "level=warning" in line or "level=error" in line]
+        assert noisy == [], (log, noisy[:5])
     assert survivors == [], "peer processes outlived the devnet"

@@ -48,6 +48,15 @@ def add_log_level(command: argparse.ArgumentParser, default: str) -> None:
     """``--log-level``, the one definition every command shares (its default differs: a
     storage peer logs at info, the client commands and the devnet at warning)."""
     command.add_argument("--log-level", default=default, choices=LOG_LEVELS)
+    command.add_argument(
+        "-v",
+        "--verbose",
+        action="store_const",
+        const="debug",
+        dest="log_level",
+        help="same as --log-level debug: also the library's routine failures (failed dials, "
+        "connections closed at exit)",
+    )
 
 
 DEFAULT_KEY_DIR = "~/.walrus-p2p/client"

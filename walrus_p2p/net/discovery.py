@@ -102,7 +102,9 @@ class Discovery:
             try:
                 await self._host.connect(peer_id, [address], timeout=timeout)
             except NetworkError as error:
-                logger.warning("bootstrap peer unreachable peer=%s error=%s", peer_id[:12], error)
+                # Routine while a network starts (peers dial others not listening yet); the
+                # caller hears of it when none answered (PeerUnreachableError).
+                logger.debug("bootstrap peer unreachable peer=%s error=%s", peer_id[:12], error)
                 return
             # Bootstrap peers are servers by definition; identify may not have finished yet.
             try:

@@ -321,7 +321,10 @@ async def serve_http(
             HYPERCORN_SERIES,
         )
     config = hypercorn_config(bind, limits)
-    sockets = config.create_sockets()
+    try:
+        sockets = config.create_sockets()
+    except OSError as error:
+        raise ConfigError(f"cannot listen on {bind}: {error.strerror or error}") from error
     listeners = []
     urls = []
     for sock in sockets.insecure_sockets:

@@ -7,17 +7,50 @@
 re-emits each record on ``walrus_p2p.net.libp2p.<module>`` (so the application's own logging
 configuration decides where they go), and drops records above a per-logger-and-level budget per
 window, with one summary line saying how many were dropped.
+
+Some library records are routine outcomes that our own code handles and reports with context: a
+dial that fails (``Failed to open TCP stream``, logged at ERROR by the TCP transport) or a stream
+that cannot be opened (``Failed to open stream to peer``, ERROR in the basic host). Each of these
+also raises, and the caller decides what it means (a peer not started yet, one that went away).
+They are forwarded at DEBUG (:data:`ROUTINE`), so a healthy start of a network prints no errors
+(docs/network.md, "Logs").
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
 
 LIBP2P_LOGGER = "libp2p"
 ROUTED_PREFIX = "walrus_p2p.net.libp2p"
+
+ROUTINE: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("libp2p.transport.tcp.tcp", re.compile(r"Failed to open TCP stream")),
+    ("libp2p.host.basic_host", re.compile(r"Failed to open stream to peer")),
+    (
+        "libp2p.protocol_muxer.multiselect_client",
+        re.compile(r"MultiselectClient handshake: read failed"),
+    ),
+    (
+        "libp2p.stream_muxer.yamux.yamux",
+        re.compile(r"Error in handle_incoming for peer \S+: (ClosedResource|BrokenResource)Error"),
+    ),
+)
+"""(logger, message pattern, matched at the start) of library records forwarded at DEBUG:
+failures the library also raises or handles itself (a connection this process closed, one the
+remote dropped), which the caller reports at the level they deserve."""
+
+
+def _routine(record: logging.LogRecord) -> bool:
+    if record.levelno <= logging.DEBUG:
+        return False
+    for name, pattern in ROUTINE:
+        if record.name == name and pattern.match(record.getMessage()):
+            return True
+    return False
 
 
 class RateLimitedForwarder(logging.Handler):
@@ -63,9 +96,12 @@ class RateLimitedForwarder(logging.Handler):
                 dropped_before,
                 self.window_seconds,
             )
-        if target.isEnabledFor(record.levelno):
+        level = logging.DEBUG if _routine(record) else record.levelno
+        if target.isEnabledFor(level):
             clone = logging.makeLogRecord(record.__dict__)
             clone.name = target.name
+            if level != record.levelno:
+                clone.levelno, clone.levelname = level, logging.getLevelName(level)
             target.handle(clone)
 
 

@@ -65,6 +65,9 @@ from walrus_p2p.storage import BlobStore
 
 logger = logging.getLogger(__name__)
 
+JOIN_QUIET_ATTEMPTS = 4
+"""DHT bootstrap attempts (1 + 2 + 4 s apart) logged at info before they are warnings."""
+
 
 @dataclass(slots=True)
 class PeerOptions:
@@ -284,7 +287,10 @@ class StoragePeerService(ReadsCommittee):
                 logger.info("joined dht reached=%d attempt=%d", len(reached), attempt)
                 return
             except WalrusError as error:
-                logger.info("dht bootstrap failed attempt=%d error=%s", attempt, error)
+                # The first tries fail routinely while the other peers start; a peer that keeps
+                # failing (after ~15 s) says so as a warning.
+                level = logging.INFO if attempt < JOIN_QUIET_ATTEMPTS else logging.WARNING
+                logger.log(level, "dht bootstrap failed attempt=%d error=%s", attempt, error)
             await trio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
