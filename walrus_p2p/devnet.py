@@ -235,9 +235,7 @@ class PeerProcesses:
                 process.wait()
 
 
-async def wait_until_listening(
-    directory: Path, processes: PeerProcesses, timeout: float
-) -> float:
+async def wait_until_listening(directory: Path, processes: PeerProcesses, timeout: float) -> float:
     """Wait until every peer process serves its health endpoint (its libp2p host listens by
     then: the endpoint starts right after it), so the gateway's first dials find every peer.
     Raises if a peer exits or the deadline passes; returns the seconds it took."""
@@ -246,8 +244,8 @@ async def wait_until_listening(
     for index in range(1, processes.count + 1):
         address = load_config(peer_dir(directory, index)).metrics_address
         if address is not None:
-            host, _, port = address.rpartition(":")
-            pending[index] = (host, int(port))
+            host, _, port_text = address.rpartition(":")
+            pending[index] = (host, int(port_text))
     with trio.move_on_after(timeout):
         while pending:
             exited = processes.exited()
@@ -258,10 +256,10 @@ async def wait_until_listening(
                     f"{peer_dir(directory, index) / 'peer.log'}",
                     reason="INTERNAL",
                 )
-            for index, (host, port) in list(pending.items()):
+            for index, (address, port) in list(pending.items()):
                 with trio.move_on_after(1.0):
                     try:
-                        stream = await trio.open_tcp_stream(host, port)
+                        stream = await trio.open_tcp_stream(address, port)
                     except OSError:
                         continue
                     await stream.aclose()
@@ -409,7 +407,8 @@ def check_bind_free(bind: str) -> None:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host.strip("[]"), int(port)))
     except OSError as error:
-        raise ConfigError(f"--http {bind}: cannot listen there ({error.strerror or error})")
+        reason = error.strerror or error
+        raise ConfigError(f"--http {bind}: cannot listen there ({reason})") from error
     finally:
         probe.close()
 

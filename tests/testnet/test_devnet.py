@@ -723,10 +723,12 @@ def test_devnet_command_runs_the_demo_and_stops_its_peers(tmp_path: Path) -> Non
     for step in ("peers listening: 4 of 4", "committee known: epoch 0", "gateway up: http://"):
         assert step in output, output[-3000:]
     assert "write quorum reached" in output
-    noisy = [line for line in output.splitlines() if "level=warning" in line or "level=error" in line]
+    noisy = [
+        line for line in output.splitlines() if "level=warning" in line or "level=error" in line
+    ]
     assert noisy == [], noisy[:5]
-    for log in sorted(directory.glob("peer-*/peer.log")):
-        lines = log.read_text(errors="replace").splitlines()
+    for peer_log in sorted(directory.glob("peer-*/peer.log")):
+        lines = peer_log.read_text(errors="replace").splitlines()
         noisy = [line for line in lines if "level=warning" in line or "level=error" in line]
-        assert noisy == [], (log, noisy[:5])
+        assert noisy == [], (peer_log, noisy[:5])
     assert survivors == [], "peer processes outlived the devnet"

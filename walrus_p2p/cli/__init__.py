@@ -11,10 +11,13 @@ command imports what it runs when it runs, so a command starts without loading t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from walrus_p2p import __version__
+from walrus_p2p.cli import _common, agent_link
+from walrus_p2p.cli import agent as agent_commands
 from walrus_p2p.cli import client as client_commands
 from walrus_p2p.cli import gateway as gateway_commands
 from walrus_p2p.cli import peer as peer_commands
@@ -57,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     wallet_commands.add_commands(commands)
     peer_commands.add_commands(commands)
     gateway_commands.add_commands(commands)
+    agent_commands.add_commands(commands)
     return parser
 
 
@@ -144,8 +148,16 @@ def _protect_dash_blob_ids(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    arguments = parser.parse_args(_protect_dash_blob_ids(sys.argv[1:] if argv is None else argv))
+    tokens = _protect_dash_blob_ids(sys.argv[1:] if argv is None else argv)
+    arguments = parser.parse_args(tokens)
     handler: Callable[[argparse.Namespace], int] = arguments.handler
+    if agent_link.wanted(arguments.command, tokens) and not _common.inside_agent():
+        # A running agent of the network answers at once (cli/agent.py); else run it here.
+        genesis = getattr(arguments, "genesis", None) or os.environ.get("WALRUS_GENESIS")
+        if genesis:
+            code = agent_link.run_via_agent(tokens, genesis)
+            if code is not None:
+                return code
     try:
         return handler(arguments)
     except WalrusError as error:

@@ -26,12 +26,17 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from walrus_p2p.errors import WalrusError
 
 if TYPE_CHECKING:
+    from walrus_p2p.client.network import LightPeer
     from walrus_p2p.client.service import WalrusClient
+    from walrus_p2p.core.genesis import Genesis
+    from walrus_p2p.core.identity import Identity
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -150,6 +155,43 @@ def print_json(value: object) -> None:
     print(json.dumps(value, sort_keys=True))
 
 
+AgentRunner = Callable[[argparse.Namespace, Callable[[Any], Awaitable[Any]], str], Any]
+_agent_runner: AgentRunner | None = None
+"""Set only inside ``walrus-peer agent`` (cli/agent.py): :func:`run_client` and
+:func:`run_light` then run their work on the agent's warm light peer instead of a new one."""
+
+
+def set_agent_runner(runner: AgentRunner | None) -> None:
+    global _agent_runner
+    _agent_runner = runner
+
+
+def inside_agent() -> bool:
+    """Whether this command runs inside ``walrus-peer agent`` (so it must not look for one)."""
+    return _agent_runner is not None
+
+
+def run_light(arguments: argparse.Namespace, work: Callable[[LightPeer], Awaitable[T]]) -> T:
+    """Run ``work(light)`` on a light peer of the network, without an owner key: a fresh one
+    (not verifying the chain itself: ``work`` does what it needs), or the agent's."""
+    if _agent_runner is not None:
+        result: T = _agent_runner(arguments, work, "light")
+        return result
+    import trio
+
+    from walrus_p2p.client.network import open_light_peer
+    from walrus_p2p.node.config import load_genesis
+
+    configure_logging(arguments.log_level)
+    genesis = load_genesis(genesis_path(arguments))
+
+    async def main_task() -> T:
+        async with open_light_peer(genesis, verify_chain=False) as light:
+            return await work(light)
+
+    return trio.run(main_task)
+
+
 def run_client(
     arguments: argparse.Namespace,
     work: Callable[[WalrusClient], Awaitable[int]],
@@ -161,18 +203,15 @@ def run_client(
     A command that ``pays`` (store, extend, delete) on a network with an economy owns its blobs
     with the wallet's key (``--wallet``, ``WALRUS_WALLET``): the paying account is the owner
     (docs/economics.md, "Paid storage"). Otherwise the owner key is the key directory's."""
+    if _agent_runner is not None:
+        code: int = _agent_runner(arguments, work, "pays" if pays else "client")
+        return code
     import trio
 
     from walrus_p2p.client.service import open_client
-    from walrus_p2p.client.wallet import load_wallet
-    from walrus_p2p.node.config import ensure_identity, load_genesis
 
     configure_logging(arguments.log_level)
-    genesis = load_genesis(genesis_path(arguments))
-    if pays and genesis.economy is not None:
-        owner = load_wallet(wallet_path(arguments))
-    else:
-        owner, _ = ensure_identity(key_directory(arguments))
+    genesis, owner = genesis_and_owner(arguments, pays=pays)
 
     async def main_task() -> int:
         async with open_client(genesis, owner) as client:
@@ -180,6 +219,19 @@ def run_client(
 
     result: int = trio.run(main_task)
     return result
+
+
+def genesis_and_owner(arguments: argparse.Namespace, *, pays: bool) -> tuple[Genesis, Identity]:
+    """The network and the key a client command works with: the wallet's on a network with an
+    economy when the command pays, else the key directory's."""
+    from walrus_p2p.client.wallet import load_wallet
+    from walrus_p2p.node.config import ensure_identity, load_genesis
+
+    genesis = load_genesis(genesis_path(arguments))
+    if pays and genesis.economy is not None:
+        return genesis, load_wallet(wallet_path(arguments))
+    owner, _ = ensure_identity(key_directory(arguments))
+    return genesis, owner
 
 
 def shard_count(text: str) -> int:
@@ -207,4 +259,10 @@ def client_options(command: argparse.ArgumentParser) -> None:
         f"blobs (or WALRUS_WALLET; default {DEFAULT_WALLET})",
     )
     command.add_argument("--json", action="store_true", help="print JSON for scripts")
+    command.add_argument(
+        "--no-agent",
+        action="store_true",
+        help="run in this process even if `walrus-peer agent` runs for the network "
+        "(or WALRUS_AGENT=off)",
+    )
     add_log_level(command, "warning")

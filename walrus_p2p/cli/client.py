@@ -24,11 +24,13 @@ from walrus_p2p.cli._common import (
     print_json,
     read_file_bytes,
     run_client,
+    run_light,
     shard_count,
 )
 from walrus_p2p.errors import WalrusError
 
 if TYPE_CHECKING:
+    from walrus_p2p.client.network import LightPeer
     from walrus_p2p.client.results import BlobStatus
     from walrus_p2p.client.service import WalrusClient
 
@@ -293,26 +295,22 @@ def _command_info(arguments: argparse.Namespace) -> int:
     verified = False
     problem: str | None = "offline" if arguments.offline else None
     if not arguments.offline:
-        import trio
-
         from walrus_p2p.client.committee import refresh_committee
-        from walrus_p2p.client.network import open_light_peer
         from walrus_p2p.core.migration import moved_shards
 
-        async def fetch() -> tuple[Any, int, str | None, list[int]]:
-            async with open_light_peer(genesis, verify_chain=False) as light:
-                try:
-                    await refresh_committee(light)
-                except WalrusError as error:
-                    return light.committee, 0, str(error), []
-                start = light.chain[-1].value.start_time if light.chain else genesis.genesis_time
-                previous = light.committee_of(light.epoch - 1)
-                moved = [] if previous is None else sorted(moved_shards(previous, light.committee))
-                await light.refresh_in_place(min_interval=0.0)
-                in_place = light.in_place.get(light.epoch, set())
-                return light.committee, start, None, [s for s in moved if s not in in_place]
+        async def fetch(light: LightPeer) -> tuple[Any, int, str | None, list[int]]:
+            try:
+                await refresh_committee(light)
+            except WalrusError as error:
+                return light.committee, 0, str(error), []
+            start = light.chain[-1].value.start_time if light.chain else genesis.genesis_time
+            previous = light.committee_of(light.epoch - 1)
+            moved = [] if previous is None else sorted(moved_shards(previous, light.committee))
+            await light.refresh_in_place(min_interval=0.0)
+            in_place = light.in_place.get(light.epoch, set())
+            return light.committee, start, None, [s for s in moved if s not in in_place]
 
-        committee, start_time, problem, arriving = trio.run(fetch)
+        committee, start_time, problem, arriving = run_light(arguments, fetch)
         verified = problem is None
     epoch = int(committee.epoch)
     n_shards = genesis.n_shards
@@ -464,20 +462,14 @@ def _command_challenges(arguments: argparse.Namespace) -> int:
     """Per member of an epoch's committee: whether it holds an availability certificate
     (docs/challenges.md, "Light clients"), each verified against the committee of that epoch
     from the epoch chain this light peer verified from genesis."""
-    import trio
-
     from walrus_p2p.client.challenges import AvailabilityReport, fetch_availability
-    from walrus_p2p.client.network import open_light_peer
-    from walrus_p2p.node.config import load_genesis
+    from walrus_p2p.client.committee import refresh_committee
 
-    configure_logging(arguments.log_level)
-    genesis = load_genesis(genesis_path(arguments))
+    async def fetch(light: LightPeer) -> AvailabilityReport:
+        await refresh_committee(light)
+        return await fetch_availability(light, arguments.epoch)
 
-    async def fetch() -> AvailabilityReport:
-        async with open_light_peer(genesis) as light:
-            return await fetch_availability(light, arguments.epoch)
-
-    report = trio.run(fetch)
+    report = run_light(arguments, fetch)
     rows = [
         {
             "peerId": member.peer_id,
