@@ -14,8 +14,11 @@ the way a user types them (interpreter start included): ``info``, ``status BLOB`
 1 KiB blob, ``store`` of a fresh 1 KiB file, ``store`` and ``read`` of a fresh ``--big-mib`` MiB
 file; and over HTTP (one keep-alive connection, as a browser or an SDK would hold): ``GET`` of a
 1 KiB blob (``--gets`` times), ``PUT`` of a fresh 1 KiB blob, ``PUT``/``GET`` of the big blob.
-Every read is compared with what was stored. Medians and p95 of the wall times; peak RSS of each
-CLI process (``wait4``) and of the devnet process, which is the gateway (VmHWM).
+Every read is compared with what was stored. The devnet starts ``walrus-peer agent`` (docs/cli.md,
+"The agent"), so the commands are answered by it; the small ones run again with
+``WALRUS_AGENT=off`` ("no agent": each process starts its own light peer). Medians and p95 of
+the wall times; peak RSS (VmHWM) of each CLI process (polled while it runs), of the agent
+(which does the commands' work) and of the devnet process, which is the gateway.
 
 Part 2, Tahoe-LAFS (when ``--tahoe`` names a ``tahoe`` executable, default
 ``/tmp/tahoe/v/bin/tahoe`` if it exists; ``pip install tahoe-lafs`` into any venv): after the
@@ -74,20 +77,24 @@ class Run:
 
 
 def run_timed(argv: Sequence[str], env: dict[str, str], timeout: float = COMMAND_TIMEOUT) -> Run:
-    """Run one command as a user would; wall time, peak RSS (``wait4``), output."""
+    """Run one command as a user would; wall time, peak RSS (VmHWM), output."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         process = subprocess.Popen(
             list(argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env
         )
         deadline = started + timeout
+        peak = 0.0
         while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            # VmHWM of the running child: wait4's ru_maxrss would count this (large) process's
+            # memory, which a forked child carries until exec.
+            peak = max(peak, vm_hwm_mib(process.pid))
+            pid, status, _ = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
             if time.perf_counter() > deadline:
                 process.kill()
-                pid, status, usage = os.wait4(process.pid, 0)
+                pid, status, _ = os.wait4(process.pid, 0)
                 break
             time.sleep(0.001)
         seconds = time.perf_counter() - started
@@ -96,7 +103,7 @@ def run_timed(argv: Sequence[str], env: dict[str, str], timeout: float = COMMAND
         err.seek(0)
         return Run(
             seconds,
-            usage.ru_maxrss / 1024,
+            peak,
             process.returncode,
             out.read().decode(errors="replace"),
             err.read().decode(errors="replace"),
@@ -117,6 +124,24 @@ def vm_hwm_mib(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def agent_peak_rss(genesis: Path, env: dict[str, str]) -> float:
+    """Peak RSS of the devnet's ``walrus-peer agent`` (its pid file), 0 if none runs."""
+    from walrus_p2p.cli import agent_link
+
+    saved = os.environ.get("XDG_RUNTIME_DIR")
+    if "XDG_RUNTIME_DIR" in env:
+        os.environ["XDG_RUNTIME_DIR"] = env["XDG_RUNTIME_DIR"]
+    try:
+        pid_file = agent_link.agent_directory() / f"{agent_link.agent_name(str(genesis))}.pid"
+    finally:
+        if saved is not None:
+            os.environ["XDG_RUNTIME_DIR"] = saved
+    try:
+        return vm_hwm_mib(int(pid_file.read_text().strip()))
+    except (OSError, ValueError):
+        return 0.0
 
 
 @dataclass
@@ -275,18 +300,25 @@ def walrus_part(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
 
         small_path, small = fresh(KIB, "small.bin")
         small_id, _ = cli_store(small_path)
-        info, status = Row("walrus", "cli info"), Row("walrus", "cli status")
-        read_small, store_small = Row("walrus", "cli read 1 KiB"), Row("walrus", "cli store 1 KiB")
-        for rep in range(args.reps):
-            run = checked(run_timed([*CLI, "info"], env), "info")
-            info.add(run.seconds, run.peak_rss_mib)
-            run = checked(run_timed([*CLI, "status", small_id], env), "status")
-            status.add(run.seconds, run.peak_rss_mib)
-            run = cli_read(small_id, small)
-            read_small.add(run.seconds, run.peak_rss_mib)
-            path, _ = fresh(KIB, f"small-{rep}.bin")
-            _, run = cli_store(path)
-            store_small.add(run.seconds, run.peak_rss_mib)
+        warm = env
+        for label, mode_env in (("", warm), (" (no agent)", {**warm, "WALRUS_AGENT": "off"})):
+            env = mode_env
+            info = Row("walrus", "cli info" + label)
+            status = Row("walrus", "cli status" + label)
+            read_small = Row("walrus", "cli read 1 KiB" + label)
+            store_small = Row("walrus", "cli store 1 KiB" + label)
+            for rep in range(args.reps):
+                run = checked(run_timed([*CLI, "info"], env), "info")
+                info.add(run.seconds, run.peak_rss_mib)
+                run = checked(run_timed([*CLI, "status", small_id], env), "status")
+                status.add(run.seconds, run.peak_rss_mib)
+                run = cli_read(small_id, small)
+                read_small.add(run.seconds, run.peak_rss_mib)
+                path, _ = fresh(KIB, f"small-{rep}{label.strip()}.bin")
+                _, run = cli_store(path)
+                store_small.add(run.seconds, run.peak_rss_mib)
+            rows += [info, status, read_small, store_small]
+        env = warm
         big_size = args.big_mib * MIB
         store_big = Row("walrus", f"cli store {args.big_mib} MiB", size=big_size)
         read_big = Row("walrus", f"cli read {args.big_mib} MiB", size=big_size)
@@ -297,7 +329,9 @@ def walrus_part(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
             run = cli_read(blob, data)
             read_big.add(run.seconds, run.peak_rss_mib)
             path.unlink()
-        rows += [info, status, read_small, store_small, store_big, read_big]
+        rows += [store_big, read_big]
+        agent_rss = agent_peak_rss(devnet_dir / "genesis.toml", env)
+        print(f"walrus agent (does the CLI's work): peak RSS {agent_rss:.0f} MiB", flush=True)
 
         http = Http("127.0.0.1", port)
         get_small = Row("walrus", "gateway GET 1 KiB")

@@ -56,6 +56,7 @@ WALLET_NAME = "wallet.key"
 WALLET_FUNDS = 1_000_000 * FROST_PER_WAL
 """What the genesis of a new devnet gives the devnet's wallet (docs/economics.md, "Genesis")."""
 STOP_GRACE_SECONDS = 5.0
+AGENT_TIMEOUT = 90.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,9 @@ class DevnetOptions:
     max_body: int = 1 << 30
     max_concurrent_writes: int = DEFAULT_MAX_CONCURRENT_WRITES
     max_concurrent_reads: int = DEFAULT_MAX_CONCURRENT_READS
+    agent: bool = False
+    """Start ``walrus-peer agent`` for the devnet once it is ready (and stop it on exit), so
+    client commands answer from a warm light peer (docs/cli.md, "The agent")."""
     economy: bool = False
     """A WAL economy in the genesis (``--economy``): a funded wallet, and stores that pay
     (docs/economics.md, "Paid storage"). Off by default for now: paid stores are slower, and
@@ -362,6 +366,8 @@ async def run_devnet(
         flush=True,
     )
     check_bind_free(options.http)
+    genesis_file = options.directory / GENESIS_NAME
+    agent_started = False
     began = time.monotonic()
     processes.start_all()
     try:
@@ -381,6 +387,10 @@ async def run_devnet(
                 step(f"gateway up: http://{options.http}", began)
                 await wait_until_writable(client, options.ready_timeout)
                 step("write quorum reached", began)
+                if options.agent:
+                    agent_started = True
+                    await trio.to_thread.run_sync(agent_command, "start", genesis_file)
+                    step("agent ready: client commands answer from a warm light peer", began)
                 print(_instructions(options), flush=True)
                 if demo_files:
                     await demo_round_trip(client, demo_files)
@@ -393,7 +403,26 @@ async def run_devnet(
                     nursery.cancel_scope.cancel()
                     break
     finally:
+        if agent_started:
+            agent_command("stop", genesis_file)
         processes.stop_all()
+
+
+def agent_command(action: str, genesis_file: Path) -> None:
+    """``walrus-peer agent start|stop`` for the devnet's network (as its own process: the agent
+    belongs to the command line, above this module)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "walrus_p2p.cli", "agent", action, "--genesis", str(genesis_file)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=AGENT_TIMEOUT,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise WalrusError(
+            f"walrus-peer agent {action} failed: {result.stderr.strip()[-500:]}", reason="INTERNAL"
+        )
 
 
 def check_bind_free(bind: str) -> None:

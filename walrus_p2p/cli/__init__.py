@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     wallet_commands.add_commands(commands)
     peer_commands.add_commands(commands)
     gateway_commands.add_commands(commands)
-    agent_commands.add_commands(commands)
+    agent_commands.add_commands(commands, main)
     return parser
 
 

@@ -69,9 +69,13 @@ MAX_CLIENTS = 4
 class Agent:
     """The server: a Unix socket, one light peer per owner key, one command at a time."""
 
-    def __init__(self, genesis_file: str, idle_timeout: float) -> None:
+    def __init__(
+        self, genesis_file: str, idle_timeout: float, cli_main: Callable[[list[str]], int]
+    ) -> None:
         import trio
 
+        self.cli_main = cli_main
+        """``walrus_p2p.cli.main``, handed down (this module sits below the package's root)."""
         self.genesis_file = os.path.realpath(genesis_file)
         self.idle_timeout = idle_timeout
         self.fingerprint = agent_link.code_fingerprint()
@@ -178,7 +182,6 @@ class Agent:
     # -- running one command (in a worker thread; one at a time) ----------------------------
 
     def _run_command(self, request: dict[str, Any]) -> tuple[int, bytes, bytes]:
-        from walrus_p2p import cli
         from walrus_p2p.cli import _common
 
         argv = [str(item) for item in request.get("argv", [])]
@@ -203,7 +206,7 @@ class Agent:
             _common.set_agent_runner(self._run_work)
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 try:
-                    code = cli.main(argv)
+                    code = self.cli_main(argv)
                 except SystemExit as exit_:
                     code = exit_.code if isinstance(exit_.code, int) else EXIT_FAILED
                 except BaseException:
@@ -340,7 +343,7 @@ def _command_run(arguments: argparse.Namespace) -> int:
 
     configure_logging(arguments.log_level)
     genesis = genesis_path(arguments)
-    agent = Agent(genesis, arguments.idle_timeout)
+    agent = Agent(genesis, arguments.idle_timeout, arguments.cli_main)
     pid_file = _pid_path(genesis)
 
     async def main_task() -> None:
@@ -455,7 +458,7 @@ def _command_status(arguments: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
-def add_commands(commands: Any) -> None:
+def add_commands(commands: Any, cli_main: Callable[[list[str]], int]) -> None:
     agent = commands.add_parser(
         "agent", help="a warm light peer that answers client commands at once"
     )
@@ -478,4 +481,4 @@ def add_commands(commands: Any) -> None:
                 help=f"exit after this long without commands (default {DEFAULT_IDLE_TIMEOUT:g})",
             )
         add_log_level(action, "info" if name == "run" else "warning")
-        action.set_defaults(handler=handler)
+        action.set_defaults(handler=handler, cli_main=cli_main)

@@ -152,6 +152,7 @@ def _command_devnet(arguments: argparse.Namespace) -> int:
         max_concurrent_writes=writes,
         max_concurrent_reads=reads,
         economy=arguments.economy,
+        agent=not arguments.no_agent and not arguments.exit_after_demo,
     )
     if not 1 <= options.peers <= options.shards:
         raise UsageError("--peers must be between 1 and --shards")
@@ -279,6 +280,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="once ready, store FILE through the network and read it back",
     )
     devnet.add_argument("--exit-after-demo", action="store_true")
+    devnet.add_argument(
+        "--no-agent",
+        action="store_true",
+        help="do not start `walrus-peer agent` for the devnet (client commands then start "
+        "their own light peer each time)",
+    )
     devnet.add_argument(
         "--economy",
         action="store_true",
