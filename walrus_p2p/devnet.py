@@ -33,6 +33,7 @@ from walrus_p2p.api import (
     GatewayLimits,
     serve_gateway,
 )
+from walrus_p2p.client.cache import CacheOptions
 from walrus_p2p.client.service import WalrusClient, open_client
 from walrus_p2p.client.wallet import FROST_PER_WAL, ensure_wallet, load_wallet
 from walrus_p2p.core.genesis import Allocation, EconomyGenesis, Genesis, create_genesis_toml
@@ -374,7 +375,10 @@ async def run_devnet(
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             await wait_until_listening(options.directory, processes, options.ready_timeout)
             step(f"peers listening: {processes.count} of {processes.count}", began)
-            async with open_client(genesis, owner) as client, trio.open_nursery() as nursery:
+            async with (
+                open_client(genesis, owner, cache=CacheOptions()) as client,
+                trio.open_nursery() as nursery,
+            ):
                 committee = client.light.committee
                 step(
                     f"committee known: epoch {int(committee.epoch)}, "

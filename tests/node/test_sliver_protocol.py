@@ -718,3 +718,42 @@ async def test_read_after_a_peer_stops_gives_identical_bytes(
         await client.light.call(largest.peer_id, ping, wire.BlobStatusReply, timeout=2.0)
     with trio.fail_after(45):
         assert await client.read(outcome.blob_id) == data
+
+
+async def test_a_client_with_a_cache_reads_known_blobs_without_asking_again(
+    network: TestNetwork,
+) -> None:
+    """A long-running client (gateway, agent) keeps verified metadata, so a second read asks
+    no peer for it, and small blobs for a while, so a third read asks nothing at all; its own
+    delete drops them (client/cache.py)."""
+    from walrus_p2p.client.cache import CacheOptions
+    from walrus_p2p.net.traffic import TRAFFIC
+    from walrus_p2p.testing.network import open_test_client
+
+    data = secrets.token_bytes(5000)
+    async with (
+        open_test_client(network, cache=CacheOptions(blob_bytes=0)) as metadata_only,
+        open_test_client(network, cache=CacheOptions()) as caching,
+    ):
+        with trio.fail_after(60):
+            stored = await metadata_only.store(data, epochs=3, permanent=False)
+            blob = stored.blob_id
+            assert bytes(await metadata_only.read(blob)) == data
+            before = TRAFFIC.messages.copy()
+            assert bytes(await metadata_only.read(blob)) == data
+            sent = TRAFFIC.messages - before
+            assert sent["GetMetadataRequest"] == 0 and sent["GetSliverRequest"] > 0
+
+            assert bytes(await caching.read(blob)) == data
+            before = TRAFFIC.messages.copy()
+            assert bytes(await caching.read(blob)) == data
+            assert bytes(await caching.read_range(blob, 10, 20)) == data[10:30]
+            sent = TRAFFIC.messages - before
+            assert sum(sent.values()) == 0, sent
+            assert caching.cache is not None and caching.cache.hits["blob"] == 2
+            # A strict read decodes again (it re-encodes to check the blob id).
+            assert bytes(await caching.read(blob, strict=True)) == data
+
+            await metadata_only.delete(blob)
+            assert metadata_only.cache is not None
+            assert metadata_only.cache.metadata(blob) is None

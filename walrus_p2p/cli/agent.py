@@ -278,10 +278,11 @@ async def _hold_client(genesis: Genesis, owner: Identity, task_status: Any) -> N
     must be entered and left by one task)."""
     import trio
 
+    from walrus_p2p.client.cache import CacheOptions
     from walrus_p2p.client.service import open_client
 
     with trio.CancelScope() as scope:
-        async with open_client(genesis, owner) as client:
+        async with open_client(genesis, owner, cache=CacheOptions()) as client:
             task_status.started((client, scope))
             await trio.sleep_forever()
 

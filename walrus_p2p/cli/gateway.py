@@ -105,6 +105,7 @@ def _command_serve(arguments: argparse.Namespace) -> int:
     import trio
 
     from walrus_p2p.api import serve_gateway
+    from walrus_p2p.client.cache import CacheOptions
     from walrus_p2p.client.service import open_client
     from walrus_p2p.client.wallet import load_wallet
     from walrus_p2p.node.config import ensure_identity, load_genesis
@@ -121,7 +122,10 @@ def _command_serve(arguments: argparse.Namespace) -> int:
     raise_open_file_limit(limits.max_connections + _FILES_BESIDES_HTTP)
 
     async def main_task() -> None:
-        async with open_client(genesis, owner) as client, trio.open_nursery() as nursery:
+        async with (
+            open_client(genesis, owner, cache=CacheOptions()) as client,
+            trio.open_nursery() as nursery,
+        ):
             urls = await nursery.start(
                 functools.partial(serve_gateway, client, arguments.bind, limits)
             )

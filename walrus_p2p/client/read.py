@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
+from walrus_p2p.client.cache import ReadCache
 from walrus_p2p.client.network import LightPeer
 from walrus_p2p.core import wire
 from walrus_p2p.core.committee import is_quorum
@@ -290,24 +291,34 @@ async def read_blob(
     *,
     strict: bool = False,
     options: ReadOptions | None = None,
+    cache: ReadCache | None = None,
 ) -> memoryview:
     """The blob's exact bytes, or a ``WalrusError`` — never wrong bytes. They come as a
-    read-only ``memoryview`` over the decoder's own buffer (no copy into ``bytes``)."""
+    read-only ``memoryview`` over the decoder's own buffer (no copy into ``bytes``). With a
+    ``cache``, known metadata is not asked for again, and fetched metadata is kept."""
     options = options or ReadOptions()
     config = EncodingConfig.for_shards(light.committee.n_shards)
     bad_peers: set[PeerId] = set()
     pending = _PendingMetadata()
     primaries: dict[int, bytes] = {}
+    known = cache.metadata(blob_id) if cache is not None else None
     # The metadata and the primary slivers are asked for together; a sliver is verified once
     # the metadata is in. If the metadata cannot be had, the sliver requests are cancelled.
     async with trio.open_nursery() as nursery:
 
         async def get_metadata() -> None:
+            if known is not None and known.shards == light.committee.n_shards:
+                pending.set(known)
+                return
             try:
-                pending.set(await fetch_metadata(light, blob_id, timeout=options.metadata_timeout))
+                fetched = await fetch_metadata(light, blob_id, timeout=options.metadata_timeout)
             except WalrusError as error:
                 pending.fail(error)
                 nursery.cancel_scope.cancel()
+                return
+            if cache is not None:
+                cache.put_metadata(blob_id, fetched)
+            pending.set(fetched)
 
         async def get_primaries() -> None:
             primaries.update(
@@ -369,6 +380,7 @@ async def read_range(
     length: int,
     *,
     options: ReadOptions | None = None,
+    cache: ReadCache | None = None,
 ) -> bytes:
     """Bytes ``[start, start+length)`` of the blob (cut at its end), fetching only the plain
     primary slivers (rows of the blob matrix) that cover the range; falls back to a full read
@@ -376,7 +388,13 @@ async def read_range(
     options = options or ReadOptions()
     if start < 0 or length < 0:
         raise WalrusError("range start and length must not be negative", reason="BAD_REQUEST")
-    metadata = await fetch_metadata(light, blob_id, timeout=options.metadata_timeout)
+    known = cache.metadata(blob_id) if cache is not None else None
+    if known is not None and known.shards == light.committee.n_shards:
+        metadata = known
+    else:
+        metadata = await fetch_metadata(light, blob_id, timeout=options.metadata_timeout)
+        if cache is not None:
+            cache.put_metadata(blob_id, metadata)
     total = metadata.unencoded_length
     end = min(total, start + length)
     if start >= end:
@@ -395,7 +413,7 @@ async def read_range(
         bad_peers=bad_peers,
     )
     if len(got) < len(rows):
-        blob = await read_blob(light, blob_id, options=options)
+        blob = await read_blob(light, blob_id, options=options, cache=cache)
         return bytes(blob[start:end])
     joined = b"".join(got[row] for row in rows)
     offset = rows[0] * row_bytes

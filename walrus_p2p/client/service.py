@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from walrus_p2p.client.cache import CacheOptions, ReadCache
 from walrus_p2p.client.network import LightPeer, open_light_peer
 from walrus_p2p.client.payment import Payer
 from walrus_p2p.client.read import ReadOptions, read_blob, read_range
@@ -42,8 +43,12 @@ class WalrusClient:
         store_options: StoreOptions | None = None,
         read_options: ReadOptions | None = None,
         background: trio.Nursery | None = None,
+        cache: CacheOptions | None = None,
     ) -> None:
         self.light = light
+        self.cache = ReadCache(cache) if cache is not None else None
+        """Verified metadata and small blobs this client read (client/cache.py); a
+        long-running client (gateway, agent) has one, a command's own client not."""
         self.background = background
         """Where store tails run after a store returned (see ``StoreOptions.tail_seconds``)."""
         self.owner = owner
@@ -85,11 +90,26 @@ class WalrusClient:
 
     async def read(self, blob_id: BlobId, *, strict: bool = False) -> memoryview:
         await self.light.refresh_if_stale()
-        return await read_blob(self.light, blob_id, strict=strict, options=self.read_options)
+        if self.cache is not None and not strict:
+            kept = self.cache.blob(blob_id)
+            if kept is not None:
+                return kept
+        data = await read_blob(
+            self.light, blob_id, strict=strict, options=self.read_options, cache=self.cache
+        )
+        if self.cache is not None:
+            self.cache.put_blob(blob_id, data)
+        return data
 
     async def read_range(self, blob_id: BlobId, start: int, length: int) -> bytes:
         await self.light.refresh_if_stale()
-        return await read_range(self.light, blob_id, start, length, options=self.read_options)
+        if self.cache is not None and start >= 0 and length >= 0:
+            kept = self.cache.blob(blob_id)
+            if kept is not None:
+                return bytes(kept[start : start + length])
+        return await read_range(
+            self.light, blob_id, start, length, options=self.read_options, cache=self.cache
+        )
 
     async def blob_status(self, blob_id: BlobId) -> BlobStatus:
         await self.light.refresh_if_stale()
@@ -151,6 +171,8 @@ class WalrusClient:
             start_epoch=start_epoch,
         )
         await self._deliver(blob_id, record)
+        if self.cache is not None:
+            self.cache.forget(blob_id)
 
     def _my_registration(
         self, state: records.BlobState | None
@@ -213,10 +235,11 @@ async def open_client(
     *,
     store_options: StoreOptions | None = None,
     read_options: ReadOptions | None = None,
+    cache: CacheOptions | None = None,
 ) -> AsyncIterator[WalrusClient]:
     """A client on its own light peer. Store tails run in a nursery of the client: a store returns
     once certified, and leaving this context waits for the tails (each at most
-    ``tail_seconds``)."""
+    ``tail_seconds``). ``cache``: keep verified metadata and small blobs (client/cache.py)."""
     async with open_light_peer(genesis) as light, trio.open_nursery() as background:
         yield WalrusClient(
             light,
@@ -224,4 +247,5 @@ async def open_client(
             store_options=store_options,
             read_options=read_options,
             background=background,
+            cache=cache,
         )

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import trio
 
+from walrus_p2p.client.cache import CacheOptions
 from walrus_p2p.client.network import LightPeer, open_light_peer
 from walrus_p2p.client.read import ReadOptions
 from walrus_p2p.client.service import WalrusClient, open_client
@@ -425,6 +426,7 @@ async def open_test_client(
     *,
     store_options: StoreOptions | None = None,
     read_options: ReadOptions | None = None,
+    cache: CacheOptions | None = None,
 ) -> AsyncIterator[WalrusClient]:
     """A full client (store, read, status) owned by ``owner`` (the network's owner by default)."""
     async with open_client(
@@ -432,6 +434,7 @@ async def open_test_client(
         owner or network.owner,
         store_options=store_options,
         read_options=read_options,
+        cache=cache,
     ) as client:
         yield client
 
