@@ -113,3 +113,70 @@ async def test_store_retries_a_peer_that_is_behind_on_the_epoch(
     assert client.light.epoch == epoch
     with trio.fail_after(30):
         assert await client.read(outcome.blob_id) == data
+
+
+async def test_a_small_blob_goes_to_each_peer_in_one_request(
+    network: TestNetwork, client: WalrusClient
+) -> None:
+    """docs/protocol.md, "Storing a small blob in one request": one StoreBlobRequest per peer
+    and none of the separate requests; a blob with large slivers uses the separate ones."""
+    from walrus_p2p.net.traffic import TRAFFIC
+
+    before = TRAFFIC.messages.copy()
+    with trio.fail_after(45):
+        outcome = await client.store(secrets.token_bytes(1024), epochs=2, permanent=False)
+    sent = TRAFFIC.messages - before
+    assert sent["StoreBlobRequest"] == len(network.peers)
+    for separate in ("StoreSliverRequest", "StoreMetadataRequest", "GetConfirmationRequest"):
+        assert sent[separate] == 0, sent
+    assert outcome.blob_id
+
+    before = TRAFFIC.messages.copy()
+    large = secrets.token_bytes(2 * 1024 * 1024)  # slivers of ~200 KiB at n = 10
+    with trio.fail_after(60):
+        outcome = await client.store(large, epochs=2, permanent=False)
+        assert await client.read(outcome.blob_id) == large
+    sent = TRAFFIC.messages - before
+    assert sent["StoreBlobRequest"] == 0 and sent["StoreSliverRequest"] > 0
+
+
+async def test_a_peer_that_does_not_know_the_one_request_gets_the_separate_ones(
+    network: TestNetwork, client: WalrusClient
+) -> None:
+    """A peer of an older release refuses StoreBlobRequest as malformed (an unknown type id);
+    the client sends it the separate requests, and the store completes with its confirmation."""
+    from walrus_p2p.core.blob_messages import StoreBlobRequest
+    from walrus_p2p.errors import WireError
+
+    old = network.peers[0]
+
+    async def unknown(request: Any, remote: str) -> Any:
+        raise WireError("unknown message type id 49")
+
+    old.service.router.replace(StoreBlobRequest, unknown)
+    stored: list[str] = []
+    original = old.service.router.handler(wire.StoreSliverRequest)
+
+    async def counting(request: Any, remote: str) -> Any:
+        stored.append(remote)
+        return await original(request, remote)
+
+    old.service.router.replace(wire.StoreSliverRequest, counting)
+    confirmed: list[str] = []
+    confirm = old.service.router.handler(wire.GetConfirmationRequest)
+
+    async def counting_confirmations(request: Any, remote: str) -> Any:
+        reply = await confirm(request, remote)
+        confirmed.append(remote)
+        return reply
+
+    old.service.router.replace(wire.GetConfirmationRequest, counting_confirmations)
+    data = secrets.token_bytes(777)
+    with trio.fail_after(45):
+        outcome = await client.store(data, epochs=2, permanent=False)
+        assert await client.read(outcome.blob_id) == data
+        # The store may return at the quorum; the old peer's uploads finish in the tail.
+        while not confirmed:
+            await trio.sleep(0.05)
+    held = 2 * len(network.genesis.committee.shards_of(old.peer_id))
+    assert len(stored) == held, "the old peer got each of its slivers separately"

@@ -772,6 +772,8 @@ def test_blob_message_type_ids_are_pinned() -> None:
         "ListBlobRecordsReply": 29,
         "AttestInvalidBlobRequest": 30,
         "AttestInvalidBlobReply": 31,
+        "StoreBlobRequest": 49,
+        "StoreBlobReply": 50,
     }
     for name, type_id in expected.items():
         assert wire.message_type_id(getattr(blob_messages, name)) == type_id

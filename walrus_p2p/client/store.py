@@ -29,12 +29,20 @@ from walrus_p2p.client.payment import Payer, Payment
 from walrus_p2p.client.records import fetch_blob_state, push_records
 from walrus_p2p.client.results import AlreadyCertified, StoredBlob, StoreOutcome
 from walrus_p2p.core import records, wire
-from walrus_p2p.core.blob_messages import PostBlobRecordsReply, PostBlobRecordsRequest
+from walrus_p2p.core.blob_messages import (
+    MAX_SLIVERS_PER_STORE,
+    SMALL_SLIVER_SIZE,
+    PostBlobRecordsReply,
+    PostBlobRecordsRequest,
+    SliverItem,
+    StoreBlobReply,
+    StoreBlobRequest,
+)
 from walrus_p2p.core.committee import Committee, is_quorum
 from walrus_p2p.core.encoding import EncodingConfig, SliverType, shard_to_pair
 from walrus_p2p.core.identity import Identity, PublicKey
 from walrus_p2p.core.metadata import ENCODING_RED_STUFF, EncodedBlobWithMetadata, encode_blob
-from walrus_p2p.errors import QuorumError, VerificationError, WalrusError
+from walrus_p2p.errors import QuorumError, RemoteError, VerificationError, WalrusError
 from walrus_p2p.types import Epoch, PeerId, SliverKind, short_id
 
 logger = logging.getLogger(__name__)
@@ -336,6 +344,8 @@ async def _upload(
     """Set when the result is handed back: uploads in the background no longer report progress."""
     epoch_check = trio.Lock()
     """One epoch-chain request at a time when peers answer WRONG_EPOCH."""
+    no_one_request: set[PeerId] = set()
+    """Peers that did not know :class:`StoreBlobRequest` (they get the separate requests)."""
 
     def confirmed_weight() -> int:
         return committee.shard_weight(confirmations)
@@ -359,7 +369,62 @@ async def _upload(
         if progress is not None and not returned.is_set():
             progress(len(sliver))
 
+    def sliver_of(pair: int, kind: SliverKind) -> memoryview:
+        if kind is SliverKind.PRIMARY:
+            return encoded.encoded.sliver(SliverType.PRIMARY, pair)
+        return encoded.encoded.sliver(SliverType.SECONDARY, n_shards - 1 - pair)
+
+    def one_request(peer_id: PeerId, pairs: list[int]) -> StoreBlobRequest | None:
+        """Everything for ``peer_id`` in one request, if its slivers are small enough
+        (docs/protocol.md, "Storing a small blob in one request")."""
+        if peer_id in no_one_request or 2 * len(pairs) > MAX_SLIVERS_PER_STORE:
+            return None
+        items = []
+        for pair in pairs:
+            for kind in (SliverKind.PRIMARY, SliverKind.SECONDARY):
+                sliver = sliver_of(pair, kind)
+                if len(sliver) > SMALL_SLIVER_SIZE:
+                    return None
+                items.append(SliverItem(pair_index=pair, sliver_kind=kind, data=bytes(sliver)))
+        return StoreBlobRequest(
+            blob_id=blob_id,
+            records=(encoded_register,),
+            metadata=encoded.metadata,
+            slivers=tuple(items),
+            epoch=committee.epoch,
+            permanent=permanent,
+        )
+
+    async def upload_in_one(peer_id: PeerId, request: StoreBlobRequest) -> bool:
+        """Send the one request; False if the peer does not know it (then the separate
+        requests go)."""
+        try:
+            async with limiter:
+                reply = await light.call(peer_id, request, StoreBlobReply, timeout=timeout)
+        except RemoteError as error:
+            if error.reason == "WIRE_MALFORMED":
+                no_one_request.add(peer_id)  # a peer of an older release
+                return False
+            raise
+        verify_confirmation(
+            light,
+            peer_id,
+            reply.confirmation,
+            blob_id=blob_id,
+            permanent=permanent,
+            committee=committee,
+        )
+        if progress is not None and not returned.is_set():
+            progress(sum(len(item.data) for item in request.slivers))
+        confirmations[peer_id] = reply.confirmation
+        if is_quorum(confirmed_weight(), n_shards):
+            quorum_reached.set()
+        return True
+
     async def upload_to(peer_id: PeerId, pairs: list[int]) -> None:
+        request = one_request(peer_id, pairs)
+        if request is not None and await upload_in_one(peer_id, request):
+            return
         await light.call(
             peer_id,
             PostBlobRecordsRequest(blob_id=blob_id, records=(encoded_register,)),

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from walrus_p2p.core import merkle, records, wire
 from walrus_p2p.core.encoding import SliverType
-from walrus_p2p.core.metadata import InconsistencyProof, RecoverySymbol
+from walrus_p2p.core.metadata import InconsistencyProof, Metadata, RecoverySymbol
 from walrus_p2p.core.wire import (
     MAX_SHARDS,
     BlobIdBytes,
@@ -178,6 +178,56 @@ def decode_records(encoded: tuple[bytes, ...], blob_id: bytes) -> list[records.B
 
 MAX_GOSSIP_BATCH_BYTES = 900 * 1024
 """Below the gossip message cap of the genesis limits (1 MiB by default)."""
+
+
+# Small blobs in one request (docs/protocol.md, "Storing a small blob in one request"). A store
+# sends each peer its register record, the metadata, one request per sliver and a confirmation
+# request: 2 + 2 * (pairs held) + 1 requests per peer, 260 for a 1 KiB blob on 20 peers holding
+# 100 shards. When every sliver of the peer's pairs is small, all of it goes in one request.
+
+SMALL_SLIVER_SIZE = 64 * 1024
+"""Largest sliver a :class:`StoreBlobRequest` carries (larger ones go one request each)."""
+MAX_SLIVERS_PER_STORE = 64
+"""Slivers per :class:`StoreBlobRequest`: both slivers of 32 pairs."""
+MAX_RECORDS_PER_STORE = 4
+
+SmallSliverData = Annotated[bytes, BytesSpec(min_length=1, max_length=SMALL_SLIVER_SIZE)]
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class SliverItem:
+    """One sliver of a :class:`StoreBlobRequest` (a secondary one is sliver n-1-pair_index)."""
+
+    pair_index: PairIndex
+    sliver_kind: SliverKind
+    data: SmallSliverData
+
+
+@register(49)
+@dataclass(frozen=True, slots=True)
+class StoreBlobRequest(Message):
+    """Everything one peer needs to confirm a small blob: records (the register record), the
+    metadata, every sliver of the pairs it holds, and the confirmation asked for, handled in
+    that order exactly as the separate requests would be."""
+
+    blob_id: BlobIdBytes
+    records: Annotated[
+        tuple[bytes, ...],
+        ListSpec(BytesSpec(min_length=1, max_length=MAX_RECORD_SIZE), MAX_RECORDS_PER_STORE),
+    ]
+    metadata: Metadata
+    slivers: Annotated[
+        tuple[SliverItem, ...], ListSpec(record_spec(SliverItem), MAX_SLIVERS_PER_STORE)
+    ]
+    epoch: wire.U64
+    permanent: bool
+
+
+@register(50)
+@dataclass(frozen=True, slots=True)
+class StoreBlobReply(Message):
+    confirmation: wire.SignedStorageConfirmation
 
 
 @register(64)

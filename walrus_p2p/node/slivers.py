@@ -15,6 +15,7 @@ import logging
 import trio
 
 from walrus_p2p.core import records, wire
+from walrus_p2p.core.blob_messages import PostBlobRecordsRequest, StoreBlobReply, StoreBlobRequest
 from walrus_p2p.core.metadata import (
     Metadata,
     make_recovery_symbol,
@@ -42,6 +43,7 @@ class SliverService:
         self.ctx = ctx
 
     def register(self, router: Router) -> None:
+        self.router = router
         router.add(wire.StoreMetadataRequest, self.store_metadata)
         router.add(wire.StoreSliverRequest, self.store_sliver)
         router.add(wire.GetMetadataRequest, self.get_metadata)
@@ -50,6 +52,7 @@ class SliverService:
         router.add(wire.GetRecoverySymbolRequest, self.get_recovery_symbol)
         router.add(wire.GetRecoverySymbolsRequest, self.get_recovery_symbols)
         router.add(wire.BlobStatusRequest, self.blob_status)
+        router.add(StoreBlobRequest, self.store_blob)
 
     async def _load_metadata(self, blob_id: BlobId) -> Metadata:
         raw = await trio.to_thread.run_sync(self.ctx.store.get_metadata, blob_id)
@@ -134,6 +137,41 @@ class SliverService:
         self.ctx.metrics.slivers_stored.inc()
         self.ctx.metrics.bytes_stored.inc(len(request.data))
         return wire.StoreSliverReply()
+
+    async def store_blob(self, request: StoreBlobRequest, remote: PeerId) -> StoreBlobReply:
+        """A small blob in one request (docs/protocol.md, "Storing a small blob in one
+        request"): the records, the metadata, each sliver and the confirmation, checked and
+        handled exactly as the separate requests are, in that order; the first refusal ends
+        it (what was stored before it stays, as after separate requests)."""
+        blob_id = BlobId(request.blob_id)
+        # Through the router's handlers of the separate requests (the ones in force: fault
+        # injection and guards replace them there).
+        handler = self.router.handler
+        if request.records:
+            await handler(PostBlobRecordsRequest)(
+                PostBlobRecordsRequest(blob_id=request.blob_id, records=request.records), remote
+            )
+        await handler(wire.StoreMetadataRequest)(
+            wire.StoreMetadataRequest(blob_id=request.blob_id, metadata=request.metadata), remote
+        )
+        for item in request.slivers:
+            await handler(wire.StoreSliverRequest)(
+                wire.StoreSliverRequest(
+                    blob_id=request.blob_id,
+                    pair_index=item.pair_index,
+                    sliver_kind=item.sliver_kind,
+                    data=item.data,
+                ),
+                remote,
+            )
+        reply = await handler(wire.GetConfirmationRequest)(
+            wire.GetConfirmationRequest(
+                blob_id=request.blob_id, epoch=request.epoch, permanent=request.permanent
+            ),
+            remote,
+        )
+        logger.debug("small blob stored in one request blob=%s", short_id(blob_id))
+        return StoreBlobReply(confirmation=reply.confirmation)
 
     async def get_metadata(
         self, request: wire.GetMetadataRequest, remote: PeerId

@@ -119,6 +119,22 @@ def sample_messages() -> dict[str, wire.Message]:
             blob_id=blob_id, records=(_filled(50, 3), _filled(20, 4))
         ),
         "PostBlobRecordsReply": blob_messages.PostBlobRecordsReply(accepted=2),
+        "StoreBlobRequest": blob_messages.StoreBlobRequest(
+            blob_id=blob_id,
+            records=(_filled(50, 3),),
+            metadata=metadata,
+            slivers=(
+                blob_messages.SliverItem(
+                    pair_index=3, sliver_kind=SliverKind.PRIMARY, data=_filled(40, 1)
+                ),
+                blob_messages.SliverItem(
+                    pair_index=3, sliver_kind=SliverKind.SECONDARY, data=_filled(24, 2)
+                ),
+            ),
+            epoch=7,
+            permanent=False,
+        ),
+        "StoreBlobReply": blob_messages.StoreBlobReply(confirmation=signed),
         "GetBlobRecordsRequest": blob_messages.GetBlobRecordsRequest(blob_id=blob_id),
         "GetBlobRecordsReply": blob_messages.GetBlobRecordsReply(records=(_filled(70, 5),)),
         "ListBlobRecordsRequest": blob_messages.ListBlobRecordsRequest(after=blob_id, limit=64),
