@@ -180,3 +180,41 @@ async def test_a_peer_that_does_not_know_the_one_request_gets_the_separate_ones(
             await trio.sleep(0.05)
     held = 2 * len(network.genesis.committee.shards_of(old.peer_id))
     assert len(stored) == held, "the old peer got each of its slivers separately"
+
+
+async def test_wait_all_returns_once_every_member_has_its_slivers(
+    network: TestNetwork, client: WalrusClient
+) -> None:
+    """A store returns at the certificate (a quorum of shards); with ``wait_all`` only once the
+    slowest member has its slivers too (``walrus-peer store --wait-all``)."""
+    from walrus_p2p.core.blob_messages import StoreBlobRequest
+    from walrus_p2p.node.protocol import owned_pairs
+    from walrus_p2p.types import SliverKind
+
+    committee = network.genesis.committee
+    slow = min(network.peers, key=lambda peer: len(committee.shards_of(peer.peer_id)))
+    assert is_quorum(network.genesis.n_shards - len(committee.shards_of(slow.peer_id)), 10)
+    original = slow.service.router.handler(StoreBlobRequest)
+
+    async def late(request: Any, remote: str) -> Any:
+        await trio.sleep(1.5)
+        return await original(request, remote)
+
+    slow.service.router.replace(StoreBlobRequest, late)
+
+    def slow_holds(blob_id: Any) -> bool:
+        required = [
+            (pair, kind)
+            for pair in owned_pairs(committee, slow.peer_id, blob_id)
+            for kind in (SliverKind.PRIMARY, SliverKind.SECONDARY)
+        ]
+        return bool(slow.service.store.is_durable(blob_id, required))
+
+    with trio.fail_after(45):
+        quick = await client.store(secrets.token_bytes(900), epochs=2, permanent=False)
+    assert not slow_holds(quick.blob_id), "returned at the quorum, before the slow member"
+    with trio.fail_after(45):
+        waited = await client.store(
+            secrets.token_bytes(901), epochs=2, permanent=False, wait_all=True
+        )
+    assert slow_holds(waited.blob_id)

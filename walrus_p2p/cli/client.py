@@ -106,6 +106,7 @@ def _command_store(arguments: argparse.Namespace) -> int:
                     epochs=arguments.epochs,
                     permanent=arguments.permanent,
                     progress=bar.update,
+                    wait_all=arguments.wait_all,
                 )
             finally:
                 bar.close()
@@ -523,6 +524,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     store.add_argument("files", nargs="+", metavar="FILE")
     store.add_argument("--epochs", type=int, required=True, metavar="N")
     store.add_argument("--permanent", action="store_true", help="cannot be deleted before its end")
+    store.add_argument(
+        "--wait-all",
+        action="store_true",
+        help="return once every member has its slivers (or failed for good), not at the "
+        "certificate (a quorum of shards)",
+    )
     client_options(store)
     store.set_defaults(handler=_command_store)
 

@@ -6,6 +6,7 @@ beyond the light peer's host: open it with :func:`open_client` for the duration 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -74,15 +75,21 @@ class WalrusClient:
         epochs: int,
         permanent: bool,
         progress: ProgressCallback | None = None,
+        wait_all: bool = False,
     ) -> StoreOutcome:
+        """Store ``data``; returns once certified, or with ``wait_all`` once the upload to
+        every member has ended (``StoreOptions.wait_all``)."""
         await self.light.refresh_if_stale()
+        options = self.store_options
+        if wait_all and not options.wait_all:
+            options = dataclasses.replace(options, wait_all=True)
         return await store_blob(
             self.light,
             self.owner,
             data,
             epochs=epochs,
             permanent=permanent,
-            options=self.store_options,
+            options=options,
             progress=progress,
             background=self.background,
             payer=self.payer,

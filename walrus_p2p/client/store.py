@@ -61,6 +61,9 @@ class StoreOptions:
     With a background nursery (a long-running :class:`~walrus_p2p.client.service.WalrusClient`)
     the store returns at certification and the tail runs in the background; without one the
     store waits for it."""
+    wait_all: bool = False
+    """Return only once the upload to every member has ended (each confirmed, or failed for
+    good), not at the quorum's certificate (``walrus-peer store --wait-all``; docs/cli.md)."""
     peer_attempts: int = 5
     """Uploads to one peer, while the quorum is not reached: a peer that restarts, or times out
     on a busy machine, gets its slivers on a later attempt (docs/protocol.md, "Store")."""
@@ -555,12 +558,14 @@ async def _upload(
             nursery.start_soon(run_all)
             await wait_quorum_or_done()
             if quorum_reached.is_set() and not all_done.is_set():
-                await tail()
+                await (all_done.wait() if options.wait_all else tail())
             nursery.cancel_scope.cancel()
     else:
         background.start_soon(run_all)
         try:
             await wait_quorum_or_done()
+            if options.wait_all and quorum_reached.is_set():
+                await all_done.wait()
         except BaseException:
             uploads_scope.cancel()
             raise
