@@ -742,7 +742,8 @@ async def test_a_client_with_a_cache_reads_known_blobs_without_asking_again(
             before = TRAFFIC.messages.copy()
             assert bytes(await metadata_only.read(blob)) == data
             sent = TRAFFIC.messages - before
-            assert sent["GetMetadataRequest"] == 0 and sent["GetSliverRequest"] > 0
+            assert sent["GetMetadataRequest"] == 0
+            assert sent["GetSliverRequest"] + sent["GetSliversRequest"] > 0
 
             assert bytes(await caching.read(blob)) == data
             before = TRAFFIC.messages.copy()
@@ -757,3 +758,62 @@ async def test_a_client_with_a_cache_reads_known_blobs_without_asking_again(
             await metadata_only.delete(blob)
             assert metadata_only.cache is not None
             assert metadata_only.cache.metadata(blob) is None
+
+
+async def test_a_small_blob_is_read_with_one_request_per_peer(
+    network: TestNetwork, client: WalrusClient
+) -> None:
+    """docs/protocol.md, "Reading a small blob": the first kp slivers come in one
+    GetSliversRequest per peer holding two or more of them; a peer refuses it for a blob with
+    large slivers before reading any; a bad sliver in a batch is caught and routed around."""
+    from walrus_p2p.client.read import ReadOptions, fetch_metadata, fetch_slivers_in_batches
+    from walrus_p2p.core.blob_messages import GetSliversReply, GetSliversRequest
+    from walrus_p2p.net.traffic import TRAFFIC
+    from walrus_p2p.node.protocol import owned_pairs
+
+    data = secrets.token_bytes(2000)
+    with trio.fail_after(60):
+        blob = (await client.store(data, epochs=2, permanent=False, wait_all=True)).blob_id
+        metadata = await fetch_metadata(client.light, blob, timeout=10)
+    # Every primary sliver one peer holds: one request brings them all, each verified.
+    committee = network.genesis.committee
+    holder = max(network.peers, key=lambda peer: len(committee.shards_of(peer.peer_id)))
+    wanted = owned_pairs(committee, holder.peer_id, blob)
+    assert len(wanted) >= 2
+    got: dict[int, bytes] = {}
+    before = TRAFFIC.messages.copy()
+    with trio.fail_after(30):
+        await fetch_slivers_in_batches(
+            client.light, blob, metadata, SliverType.PRIMARY, wanted, got, ReadOptions(), set()
+        )
+    sent = TRAFFIC.messages - before
+    assert sorted(got) == wanted
+    assert sent["GetSliversRequest"] == 1 and sent["GetSliverRequest"] == 0, sent
+    with trio.fail_after(60):
+        assert bytes(await client.read(blob)) == data
+
+    large = secrets.token_bytes(1_500_000)  # slivers above 64 KiB at n = 10
+    with trio.fail_after(60):
+        big = (await client.store(large, epochs=2, permanent=False)).blob_id
+    with pytest.raises(RemoteError) as refused:
+        with trio.fail_after(30):
+            await client.light.call(
+                holder.peer_id,
+                GetSliversRequest(blob_id=big, sliver_kind=SliverKind.PRIMARY, pair_indices=(0, 1)),
+                GetSliversReply,
+                timeout=10,
+            )
+    assert refused.value.reason == "SLIVERS_TOO_LARGE"
+
+    # One peer corrupts every sliver it serves: the batched read catches it and reads on.
+    from walrus_p2p.node.faults import flip_one_byte
+
+    honest = holder.service.router.handler(wire.GetSliverRequest)
+
+    async def corrupt(request: wire.GetSliverRequest, remote: str) -> wire.GetSliverReply:
+        reply: wire.GetSliverReply = await honest(request, remote)
+        return wire.GetSliverReply(data=flip_one_byte(reply.data))
+
+    holder.service.router.replace(wire.GetSliverRequest, corrupt)
+    with trio.fail_after(60):
+        assert bytes(await client.read(blob)) == data

@@ -774,6 +774,8 @@ def test_blob_message_type_ids_are_pinned() -> None:
         "AttestInvalidBlobReply": 31,
         "StoreBlobRequest": 49,
         "StoreBlobReply": 50,
+        "GetSliversRequest": 51,
+        "GetSliversReply": 52,
     }
     for name, type_id in expected.items():
         assert wire.message_type_id(getattr(blob_messages, name)) == type_id

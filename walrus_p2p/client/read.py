@@ -17,6 +17,7 @@ import trio
 from walrus_p2p.client.cache import ReadCache
 from walrus_p2p.client.network import LightPeer
 from walrus_p2p.core import wire
+from walrus_p2p.core.blob_messages import SMALL_SLIVER_SIZE, GetSliversReply, GetSliversRequest
 from walrus_p2p.core.committee import is_quorum
 from walrus_p2p.core.encoding import EncodingConfig, SliverType, pair_to_shard
 from walrus_p2p.core.metadata import (
@@ -48,6 +49,8 @@ class ReadOptions:
     """Seconds before the extra requests start, plus one second per ``hedge_rate`` bytes of
     a sliver: a read from healthy peers fetches exactly the slivers it needs."""
     hedge_rate: float = 5e6
+    batch_small: bool = True
+    """Ask each peer for its slivers of a small blob in one request (``GetSliversRequest``)."""
 
 
 class BlobNotFoundError(NotFoundError):
@@ -163,6 +166,86 @@ def _holders(
     return light.holders_of(pair_to_shard(blob_id, pair, n_shards)), pair
 
 
+def _may_be_small(
+    metadata: Metadata | _PendingMetadata, config: EncodingConfig, sliver_type: SliverType
+) -> bool:
+    """Whether the slivers may be small enough for :class:`GetSliversRequest` (unknown while
+    the metadata is on its way: the peers then say so)."""
+    if not isinstance(metadata, Metadata):
+        return True
+    return config.sliver_length(sliver_type, metadata.unencoded_length) <= SMALL_SLIVER_SIZE
+
+
+async def fetch_slivers_in_batches(
+    light: LightPeer,
+    blob_id: BlobId,
+    metadata: Metadata | _PendingMetadata,
+    sliver_type: SliverType,
+    wanted: list[int],
+    got: dict[int, bytes],
+    options: ReadOptions,
+    bad_peers: set[PeerId],
+) -> None:
+    """The first slivers of a small blob, one request per peer holding two or more of them
+    (docs/protocol.md, "Reading a small blob"); each sliver is verified as a single one would
+    be. Whatever does not come (a refusal, a peer of an older release, a bad sliver) is left to
+    the one-by-one requests."""
+    kind = SliverKind.PRIMARY if sliver_type is SliverType.PRIMARY else SliverKind.SECONDARY
+    by_peer: dict[PeerId, dict[int, int]] = {}
+    for index in wanted:
+        holders, pair = _holders(light, blob_id, sliver_type, index)
+        first = next((peer for peer in holders if peer not in bad_peers), None)
+        if first is not None:
+            by_peer.setdefault(first, {})[pair] = index
+    groups = {peer: pairs for peer, pairs in by_peer.items() if len(pairs) >= 2}
+    if not groups:
+        return
+
+    async def ask(peer_id: PeerId, pairs: dict[int, int]) -> None:
+        try:
+            reply = await light.call(
+                peer_id,
+                GetSliversRequest(
+                    blob_id=blob_id, sliver_kind=kind, pair_indices=tuple(sorted(pairs))
+                ),
+                GetSliversReply,
+                timeout=options.request_timeout,
+            )
+            verified_against = await _metadata_of(metadata)
+        except WalrusError as error:
+            logger.debug(
+                "batched sliver fetch failed blob=%s peer=%s reason=%s",
+                short_id(blob_id),
+                peer_id[:12],
+                error.reason,
+            )
+            return
+        for item in reply.slivers:
+            index = pairs.get(item.pair_index)
+            if index is None or item.sliver_kind is not kind:
+                continue
+            try:
+                await trio.to_thread.run_sync(
+                    verify_sliver, verified_against, sliver_type, index, item.data
+                )
+            except VerificationError as error:
+                bad_peers.add(peer_id)
+                logger.warning(
+                    "peer served a bad sliver blob=%s peer=%s sliver=%s/%d error=%s",
+                    short_id(blob_id),
+                    peer_id[:12],
+                    sliver_type.value,
+                    index,
+                    error,
+                )
+                return
+            got[index] = item.data
+
+    async with trio.open_nursery() as nursery:
+        for peer_id, pairs in groups.items():
+            nursery.start_soon(ask, peer_id, pairs)
+
+
 async def fetch_slivers(
     light: LightPeer,
     blob_id: BlobId,
@@ -197,7 +280,12 @@ async def fetch_slivers(
     candidates = systematic + parity
     kind = SliverKind.PRIMARY if sliver_type is SliverType.PRIMARY else SliverKind.SECONDARY
     got: dict[int, bytes] = {}
-    queue = candidates[::-1]  # workers pop from the end: systematic slivers first
+    if options.batch_small and _may_be_small(metadata, config, sliver_type):
+        await fetch_slivers_in_batches(
+            light, blob_id, metadata, sliver_type, candidates[:needed], got, options, bad_peers
+        )
+    queue = [index for index in candidates if index not in got][::-1]
+    # workers pop from the end: systematic slivers first
 
     async def fetch_one(index: int) -> None:
         # During an epoch change the shard's new owner may not hold the sliver yet: fall back

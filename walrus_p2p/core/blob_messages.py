@@ -230,6 +230,38 @@ class StoreBlobReply(Message):
     confirmation: wire.SignedStorageConfirmation
 
 
+MAX_SLIVERS_PER_READ = 64
+"""Pairs one :class:`GetSliversRequest` may name."""
+
+
+@register(51)
+@dataclass(frozen=True, slots=True)
+class GetSliversRequest(Message):
+    """The ``sliver_kind`` slivers of several pairs of a small blob in one request (docs/
+    protocol.md, "Reading a small blob"): answered only if the blob's slivers are at most
+    :data:`SMALL_SLIVER_SIZE` (``SLIVERS_TOO_LARGE`` otherwise: ask one by one)."""
+
+    blob_id: BlobIdBytes
+    sliver_kind: SliverKind
+    pair_indices: Annotated[
+        tuple[int, ...],
+        wire.ListSpec(
+            wire.IntSpec(0, MAX_SHARDS - 1), MAX_SLIVERS_PER_READ, strictly_increasing=True
+        ),
+    ]
+    """Sorted, without repeats."""
+
+
+@register(52)
+@dataclass(frozen=True, slots=True)
+class GetSliversReply(Message):
+    """The slivers held, in pair order; pairs not held are left out."""
+
+    slivers: Annotated[
+        tuple[SliverItem, ...], ListSpec(record_spec(SliverItem), MAX_SLIVERS_PER_READ)
+    ]
+
+
 @register(64)
 @dataclass(frozen=True, slots=True)
 class BlobRecordsBatch(Message):

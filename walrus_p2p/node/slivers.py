@@ -15,7 +15,15 @@ import logging
 import trio
 
 from walrus_p2p.core import records, wire
-from walrus_p2p.core.blob_messages import PostBlobRecordsRequest, StoreBlobReply, StoreBlobRequest
+from walrus_p2p.core.blob_messages import (
+    SMALL_SLIVER_SIZE,
+    GetSliversReply,
+    GetSliversRequest,
+    PostBlobRecordsRequest,
+    SliverItem,
+    StoreBlobReply,
+    StoreBlobRequest,
+)
 from walrus_p2p.core.metadata import (
     Metadata,
     make_recovery_symbol,
@@ -53,6 +61,7 @@ class SliverService:
         router.add(wire.GetRecoverySymbolsRequest, self.get_recovery_symbols)
         router.add(wire.BlobStatusRequest, self.blob_status)
         router.add(StoreBlobRequest, self.store_blob)
+        router.add(GetSliversRequest, self.get_slivers)
 
     async def _load_metadata(self, blob_id: BlobId) -> Metadata:
         raw = await trio.to_thread.run_sync(self.ctx.store.get_metadata, blob_id)
@@ -172,6 +181,45 @@ class SliverService:
         )
         logger.debug("small blob stored in one request blob=%s", short_id(blob_id))
         return StoreBlobReply(confirmation=reply.confirmation)
+
+    async def get_slivers(self, request: GetSliversRequest, remote: PeerId) -> GetSliversReply:
+        """Several slivers of a small blob in one request (docs/protocol.md, "Reading a small
+        blob"), each through the router's ``GetSliverRequest`` handler (so its checks and
+        faults apply). Refused before any sliver is read if the blob's slivers are larger than
+        ``SMALL_SLIVER_SIZE``: a request naming 64 pairs must not make this peer read 64 large
+        slivers."""
+        blob_id = BlobId(request.blob_id)
+        try:
+            metadata = await self._load_metadata(blob_id)
+        except NotFoundError as error:
+            raise ProtocolRefusal("SLIVER_NOT_FOUND", "no metadata for this blob") from error
+        sliver_type = type_of(request.sliver_kind)
+        length = metadata.config.sliver_length(sliver_type, metadata.unencoded_length)
+        if length > SMALL_SLIVER_SIZE:
+            raise ProtocolRefusal(
+                "SLIVERS_TOO_LARGE",
+                f"slivers of {length} bytes: ask for them one by one (GetSliverRequest)",
+            )
+        handler = self.router.handler(wire.GetSliverRequest)
+        items: list[SliverItem] = []
+        for pair in request.pair_indices:
+            try:
+                reply = await handler(
+                    wire.GetSliverRequest(
+                        blob_id=request.blob_id, pair_index=pair, sliver_kind=request.sliver_kind
+                    ),
+                    remote,
+                )
+            except ProtocolRefusal as refusal:
+                if refusal.reason == "SLIVER_NOT_FOUND":
+                    continue
+                raise
+            items.append(
+                SliverItem(pair_index=pair, sliver_kind=request.sliver_kind, data=reply.data)
+            )
+        if not items:
+            raise ProtocolRefusal("SLIVER_NOT_FOUND", "none of these slivers is held here")
+        return GetSliversReply(slivers=tuple(items))
 
     async def get_metadata(
         self, request: wire.GetMetadataRequest, remote: PeerId

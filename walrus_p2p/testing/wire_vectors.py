@@ -135,6 +135,16 @@ def sample_messages() -> dict[str, wire.Message]:
             permanent=False,
         ),
         "StoreBlobReply": blob_messages.StoreBlobReply(confirmation=signed),
+        "GetSliversRequest": blob_messages.GetSliversRequest(
+            blob_id=blob_id, sliver_kind=SliverKind.PRIMARY, pair_indices=(0, 3, 255)
+        ),
+        "GetSliversReply": blob_messages.GetSliversReply(
+            slivers=(
+                blob_messages.SliverItem(
+                    pair_index=3, sliver_kind=SliverKind.PRIMARY, data=_filled(40, 1)
+                ),
+            )
+        ),
         "GetBlobRecordsRequest": blob_messages.GetBlobRecordsRequest(blob_id=blob_id),
         "GetBlobRecordsReply": blob_messages.GetBlobRecordsReply(records=(_filled(70, 5),)),
         "ListBlobRecordsRequest": blob_messages.ListBlobRecordsRequest(after=blob_id, limit=64),
