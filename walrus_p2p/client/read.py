@@ -53,6 +53,12 @@ class ReadOptions:
     """Ask each peer for its slivers of a small blob in one request (``GetSliversRequest``)."""
 
 
+METADATA_FIRST_WAVE = 3
+"""Members asked for a blob's metadata first; the others only if none of these has it."""
+METADATA_HEDGE_SECONDS = 0.3
+"""How long the first ones have before the others are asked anyway."""
+
+
 class BlobNotFoundError(NotFoundError):
     reason = "BLOB_NOT_FOUND"
 
@@ -93,7 +99,8 @@ async def _metadata_of(metadata: Metadata | _PendingMetadata) -> Metadata:
 
 
 async def fetch_metadata(light: LightPeer, blob_id: BlobId, *, timeout: float) -> Metadata:
-    """Ask every committee member at once; the first metadata that verifies wins.
+    """Ask three members, then (once they all answered without it, or after 0.3 s) every
+    other one; the first metadata that verifies wins.
 
     "Unknown" answers are counted by shard weight: once a quorum of shards says it does not know
     the blob, it cannot be certified (a certified blob is held by at least f+1 honest shards),
@@ -105,9 +112,24 @@ async def fetch_metadata(light: LightPeer, blob_id: BlobId, *, timeout: float) -
     invalid: list[str] = []
     failures: list[str] = []
 
+    members = list(light.committee.peer_ids)
+    random.shuffle(members)
+    first_wave, second_wave = members[:METADATA_FIRST_WAVE], members[METADATA_FIRST_WAVE:]
+    first_answered = trio.Event()
+    answered = 0
+
     async with trio.open_nursery() as nursery:
 
         async def ask(peer_id: PeerId) -> None:
+            nonlocal answered
+            try:
+                await ask_one(peer_id)
+            finally:
+                answered += 1
+                if answered >= len(first_wave):
+                    first_answered.set()
+
+        async def ask_one(peer_id: PeerId) -> None:
             try:
                 reply = await light.call(
                     peer_id,
@@ -141,8 +163,15 @@ async def fetch_metadata(light: LightPeer, blob_id: BlobId, *, timeout: float) -
             found.append(reply.metadata)
             nursery.cancel_scope.cancel()
 
-        for peer_id in light.committee.peer_ids:
+        # A few members first; the rest once those all answered without it, or are late
+        # (docs/protocol.md, "Read", step 1).
+        for peer_id in first_wave:
             nursery.start_soon(ask, peer_id)
+        if second_wave:
+            with trio.move_on_after(METADATA_HEDGE_SECONDS):
+                await first_answered.wait()
+            for peer_id in second_wave:
+                nursery.start_soon(ask_one, peer_id)
 
     if found:
         return found[0]
