@@ -466,11 +466,11 @@ def tahoe_part(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
                 [tahoe, "run", "--allow-stdin-close", str(client)], env, nodes / "client.log"
             )
         )
-        http = Http("127.0.0.1", web)
+        web_api = Http("127.0.0.1", web)
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
-                code, body, _ = http.call("GET", "/?t=json")
+                code, body, _ = web_api.call("GET", "/?t=json")
                 servers = json.loads(body).get("servers", []) if code == 200 else []
                 connected = sum(
                     1
@@ -528,15 +528,15 @@ def tahoe_part(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
         web_get_small = Row("tahoe", "web GET 1 KiB")
         web_put_small = Row("tahoe", "web PUT 1 KiB")
         data = secrets.token_bytes(KIB)
-        code, cap_bytes, _ = http.call("PUT", "/uri", data)
+        code, cap_bytes, _ = web_api.call("PUT", "/uri", data)
         small_cap = cap_bytes.decode().strip()
         for _ in range(args.gets):
-            code, body, seconds = http.call("GET", f"/uri/{small_cap}")
+            code, body, seconds = web_api.call("GET", f"/uri/{small_cap}")
             if code != 200 or body != data:
                 raise SystemExit(f"tahoe web GET: {code}")
             web_get_small.add(seconds)
         for _ in range(args.reps):
-            code, body, seconds = http.call("PUT", "/uri", secrets.token_bytes(KIB))
+            code, body, seconds = web_api.call("PUT", "/uri", secrets.token_bytes(KIB))
             if code not in (200, 201):
                 raise SystemExit(f"tahoe web PUT: {code} {body[:200]!r}")
             web_put_small.add(seconds)
@@ -544,11 +544,11 @@ def tahoe_part(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
         web_get_big = Row("tahoe", f"web GET {args.big_mib} MiB", size=big_size)
         for _ in range(args.big_reps):
             data = secrets.token_bytes(big_size)
-            code, cap_bytes, seconds = http.call("PUT", "/uri", data)
+            code, cap_bytes, seconds = web_api.call("PUT", "/uri", data)
             if code not in (200, 201):
                 raise SystemExit(f"tahoe web PUT big: {code}")
             web_put_big.add(seconds)
-            code, body, seconds = http.call("GET", f"/uri/{cap_bytes.decode().strip()}")
+            code, body, seconds = web_api.call("GET", f"/uri/{cap_bytes.decode().strip()}")
             if code != 200 or body != data:
                 raise SystemExit("tahoe web GET big gave different bytes")
             web_get_big.add(seconds)

@@ -752,6 +752,11 @@ async def test_a_client_with_a_cache_reads_known_blobs_without_asking_again(
             sent = TRAFFIC.messages - before
             assert sum(sent.values()) == 0, sent
             assert caching.cache is not None and caching.cache.hits["blob"] == 2
+            # A certified status is kept too (the gateway asks for it before every read).
+            assert (await caching.blob_status(blob)).state == "certified"
+            before = TRAFFIC.messages.copy()
+            assert (await caching.blob_status(blob)).state == "certified"
+            assert sum((TRAFFIC.messages - before).values()) == 0
             # A strict read decodes again (it re-encodes to check the blob id).
             assert bytes(await caching.read(blob, strict=True)) == data
 

@@ -69,3 +69,31 @@ def test_a_cache_without_room_keeps_nothing() -> None:
     cache.put_blob(blob_id(2), memoryview(b"y"))
     assert cache.metadata(blob_id(1)) is None
     assert cache.blob(blob_id(1)) is None and cache.blob(blob_id(2)) is None
+
+
+def test_only_certified_statuses_are_kept_and_only_for_a_while() -> None:
+    from walrus_p2p.client.results import BlobStatus
+
+    now = [0.0]
+    cache = ReadCache(CacheOptions(blob_seconds=5.0), clock=lambda: now[0])
+
+    def status(state: str) -> BlobStatus:
+        return BlobStatus(
+            blob_id=blob_id(1),
+            state=state,
+            size=10,
+            certified_epoch=1,
+            end_epoch=9,
+            deletable=True,
+        )
+
+    cache.put_status(blob_id(1), status("registered"))
+    assert cache.status(blob_id(1)) is None
+    certified = status("certified")
+    cache.put_status(blob_id(1), certified)
+    assert cache.status(blob_id(1)) is certified
+    now[0] = 6.0
+    assert cache.status(blob_id(1)) is None
+    cache.put_status(blob_id(1), certified)
+    cache.forget(blob_id(1))
+    assert cache.status(blob_id(1)) is None

@@ -9,6 +9,9 @@
   were decoded from verified slivers and checked against the metadata), but a blob deleted or
   expired meanwhile is still served until its entry ages out, as from any HTTP cache in front
   of an aggregator. A client's own ``delete`` drops the entry at once.
+- **Certified statuses**, by blob id, for the same ``blob_seconds``: the gateway asks for a
+  blob's status (size, certified?) before every read; a hot blob's comes from here. Other states
+  (registered, deleted, invalid, unknown) are always asked for.
 
 Least recently used entries go first.
 """
@@ -20,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from walrus_p2p.client.results import BlobStatus
 from walrus_p2p.core.metadata import Metadata
 from walrus_p2p.types import BlobId
 
@@ -43,9 +47,10 @@ class ReadCache:
         self._clock = clock
         self._metadata: OrderedDict[bytes, Metadata] = OrderedDict()
         self._blobs: OrderedDict[bytes, tuple[float, memoryview]] = OrderedDict()
+        self._statuses: OrderedDict[bytes, tuple[float, BlobStatus]] = OrderedDict()
         self._blob_bytes = 0
-        self.hits = {"metadata": 0, "blob": 0}
-        self.misses = {"metadata": 0, "blob": 0}
+        self.hits = {"metadata": 0, "blob": 0, "status": 0}
+        self.misses = {"metadata": 0, "blob": 0, "status": 0}
 
     def metadata(self, blob_id: BlobId) -> Metadata | None:
         found = self._metadata.get(bytes(blob_id))
@@ -95,11 +100,36 @@ class ReadCache:
             oldest = next(iter(self._blobs))
             self._drop(oldest)
 
+    def status(self, blob_id: BlobId) -> BlobStatus | None:
+        key = bytes(blob_id)
+        entry = self._statuses.get(key)
+        if entry is None:
+            self.misses["status"] += 1
+            return None
+        if self._clock() - entry[0] > self.options.blob_seconds:
+            del self._statuses[key]
+            self.misses["status"] += 1
+            return None
+        self._statuses.move_to_end(key)
+        self.hits["status"] += 1
+        return entry[1]
+
+    def put_status(self, blob_id: BlobId, status: BlobStatus) -> None:
+        """Keep a blob's status if it is certified (the only state served from here)."""
+        if status.state != "certified" or self.options.blob_seconds <= 0:
+            return
+        key = bytes(blob_id)
+        self._statuses[key] = (self._clock(), status)
+        self._statuses.move_to_end(key)
+        while len(self._statuses) > max(1, self.options.metadata_entries):
+            self._statuses.popitem(last=False)
+
     def forget(self, blob_id: BlobId) -> None:
         """Drop what is kept of a blob (after this client deleted it)."""
         key = bytes(blob_id)
         self._drop(key)
         self._metadata.pop(key, None)
+        self._statuses.pop(key, None)
 
     @property
     def blob_bytes(self) -> int:

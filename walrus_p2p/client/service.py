@@ -120,6 +120,16 @@ class WalrusClient:
 
     async def blob_status(self, blob_id: BlobId) -> BlobStatus:
         await self.light.refresh_if_stale()
+        if self.cache is not None:
+            kept = self.cache.status(blob_id)
+            if kept is not None:
+                return kept
+        status = await self._fetch_status(blob_id)
+        if self.cache is not None:
+            self.cache.put_status(blob_id, status)
+        return status
+
+    async def _fetch_status(self, blob_id: BlobId) -> BlobStatus:
         state = await fetch_blob_state(self.light, blob_id)
         if state is None:
             raise WalrusError("no storage peer answered", reason="NOT_ENOUGH_PEERS")
@@ -160,6 +170,8 @@ class WalrusClient:
             end_epoch=new_end,
         )
         await self._deliver(blob_id, record)
+        if self.cache is not None:
+            self.cache.forget(blob_id)  # its kept status names the old end epoch
         return new_end
 
     async def delete(self, blob_id: BlobId) -> None:
