@@ -61,6 +61,7 @@ KIB = 1024
 MIB = 1024 * KIB
 CLI = (sys.executable, "-m", "walrus_p2p.cli")
 READY_TIMEOUT = 300.0
+TAHOE_READY_TIMEOUT = 120.0
 COMMAND_TIMEOUT = 300.0
 
 
@@ -234,12 +235,16 @@ class Http:
                 reply = self.connection.getresponse()
                 data = reply.read()
                 return reply.status, data, time.perf_counter() - started
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except (OSError, http.client.HTTPException) as error:
+                # A fresh connection for the next call (a failed one keeps its state).
                 self.connection.close()
                 self.connection = http.client.HTTPConnection(
                     self.host, self.port, timeout=COMMAND_TIMEOUT
                 )
-                if attempt:
+                closed = isinstance(
+                    error, http.client.RemoteDisconnected | ConnectionResetError | BrokenPipeError
+                )
+                if attempt or not closed:
                     raise
         raise AssertionError("unreachable")
 
@@ -467,10 +472,12 @@ def tahoe_part(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
             )
         )
         web_api = Http("127.0.0.1", web)
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + TAHOE_READY_TIMEOUT
+        connected_text = "no answer"
         while True:
             with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
                 code, body, _ = web_api.call("GET", "/?t=json")
+                connected_text = f"HTTP {code}: {body[:300]!r}"
                 servers = json.loads(body).get("servers", []) if code == 200 else []
                 connected = sum(
                     1
@@ -480,7 +487,7 @@ def tahoe_part(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
                 if connected >= args.peers:
                     break
             if time.monotonic() > deadline:
-                raise SystemExit("the Tahoe grid did not connect")
+                raise SystemExit(f"the Tahoe grid did not connect (last: {connected_text})")
             time.sleep(0.5)
         print(
             f"tahoe grid ready in {time.perf_counter() - started:.1f} s "
@@ -596,6 +603,8 @@ def main() -> None:
     parser.add_argument("--no-tahoe", action="store_true")
     parser.add_argument("--tahoe-encoding", default="7:20:20", help="k:happy:n")
     parser.add_argument("--tahoe-foolscap", action="store_true")
+    parser.add_argument("--no-walrus", action="store_true", help="the Tahoe-LAFS part only")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args()
     print(f"cpu: {cpu_model()}  cores: {os.cpu_count()}  load: {load_text()}")
     print(
@@ -606,7 +615,8 @@ def main() -> None:
     rows: list[Row] = []
     work = Path(tempfile.mkdtemp(prefix="walrus-userpath-"))
     try:
-        walrus_part(args, work, rows)
+        if not args.no_walrus:
+            walrus_part(args, work, rows)
         for row in rows:
             print(row.line(), flush=True)
         if args.tahoe and not args.no_tahoe:
@@ -620,7 +630,10 @@ def main() -> None:
         elif not args.no_tahoe:
             print("tahoe: not found (pass --tahoe PATH; pip install tahoe-lafs into a venv)")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     print(f"load after: {load_text()}")
 
 
