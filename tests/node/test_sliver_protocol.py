@@ -39,7 +39,7 @@ from walrus_p2p.net.rpc import decode_reply
 from walrus_p2p.net.stream import Stream
 from walrus_p2p.node import slivers as slivers_module
 from walrus_p2p.testing.network import TestNetwork, TestPeer, open_test_light_peer
-from walrus_p2p.types import PeerId, SliverKind
+from walrus_p2p.types import BlobId, PeerId, SliverKind
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -822,3 +822,23 @@ async def test_a_small_blob_is_read_with_one_request_per_peer(
     holder.service.router.replace(wire.GetSliverRequest, corrupt)
     with trio.fail_after(60):
         assert bytes(await client.read(blob)) == data
+
+
+async def test_questions_about_unknown_blob_ids_leave_no_state_behind(
+    network: TestNetwork, client: WalrusClient
+) -> None:
+    """Anyone may name any blob id; the record book keeps no state for ids without records
+    (the fuzzing campaign found ~40 MiB per million such requests; docs/security.md)."""
+    peer = network.peers[0]
+    book = peer.service.records
+    before = len(book._states)
+    with trio.fail_after(30):
+        for _ in range(50):
+            unknown = BlobId(secrets.token_bytes(32))
+            state = await book.blob_state(unknown)
+            assert not state.registrations
+    assert len(book._states) == before
+    data = secrets.token_bytes(500)
+    with trio.fail_after(60):
+        stored = await client.store(data, epochs=2, permanent=False, wait_all=True)
+    assert stored.blob_id in book._states

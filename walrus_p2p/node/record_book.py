@@ -105,7 +105,13 @@ class RecordBook:
         if cached is not None:
             return cached
         state = records.BlobState.empty(blob_id)
-        for raw in await trio.to_thread.run_sync(self.load, blob_id):
+        stored = await trio.to_thread.run_sync(self.load, blob_id)
+        if not stored:
+            # Not cached: anyone may ask about any blob id, and a cache of the empty states of
+            # ids nobody stored would grow with every question (docs/security.md, "State kept
+            # for strangers").
+            return state
+        for raw in stored:
             try:
                 (record,) = decode_records((raw,), blob_id)
             except WireError as error:
@@ -207,7 +213,8 @@ class RecordBook:
                 if announce and self._is_announcer(blob_id):
                     self._announce.append(encoded)
                     self._announce_ready.set()
-            self._states[blob_id] = state
+            if accepted or blob_id in self._states:
+                self._states[blob_id] = state
             if accepted:
                 summary = BlobState(
                     certified_epoch=state.certified_epoch,
