@@ -509,28 +509,24 @@ def tahoe_part(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
                 raise SystemExit("tahoe get gave different bytes")
             return run
 
-        put_small, get_small = Row("tahoe", "cli put 1 KiB"), Row("tahoe", "cli get 1 KiB")
-        for rep in range(args.reps):
-            data = secrets.token_bytes(KIB)
-            path = files / f"small-{rep}.bin"
-            path.write_bytes(data)
-            cap, run = put(path)
-            put_small.add(run.seconds, run.peak_rss_mib)
-            run = get(cap, data)
-            get_small.add(run.seconds, run.peak_rss_mib)
+        def round_trips(size: int, reps: int, label: str) -> list[Row]:
+            """``reps`` fresh files of ``size`` bytes put and got back through the CLI."""
+            put_row = Row("tahoe", f"cli put {label}", size=size)
+            get_row = Row("tahoe", f"cli get {label}", size=size)
+            for rep in range(reps):
+                data = secrets.token_bytes(size)
+                path = files / f"{label.replace(' ', '')}-{rep}.bin"
+                path.write_bytes(data)
+                cap, run = put(path)
+                put_row.add(run.seconds, run.peak_rss_mib)
+                run = get(cap, data)
+                get_row.add(run.seconds, run.peak_rss_mib)
+                path.unlink()
+            return [put_row, get_row]
+
+        rows += round_trips(KIB, args.reps, "1 KiB")
+        rows += round_trips(args.big_mib * MIB, args.big_reps, f"{args.big_mib} MiB")
         big_size = args.big_mib * MIB
-        put_big = Row("tahoe", f"cli put {args.big_mib} MiB", size=big_size)
-        get_big = Row("tahoe", f"cli get {args.big_mib} MiB", size=big_size)
-        for rep in range(args.big_reps):
-            data = secrets.token_bytes(big_size)
-            path = files / f"big-{rep}.bin"
-            path.write_bytes(data)
-            cap, run = put(path)
-            put_big.add(run.seconds, run.peak_rss_mib)
-            run = get(cap, data)
-            get_big.add(run.seconds, run.peak_rss_mib)
-            path.unlink()
-        rows += [put_small, get_small, put_big, get_big]
 
         web_get_small = Row("tahoe", "web GET 1 KiB")
         web_put_small = Row("tahoe", "web PUT 1 KiB")

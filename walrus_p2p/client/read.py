@@ -195,6 +195,33 @@ def _holders(
     return light.holders_of(pair_to_shard(blob_id, pair, n_shards)), pair
 
 
+async def _sliver_verifies(
+    blob_id: BlobId,
+    metadata: Metadata,
+    sliver_type: SliverType,
+    index: int,
+    data: bytes,
+    peer_id: PeerId,
+    bad_peers: set[PeerId],
+) -> bool:
+    """Check a sliver against the metadata (in a worker thread); a peer that served a bad one
+    is logged and not asked again during this read."""
+    try:
+        await trio.to_thread.run_sync(verify_sliver, metadata, sliver_type, index, data)
+    except VerificationError as error:
+        bad_peers.add(peer_id)
+        logger.warning(
+            "peer served a bad sliver blob=%s peer=%s sliver=%s/%d error=%s",
+            short_id(blob_id),
+            peer_id[:12],
+            sliver_type.value,
+            index,
+            error,
+        )
+        return False
+    return True
+
+
 def _may_be_small(
     metadata: Metadata | _PendingMetadata, config: EncodingConfig, sliver_type: SliverType
 ) -> bool:
@@ -253,20 +280,9 @@ async def fetch_slivers_in_batches(
             index = pairs.get(item.pair_index)
             if index is None or item.sliver_kind is not kind:
                 continue
-            try:
-                await trio.to_thread.run_sync(
-                    verify_sliver, verified_against, sliver_type, index, item.data
-                )
-            except VerificationError as error:
-                bad_peers.add(peer_id)
-                logger.warning(
-                    "peer served a bad sliver blob=%s peer=%s sliver=%s/%d error=%s",
-                    short_id(blob_id),
-                    peer_id[:12],
-                    sliver_type.value,
-                    index,
-                    error,
-                )
+            if not await _sliver_verifies(
+                blob_id, verified_against, sliver_type, index, item.data, peer_id, bad_peers
+            ):
                 return
             got[index] = item.data
 
@@ -334,20 +350,10 @@ async def fetch_slivers(
                 view_tail=True,  # the sliver is only verified and decoded: no copy of it
             )
             verified_against = await _metadata_of(metadata)
-            await trio.to_thread.run_sync(
-                verify_sliver, verified_against, sliver_type, index, reply.data
-            )
-        except VerificationError as error:
-            bad_peers.add(peer_id)
-            logger.warning(
-                "peer served a bad sliver blob=%s peer=%s sliver=%s/%d error=%s",
-                short_id(blob_id),
-                peer_id[:12],
-                sliver_type.value,
-                index,
-                error,
-            )
-            return False
+            if not await _sliver_verifies(
+                blob_id, verified_against, sliver_type, index, reply.data, peer_id, bad_peers
+            ):
+                return False
         except WalrusError as error:
             logger.info(
                 "sliver fetch failed blob=%s peer=%s sliver=%s/%d reason=%s",

@@ -409,20 +409,24 @@ async def _upload(
                 no_one_request.add(peer_id)  # a peer of an older release
                 return False
             raise
+        accept(peer_id, reply.confirmation)
+        if progress is not None and not returned.is_set():
+            progress(sum(len(item.data) for item in request.slivers))
+        return True
+
+    def accept(peer_id: PeerId, confirmation: wire.SignedStorageConfirmation) -> None:
+        """Check a member's confirmation and count it (VerificationError if it is wrong)."""
         verify_confirmation(
             light,
             peer_id,
-            reply.confirmation,
+            confirmation,
             blob_id=blob_id,
             permanent=permanent,
             committee=committee,
         )
-        if progress is not None and not returned.is_set():
-            progress(sum(len(item.data) for item in request.slivers))
-        confirmations[peer_id] = reply.confirmation
+        confirmations[peer_id] = confirmation
         if is_quorum(confirmed_weight(), n_shards):
             quorum_reached.set()
-        return True
 
     async def upload_to(peer_id: PeerId, pairs: list[int]) -> None:
         request = one_request(peer_id, pairs)
@@ -464,17 +468,7 @@ async def _upload(
             wire.GetConfirmationReply,
             timeout=timeout,
         )
-        verify_confirmation(
-            light,
-            peer_id,
-            reply.confirmation,
-            blob_id=blob_id,
-            permanent=permanent,
-            committee=committee,
-        )
-        confirmations[peer_id] = reply.confirmation
-        if is_quorum(confirmed_weight(), n_shards):
-            quorum_reached.set()
+        accept(peer_id, reply.confirmation)
 
     async def guarded(peer_id: PeerId, pairs: list[int]) -> None:
         attempts = max(1, options.peer_attempts)
