@@ -120,6 +120,13 @@ async def test_honest_peers_get_certificates_and_a_peer_that_lost_its_files_does
         assert not next(m for m in report.members if m.peer_id == victim.peer_id).certified
         assert set(latest.certified) == everyone
 
+        # The gateway's /status names the newest epoch whose challenge certified a quorum:
+        # epoch 2 (three of four members, 6 of 8 shards).
+        async with open_test_client(network) as client:
+            with trio.fail_after(STEP):
+                status = await client.network_status()
+        assert status.challenge_epoch == 2
+
 
 async def test_a_peer_that_confirms_slivers_it_never_stored_gets_no_certificate() -> None:
     async with challenge_network({3: FORGET_SLIVERS}) as network:

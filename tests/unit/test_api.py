@@ -626,6 +626,7 @@ async def test_status_follows_writability(fake: FakeBlobService) -> None:
         "shards": 10,
         "reachableShards": 10,
         "writable": True,
+        "challengeEpoch": 6,
     }
     assert down.status_code == 503
     assert down.json()["writable"] is False
@@ -662,6 +663,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "string": str,
     "integer": int,
     "boolean": bool,
+    "null": type(None),
 }
 
 

@@ -394,6 +394,7 @@ class _Gateway:
             "shards": status.shards,
             "reachableShards": status.reachable_shards,
             "writable": status.writable,
+            "challengeEpoch": status.challenge_epoch,
         }
         return JSONResponse(
             body,

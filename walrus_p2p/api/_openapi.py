@@ -374,6 +374,7 @@ def openapi_document(*, max_body: int) -> dict[str, Any]:
                         "shards": _integer(),
                         "reachableShards": _integer(),
                         "writable": {"type": "boolean"},
+                        "challengeEpoch": {"oneOf": [_integer(1), {"type": "null"}]},
                     }
                 ),
             },

@@ -62,6 +62,9 @@ class NetworkStatus:
     """Shards whose peer answered recently."""
     writable: bool
     """True when reachable shard weight reaches a write quorum."""
+    challenge_epoch: int | None = None
+    """The newest epoch (of the last four) whose storage challenge certified members holding a
+    quorum of shards (docs/challenges.md); None if none did."""
 
 
 class BlobService(Protocol):

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from walrus_p2p.client.cache import CacheOptions, ReadCache
+from walrus_p2p.client.challenges import fetch_availability
 from walrus_p2p.client.network import LightPeer, open_light_peer
 from walrus_p2p.client.payment import Payer
 from walrus_p2p.client.read import ReadOptions, read_blob, read_range
@@ -31,6 +32,9 @@ from walrus_p2p.types import BlobId, PeerId, short_id
 logger = logging.getLogger(__name__)
 
 STATUS_CACHE_SECONDS = 2.0
+CHALLENGE_STATUS_SECONDS = 30.0
+"""How long the gateway's last complete challenge epoch (``/status``) is reused."""
+CHALLENGE_EPOCHS_LOOKED_AT = 4
 
 
 class WalrusClient:
@@ -63,6 +67,8 @@ class WalrusClient:
         self._status: NetworkStatus | None = None
         self._status_time = 0.0
         self._status_lock = trio.Lock()
+        self._challenge_time: float | None = None
+        self._challenge_epoch_value: int | None = None
 
     @property
     def genesis(self) -> Genesis:
@@ -242,9 +248,36 @@ class WalrusClient:
                 shards=committee.n_shards,
                 reachable_shards=weight,
                 writable=is_quorum(weight, committee.n_shards),
+                challenge_epoch=await self._challenge_epoch(),
             )
             self._status_time = time.monotonic()
             return self._status
+
+    async def _challenge_epoch(self) -> int | None:
+        """The newest of the last four epochs whose challenge certified members holding a
+        quorum of shards, each certificate verified (client/challenges.py); asked again at most
+        every ``CHALLENGE_STATUS_SECONDS``."""
+        last = self._challenge_time
+        if last is not None and time.monotonic() - last < CHALLENGE_STATUS_SECONDS:
+            return self._challenge_epoch_value
+        found: int | None = None
+        newest = self.light.epoch
+        for epoch in range(newest, max(0, newest - CHALLENGE_EPOCHS_LOOKED_AT), -1):
+            committee = self.light.committee_of(epoch)
+            if committee is None:
+                continue
+            try:
+                report = await fetch_availability(self.light, epoch, timeout=3.0)
+            except WalrusError as error:
+                logger.debug("challenge status unknown epoch=%d error=%s", epoch, error)
+                continue
+            weight = committee.shard_weight(report.certified)
+            if is_quorum(weight, committee.n_shards):
+                found = epoch
+                break
+        self._challenge_epoch_value = found
+        self._challenge_time = time.monotonic()
+        return found
 
 
 @asynccontextmanager

@@ -103,7 +103,9 @@ class FakeBlobService:
 
     async def network_status(self) -> NetworkStatus:
         await self._enter("network_status")
-        return NetworkStatus("devnet", "abc", 7, 10, 10 if self.writable else 3, self.writable)
+        return NetworkStatus(
+            "devnet", "abc", 7, 10, 10 if self.writable else 3, self.writable, challenge_epoch=6
+        )
 
     def put(self, data: bytes) -> str:
         blob_id = BlobId(hashlib.sha256(data).digest())
