@@ -35,6 +35,7 @@ STATUS_CACHE_SECONDS = 2.0
 CHALLENGE_STATUS_SECONDS = 30.0
 """How long the gateway's last complete challenge epoch (``/status``) is reused."""
 CHALLENGE_EPOCHS_LOOKED_AT = 4
+CHALLENGE_STATUS_DEADLINE = 3.0
 
 
 class WalrusClient:
@@ -262,19 +263,23 @@ class WalrusClient:
             return self._challenge_epoch_value
         found: int | None = None
         newest = self.light.epoch
-        for epoch in range(newest, max(0, newest - CHALLENGE_EPOCHS_LOOKED_AT), -1):
-            committee = self.light.committee_of(epoch)
-            if committee is None:
-                continue
-            try:
-                report = await fetch_availability(self.light, epoch, timeout=3.0)
-            except WalrusError as error:
-                logger.debug("challenge status unknown epoch=%d error=%s", epoch, error)
-                continue
-            weight = committee.shard_weight(report.certified)
-            if is_quorum(weight, committee.n_shards):
-                found = epoch
-                break
+        # Bounded as a whole: /status must answer even while members hang.
+        with trio.move_on_after(CHALLENGE_STATUS_DEADLINE) as deadline:
+            # Epoch 0 has no challenge (nothing was certified before it).
+            for epoch in range(newest, max(0, newest - CHALLENGE_EPOCHS_LOOKED_AT), -1):
+                committee = self.light.committee_of(epoch)
+                if committee is None:
+                    continue
+                try:
+                    report = await fetch_availability(self.light, epoch, timeout=2.0)
+                except WalrusError as error:
+                    logger.debug("challenge status unknown epoch=%d error=%s", epoch, error)
+                    continue
+                if is_quorum(committee.shard_weight(report.certified), committee.n_shards):
+                    found = epoch
+                    break
+        if deadline.cancelled_caught:
+            return self._challenge_epoch_value  # the last answer, looked up again next time
         self._challenge_epoch_value = found
         self._challenge_time = time.monotonic()
         return found
