@@ -405,7 +405,7 @@ class _Gateway:
     async def api(self, request: Request) -> Response:
         return JSONResponse(self._openapi)
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, request: Request) -> memoryview:
         """The request body, refused with 413 as soon as it is known to exceed the limit.
 
         A declared Content-Length is checked against the limit before reading anything; the
@@ -440,7 +440,9 @@ class _Gateway:
                 f"the request body did not arrive in time ({pace.describe()})",
                 headers={"Connection": "close"},
             )
-        return bytes(body)
+        # A read-only view of what arrived, not a copy: a 32 MiB upload held twice cost the
+        # gateway 32 MiB of peak memory for nothing.
+        return memoryview(body).toreadonly()
 
     async def _readable_size(self, blob_id: BlobId) -> int:
         """The size of a certified blob; 404 or 410 (via ApiError) for anything else."""

@@ -70,7 +70,9 @@ class NetworkStatus:
 class BlobService(Protocol):
     """The operations the HTTP gateway and the CLI need from a light peer."""
 
-    async def store(self, data: bytes, *, epochs: int, permanent: bool) -> StoreOutcome: ...
+    async def store(
+        self, data: bytes | memoryview, *, epochs: int, permanent: bool
+    ) -> StoreOutcome: ...
 
     async def read(self, blob_id: BlobId, *, strict: bool = False) -> bytes | memoryview: ...
 

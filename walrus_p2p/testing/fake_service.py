@@ -49,7 +49,9 @@ class FakeBlobService:
             self.entered.set()
             await self.gate.wait()
 
-    async def store(self, data: bytes, *, epochs: int, permanent: bool) -> StoreOutcome:
+    async def store(
+        self, data: bytes | memoryview, *, epochs: int, permanent: bool
+    ) -> StoreOutcome:
         self.stores.append((len(data), epochs, permanent))
         await self._enter("store")
         blob_id = BlobId(hashlib.sha256(data).digest())
@@ -62,7 +64,7 @@ class FakeBlobService:
                     f"needs {cost} FROST, has {self.balance}", needed=cost, balance=self.balance
                 )
             self.balance -= cost
-        self.blobs[blob_id] = data
+        self.blobs[blob_id] = bytes(data)
         return StoredBlob(
             blob_id=blob_id,
             size=len(data),
