@@ -363,10 +363,12 @@ def reproduce(args: argparse.Namespace) -> int:
 async def reproduce_handler(name: str, payload: bytes, remote: str, deadline: float) -> Any:
     async with fuzz.open_fuzz_network() as peer:
         target = next(t for t in peer.targets if t.name == name)
+        started = time.perf_counter()
         if target.rpc is not None:
             outcome = await fuzz.run_rpc(target.rpc, payload, PeerId(remote), deadline)
         else:
             outcome = fuzz.run_validator(target, payload, PeerId(remote), 1, deadline)
+        print(f"handled in {time.perf_counter() - started:.3f} s (load {load_text()})")
         peer.network.nursery.cancel_scope.cancel()
     return outcome
 
