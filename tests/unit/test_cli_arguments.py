@@ -126,3 +126,38 @@ def test_bad_serve_limits_are_usage_errors_naming_the_flag(flag: str, named: str
 
     with pytest.raises(_common.UsageError, match=named):
         serve_limits(build_parser().parse_args(["serve", flag]))
+
+
+def test_serve_policy_follows_the_flags(tmp_path: Path) -> None:
+    from walrus_p2p.cli.gateway import serve_policy
+
+    default = serve_policy(build_parser().parse_args(["serve"]))
+    assert (default.cors_origins, default.blocklist, default.max_read_size) == (("*",), None, None)
+    blocklist = tmp_path / "blocked.txt"
+    blocklist.write_text(blob_id_to_text(bytes(32)) + "\n")
+    flags = [
+        "serve",
+        "--cors-origins=https://a.example,https://b.example:8443",
+        f"--blocklist={blocklist}",
+        "--max-read-size=1000",
+    ]
+    policy = serve_policy(build_parser().parse_args(flags))
+    assert policy.cors_origins == ("https://a.example", "https://b.example:8443")
+    assert (policy.blocklist, policy.max_read_size) == (blocklist, 1000)
+    off = serve_policy(build_parser().parse_args(["serve", "--cors-origins=none"]))
+    assert off.cors_origins == ()
+
+
+@pytest.mark.parametrize(
+    ("flag", "named"),
+    [
+        ("--cors-origins=a.example", "CORS origin"),
+        ("--max-read-size=-5", "--max-read-size"),
+        ("--blocklist=/nonexistent/blocked.txt", "cannot be read"),
+    ],
+)
+def test_bad_serve_policy_flags_are_usage_errors(flag: str, named: str) -> None:
+    from walrus_p2p.cli.gateway import serve_policy
+
+    with pytest.raises(_common.UsageError, match=named):
+        serve_policy(build_parser().parse_args(["serve", flag]))

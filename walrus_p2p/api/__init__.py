@@ -21,6 +21,7 @@ from walrus_p2p.api._gateway import (
 )
 from walrus_p2p.api._openapi import ERROR_REASONS, openapi_document
 from walrus_p2p.api._ranges import ByteRange, UnsatisfiableRangeError, parse_range_header
+from walrus_p2p.api._web import GatewayPolicy, cors_origins_from_text, parse_blocklist
 
 __all__ = [
     "DEFAULT_BODY_TIMEOUT_SECONDS",
@@ -34,9 +35,12 @@ __all__ = [
     "ERROR_REASONS",
     "ByteRange",
     "GatewayLimits",
+    "GatewayPolicy",
     "UnsatisfiableRangeError",
     "build_gateway_app",
+    "cors_origins_from_text",
     "openapi_document",
+    "parse_blocklist",
     "parse_range_header",
     "serve_gateway",
     "store_outcome_json",

@@ -21,6 +21,8 @@ import trio
 from starlette.applications import Starlette
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, request_response
@@ -46,6 +48,14 @@ from walrus_p2p.api._errors import (
 )
 from walrus_p2p.api._openapi import openapi_document
 from walrus_p2p.api._ranges import ByteRange, UnsatisfiableRangeError, parse_range_header
+from walrus_p2p.api._web import (
+    SNIFF_BYTES,
+    GatewayPolicy,
+    WebState,
+    cors_settings,
+    requested_type,
+    sniff,
+)
 from walrus_p2p.client.results import AlreadyCertified, BlobService, StoreOutcome
 from walrus_p2p.errors import ConfigError, WalrusError, WireError
 from walrus_p2p.net.http import (
@@ -95,7 +105,6 @@ STREAM_CHUNK_SIZE = 64 * 1024
 """Blob bodies go out in pieces of this size, so one send never carries a whole large blob."""
 
 IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
-OCTET_STREAM = "application/octet-stream"
 
 # ASCII digits only (``\d`` would take other scripts' digits), bounded so int() stays cheap.
 _UNSIGNED = re.compile(r"[0-9]{1,18}")
@@ -195,8 +204,15 @@ def store_outcome_json(outcome: StoreOutcome) -> dict[str, Any]:
     }
 
 
-def build_gateway_app(service: BlobService, limits: GatewayLimits | None = None) -> Starlette:
+def build_gateway_app(
+    service: BlobService,
+    limits: GatewayLimits | None = None,
+    policy: GatewayPolicy | None = None,
+) -> Starlette:
     """The gateway as an ASGI app (run it on trio, e.g. with `serve_gateway`).
+
+    ``policy``: CORS origins, the blocklist and the read size limit (docs/http-api.md,
+    "Web-ready reads"); the default allows any origin and blocks nothing.
 
     The app's ``state.admission`` is its `AdmissionControl` (requests in flight, blob bytes held,
     refusals counted by reason), for tests and benchmarks to look at.
@@ -224,7 +240,8 @@ def build_gateway_app(service: BlobService, limits: GatewayLimits | None = None)
         refusals=Refusals(),
         retry_after_seconds=limits.retry_after_seconds,
     )
-    gateway = _Gateway(service, limits, control)
+    policy = policy or GatewayPolicy()
+    gateway = _Gateway(service, limits, control, WebState(policy))
 
     def admitted(handler: Handler, slots: RequestSlots, name: str) -> Admission:
         return Admission(request_response(_guarded(handler, name)), control, slots)
@@ -251,8 +268,14 @@ def build_gateway_app(service: BlobService, limits: GatewayLimits | None = None)
         Route("/status", _guarded(gateway.status, "status"), methods=["GET"]),
         Route("/v1/api", _guarded(gateway.api, "api"), methods=["GET"]),
     ]
+    middleware = (
+        [Middleware(CORSMiddleware, **cors_settings(policy.cors_origins))]  # type: ignore[arg-type]
+        if policy.cors_origins
+        else []
+    )
     app = Starlette(
         routes=routes,
+        middleware=middleware,
         exception_handlers={
             HTTPException: http_exception_handler,
             Exception: internal_exception_handler,
@@ -267,6 +290,7 @@ async def serve_gateway(
     bind: str,
     limits: GatewayLimits | None = None,
     *,
+    policy: GatewayPolicy | None = None,
     stats: ConnectionStats | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -276,7 +300,7 @@ async def serve_gateway(
     ``["http://127.0.0.1:31415"]``. ``stats``, if given, is kept up to date with the connections.
     """
     limits = limits or GatewayLimits()
-    app = build_gateway_app(service, limits)
+    app = build_gateway_app(service, limits, policy)
     logger.info("gateway starting bind=%s %s", bind, limits.describe())
     warn_if_few_file_descriptors(limits.max_connections)
     await serve_http(app, bind, limits=limits.http_limits(), stats=stats, task_status=task_status)
@@ -322,11 +346,16 @@ class _Gateway:
     """The request handlers, sharing the service and the limits."""
 
     def __init__(
-        self, service: BlobService, limits: GatewayLimits, control: AdmissionControl
+        self,
+        service: BlobService,
+        limits: GatewayLimits,
+        control: AdmissionControl,
+        web: WebState,
     ) -> None:
         self._service = service
         self._limits = limits
         self._control = control
+        self._web = web
         self._openapi = openapi_document(max_body=limits.max_body)
 
     async def put_blob(self, request: Request) -> Response:
@@ -348,7 +377,7 @@ class _Gateway:
         return JSONResponse(store_outcome_json(outcome), headers={"Cache-Control": "no-store"})
 
     async def get_blob(self, request: Request) -> Response:
-        blob_id, text = _blob_id_param(request)
+        blob_id, text = self._readable_id(request)
         headers = _blob_headers(text)
         headers["Accept-Ranges"] = "bytes"
         if _etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
@@ -362,9 +391,10 @@ class _Gateway:
                 raise _unsatisfiable(size, str(error)) from error
             if byte_range is not None:
                 headers["Content-Range"] = byte_range.content_range(size)
-                return await self._send_range(request, blob_id, byte_range, 206, headers)
+                return await self._send_range(request, blob_id, size, byte_range, 206, headers)
         size = await self._readable_size(blob_id)
         if request.method == "HEAD":
+            headers["Content-Type"] = await self._content_type(request, blob_id, size)
             return _head_response(200, size, headers)
         # The size comes first so that the bytes are taken from the budget before they are read.
         reservation = reservation_of(request)
@@ -372,10 +402,11 @@ class _Gateway:
         data = await self._service.read(blob_id)
         if len(data) > size:
             reservation.take(len(data) - size)
+        headers["Content-Type"] = await self._content_type(request, blob_id, len(data), data)
         return _stream(data, 200, headers)
 
     async def get_byte_range(self, request: Request) -> Response:
-        blob_id, text = _blob_id_param(request)
+        blob_id, text = self._readable_id(request)
         start = _unsigned_param(request.query_params, "start", minimum=0)
         length = _unsigned_param(request.query_params, "length", minimum=1)
         headers = _blob_headers(text)
@@ -383,7 +414,7 @@ class _Gateway:
         if start >= size:
             raise _unsatisfiable(size, f"start {start} is not inside the {size}-byte blob")
         byte_range = ByteRange(start, min(start + length, size) - 1)
-        return await self._send_range(request, blob_id, byte_range, 200, headers)
+        return await self._send_range(request, blob_id, size, byte_range, 200, headers)
 
     async def status(self, request: Request) -> Response:
         status = await self._service.network_status()
@@ -453,17 +484,59 @@ class _Gateway:
             raise blob_not_found()
         if status.size is None:
             raise RuntimeError(f"certified blob {short_id(blob_id)} has no size")
+        limit = self._web.policy.max_read_size
+        if limit is not None and status.size > limit:
+            raise ApiError(
+                403,
+                "BLOB_ABOVE_READ_LIMIT",
+                f"the blob has {status.size} bytes; this gateway serves blobs of at most "
+                f"{limit} bytes",
+            )
         return status.size
+
+    def _readable_id(self, request: Request) -> tuple[BlobId, str]:
+        """The blob id of a read, refused with 451 if the operator's blocklist names it."""
+        blob_id, text = _blob_id_param(request)
+        if blob_id in self._web.blocklist:
+            raise ApiError(
+                451, "BLOB_BLOCKED", "this gateway does not serve this blob (operator blocklist)"
+            )
+        return blob_id, text
+
+    async def _content_type(
+        self,
+        request: Request,
+        blob_id: BlobId,
+        size: int,
+        start: bytes | memoryview | None = None,
+    ) -> str:
+        """The blob's content type (docs/http-api.md, "Web-ready reads"): what the request's
+        ``Accept`` names, else sniffed from the first bytes (``start`` when they begin the blob
+        and reach far enough, else read, at most :data:`SNIFF_BYTES`, once per blob id)."""
+        asked = requested_type(request.headers.get("accept"))
+        if asked is not None:
+            return asked
+        known = self._web.content_types.get(blob_id)
+        if known is not None:
+            return known
+        wanted = min(size, SNIFF_BYTES)
+        if start is None or len(start) < wanted:
+            start = await self._service.read_range(blob_id, 0, wanted) if wanted else b""
+        found = sniff(start[:wanted], complete=size <= SNIFF_BYTES)
+        self._web.content_types.put(blob_id, found)
+        return found
 
     async def _send_range(
         self,
         request: Request,
         blob_id: BlobId,
+        size: int,
         byte_range: ByteRange,
         status_code: int,
         headers: dict[str, str],
     ) -> Response:
         if request.method == "HEAD":
+            headers["Content-Type"] = await self._content_type(request, blob_id, size)
             return _head_response(status_code, byte_range.length, headers)
         reservation_of(request).take(byte_range.length)
         data = await self._service.read_range(blob_id, byte_range.first, byte_range.length)
@@ -471,6 +544,8 @@ class _Gateway:
             raise RuntimeError(
                 f"read_range returned {len(data)} bytes, {byte_range.length} were asked"
             )
+        start = data if byte_range.first == 0 else None
+        headers["Content-Type"] = await self._content_type(request, blob_id, size, start)
         return _stream(data, status_code, headers)
 
 
@@ -551,8 +626,13 @@ def _permanence(params: QueryParams) -> bool:
 
 
 def _blob_headers(blob_id_text: str) -> dict[str, str]:
-    # A blob id commits to the content, so the bytes at a blob URL never change.
-    return {"Cache-Control": IMMUTABLE_CACHE_CONTROL, "ETag": f'"{blob_id_text}"'}
+    # A blob id commits to the content, so the bytes at a blob URL never change; nosniff keeps
+    # browsers to the stated content type (docs/http-api.md, "Web-ready reads").
+    return {
+        "Cache-Control": IMMUTABLE_CACHE_CONTROL,
+        "ETag": f'"{blob_id_text}"',
+        "X-Content-Type-Options": "nosniff",
+    }
 
 
 def _etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -580,11 +660,7 @@ def _unsatisfiable(size: int, message: str) -> ApiError:
 
 
 def _head_response(status_code: int, length: int, headers: dict[str, str]) -> Response:
-    return Response(
-        status_code=status_code,
-        headers={**headers, "Content-Length": str(length)},
-        media_type=OCTET_STREAM,
-    )
+    return Response(status_code=status_code, headers={**headers, "Content-Length": str(length)})
 
 
 def _stream(
@@ -594,7 +670,6 @@ def _stream(
         _chunks(data),
         status_code=status_code,
         headers={**headers, "Content-Length": str(len(data))},
-        media_type=OCTET_STREAM,
     )
 
 

@@ -28,6 +28,8 @@ ERROR_REASONS = (
     "TIMEOUT",
     "PAYMENT_REQUIRED",
     "PAYMENT_FAILED",
+    "BLOB_BLOCKED",
+    "BLOB_ABOVE_READ_LIMIT",
 )
 
 _BLOB_ID_PATTERN = "^[A-Za-z0-9_-]{43}$"
@@ -68,6 +70,10 @@ def _blob_bytes(description: str, *, partial: bool = False) -> dict[str, Any]:
             "schema": {"type": "string"},
         },
         "Content-Length": {"schema": _integer()},
+        "X-Content-Type-Options": {
+            "description": "Always `nosniff`.",
+            "schema": {"type": "string"},
+        },
     }
     if partial:
         headers["Content-Range"] = {
@@ -75,10 +81,17 @@ def _blob_bytes(description: str, *, partial: bool = False) -> dict[str, Any]:
             "schema": {"type": "string"},
         }
     return {
-        "description": description,
+        "description": description + " " + _CONTENT_TYPE_NOTE,
         "headers": headers,
-        "content": {"application/octet-stream": {"schema": {}}},
+        "content": {"*/*": {"schema": {}}},
     }
+
+
+_CONTENT_TYPE_NOTE = (
+    "Content-Type: the single concrete media type named by `Accept`, else sniffed from the "
+    "first bytes (images, audio, video, fonts, archives, PDF; printable UTF-8 is "
+    "`text/plain; charset=utf-8`), else `application/octet-stream`."
+)
 
 
 _RETRY_AFTER = {
@@ -95,6 +108,12 @@ _CONTENT_RANGE_UNSATISFIED = {
 _TOO_LARGE_FOR_GATEWAY = _error(
     "The blob (or range) is larger than the gateway's byte budget (`BLOB_TOO_LARGE`)."
 )
+_READ_POLICY = {
+    "403": _error(
+        "The blob is larger than the gateway's read size limit (`BLOB_ABOVE_READ_LIMIT`)."
+    ),
+    "451": _error("The gateway's operator blocklist names this blob (`BLOB_BLOCKED`)."),
+}
 
 
 def _network_errors() -> dict[str, Any]:
@@ -150,6 +169,16 @@ def openapi_document(*, max_body: int) -> dict[str, Any]:
                 "description": "Honour Range only if this equals the ETag.",
                 "schema": {"type": "string"},
             },
+            {
+                "name": "Accept",
+                "in": "header",
+                "required": False,
+                "description": (
+                    "One concrete media type (no list, no wildcard) becomes the response's "
+                    "Content-Type; anything else lets the gateway sniff it."
+                ),
+                "schema": {"type": "string"},
+            },
         ],
         "responses": {
             "200": _blob_bytes("The whole blob."),
@@ -163,8 +192,14 @@ def openapi_document(*, max_body: int) -> dict[str, Any]:
                 headers=_CONTENT_RANGE_UNSATISFIED,
             ),
             "503": _TOO_LARGE_FOR_GATEWAY,
+            **_READ_POLICY,
             **_network_errors(),
         },
+    }
+    head_blob = {
+        **read_blob,
+        "operationId": "headBlob",
+        "summary": "The headers a read would answer (size, type, ETag), without the bytes.",
     }
     return {
         "openapi": OPENAPI_VERSION,
@@ -235,7 +270,7 @@ def openapi_document(*, max_body: int) -> dict[str, Any]:
                     },
                 }
             },
-            "/v1/blobs/{blobId}": {"get": read_blob},
+            "/v1/blobs/{blobId}": {"get": read_blob, "head": head_blob},
             "/v1/blobs/{blobId}/byte-range": {
                 "get": {
                     "operationId": "readBlobByteRange",
@@ -265,6 +300,7 @@ def openapi_document(*, max_body: int) -> dict[str, Any]:
                             headers=_CONTENT_RANGE_UNSATISFIED,
                         ),
                         "503": _TOO_LARGE_FOR_GATEWAY,
+                        **_READ_POLICY,
                         **_network_errors(),
                     },
                 }

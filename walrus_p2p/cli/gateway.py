@@ -22,7 +22,7 @@ from walrus_p2p.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from walrus_p2p.api import GatewayLimits
+    from walrus_p2p.api import GatewayLimits, GatewayPolicy
 
 _FILES_BESIDES_HTTP = 512
 """File descriptors the light peer may need besides HTTP connections (peers, logs, keys)."""
@@ -85,6 +85,21 @@ def serve_limits(arguments: argparse.Namespace) -> GatewayLimits:
         raise UsageError(message) from error
 
 
+def serve_policy(arguments: argparse.Namespace) -> GatewayPolicy:
+    """The gateway's web policy from ``serve``'s flags (docs/http-api.md, "Web-ready reads")."""
+    from walrus_p2p.api import GatewayPolicy, cors_origins_from_text
+    from walrus_p2p.errors import ConfigError
+
+    try:
+        return GatewayPolicy(
+            cors_origins=cors_origins_from_text(arguments.cors_origins),
+            blocklist=Path(arguments.blocklist) if arguments.blocklist else None,
+            max_read_size=arguments.max_read_size,
+        )
+    except ConfigError as error:
+        raise UsageError(error.message.replace("max_read_size", "--max-read-size")) from error
+
+
 def raise_open_file_limit(needed: int) -> None:
     """Raise this process's soft limit on open files towards ``needed`` (up to the hard limit).
 
@@ -112,6 +127,7 @@ def _command_serve(arguments: argparse.Namespace) -> int:
 
     configure_logging(arguments.log_level)
     limits = serve_limits(arguments)
+    policy = serve_policy(arguments)
     genesis = load_genesis(genesis_path(arguments))
     if genesis.economy is not None:
         # The gateway pays for the stores it makes from its own wallet, which owns the blobs
@@ -127,7 +143,7 @@ def _command_serve(arguments: argparse.Namespace) -> int:
             trio.open_nursery() as nursery,
         ):
             urls = await nursery.start(
-                functools.partial(serve_gateway, client, arguments.bind, limits)
+                functools.partial(serve_gateway, client, arguments.bind, limits, policy=policy)
             )
             print(f"gateway listening on {' '.join(urls)}", file=sys.stderr, flush=True)
 
@@ -265,6 +281,25 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     _limit_options(serve)
     _serve_limit_options(serve)
+    serve.add_argument(
+        "--cors-origins",
+        default="*",
+        metavar="ORIGINS",
+        help="origins whose web pages may call the gateway: '*' (default), 'none', or "
+        "scheme://host[:port] origins separated by commas",
+    )
+    serve.add_argument(
+        "--blocklist",
+        metavar="FILE",
+        help="blob ids this gateway refuses to serve (451), one per line; read again when "
+        "the file changes",
+    )
+    serve.add_argument(
+        "--max-read-size",
+        type=int,
+        metavar="BYTES",
+        help="blobs larger than this are not served (403); default: no limit but the byte budget",
+    )
     client_options(serve)
     serve.set_defaults(handler=_command_serve)
 
