@@ -16,7 +16,8 @@ import random
 import trio
 
 from walrus_p2p.core import records, wire
-from walrus_p2p.core.blob_messages import PostBlobRecordsRequest
+from walrus_p2p.core.blob_messages import BlobRecordsBatch, PostBlobRecordsRequest
+from walrus_p2p.core.economy_messages import CertificatesBatch
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.errors import RemoteError
 from walrus_p2p.testing import fuzz
@@ -92,4 +93,20 @@ async def test_a_register_record_beyond_the_storable_epochs_is_refused() -> None
         assert (outcome.kind, outcome.reason) == ("refused", "RECORD_INVALID")
         await trio.sleep(1.0)  # a gossip announcement would have gone out by now
         assert all(member.running for member in peer.network.peers)
+        peer.network.nursery.cancel_scope.cancel()
+
+
+async def test_empty_gossip_batches_are_not_relayed() -> None:
+    """Fuzzing regression: the certified-orders validator accepted 81,158 of a million fuzzed
+    messages, empty batches among them (no certificate to check, so nothing failed), and would
+    have relayed them over the whole network; blob-records did the same."""
+    async with fuzz.open_fuzz_network(stored_blobs=0) as peer:
+        by_name = {target.name: target for target in peer.targets}
+        remote = Identity.from_seed(bytes(32)).peer_id
+        for name, payload in [
+            ("gossip/blob-records", wire.encode(BlobRecordsBatch(()))),
+            ("gossip/certified-orders", wire.encode(CertificatesBatch(()))),
+        ]:
+            outcome = fuzz.run_validator(by_name[name], payload, remote, 1)
+            assert (outcome.kind, outcome.reason) == ("refused", "REJECTED"), name
         peer.network.nursery.cancel_scope.cancel()

@@ -469,8 +469,12 @@ class EconomyService:
     # -- gossip --------------------------------------------------------------------------
 
     def _validate_gossip(self, message: GossipMessage) -> bool:
-        """Every certificate of the batch must verify, or none is relayed."""
+        """Every certificate of the batch must verify, or none is relayed. An empty batch is
+        never relayed: no honest peer sends one, and a stranger's would cross the network for
+        nothing (found by the fuzzing campaign, docs/testing.md)."""
         batch = wire.decode(message.data, CertificatesBatch)
+        if not batch.certificates:
+            return False
         for encoded in batch.certificates:
             self.verify(decode_certificate(encoded))
         return True

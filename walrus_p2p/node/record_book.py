@@ -285,8 +285,11 @@ class RecordBook:
             task_status.started()
 
     def _validate_gossip(self, message: GossipMessage) -> bool:
-        """Gossip topic validator: every record in the batch must verify, or none is relayed."""
+        """Gossip topic validator: every record in the batch must verify, or none is relayed;
+        an empty batch is never relayed (as in the certified-orders topic)."""
         batch = wire.decode(message.data, BlobRecordsBatch)
+        if not batch.records:
+            return False
         for record in decode_any_records(batch.records):
             self.verify(record)
         return True
