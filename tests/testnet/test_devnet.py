@@ -738,3 +738,54 @@ def test_devnet_command_runs_the_demo_and_stops_its_peers(tmp_path: Path) -> Non
         noisy = [line for line in lines if "level=warning" in line or "level=error" in line]
         assert noisy == [], (peer_log, noisy[:5])
     assert survivors == [], "peer processes outlived the devnet"
+
+
+def test_cli_lifetimes_and_the_expired_blobs_of_list(devnet: Devnet, tmp_path: Path) -> None:
+    """`store --end-epoch`, `--earliest-expiry-time` and `--epochs max` end where they say,
+    `--epochs 1` warns that the blob expires soon, and `list` hides expired blobs unless
+    `--include-expired` (docs/cli.md, "Lifetimes")."""
+    from walrus_p2p.node.config import load_genesis
+
+    genesis = load_genesis(devnet.genesis_path)
+    longest = genesis.limits.max_epochs_ahead
+    keys = ["--key-dir", str(tmp_path / "keys")]
+    files = []
+    for name in ("end", "time", "max", "one"):
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(secrets.token_bytes(4096))
+        files.append(str(path))
+    current = devnet.cli_json("info", *keys)["epoch"]
+    # The first epoch beginning at or after a time half-way through epoch current + 2.
+    moment = genesis.epoch_start(current + 2) + genesis.epoch_duration_seconds // 2
+    rfc3339 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+    (end,) = devnet.cli_json("store", files[0], "--end-epoch", str(current + 3), *keys)
+    (by_time,) = devnet.cli_json("store", files[1], "--earliest-expiry-time", rfc3339, *keys)
+    (longest_store,) = devnet.cli_json("store", files[2], "--epochs", "max", *keys)
+    (short,) = devnet.cli_json("store", files[3], "--epochs", "1", *keys)
+    if devnet.cli_json("info", *keys)["epoch"] != current:
+        pytest.skip("an epoch change during the stores moved the ends")
+    ends = [
+        entry["newlyCreated"]["blobObject"]["storage"]["endEpoch"]
+        for entry in (end, by_time, longest_store, short)
+    ]
+    assert ends == [current + 3, current + 3, current + longest, current + 1]
+    assert "warning" not in end and "warning" not in longest_store
+    assert "expires soon" in short["warning"]
+    refused = devnet.cli("store", files[0], "--end-epoch", str(current), *keys)
+    assert refused.returncode == 2
+    assert b"--end-epoch must be after the current epoch" in refused.stderr
+    too_late = devnet.cli("store", files[0], "--epochs", str(longest + 1), *keys)
+    assert too_late.returncode == 2
+
+    # A blob the peers no longer know, which this key stored until an epoch now past.
+    gone = blob_id_to_text(bytes(range(32)))
+    index = tmp_path / "keys" / "stored-blobs.jsonl"
+    with index.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"alreadyCertified": {"blobId": gone, "endEpoch": 0}}) + "\n")
+    listed = {row["blobId"]: row for row in devnet.cli_json("list", *keys)}
+    everything = {row["blobId"]: row for row in devnet.cli_json("list", "--include-expired", *keys)}
+    assert gone not in listed
+    assert everything[gone]["state"] == "expired"
+    assert set(everything) - {gone} == set(listed)
+    assert {row["state"] for row in listed.values()} == {"certified"}
+    assert len(listed) == 4

@@ -27,6 +27,7 @@ from walrus_p2p.cli._common import (
     run_light,
     shard_count,
 )
+from walrus_p2p.cli.lifetime import DEFAULT_EXPIRY_WARNING_EPOCHS, epochs_value, expiry_time
 from walrus_p2p.errors import WalrusError
 
 if TYPE_CHECKING:
@@ -95,15 +96,24 @@ def _command_store(arguments: argparse.Namespace) -> int:
     show_progress = not arguments.json and sys.stderr.isatty()
 
     async def work(client: WalrusClient) -> int:
+        from walrus_p2p.cli.lifetime import expiry_warning, store_lifetime
+
         results = []
         for path in files:
+            lifetime = store_lifetime(
+                client.genesis,
+                client.light.epoch,
+                epochs=arguments.epochs,
+                end_epoch=arguments.end_epoch,
+                earliest_expiry=arguments.earliest_expiry_time,
+            )
             data, size = read_file_bytes(path)
             config = EncodingConfig.for_shards(client.genesis.n_shards)
             bar = _progress_bar(config.encoded_length(size), os.path.basename(path), show_progress)
             try:
                 outcome = await client.store(
                     memoryview(data),
-                    epochs=arguments.epochs,
+                    epochs=lifetime.epochs,
                     permanent=arguments.permanent,
                     progress=bar.update,
                     wait_all=arguments.wait_all,
@@ -112,9 +122,19 @@ def _command_store(arguments: argparse.Namespace) -> int:
                 bar.close()
                 close_mapping(data)
             outcome_json = store_outcome_json(outcome)
-            entry = {"path": path, **outcome_json}
-            results.append(entry)
+            entry: dict[str, Any] = {"path": path, **outcome_json}
             _record_stored(key_directory(arguments), entry)
+            warning = expiry_warning(
+                client.genesis,
+                client.light.epoch,
+                outcome.end_epoch,
+                arguments.expiry_warning_epochs,
+            )
+            if warning is not None:
+                entry["warning"] = warning
+                if not arguments.json:
+                    print(f"warning: {path}: {warning}", file=sys.stderr)
+            results.append(entry)
             if not arguments.json:
                 if "newlyCreated" in outcome_json:
                     blob = outcome_json["newlyCreated"]["blobObject"]
@@ -212,25 +232,39 @@ def _command_list(arguments: argparse.Namespace) -> int:
 
     index = key_directory(arguments) / "stored-blobs.jsonl"
     seen: dict[str, str] = {}
+    ends: dict[str, int] = {}  # the latest end epoch this key stored each blob until
     if index.exists():
         for line in index.read_text(encoding="utf-8").splitlines():
             try:
                 entry = json.loads(line)
-                outcome = entry.get("newlyCreated", {}).get("blobObject") or entry.get(
-                    "alreadyCertified", {}
-                )
-                seen.setdefault(str(outcome["blobId"]), str(entry.get("path", "")))
-            except (ValueError, KeyError, AttributeError):
+                created = entry.get("newlyCreated", {}).get("blobObject")
+                outcome = created or entry.get("alreadyCertified", {})
+                text = str(outcome["blobId"])
+                seen.setdefault(text, str(entry.get("path", "")))
+                end = created["storage"]["endEpoch"] if created else outcome["endEpoch"]
+                if isinstance(end, int):
+                    ends[text] = max(end, ends.get(text, end))
+            except (ValueError, KeyError, AttributeError, TypeError):
                 continue
 
     async def work(client: WalrusClient) -> int:
         rows = []
+        current = client.light.epoch
         for text, path in seen.items():
             try:
                 status = _status_json(await client.blob_status(blob_id_from_text(text)))
             except NotFoundError:
-                status = {"blobId": text, "state": "unknown"}
+                # Peers forget a blob some time after it expires: the index still knows when.
+                end = ends.get(text)
+                expired = end is not None and end <= current
+                status = {
+                    "blobId": text,
+                    "state": "expired" if expired else "unknown",
+                    "endEpoch": end,
+                }
             status["path"] = path
+            if status["state"] == "expired" and not arguments.include_expired:
+                continue
             rows.append(status)
         if arguments.json:
             print_json(rows)
@@ -522,7 +556,34 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     store = commands.add_parser("store", help="store files as blobs")
     store.add_argument("files", nargs="+", metavar="FILE")
-    store.add_argument("--epochs", type=int, required=True, metavar="N")
+    lifetime = store.add_mutually_exclusive_group(required=True)
+    lifetime.add_argument(
+        "--epochs",
+        type=epochs_value,
+        metavar="N|max",
+        help="store for N epochs from the current one; max: the longest the network allows",
+    )
+    lifetime.add_argument(
+        "--end-epoch",
+        type=_epoch_number,
+        metavar="E",
+        help="store until epoch E begins",
+    )
+    lifetime.add_argument(
+        "--earliest-expiry-time",
+        type=expiry_time,
+        metavar="TIME",
+        help="store at least until TIME (RFC 3339, e.g. 2027-01-31T12:00:00Z): until the first "
+        "epoch that begins at or after it",
+    )
+    store.add_argument(
+        "--expiry-warning-epochs",
+        type=int,
+        default=DEFAULT_EXPIRY_WARNING_EPOCHS,
+        metavar="K",
+        help="warn when the blob expires within K epochs of the current one (default "
+        f"{DEFAULT_EXPIRY_WARNING_EPOCHS}; -1: never)",
+    )
     store.add_argument("--permanent", action="store_true", help="cannot be deleted before its end")
     store.add_argument(
         "--wait-all",
@@ -546,6 +607,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     status.set_defaults(handler=_command_status)
 
     listing = commands.add_parser("list", help="blobs stored with this key, and their status")
+    listing.add_argument("--include-expired", action="store_true", help="list expired blobs too")
     client_options(listing)
     listing.set_defaults(handler=_command_list)
 
