@@ -789,3 +789,107 @@ def test_cli_lifetimes_and_the_expired_blobs_of_list(devnet: Devnet, tmp_path: P
     assert set(everything) - {gone} == set(listed)
     assert {row["state"] for row in listed.values()} == {"certified"}
     assert len(listed) == 4
+
+
+def test_cli_encrypted_store_and_reads(devnet: Devnet, tmp_path: Path) -> None:
+    """`store --encrypt` stores ciphertext (the blob id commits to it), `read --decrypt` gives
+    the file back, whole or a range; a wrong key fails clearly and writes nothing
+    (docs/encryption.md)."""
+    plaintext = secrets.token_bytes(300_000)
+    source = tmp_path / "secret.bin"
+    source.write_bytes(plaintext)
+    key_file = tmp_path / "blob.key"
+    created = devnet.cli(
+        "store",
+        str(source),
+        "--epochs",
+        "1",
+        "--encrypt",
+        "--key-file",
+        str(key_file),
+        "--json",
+        check=True,
+    )
+    assert key_file.exists()
+    assert b"created key file" in created.stderr
+    (entry,) = json.loads(created.stdout)
+    assert entry["encrypted"] is True
+    blob = entry["newlyCreated"]["blobObject"]
+    assert blob["blobId"] != expected_blob_id(plaintext)
+    assert blob["size"] > len(plaintext)
+
+    out = tmp_path / "out.bin"
+    devnet.cli(
+        "read", blob["blobId"], "-o", str(out), "--decrypt", "--key-file", str(key_file), check=True
+    )
+    assert out.read_bytes() == plaintext
+    raw = devnet.cli("read", blob["blobId"], "-o", str(tmp_path / "raw.bin"), check=True)
+    assert b"looks encrypted" in raw.stderr
+    ciphertext = (tmp_path / "raw.bin").read_bytes()
+    assert ciphertext != plaintext
+    assert expected_blob_id(ciphertext) == blob["blobId"]  # the id commits to the ciphertext
+    part = tmp_path / "part.bin"
+    devnet.cli(
+        "read",
+        blob["blobId"],
+        "-o",
+        str(part),
+        "--decrypt",
+        "--key-file",
+        str(key_file),
+        "--start",
+        "100000",
+        "--length",
+        "70000",
+        check=True,
+    )
+    assert part.read_bytes() == plaintext[100_000:170_000]
+
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text(secrets.token_bytes(32).hex())
+    denied_out = tmp_path / "denied.bin"
+    denied = devnet.cli(
+        "read", blob["blobId"], "-o", str(denied_out), "--decrypt", "--key-file", str(wrong)
+    )
+    assert denied.returncode == 1
+    assert b"DECRYPTION_FAILED" in denied.stderr
+    assert not denied_out.exists()
+
+    # A passphrase from the environment.
+    environment = devnet.environment(WALRUS_TEST_PASSPHRASE="a long passphrase")
+    stored = subprocess.run(
+        [
+            *cli_command(),
+            "store",
+            str(source),
+            "--epochs",
+            "1",
+            "--encrypt",
+            "--passphrase-env",
+            "WALRUS_TEST_PASSPHRASE",
+            "--json",
+        ],
+        capture_output=True,
+        env=environment,
+        timeout=CLIENT_CLI_TIMEOUT,
+        check=True,
+    )
+    (by_passphrase,) = json.loads(stored.stdout)
+    passphrase_id = by_passphrase["newlyCreated"]["blobObject"]["blobId"]
+    subprocess.run(
+        [
+            *cli_command(),
+            "read",
+            passphrase_id,
+            "-o",
+            str(out),
+            "--decrypt",
+            "--passphrase-env",
+            "WALRUS_TEST_PASSPHRASE",
+        ],
+        capture_output=True,
+        env=environment,
+        timeout=CLIENT_CLI_TIMEOUT,
+        check=True,
+    )
+    assert out.read_bytes() == plaintext

@@ -93,6 +93,10 @@ def wanted(command: str | None, argv: Sequence[str]) -> bool:
         and os.environ.get(AGENT_SWITCH, "").strip().lower() not in ("off", "0", "no", "false")
         and "--no-agent" not in argv
         and not (command == "info" and "--offline" in argv)
+        # A key or passphrase stays in the user's own process (and a prompt needs its
+        # terminal): encrypted stores and reads run in process (docs/encryption.md).
+        and "--encrypt" not in argv
+        and "--decrypt" not in argv
     )
 
 

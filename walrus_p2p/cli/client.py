@@ -31,9 +31,11 @@ from walrus_p2p.cli.lifetime import DEFAULT_EXPIRY_WARNING_EPOCHS, epochs_value,
 from walrus_p2p.errors import WalrusError
 
 if TYPE_CHECKING:
+    from walrus_p2p.client.encryption import Secret
     from walrus_p2p.client.network import LightPeer
     from walrus_p2p.client.results import BlobStatus
     from walrus_p2p.client.service import WalrusClient
+    from walrus_p2p.types import BlobId
 
 
 def _command_blob_id(arguments: argparse.Namespace) -> int:
@@ -93,6 +95,7 @@ def _command_store(arguments: argparse.Namespace) -> int:
     files = list(arguments.files)
     for path in files:
         read_file_bytes(path)[0]  # fail fast on a missing file, before joining the network
+    secret = _secret(arguments, storing=True) if arguments.encrypt else None
     show_progress = not arguments.json and sys.stderr.isatty()
 
     async def work(client: WalrusClient) -> int:
@@ -108,6 +111,13 @@ def _command_store(arguments: argparse.Namespace) -> int:
                 earliest_expiry=arguments.earliest_expiry_time,
             )
             data, size = read_file_bytes(path)
+            if secret is not None:
+                from walrus_p2p.client.encryption import encrypt
+
+                mapped = data
+                data = encrypt(memoryview(data), secret)  # type: ignore[assignment]
+                close_mapping(mapped)
+                size = len(data)
             config = EncodingConfig.for_shards(client.genesis.n_shards)
             bar = _progress_bar(config.encoded_length(size), os.path.basename(path), show_progress)
             try:
@@ -123,6 +133,8 @@ def _command_store(arguments: argparse.Namespace) -> int:
                 close_mapping(data)
             outcome_json = store_outcome_json(outcome)
             entry: dict[str, Any] = {"path": path, **outcome_json}
+            if secret is not None:
+                entry["encrypted"] = True
             _record_stored(key_directory(arguments), entry)
             warning = expiry_warning(
                 client.genesis,
@@ -142,8 +154,9 @@ def _command_store(arguments: argparse.Namespace) -> int:
                     if client.genesis.economy is not None:
                         cost = outcome_json["newlyCreated"]["cost"]
                         paid = f", paid {cost} FROST ({format_wal(cost)} WAL)"
+                    sealed = " (encrypted)" if secret is not None else ""
                     print(
-                        f"stored {path}: blob id {blob['blobId']} size {blob['size']} "
+                        f"stored {path}{sealed}: blob id {blob['blobId']} size {blob['size']} "
                         f"until epoch {blob['storage']['endEpoch']}{paid}"
                     )
                 else:
@@ -163,9 +176,14 @@ def _command_read(arguments: argparse.Namespace) -> int:
     from walrus_p2p.types import blob_id_from_text
 
     blob_id = blob_id_from_text(arguments.blob_id)
+    secret = _secret(arguments, storing=False) if arguments.decrypt else None
+    if (arguments.start is None) != (arguments.length is None):
+        raise UsageError("--start and --length go together")
+    if arguments.start is not None and arguments.strict:
+        raise UsageError("--strict reads the whole blob; it does not go with --start/--length")
 
     async def work(client: WalrusClient) -> int:
-        data: memoryview = await client.read(blob_id, strict=arguments.strict)
+        data = await _read_for_output(client, blob_id, arguments, secret)
         if arguments.output == "-":
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
@@ -180,7 +198,88 @@ def _command_read(arguments: argparse.Namespace) -> int:
     return run_client(arguments, work)
 
 
-def _write_atomically(path: str, data: bytes | memoryview) -> None:
+async def _read_for_output(
+    client: WalrusClient, blob_id: BlobId, arguments: argparse.Namespace, secret: Secret | None
+) -> bytes | bytearray | memoryview:
+    """The bytes ``read`` writes: the blob, or a range of it, decrypted with ``--decrypt``
+    (docs/encryption.md). Nothing is written unless every byte verified and decrypted."""
+    from walrus_p2p.client.encryption import decrypt, decrypt_range, looks_encrypted
+
+    if arguments.start is None:
+        data: bytes | memoryview = await client.read(blob_id, strict=arguments.strict)
+        if secret is not None:
+            return decrypt(data, secret)
+        if looks_encrypted(data):
+            print(
+                "note: this blob looks encrypted by walrus-p2p; read it with --decrypt",
+                file=sys.stderr,
+            )
+        return data
+    status = await client.blob_status(blob_id)
+    if status.state != "certified" or status.size is None:
+        from walrus_p2p.errors import NotFoundError
+
+        raise NotFoundError(f"blob {arguments.blob_id} is {status.state}, not readable")
+
+    async def read_range(start: int, length: int) -> bytes:
+        return await client.read_range(blob_id, start, length)
+
+    if secret is not None:
+        plain, _ = await decrypt_range(
+            read_range, status.size, secret, arguments.start, arguments.length
+        )
+        return plain
+    end = min(arguments.start + arguments.length, status.size)
+    if end <= arguments.start:
+        return b""
+    return await read_range(arguments.start, end - arguments.start)
+
+
+def _secret(arguments: argparse.Namespace, *, storing: bool) -> Secret:
+    """The key or passphrase of ``--encrypt``/``--decrypt`` (docs/encryption.md, "Keys").
+
+    ``--key-file`` (``store`` creates it when it does not exist yet), ``--passphrase-env VAR``,
+    else a passphrase typed at the terminal (twice for ``store``).
+    """
+    import getpass
+
+    from walrus_p2p.client.encryption import Secret, read_key_file, write_key_file
+
+    if arguments.key_file is not None and arguments.passphrase_env is not None:
+        raise UsageError("give --key-file or --passphrase-env, not both")
+    if arguments.key_file is not None:
+        path = Path(arguments.key_file)
+        if storing and not path.exists():
+            try:
+                key = write_key_file(path)
+            except OSError as error:
+                message = f"{path}: cannot create the key file ({error.strerror})"
+                raise UsageError(message) from error
+            print(
+                f"created key file {path}: keep it safe, without it the blob cannot be read",
+                file=sys.stderr,
+            )
+            return Secret(key=key)
+        try:
+            return Secret(key=read_key_file(path))
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+    if arguments.passphrase_env is not None:
+        value = os.environ.get(arguments.passphrase_env)
+        if not value:
+            raise UsageError(f"the environment variable {arguments.passphrase_env} is not set")
+        return Secret(passphrase=value.encode())
+    if not sys.stdin.isatty():
+        raise UsageError("give --key-file FILE or --passphrase-env VAR (no terminal to ask)")
+    typed = getpass.getpass("passphrase: ")
+    if storing and getpass.getpass("passphrase again: ") != typed:
+        raise UsageError("the passphrases differ")
+    if not typed:
+        raise UsageError("the passphrase is empty")
+    return Secret(passphrase=typed.encode())
+
+
+def _write_atomically(path: str, data: bytes | bytearray | memoryview) -> None:
     """Write to a temporary file beside ``path`` and rename: a failed read leaves nothing."""
     directory = os.path.dirname(os.path.abspath(path))
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.partial")
@@ -545,6 +644,28 @@ def _epoch_number(text: str) -> int:
     return value
 
 
+def _secret_options(command: argparse.ArgumentParser, name: str) -> None:
+    creating = " (created with a new random key if it does not exist)" if name == "store" else ""
+    command.add_argument(
+        "--key-file", metavar="FILE", help=f"the encryption key: 64 hex digits{creating}"
+    )
+    command.add_argument(
+        "--passphrase-env",
+        metavar="VAR",
+        help="take the passphrase from this environment variable (default: ask at the terminal)",
+    )
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from error
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not negative, got {value}")
+    return value
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     blob_id = commands.add_parser(
         "blob-id", help="print the blob id a network of N shards would give FILE (offline)"
@@ -586,6 +707,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     store.add_argument("--permanent", action="store_true", help="cannot be deleted before its end")
     store.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="encrypt before storing (docs/encryption.md); the blob id commits to the ciphertext",
+    )
+    _secret_options(store, "store")
+    store.add_argument(
         "--wait-all",
         action="store_true",
         help="return once every member has its slivers (or failed for good), not at the "
@@ -598,6 +725,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     read.add_argument("blob_id", metavar="BLOB_ID")
     read.add_argument("-o", "--output", required=True, metavar="FILE", help="'-' for stdout")
     read.add_argument("--strict", action="store_true", help="re-encode and check the blob id")
+    read.add_argument(
+        "--start", type=_non_negative, metavar="BYTE", help="read from this byte (with --length)"
+    )
+    read.add_argument("--length", type=_non_negative, metavar="BYTES", help="read this many bytes")
+    read.add_argument(
+        "--decrypt", action="store_true", help="decrypt a blob stored with store --encrypt"
+    )
+    _secret_options(read, "read")
     client_options(read)
     read.set_defaults(handler=_command_read)
 
