@@ -893,3 +893,23 @@ def test_cli_encrypted_store_and_reads(devnet: Devnet, tmp_path: Path) -> None:
         check=True,
     )
     assert out.read_bytes() == plaintext
+
+
+def test_cli_health_lists_every_member(devnet: Devnet) -> None:
+    """`walrus-peer health --json`: every peer process of the devnet answers, in the current
+    epoch, with this version and its shards in place; the table form names each."""
+    from walrus_p2p import __version__
+
+    report = devnet.cli_json("health")
+    assert report["writable"] is True
+    assert report["shards"] == report["reachableShards"] == SHARDS
+    members = report["members"]
+    assert len(members) == PEERS
+    assert {member["state"] for member in members} == {"ok"}
+    assert {member["version"] for member in members} == {__version__}
+    assert {member["epoch"] for member in members} == {report["epoch"]}
+    assert sum(member["shardsInPlace"] for member in members) == SHARDS
+    table = devnet.cli("health", check=True).stdout.decode()
+    assert f"{PEERS} of {PEERS} members answered" in table
+    for member in members:
+        assert member["peerId"][:12] in table

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from walrus_p2p.core import genesis, migration, wire
+from walrus_p2p.core import genesis, health, migration, wire
 from walrus_p2p.core.metadata import Metadata, SliverPairMetadata
 from walrus_p2p.errors import ConfigError, WireError
 from walrus_p2p.testing import wire_vectors
@@ -285,6 +285,7 @@ def test_max_encoded_size_is_exact_and_maximal_messages_decode(cls: type[wire.Me
         migration.ShardsInPlaceBody: 1,
         migration.ShardsInPlace: 1,
         migration.GetShardsInPlaceReply: wire.MAX_SHARDS,
+        health.PeerHealthReply: 2,
     }
     if cls in index_sets:
         assert maximum - 24 * index_sets[cls] == len(encoded)

@@ -22,7 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-AGENT_COMMANDS = frozenset({"store", "read", "status", "list", "extend", "delete", "info"})
+AGENT_COMMANDS = frozenset(
+    {"store", "read", "status", "list", "extend", "delete", "info", "health"}
+)
 """Commands an agent may answer (``info --offline`` and everything else run in process)."""
 
 AGENT_SWITCH = "WALRUS_AGENT"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from walrus_p2p.cli._common import (
+    EXIT_NOT_ENOUGH_PEERS,
     EXIT_OK,
     UsageError,
     add_log_level,
@@ -592,6 +593,103 @@ def _command_price(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _command_health(arguments: argparse.Namespace) -> int:
+    """Each member of the current committee: reachable, how fast, epoch, shards in place and
+    arriving, version (docs/cli.md, "Health"). Exit 4 when the reachable members hold fewer
+    shards than a write quorum."""
+    from walrus_p2p.client.committee import refresh_committee
+    from walrus_p2p.client.health import HealthReport, fetch_health
+    from walrus_p2p.core.committee import quorum_threshold
+
+    async def fetch(light: LightPeer) -> HealthReport:
+        await refresh_committee(light)
+        return await fetch_health(light, timeout=arguments.timeout)
+
+    report = run_light(arguments, fetch)
+    rows = []
+    for member in report.members:
+        reply = member.reply
+        said: dict[str, Any] = dict.fromkeys(
+            (
+                "epoch",
+                "version",
+                "uptimeSeconds",
+                "peersConnected",
+                "shardsInPlace",
+                "shardsArriving",
+                "challengeCertifiedEpoch",
+            )
+        )
+        if reply is not None:
+            said = {
+                "epoch": reply.epoch,
+                "version": reply.version,
+                "uptimeSeconds": reply.uptime_seconds,
+                "peersConnected": reply.peers_connected,
+                "shardsInPlace": len(reply.shards_in_place),
+                "shardsArriving": list(reply.shards_arriving),
+                "challengeCertifiedEpoch": reply.challenge_certified_epoch,
+            }
+        rows.append(
+            {
+                "peerId": member.peer_id,
+                "shards": member.shards,
+                "state": member.state(report.epoch),
+                "reachable": member.reachable,
+                "error": member.error,
+                "milliseconds": None if member.seconds is None else round(member.seconds * 1e3, 1),
+                **said,
+            }
+        )
+    n_shards = sum(member.shards for member in report.members)
+    quorum = quorum_threshold(n_shards) if n_shards else 0
+    writable = report.reachable_shards >= quorum > 0
+    if arguments.json:
+        print_json(
+            {
+                "epoch": report.epoch,
+                "shards": n_shards,
+                "reachableShards": report.reachable_shards,
+                "writable": writable,
+                "members": rows,
+            }
+        )
+    else:
+        reachable = sum(1 for member in report.members if member.reachable)
+        print(
+            f"epoch {report.epoch}: {reachable} of {len(rows)} members answered, holding "
+            f"{report.reachable_shards} of {n_shards} shards "
+            f"({'a' if writable else 'no'} write quorum: {quorum})"
+        )
+        print(
+            f"  {'peer':<14} {'shards':>6} {'state':<11} {'ms':>7} {'epoch':>5} "
+            f"{'in place':>8} {'uptime':>8}  version"
+        )
+        for row in rows:
+            if not row["reachable"]:
+                print(
+                    f"  {row['peerId'][:12]:<14} {row['shards']:>6} {row['state']:<11} "
+                    f"{'-':>7} {'-':>5} {'-':>8} {'-':>8}  ({row['error']})"
+                )
+                continue
+            print(
+                f"  {row['peerId'][:12]:<14} {row['shards']:>6} {row['state']:<11} "
+                f"{row['milliseconds']:>7.1f} {row['epoch']:>5} {row['shardsInPlace']:>8} "
+                f"{_duration(row['uptimeSeconds']):>8}  {row['version']}"
+            )
+    return EXIT_OK if writable else EXIT_NOT_ENOUGH_PEERS
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
 def _command_challenges(arguments: argparse.Namespace) -> int:
     """Per member of an epoch's committee: whether it holds an availability certificate
     (docs/challenges.md, "Light clients"), each verified against the committee of that epoch
@@ -775,6 +873,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="show the genesis committee without asking any peer for the epoch chain",
     )
     info.set_defaults(handler=_command_info)
+
+    health = commands.add_parser(
+        "health", help="each committee member: reachable, epoch, shards in place, version"
+    )
+    health.add_argument(
+        "--timeout", type=float, default=5.0, metavar="SECONDS", help="per member (default 5)"
+    )
+    client_options(health)
+    health.set_defaults(handler=_command_health)
 
     challenges = commands.add_parser(
         "challenges", help="which members proved in an epoch that they still hold their data"

@@ -531,6 +531,21 @@ class ShardMigration:
             logger.info("moved shards released epoch=%d slivers=%d", epoch, dropped)
         return dropped
 
+    def own_shards(self) -> tuple[list[int], list[int]]:
+        """This peer's shards of the current epoch: (in place, still arriving). Before its own
+        in-place report, the shards it gained from another member this epoch are arriving."""
+        epoch = self.ctx.epoch
+        committee = self.ctx.committees.committee_of(epoch)
+        if committee is None:
+            return [], []
+        own = sorted(int(shard) for shard in committee.shards_of(self.ctx.identity.peer_id))
+        previous = self.ctx.committees.committee_of(epoch - 1) if epoch > 0 else None
+        if self.in_place_epoch == epoch or previous is None:
+            return own, []
+        gained = gained_shards(previous, committee, self.ctx.identity.peer_id)
+        arriving = [shard for shard in own if shard in gained]
+        return [shard for shard in own if shard not in gained], arriving
+
     def summary(self) -> dict[str, Any]:
         """For /health and tests: this peer's in-place state and the moved shards it knows of."""
         epoch = self.ctx.epoch

@@ -33,7 +33,9 @@ from typing import Any
 
 import trio
 
+from walrus_p2p import __version__
 from walrus_p2p.core.genesis import Genesis
+from walrus_p2p.core.health import PeerHealthReply, PeerHealthRequest
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.errors import StorageError, WalrusError
 from walrus_p2p.net.discovery import Discovery, DiscoveryConfig, open_discovery
@@ -62,6 +64,7 @@ from walrus_p2p.node.record_book import RecordBook
 from walrus_p2p.node.router import Router
 from walrus_p2p.node.slivers import SliverService
 from walrus_p2p.storage import BlobStore
+from walrus_p2p.types import Epoch, PeerId
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +203,7 @@ class StoragePeerService(ReadsCommittee):
         # After the sliver service: it guards the recovery symbol handlers during its window.
         challenges = ChallengeService(context, self.options.challenges)
         challenges.register(self.router)
+        self.router.add(PeerHealthRequest, self._serve_health)
         self.configure(self.router)
         return RunningServices(
             context=context,
@@ -303,6 +307,24 @@ class StoragePeerService(ReadsCommittee):
             except StorageError as error:
                 logger.warning("storage accounting failed error=%s", error)
             await trio.sleep(15.0)
+
+    async def _serve_health(self, request: PeerHealthRequest, remote: PeerId) -> PeerHealthReply:
+        """`walrus-peer health` asks every member this (docs/cli.md, "Health")."""
+        services = self.services
+        in_place, arriving = services.healing.migration.own_shards()
+        return PeerHealthReply(
+            version=__version__,
+            epoch=Epoch(self.epoch),
+            uptime_seconds=int(time.monotonic() - self._started_monotonic),
+            peers_connected=min(len(services.context.host.connected_peers()), 2**32 - 1),
+            shards_in_place=tuple(in_place),
+            shards_arriving=tuple(arriving),
+            challenge_certified_epoch=(
+                None
+                if services.challenges.last_certified_epoch is None
+                else Epoch(services.challenges.last_certified_epoch)
+            ),
+        )
 
     def health(self) -> dict[str, Any]:
         services = self._services

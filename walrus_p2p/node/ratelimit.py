@@ -47,6 +47,8 @@ CONTROL_RATES: dict[str, Rate] = {
     "ChallengeResponseRequest": Rate(4.0, 20.0),
     "PostAvailabilityCertificatesRequest": Rate(5.0, 20.0),
     "GetAvailabilityCertificatesRequest": Rate(5.0, 20.0),
+    # `walrus-peer health` asks each member once (docs/cli.md, "Health").
+    "PeerHealthRequest": Rate(2.0, 10.0),
 }
 """Per remote peer and request type. Honest peers stay far below: a member sends one consensus
 batch per step (a few a second during a change), a catch-up pages a listing, a light client's

@@ -21,6 +21,7 @@ from walrus_p2p.core import (
     consensus,
     economy_messages,
     epochs,
+    health,
     migration,
     records,
     wire,
@@ -260,6 +261,25 @@ def _system_log_samples(blob_id: BlobId, network_id: bytes) -> dict[str, wire.Me
         **_migration_messages(network_id, blob_id, key, signature),
         **_economy_messages(network_id, blob_id, key, signatures),
         **_challenge_messages(network_id, blob_id, signatures),
+        "PeerHealthRequest": health.PeerHealthRequest(epoch=Epoch(6)),
+        "PeerHealthReply": health.PeerHealthReply(
+            version="0.1.0",
+            epoch=Epoch(6),
+            uptime_seconds=86400,
+            peers_connected=19,
+            shards_in_place=(1, 4),
+            shards_arriving=(9,),
+            challenge_certified_epoch=Epoch(5),
+        ),
+        "PeerHealthReply/starting": health.PeerHealthReply(
+            version="0.1.0",
+            epoch=Epoch(0),
+            uptime_seconds=0,
+            peers_connected=0,
+            shards_in_place=(),
+            shards_arriving=(),
+            challenge_certified_epoch=None,
+        ),
     }
 
 
