@@ -850,6 +850,7 @@ def test_public_api_is_pinned() -> None:
         "DEFAULT_MAX_CONCURRENT_WRITES_PER_ADDRESS",
         "DEFAULT_RETRY_AFTER_SECONDS",
         "ERROR_REASONS",
+        "AuthPolicy",
         "ByteRange",
         "GatewayLimits",
         "GatewayPolicy",

@@ -161,3 +161,24 @@ def test_bad_serve_policy_flags_are_usage_errors(flag: str, named: str) -> None:
 
     with pytest.raises(_common.UsageError, match=named):
         serve_policy(build_parser().parse_args(["serve", flag]))
+
+
+def test_serve_jwt_flags(tmp_path: Path) -> None:
+    from walrus_p2p.cli.gateway import serve_policy
+
+    secret = tmp_path / "jwt.secret"
+    secret.write_text("x" * 40 + "\n")
+    flags = ["serve", f"--jwt-key-file={secret}", "--jwt-max-lifetime=60"]
+    policy = serve_policy(build_parser().parse_args(flags))
+    assert policy.auth is not None
+    assert (policy.auth.algorithm, policy.auth.key, policy.auth.max_lifetime_seconds) == (
+        "HS256",
+        b"x" * 40,
+        60,
+    )
+    assert serve_policy(build_parser().parse_args(["serve"])).auth is None
+    secret.write_text("short")
+    with pytest.raises(_common.UsageError, match="at least 32 bytes"):
+        serve_policy(build_parser().parse_args(["serve", f"--jwt-key-file={secret}"]))
+    with pytest.raises(_common.UsageError, match="cannot read"):
+        serve_policy(build_parser().parse_args(["serve", "--jwt-key-file=/nonexistent/k"]))

@@ -5,6 +5,7 @@ app. The endpoints, errors and limits are described in docs/http-api.md and serv
 ``GET /v1/api``.
 """
 
+from walrus_p2p.api._auth import AuthPolicy
 from walrus_p2p.api._gateway import (
     DEFAULT_BODY_TIMEOUT_SECONDS,
     DEFAULT_MAX_BODY,
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_MAX_CONCURRENT_WRITES_PER_ADDRESS",
     "DEFAULT_RETRY_AFTER_SECONDS",
     "ERROR_REASONS",
+    "AuthPolicy",
     "ByteRange",
     "GatewayLimits",
     "GatewayPolicy",

@@ -36,6 +36,7 @@ from walrus_p2p.api._admission import (
     client_address,
     reservation_of,
 )
+from walrus_p2p.api._auth import Grant
 from walrus_p2p.api._errors import (
     ApiError,
     api_error_response,
@@ -356,25 +357,49 @@ class _Gateway:
         self._limits = limits
         self._control = control
         self._web = web
-        self._openapi = openapi_document(max_body=limits.max_body)
+        self._openapi = openapi_document(max_body=limits.max_body, auth=web.policy.auth is not None)
 
     async def put_blob(self, request: Request) -> Response:
+        authenticator = self._web.authenticator
+        # The token is checked before a byte of the body is read (docs/http-api.md,
+        # "Publisher authentication").
+        grant = None
+        if authenticator is not None:
+            grant = authenticator.admit(request.headers.get("authorization"))
+        try:
+            outcome, size = await self._store(request, grant)
+        except BaseException:
+            if grant is not None and authenticator is not None:
+                authenticator.give_back(grant)
+            raise
+        if grant is not None and authenticator is not None:
+            authenticator.used(grant)
+        logger.info(
+            "blob stored blob=%s size=%d outcome=%s",
+            short_id(outcome.blob_id),
+            size,
+            "alreadyCertified" if isinstance(outcome, AlreadyCertified) else "newlyCreated",
+        )
+        return JSONResponse(store_outcome_json(outcome), headers={"Cache-Control": "no-store"})
+
+    async def _store(self, request: Request, grant: Grant | None) -> tuple[StoreOutcome, int]:
         params = request.query_params
         epochs = _unsigned_param(params, "epochs", minimum=1)
         permanent = _permanence(params)
+        if grant is not None:
+            grant.check_epochs(epochs)
+            declared = request.headers.get("content-length")
+            if declared is not None and _UNSIGNED.fullmatch(declared):
+                grant.check_size(int(declared))
         data = await self._read_body(request)
+        if grant is not None:
+            grant.check_size(len(data))
         # The write slot is taken only now: a client still sending its body (slowly, or on
         # purpose) holds an upload slot and the bytes it sent, never a store (docs/http-api.md,
         # "Limits").
         with self._control.writes.held(self._control, client_address(request.scope)):
             outcome = await self._service.store(data, epochs=epochs, permanent=permanent)
-        logger.info(
-            "blob stored blob=%s size=%d outcome=%s",
-            short_id(outcome.blob_id),
-            len(data),
-            "alreadyCertified" if isinstance(outcome, AlreadyCertified) else "newlyCreated",
-        )
-        return JSONResponse(store_outcome_json(outcome), headers={"Cache-Control": "no-store"})
+        return outcome, len(data)
 
     async def get_blob(self, request: Request) -> Response:
         blob_id, text = self._readable_id(request)

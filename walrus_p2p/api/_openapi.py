@@ -30,6 +30,11 @@ ERROR_REASONS = (
     "PAYMENT_FAILED",
     "BLOB_BLOCKED",
     "BLOB_ABOVE_READ_LIMIT",
+    "TOKEN_MISSING",
+    "TOKEN_INVALID",
+    "TOKEN_EXPIRED",
+    "TOKEN_REPLAYED",
+    "TOKEN_LIMIT_EXCEEDED",
 )
 
 _BLOB_ID_PATTERN = "^[A-Za-z0-9_-]{43}$"
@@ -131,8 +136,9 @@ def _network_errors() -> dict[str, Any]:
     }
 
 
-def openapi_document(*, max_body: int) -> dict[str, Any]:
-    """The OpenAPI document for a gateway whose body limit is ``max_body`` bytes."""
+def openapi_document(*, max_body: int, auth: bool = False) -> dict[str, Any]:
+    """The OpenAPI document for a gateway whose body limit is ``max_body`` bytes; ``auth``:
+    stores need a bearer JWT (docs/http-api.md, "Publisher authentication")."""
     blob_id_parameter = {
         "name": "blobId",
         "in": "path",
@@ -201,7 +207,12 @@ def openapi_document(*, max_body: int) -> dict[str, Any]:
         "operationId": "headBlob",
         "summary": "The headers a read would answer (size, type, ETag), without the bytes.",
     }
-    return {
+    store_security: dict[str, Any] = {}
+    if auth:
+        store_security = {
+            "security": [{"publisherJwt": []}],
+        }
+    document: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": "walrus-p2p gateway",
@@ -217,6 +228,7 @@ def openapi_document(*, max_body: int) -> dict[str, Any]:
                 "put": {
                     "operationId": "storeBlob",
                     "summary": "Store a blob (the request body) for a number of epochs.",
+                    **store_security,
                     "parameters": [
                         {
                             "name": "epochs",
@@ -258,6 +270,20 @@ def openapi_document(*, max_body: int) -> dict[str, Any]:
                         "400": _error("Missing or invalid query parameters (`BAD_REQUEST`)."),
                         "408": _error("The body did not arrive in time (`REQUEST_TIMEOUT`)."),
                         "413": _error(f"The body exceeds {max_body} bytes (`PAYLOAD_TOO_LARGE`)."),
+                        **(
+                            {
+                                "401": _error(
+                                    "No valid bearer JWT (`TOKEN_MISSING`, `TOKEN_INVALID`, "
+                                    "`TOKEN_EXPIRED`, `TOKEN_REPLAYED`)."
+                                ),
+                                "403": _error(
+                                    "The store exceeds the token's epochs or size claims "
+                                    "(`TOKEN_LIMIT_EXCEEDED`)."
+                                ),
+                            }
+                            if auth
+                            else {}
+                        ),
                         "402": _error(
                             "On a network with an economy: the gateway's wallet cannot pay for "
                             "this store (`PAYMENT_REQUIRED`; `needed` and `balance` in FROST)."
@@ -416,3 +442,8 @@ def openapi_document(*, max_body: int) -> dict[str, Any]:
             },
         },
     }
+    if auth:
+        document["components"]["securitySchemes"] = {
+            "publisherJwt": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+        }
+    return document

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import filetype
 
+from walrus_p2p.api._auth import Authenticator, AuthPolicy
 from walrus_p2p.errors import ConfigError, WireError
 from walrus_p2p.types import BlobId, blob_id_from_text
 
@@ -112,6 +113,8 @@ class GatewayPolicy:
     cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
     blocklist: Path | None = None
     max_read_size: int | None = None
+    auth: AuthPolicy | None = None
+    """Publisher authentication (JWT) for stores; None: stores are open (docs/http-api.md)."""
 
     def __post_init__(self) -> None:
         for origin in self.cors_origins:
@@ -268,9 +271,12 @@ class WebState:
     policy: GatewayPolicy
     blocklist: Blocklist = field(init=False)
     content_types: ContentTypes = field(default_factory=ContentTypes)
+    authenticator: Authenticator | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.blocklist = Blocklist(self.policy.blocklist)
+        auth = self.policy.auth
+        self.authenticator = None if auth is None else Authenticator(auth)
 
 
 def cors_settings(origins: Sequence[str]) -> dict[str, object]:

@@ -87,14 +87,22 @@ def serve_limits(arguments: argparse.Namespace) -> GatewayLimits:
 
 def serve_policy(arguments: argparse.Namespace) -> GatewayPolicy:
     """The gateway's web policy from ``serve``'s flags (docs/http-api.md, "Web-ready reads")."""
-    from walrus_p2p.api import GatewayPolicy, cors_origins_from_text
+    from walrus_p2p.api import AuthPolicy, GatewayPolicy, cors_origins_from_text
     from walrus_p2p.errors import ConfigError
 
     try:
+        auth = None
+        if arguments.jwt_key_file is not None:
+            auth = AuthPolicy.from_file(
+                arguments.jwt_algorithm,
+                Path(arguments.jwt_key_file),
+                max_lifetime_seconds=arguments.jwt_max_lifetime,
+            )
         return GatewayPolicy(
             cors_origins=cors_origins_from_text(arguments.cors_origins),
             blocklist=Path(arguments.blocklist) if arguments.blocklist else None,
             max_read_size=arguments.max_read_size,
+            auth=auth,
         )
     except ConfigError as error:
         raise UsageError(error.message.replace("max_read_size", "--max-read-size")) from error
@@ -293,6 +301,20 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="FILE",
         help="blob ids this gateway refuses to serve (451), one per line; read again when "
         "the file changes",
+    )
+    serve.add_argument(
+        "--jwt-key-file",
+        metavar="FILE",
+        help="stores need a bearer JWT verified with this key: the HS256 secret (at least 32 "
+        "bytes) or an Ed25519 public key in PEM for EdDSA (docs/http-api.md)",
+    )
+    serve.add_argument("--jwt-algorithm", choices=("HS256", "EdDSA"), default="HS256")
+    serve.add_argument(
+        "--jwt-max-lifetime",
+        type=int,
+        default=3600,
+        metavar="SECONDS",
+        help="tokens must expire within this many seconds (default 3600)",
     )
     serve.add_argument(
         "--max-read-size",
