@@ -312,9 +312,12 @@ def walrus_part(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
             status = Row("walrus", "cli status" + label)
             read_small = Row("walrus", "cli read 1 KiB" + label)
             store_small = Row("walrus", "cli store 1 KiB" + label)
+            health = Row("walrus", "cli health" + label)
             for rep in range(args.reps):
                 run = checked(run_timed([*CLI, "info"], env), "info")
                 info.add(run.seconds, run.peak_rss_mib)
+                run = checked(run_timed([*CLI, "health"], env), "health")
+                health.add(run.seconds, run.peak_rss_mib)
                 run = checked(run_timed([*CLI, "status", small_id], env), "status")
                 status.add(run.seconds, run.peak_rss_mib)
                 run = cli_read(small_id, small)
@@ -322,7 +325,7 @@ def walrus_part(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
                 path, _ = fresh(KIB, f"small-{rep}{label.strip()}.bin")
                 _, run = cli_store(path)
                 store_small.add(run.seconds, run.peak_rss_mib)
-            rows += [info, status, read_small, store_small]
+            rows += [info, health, status, read_small, store_small]
         env = warm
         big_size = args.big_mib * MIB
         store_big = Row("walrus", f"cli store {args.big_mib} MiB", size=big_size)
