@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from walrus_p2p.api import AuthPolicy, GatewayLimits, GatewayPolicy, build_gateway_app
 from walrus_p2p.api._auth import Authenticator
 from walrus_p2p.errors import ConfigError, NetworkError
-from walrus_p2p.net.http import serve_http
+from walrus_p2p.testing.app_client import open_app_client
 from walrus_p2p.testing.fake_service import FakeBlobService
 
 TIMEOUT = 10
@@ -39,17 +39,10 @@ def bearer(value: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {value}"}
 
 
-@asynccontextmanager
-async def gateway(
+def gateway(
     service: FakeBlobService, auth: AuthPolicy | None = HS256
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = build_gateway_app(service, GatewayLimits(), GatewayPolicy(auth=auth))
-    async with trio.open_nursery() as nursery:
-        with trio.fail_after(TIMEOUT):
-            urls = await nursery.start(serve_http, app, "127.0.0.1:0")
-        async with httpx.AsyncClient(base_url=urls[0], timeout=TIMEOUT) as client:
-            yield client
-        nursery.cancel_scope.cancel()
+) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    return open_app_client(build_gateway_app(service, GatewayLimits(), GatewayPolicy(auth=auth)))
 
 
 def reason(response: httpx.Response) -> tuple[int, str]:

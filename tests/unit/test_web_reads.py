@@ -8,8 +8,7 @@ in-memory fake service and talks to it with httpx.
 from __future__ import annotations
 
 import gzip
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
@@ -28,7 +27,7 @@ from walrus_p2p.api._web import (
     sniff,
 )
 from walrus_p2p.errors import ConfigError
-from walrus_p2p.net.http import serve_http
+from walrus_p2p.testing.app_client import open_app_client
 from walrus_p2p.testing.fake_service import FakeBlobService
 from walrus_p2p.types import blob_id_from_text
 
@@ -43,17 +42,10 @@ BROWSER_PAGE = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 BROWSER_IMAGE = "image/avif,image/webp,image/apng,image/*,*/*;q=0.8"
 
 
-@asynccontextmanager
-async def gateway(
+def gateway(
     service: FakeBlobService, policy: GatewayPolicy | None = None
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = build_gateway_app(service, GatewayLimits(), policy)
-    async with trio.open_nursery() as nursery:
-        with trio.fail_after(TIMEOUT):
-            urls = await nursery.start(serve_http, app, "127.0.0.1:0")
-        async with httpx.AsyncClient(base_url=urls[0], timeout=TIMEOUT) as client:
-            yield client
-        nursery.cancel_scope.cancel()
+) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    return open_app_client(build_gateway_app(service, GatewayLimits(), policy))
 
 
 def reason_of(response: httpx.Response) -> tuple[int, str]:

@@ -234,14 +234,21 @@ def genesis_and_owner(arguments: argparse.Namespace, *, pays: bool) -> tuple[Gen
     return genesis, owner
 
 
-def shard_count(text: str) -> int:
+def integer(text: str, minimum: int, what: str, maximum: int | None = None) -> int:
+    """An integer flag's value in [minimum, maximum]; ``argparse.ArgumentTypeError`` naming
+    ``what`` otherwise (argparse turns it into a usage error)."""
     try:
         value = int(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from error
-    if not 4 <= value <= 256:
-        raise argparse.ArgumentTypeError(f"shards must be between 4 and 256, got {value}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise argparse.ArgumentTypeError(f"{what} must be {bound}, got {value}")
     return value
+
+
+def shard_count(text: str) -> int:
+    return integer(text, 4, "shards", 256)
 
 
 def client_options(command: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ from walrus_p2p.cli._common import (
     close_mapping,
     configure_logging,
     genesis_path,
+    integer,
     key_directory,
     print_json,
     read_file_bytes,
@@ -733,13 +734,7 @@ def _command_challenges(arguments: argparse.Namespace) -> int:
 
 
 def _epoch_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from error
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"an epoch is not negative, got {value}")
-    return value
+    return integer(text, 0, "an epoch")
 
 
 def _secret_options(command: argparse.ArgumentParser, name: str) -> None:
@@ -755,13 +750,7 @@ def _secret_options(command: argparse.ArgumentParser, name: str) -> None:
 
 
 def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from error
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"not negative, got {value}")
-    return value
+    return integer(text, 0, "a byte count")
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -15,7 +15,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from walrus_p2p.cli._common import UsageError
+from walrus_p2p.cli._common import UsageError, integer
 
 if TYPE_CHECKING:
     from walrus_p2p.core.genesis import Genesis
@@ -30,13 +30,7 @@ def epochs_value(text: str) -> int | str:
     """``--epochs``: a positive integer, or ``max`` (the network's longest lifetime)."""
     if text.strip().lower() == MAX:
         return MAX
-    try:
-        value = int(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"not a number of epochs or 'max': {text!r}") from error
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"at least 1 epoch, got {value}")
-    return value
+    return integer(text, 1, "a number of epochs (or 'max')")
 
 
 def expiry_time(text: str) -> dt.datetime:
