@@ -185,6 +185,9 @@ async def test_paid_store_pays_into_the_pools_and_every_ledger_agrees(
     assert price.write_fee == units * WRITE_PRICE
     assert outcome.cost == price.total
     assert (outcome.start_epoch, outcome.end_epoch) == (0, epochs)
+    # The steps of the store, timed in order (bench/store_phases.py prints them).
+    assert [name for name, _ in outcome.phases] == ["encode", "state", "pay", "upload", "certify"]
+    assert all(seconds >= 0 for _, seconds in outcome.phases)
     pools = split_evenly(price.storage_cost, 0, epochs)
     pools[0] += price.write_fee
     alice = ALICE.public_key.raw

@@ -24,6 +24,9 @@ class StoredBlob:
     cost: int
     """On a network with an economy: the FROST this store paid (storage + write fee; 0 when an
     earlier payment of the owner covered it). Without one: the encoded size times epochs."""
+    phases: tuple[tuple[str, float], ...] = ()
+    """Seconds spent in each step of the store, in order (encode, state, pay, upload, certify;
+    docs/protocol.md, "Store"), for benchmarks and logs; not part of the API's JSON."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,9 @@ import contextlib
 import logging
 import math
 import random
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import trio
@@ -109,6 +110,8 @@ class _Paid:
 
     payment: Payment | None = None
     cost: int = 0
+    phases: list[tuple[str, float]] = field(default_factory=list)
+    """Seconds per step of the store call, all attempts (``StoredBlob.phases``)."""
 
 
 def verify_confirmation(
@@ -185,9 +188,11 @@ async def store_blob(
             reason="BAD_REQUEST",
         )
     config = EncodingConfig.for_shards(genesis.n_shards)
+    started = time.perf_counter()
     encoded: EncodedBlobWithMetadata = await trio.to_thread.run_sync(encode_blob, data, config)
     blob_id = encoded.blob_id
     paid = _Paid()
+    paid.phases.append(("encode", time.perf_counter() - started))
     for attempt in range(1, max(1, options.epoch_attempts) + 1):
         before = light.epoch  # the epoch of the committee snapshot _store_in_epoch takes
         try:
@@ -242,7 +247,10 @@ async def _store_in_epoch(
     current = int(committee.epoch)
     end_epoch = current + epochs
 
+    phases = paid.phases if paid is not None else []
+    started = time.perf_counter()
     state = await fetch_blob_state(light, blob_id)
+    phases.append(("state", time.perf_counter() - started))
     end = state.end_epoch if state is not None else None
     if (
         state is not None
@@ -259,6 +267,7 @@ async def _store_in_epoch(
     if payer is not None:
         paid = paid if paid is not None else _Paid()
         if paid.payment is None or paid.payment.end_epoch <= current:
+            started = time.perf_counter()
             paid.payment = await payer.pay_for_blob(
                 blob_id=blob_id,
                 size=size,
@@ -267,6 +276,7 @@ async def _store_in_epoch(
                 end_epoch=end_epoch,
             )
             paid.cost += paid.payment.cost
+            phases.append(("pay", time.perf_counter() - started))
         end_epoch = paid.payment.end_epoch
         cost = paid.cost
 
@@ -279,6 +289,7 @@ async def _store_in_epoch(
         end_epoch=end_epoch,
         deletable=not permanent,
     )
+    started = time.perf_counter()
     confirmations = await _upload(
         light,
         committee,
@@ -289,6 +300,8 @@ async def _store_in_epoch(
         progress=progress,
         background=background,
     )
+    phases.append(("upload", time.perf_counter() - started))
+    started = time.perf_counter()
     certificate = records.BlobCertificate(
         network_id=genesis.network_id,
         blob_id=blob_id,
@@ -298,12 +311,14 @@ async def _store_in_epoch(
     )
     certificate.verify(genesis.network_id, committee)
     delivered = await push_records(light, blob_id, [register, certificate], background=background)
+    phases.append(("certify", time.perf_counter() - started))
     logger.info(
-        "blob certified blob=%s size=%d confirmations=%d certificate_delivered=%d",
+        "blob certified blob=%s size=%d confirmations=%d certificate_delivered=%d %s",
         short_id(blob_id),
         size,
         len(confirmations),
         delivered,
+        " ".join(f"{name}_ms={seconds * 1000:.0f}" for name, seconds in phases),
     )
     return StoredBlob(
         blob_id=blob_id,
@@ -315,6 +330,7 @@ async def _store_in_epoch(
         storage_size=config.encoded_length(size),
         deletable=not permanent,
         cost=cost,
+        phases=tuple(phases),
     )
 
 
