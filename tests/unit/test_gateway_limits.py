@@ -188,7 +188,9 @@ async def test_requests_beyond_the_byte_budget_are_429_before_buffering(
     assert reason_of(upload) == (429, "TOO_MANY_REQUESTS")
     assert "blob bytes" in upload.json()["error"]["message"]
     # Refused before reading: the second read only asked for the size, the upload never stored.
-    assert new_calls == ["blob_status", "blob_status", "read_range 0 1000"]
+    # The small range, admitted, also read the blob's first 2 KiB once for its content type
+    # (docs/http-api.md, "Web-ready reads").
+    assert new_calls == ["blob_status", "blob_status", "read_range 0 1000", "read_range 0 2048"]
     assert small_range.status_code == 200
     assert gw.control.refusals.counts[("read", BYTES)] == 1
     assert gw.control.refusals.counts[("upload", BYTES)] == 1
