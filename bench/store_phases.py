@@ -27,7 +27,7 @@ import trio
 from walrus_p2p.client.results import StoredBlob
 from walrus_p2p.client.service import open_client
 from walrus_p2p.devnet import CLIENT_KEY_DIR
-from walrus_p2p.node.config import load_genesis, load_identity
+from walrus_p2p.node.config import ensure_identity, load_genesis
 from walrus_p2p.testing.processes import Devnet, bench_header, load_text, running_devnet
 
 
@@ -38,7 +38,7 @@ def p95(values: list[float]) -> float:
 
 async def run(devnet: Devnet, arguments: argparse.Namespace) -> None:
     genesis = load_genesis(devnet.genesis_path)
-    owner = load_identity(devnet.directory / CLIENT_KEY_DIR)
+    owner, _ = ensure_identity(devnet.directory / CLIENT_KEY_DIR)
     phases: dict[str, list[float]] = {}
     totals: list[float] = []
     async with open_client(genesis, owner) as client:
