@@ -45,7 +45,8 @@ def test_round_trip(size: int, secret: Secret) -> None:
     chunks = max(1, -(-size // CHUNK))
     assert len(blob) == HEADER_SIZE + size + chunks * TAG_SIZE
     assert looks_encrypted(blob)
-    assert plaintext not in blob or size == 0
+    if size >= 16:  # a shorter plaintext may occur in random bytes by chance
+        assert plaintext not in blob
     assert bytes(decrypt(blob, secret)) == plaintext
     # Fresh randomness each time: the same plaintext never gives the same blob (or blob id).
     assert sealed(plaintext, secret) != blob
