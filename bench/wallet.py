@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import time
-from collections import Counter
 
 import trio
 
@@ -45,8 +43,8 @@ from walrus_p2p.core.economy_messages import GetAccountReply, GetAccountRequest
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.devnet import WALLET_NAME
 from walrus_p2p.errors import WalrusError
-from walrus_p2p.net.traffic import TRAFFIC
 from walrus_p2p.node.config import load_genesis
+from walrus_p2p.testing.cost import network_cost, print_cost
 from walrus_p2p.testing.processes import CpuMeter, Devnet, bench_header, load_text, running_devnet
 
 OPTIONS = WalletOptions(request_timeout=20.0, total_timeout=120.0, tail_seconds=5.0)
@@ -78,51 +76,6 @@ async def timed_send(
 METER = CpuMeter()
 
 
-def network_cost(devnet: Devnet) -> tuple[dict[str, float], dict[str, float], float, float]:
-    """Network-wide: control messages and bytes sent by kind (every peer's
-    ``walrus_control_*_sent_total`` plus this process's own counters, the senders' light peers),
-    transport bytes, and the peers' CPU seconds (docs/network.md, "Traffic accounting")."""
-    messages: Counter[str] = Counter(TRAFFIC.messages)
-    sizes: Counter[str] = Counter(TRAFFIC.bytes)
-    transport = float(TRAFFIC.transport_bytes_sent)
-    for index in devnet.peers:
-        for name, value in devnet.metrics(index).items():
-            kind = re.search(r'kind="([^"]+)"', name)
-            if name.startswith("walrus_control_messages_sent_total{") and kind:
-                messages[kind.group(1)] += value
-            elif name.startswith("walrus_control_bytes_sent_total{") and kind:
-                sizes[kind.group(1)] += value
-            elif name == "walrus_net_bytes_sent_total":
-                transport += value
-    cpu = METER.sample([peer.process.pid for peer in devnet.peers.values() if peer.process])
-    return dict(messages), dict(sizes), transport, cpu
-
-
-def print_cost(
-    before: tuple[dict[str, float], dict[str, float], float, float],
-    after: tuple[dict[str, float], dict[str, float], float, float],
-    transfers: int,
-) -> None:
-    if not transfers:
-        return
-    kinds = sorted(set(after[0]) | set(before[0]))
-    print(
-        f"network-wide per certified transfer (peers and the senders' light peers, n={transfers}):"
-    )
-    for kind in kinds:
-        count = after[0].get(kind, 0.0) - before[0].get(kind, 0.0)
-        size = after[1].get(kind, 0.0) - before[1].get(kind, 0.0)
-        if count > 0:
-            print(
-                f"  {kind:<28} {count / transfers:>8.1f} messages {size / transfers:>10.0f} bytes"
-            )
-    print(
-        f"  transport bytes (all TCP writes) {(after[2] - before[2]) / transfers:,.0f}; "
-        f"peer CPU {(after[3] - before[3]) / transfers * 1000:.1f} ms per transfer "
-        f"({after[3] - before[3]:.1f} CPU-s in all)"
-    )
-
-
 async def run(devnet: Devnet, arguments: argparse.Namespace) -> None:
     genesis = load_genesis(devnet.genesis_path)
     funder = load_wallet(devnet.directory / WALLET_NAME)
@@ -146,7 +99,7 @@ async def run(devnet: Devnet, arguments: argparse.Namespace) -> None:
                 except WalrusError as error:
                     failures.append(f"{error.reason}: {error}")
 
-    cost_before = await trio.to_thread.run_sync(network_cost, devnet)
+    cost_before = await trio.to_thread.run_sync(network_cost, devnet, METER)
     started = time.monotonic()
     async with trio.open_nursery() as nursery:
         for sender in senders:
@@ -158,8 +111,8 @@ async def run(devnet: Devnet, arguments: argparse.Namespace) -> None:
         f"failed {len(failures)} {failures[:3]}"
     )
     await trio.sleep(3.0)  # gossip batches of the last transfers
-    cost_after = await trio.to_thread.run_sync(network_cost, devnet)
-    print_cost(cost_before, cost_after, len(loaded))
+    cost_after = await trio.to_thread.run_sync(network_cost, devnet, METER)
+    print_cost(cost_before, cost_after, len(loaded), "certified transfer")
 
     async with open_light_peer(genesis) as light:
         views: dict[int, int] = {}
