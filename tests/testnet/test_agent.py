@@ -132,13 +132,21 @@ def test_agent_answers_client_commands_like_the_command_itself(
         assert via_agent["state"] == "certified"
         info = json.loads(cli.run("info", "--json").stdout)
         assert info["verified"] is True and len(info["committee"]) == PEERS
+        # An attribute set through the agent is what the command itself reads back.
+        cli.run("set-blob-attribute", blob_id, "--attr", "content-type", "image/png")
+        attributes = json.loads(cli.run("get-blob-attribute", blob_id, "--json").stdout)
+        in_process_attributes = json.loads(
+            cli.run("get-blob-attribute", blob_id, "--json", "--no-agent").stdout
+        )
+        assert attributes == in_process_attributes
+        assert attributes["attributes"] == {"content-type": "image/png"}
         # Errors keep their exit code and their one line.
         missing = cli.run("status", "A" * 43, check=False)
         assert missing.returncode == 3
         assert missing.stderr.decode().startswith("error:")
         # The agent answered them (and the --no-agent run did not go there).
         log = cli.agent_log()
-        for command in ("store", "read", "status", "info"):
+        for command in ("store", "read", "status", "info", "set-blob-attribute"):
             assert f"agent answered command={command}" in log, log[-3000:]
         assert log.count("command=status") == 2
 

@@ -913,3 +913,62 @@ def test_cli_health_lists_every_member(devnet: Devnet) -> None:
     assert f"{PEERS} of {PEERS} members answered" in table
     for member in members:
         assert member["peerId"][:12] in table
+
+
+def test_cli_blob_attributes_and_the_gateway_headers(
+    devnet: Devnet, gateway: Gateway, http: httpx.Client, tmp_path: Path
+) -> None:
+    """`set-blob-attribute`, `get-blob-attribute`, `remove-blob-attribute-fields` and
+    `remove-blob-attribute` on a blob this key stored; the gateway sends the owner's content
+    type and allowed headers (docs/attributes.md)."""
+    data = b"<html><body>attributes</body></html>" + fresh_bytes(64)
+    source = tmp_path / "page.bin"
+    source.write_bytes(data)
+    (stored,) = devnet.cli_json("store", str(source), "--epochs", "2")
+    blob_id = stored["newlyCreated"]["blobObject"]["blobId"]
+    assert devnet.cli_json("get-blob-attribute", blob_id)["attributes"] == {}
+
+    set_reply = devnet.cli_json(
+        "set-blob-attribute",
+        blob_id,
+        "--attr",
+        "content-type",
+        "text/html; charset=utf-8",
+        "--attr",
+        "content-disposition",
+        'inline; filename="page.html"',
+        "--attr",
+        "app-tag",
+        "kept but not a header",
+    )
+    assert set_reply["attributes"]["app-tag"] == "kept but not a header"
+    got = devnet.cli_json("get-blob-attribute", blob_id)
+    assert got["attributes"] == set_reply["attributes"]
+    (mine,) = got["registrations"]
+    assert mine["mine"] is True and mine["version"] == 0
+
+    reply = http.get(f"{gateway.url}/v1/blobs/{blob_id}")
+    assert reply.status_code == 200
+    assert reply.content == data
+    assert reply.headers["content-type"] == "text/html; charset=utf-8"
+    assert reply.headers["content-security-policy"] == "sandbox"
+    assert reply.headers["content-disposition"] == 'inline; filename="page.html"'
+    assert "app-tag" not in reply.headers
+
+    devnet.cli("remove-blob-attribute-fields", blob_id, "--keys", "app-tag", check=True)
+    after = devnet.cli_json("get-blob-attribute", blob_id)
+    assert set(after["attributes"]) == {"content-type", "content-disposition"}
+    assert after["registrations"][0]["version"] == 1
+    missing = devnet.cli("remove-blob-attribute-fields", blob_id, "--keys", "never-set")
+    assert missing.returncode != 0
+    assert b"never-set" in missing.stderr
+    bad = devnet.cli("set-blob-attribute", blob_id, "--attr", "x", "a\nb")
+    assert bad.returncode != 0
+    assert b"ATTRIBUTE_INVALID" in bad.stderr or b"attributes not allowed" in bad.stderr
+
+    devnet.cli("remove-blob-attribute", blob_id, check=True)
+    cleared = devnet.cli_json("get-blob-attribute", blob_id)
+    assert cleared["attributes"] == {}
+    assert cleared["registrations"][0]["version"] == 2
+    text = devnet.cli("get-blob-attribute", blob_id, check=True).stdout.decode()
+    assert "has no attributes" in text

@@ -841,6 +841,7 @@ async def test_serve_gateway_entry_point(fake: FakeBlobService) -> None:
 
 def test_public_api_is_pinned() -> None:
     assert set(walrus_p2p.api.__all__) == {
+        "DEFAULT_ATTRIBUTE_HEADERS",
         "DEFAULT_BODY_TIMEOUT_SECONDS",
         "DEFAULT_MAX_BODY",
         "DEFAULT_MAX_BYTES_IN_FLIGHT",
@@ -855,6 +856,7 @@ def test_public_api_is_pinned() -> None:
         "GatewayLimits",
         "GatewayPolicy",
         "UnsatisfiableRangeError",
+        "attribute_headers_from_text",
         "build_gateway_app",
         "cors_origins_from_text",
         "openapi_document",

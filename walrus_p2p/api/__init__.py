@@ -22,9 +22,16 @@ from walrus_p2p.api._gateway import (
 )
 from walrus_p2p.api._openapi import ERROR_REASONS, openapi_document
 from walrus_p2p.api._ranges import ByteRange, UnsatisfiableRangeError, parse_range_header
-from walrus_p2p.api._web import GatewayPolicy, cors_origins_from_text, parse_blocklist
+from walrus_p2p.api._web import (
+    DEFAULT_ATTRIBUTE_HEADERS,
+    GatewayPolicy,
+    attribute_headers_from_text,
+    cors_origins_from_text,
+    parse_blocklist,
+)
 
 __all__ = [
+    "DEFAULT_ATTRIBUTE_HEADERS",
     "DEFAULT_BODY_TIMEOUT_SECONDS",
     "DEFAULT_MAX_BODY",
     "DEFAULT_MAX_BYTES_IN_FLIGHT",
@@ -39,6 +46,7 @@ __all__ = [
     "GatewayLimits",
     "GatewayPolicy",
     "UnsatisfiableRangeError",
+    "attribute_headers_from_text",
     "build_gateway_app",
     "cors_origins_from_text",
     "openapi_document",

@@ -50,9 +50,12 @@ from walrus_p2p.api._errors import (
 from walrus_p2p.api._openapi import openapi_document
 from walrus_p2p.api._ranges import ByteRange, UnsatisfiableRangeError, parse_range_header
 from walrus_p2p.api._web import (
+    SANDBOX,
     SNIFF_BYTES,
     GatewayPolicy,
     WebState,
+    attribute_content_type,
+    attribute_headers,
     cors_settings,
     requested_type,
     sniff,
@@ -270,7 +273,7 @@ def build_gateway_app(
         Route("/v1/api", _guarded(gateway.api, "api"), methods=["GET"]),
     ]
     middleware = (
-        [Middleware(CORSMiddleware, **cors_settings(policy.cors_origins))]  # type: ignore[arg-type]
+        [Middleware(CORSMiddleware, **cors_settings(policy.cors_origins, policy.attribute_headers))]  # type: ignore[arg-type]
         if policy.cors_origins
         else []
     )
@@ -407,9 +410,10 @@ class _Gateway:
         headers["Accept-Ranges"] = "bytes"
         if _etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
             return Response(status_code=304, headers=headers)
+        size, owner_headers = await self._readable(blob_id)
+        headers.update(owner_headers)
         range_header = request.headers.get("range")
         if range_header is not None and request.headers.get("if-range") in (None, headers["ETag"]):
-            size = await self._readable_size(blob_id)
             try:
                 byte_range = parse_range_header(range_header, size)
             except UnsatisfiableRangeError as error:
@@ -417,9 +421,8 @@ class _Gateway:
             if byte_range is not None:
                 headers["Content-Range"] = byte_range.content_range(size)
                 return await self._send_range(request, blob_id, size, byte_range, 206, headers)
-        size = await self._readable_size(blob_id)
         if request.method == "HEAD":
-            headers["Content-Type"] = await self._content_type(request, blob_id, size)
+            await self._set_content_type(headers, request, blob_id, size)
             return _head_response(200, size, headers)
         # The size comes first so that the bytes are taken from the budget before they are read.
         reservation = reservation_of(request)
@@ -427,7 +430,7 @@ class _Gateway:
         data = await self._service.read(blob_id)
         if len(data) > size:
             reservation.take(len(data) - size)
-        headers["Content-Type"] = await self._content_type(request, blob_id, len(data), data)
+        await self._set_content_type(headers, request, blob_id, len(data), data)
         return _stream(data, 200, headers)
 
     async def get_byte_range(self, request: Request) -> Response:
@@ -435,7 +438,8 @@ class _Gateway:
         start = _unsigned_param(request.query_params, "start", minimum=0)
         length = _unsigned_param(request.query_params, "length", minimum=1)
         headers = _blob_headers(text)
-        size = await self._readable_size(blob_id)
+        size, owner_headers = await self._readable(blob_id)
+        headers.update(owner_headers)
         if start >= size:
             raise _unsatisfiable(size, f"start {start} is not inside the {size}-byte blob")
         byte_range = ByteRange(start, min(start + length, size) - 1)
@@ -500,8 +504,10 @@ class _Gateway:
         # gateway 32 MiB of peak memory for nothing.
         return memoryview(body).toreadonly()
 
-    async def _readable_size(self, blob_id: BlobId) -> int:
-        """The size of a certified blob; 404 or 410 (via ApiError) for anything else."""
+    async def _readable(self, blob_id: BlobId) -> tuple[int, dict[str, str]]:
+        """The size of a certified blob and the headers its attributes give (docs/attributes.md;
+        ``content-type`` among them stays lower-case for :meth:`_set_content_type`); 404 or
+        410 (via ApiError) for anything else."""
         status = await self._service.blob_status(blob_id)
         if status.state == "invalid":
             raise blob_inconsistent()
@@ -517,7 +523,25 @@ class _Gateway:
                 f"the blob has {status.size} bytes; this gateway serves blobs of at most "
                 f"{limit} bytes",
             )
-        return status.size
+        return status.size, attribute_headers(status.attributes, self._web.policy.attribute_headers)
+
+    async def _set_content_type(
+        self,
+        headers: dict[str, str],
+        request: Request,
+        blob_id: BlobId,
+        size: int,
+        start: bytes | memoryview | None = None,
+    ) -> None:
+        """``Content-Type`` from the owner's attribute (sandboxed if active), else
+        :meth:`_content_type`."""
+        chosen = headers.pop("content-type", None)
+        if chosen is None:
+            headers["Content-Type"] = await self._content_type(request, blob_id, size, start)
+            return
+        headers["Content-Type"], active = attribute_content_type(chosen)
+        if active:
+            headers["Content-Security-Policy"] = SANDBOX
 
     def _readable_id(self, request: Request) -> tuple[BlobId, str]:
         """The blob id of a read, refused with 451 if the operator's blocklist names it."""
@@ -561,7 +585,7 @@ class _Gateway:
         headers: dict[str, str],
     ) -> Response:
         if request.method == "HEAD":
-            headers["Content-Type"] = await self._content_type(request, blob_id, size)
+            await self._set_content_type(headers, request, blob_id, size)
             return _head_response(status_code, byte_range.length, headers)
         reservation_of(request).take(byte_range.length)
         data = await self._service.read_range(blob_id, byte_range.first, byte_range.length)
@@ -570,7 +594,7 @@ class _Gateway:
                 f"read_range returned {len(data)} bytes, {byte_range.length} were asked"
             )
         start = data if byte_range.first == 0 else None
-        headers["Content-Type"] = await self._content_type(request, blob_id, size, start)
+        await self._set_content_type(headers, request, blob_id, size, start)
         return _stream(data, status_code, headers)
 
 

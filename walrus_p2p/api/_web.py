@@ -8,6 +8,13 @@ browser never runs as a page or script), else ``text/plain; charset=utf-8`` for 
 printable UTF-8, else ``application/octet-stream``. Every blob response also carries
 ``X-Content-Type-Options: nosniff`` so that a browser does not guess further (a blob that looks
 like HTML is never rendered as a page of the gateway's origin).
+
+A blob's owner may name its content type, and a few other response headers, in the blob's
+attributes (docs/attributes.md): the headers on :attr:`GatewayPolicy.attribute_headers` are then
+sent, and an attribute's content type comes before everything above. A type that is not on
+:data:`SNIFFABLE` (HTML, SVG, scripts: anything a browser might run) chosen that way is sent
+with ``Content-Security-Policy: sandbox``, so the page runs in an opaque origin without scripts
+and still cannot act as the gateway's origin.
 """
 
 from __future__ import annotations
@@ -90,6 +97,35 @@ public, and the gateway has no cookies or sessions a page could abuse."""
 CORS_EXPOSED_HEADERS = ("Content-Range", "Content-Length", "Accept-Ranges", "ETag", "Retry-After")
 CORS_ALLOWED_HEADERS = ("Range", "If-Range", "If-None-Match", "Content-Type", "Authorization")
 CORS_MAX_AGE_SECONDS = 86400
+DEFAULT_ATTRIBUTE_HEADERS = (
+    "content-type",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "link",
+)
+"""Blob attributes a read returns as response headers, unless the operator says otherwise."""
+RESERVED_HEADERS = frozenset(
+    {
+        "accept-ranges",
+        "cache-control",
+        "connection",
+        "content-length",
+        "content-range",
+        "content-security-policy",
+        "etag",
+        "keep-alive",
+        "set-cookie",
+        "transfer-encoding",
+        "x-content-type-options",
+    }
+)
+"""Headers the gateway sets itself (or that would change how HTTP itself works): an attribute
+never overrides them, whatever the operator allows."""
+SANDBOX = "sandbox"
+"""The ``Content-Security-Policy`` of a blob whose owner chose an active content type."""
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 BLOCKLIST_CHECK_SECONDS = 5.0
 """How often a read looks at the blocklist file's modification time (a changed file is read
 again without a restart)."""
@@ -115,6 +151,8 @@ class GatewayPolicy:
     max_read_size: int | None = None
     auth: AuthPolicy | None = None
     """Publisher authentication (JWT) for stores; None: stores are open (docs/http-api.md)."""
+    attribute_headers: tuple[str, ...] = DEFAULT_ATTRIBUTE_HEADERS
+    """Blob attributes (lower-case names) returned as response headers of reads."""
 
     def __post_init__(self) -> None:
         for origin in self.cors_origins:
@@ -128,6 +166,39 @@ class GatewayPolicy:
             raise ConfigError(f"max_read_size must be >= 0, got {self.max_read_size}")
         if self.blocklist is not None:
             parse_blocklist(self.blocklist)  # a bad file stops the start, with its line
+        for name in self.attribute_headers:
+            if _HEADER_NAME.fullmatch(name) is None:
+                raise ConfigError(f"{name!r} is not a lower-case HTTP header name")
+            if name in RESERVED_HEADERS or name.startswith("access-control-"):
+                raise ConfigError(f"header {name!r} is set by the gateway; attributes cannot")
+
+
+def attribute_headers_from_text(text: str) -> tuple[str, ...]:
+    """``--allowed-headers``: names separated by commas (any case), or ``none``."""
+    if text.strip().lower() == "none":
+        return ()
+    return tuple(name.strip().lower() for name in text.split(",") if name.strip())
+
+
+def attribute_headers(
+    attributes: Sequence[tuple[str, str]], allowed: Sequence[str]
+) -> dict[str, str]:
+    """The response headers a blob's attributes give: keys on ``allowed`` (compared without
+    case), values of printable ASCII only (a header is Latin-1 on the wire; others are left
+    out rather than mangled). Keys are lower-case."""
+    headers: dict[str, str] = {}
+    for key, value in attributes:
+        name = key.lower()
+        if name in allowed and name not in headers and _HEADER_VALUE.fullmatch(value):
+            headers[name] = value.strip()
+    return headers
+
+
+def attribute_content_type(value: str) -> tuple[str, bool]:
+    """An attribute's content type, and whether it needs the sandbox (not a passive type)."""
+    media = value.split(";", 1)[0].strip().lower()
+    passive = media in SNIFFABLE or media == "text/plain" or media == OCTET_STREAM
+    return value, not passive
 
 
 def parse_blocklist(path: Path) -> frozenset[BlobId]:
@@ -279,12 +350,13 @@ class WebState:
         self.authenticator = None if auth is None else Authenticator(auth)
 
 
-def cors_settings(origins: Sequence[str]) -> dict[str, object]:
-    """Keyword arguments of Starlette's ``CORSMiddleware`` for ``origins``."""
+def cors_settings(origins: Sequence[str], attribute_names: Sequence[str] = ()) -> dict[str, object]:
+    """Keyword arguments of Starlette's ``CORSMiddleware`` for ``origins``; the headers blob
+    attributes may give (``attribute_names``) are exposed to scripts too."""
     return {
         "allow_origins": list(origins),
         "allow_methods": ["GET", "HEAD", "PUT"],
         "allow_headers": list(CORS_ALLOWED_HEADERS),
-        "expose_headers": list(CORS_EXPOSED_HEADERS),
+        "expose_headers": [*CORS_EXPOSED_HEADERS, *attribute_names],
         "max_age": CORS_MAX_AGE_SECONDS,
     }

@@ -23,7 +23,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 AGENT_COMMANDS = frozenset(
-    {"store", "read", "status", "list", "extend", "delete", "info", "health"}
+    {
+        "store",
+        "read",
+        "status",
+        "list",
+        "extend",
+        "delete",
+        "info",
+        "health",
+        "set-blob-attribute",
+        "get-blob-attribute",
+        "remove-blob-attribute-fields",
+        "remove-blob-attribute",
+    }
 )
 """Commands an agent may answer (``info --offline`` and everything else run in process)."""
 

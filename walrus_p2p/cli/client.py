@@ -1,5 +1,5 @@
 """Light-client commands: ``blob-id`` (offline), ``store``, ``read``, ``status``, ``list``,
-``extend``, ``delete``, ``info``, ``challenges``."""
+``extend``, ``delete``, the blob attribute commands, ``info``, ``challenges``."""
 
 from __future__ import annotations
 
@@ -407,6 +407,75 @@ def _command_delete(arguments: argparse.Namespace) -> int:
             print_json({"blobId": arguments.blob_id, "deleted": True})
         else:
             print(f"deleted {arguments.blob_id}")
+        return EXIT_OK
+
+    return run_client(arguments, work, pays=True)
+
+
+def _attributes_json(blob_text: str, state: Any, owner: bytes) -> dict[str, Any]:
+    """The blob's attributes as ``get-blob-attribute --json`` prints them."""
+    registrations = []
+    for (key_owner, start_epoch), registration in sorted(
+        state.live_registrations.items(), key=lambda item: (item[0][1], item[0][0])
+    ):
+        record = state.attributes.get((key_owner, start_epoch))
+        registrations.append(
+            {
+                "owner": key_owner.hex(),
+                "startEpoch": start_epoch,
+                "endEpoch": registration.end_epoch,
+                "mine": key_owner == owner,
+                "version": None if record is None else record.body.version,
+                "attributes": state.attributes_of((key_owner, start_epoch)),
+            }
+        )
+    return {
+        "blobId": blob_text,
+        "attributes": state.effective_attributes,
+        "registrations": registrations,
+    }
+
+
+def _command_get_attribute(arguments: argparse.Namespace) -> int:
+    from walrus_p2p.types import blob_id_from_text
+
+    blob_id = blob_id_from_text(arguments.blob_id)
+
+    async def work(client: WalrusClient) -> int:
+        state = await client.blob_attributes(blob_id)
+        summary = _attributes_json(arguments.blob_id, state, client.owner.public_key.raw)
+        if arguments.json:
+            print_json(summary)
+        elif not summary["attributes"]:
+            print(f"{arguments.blob_id} has no attributes")
+        else:
+            for key, value in sorted(summary["attributes"].items()):
+                print(f"{key}: {value}")
+        return EXIT_OK
+
+    return run_client(arguments, work, pays=True)
+
+
+def _command_update_attribute(arguments: argparse.Namespace) -> int:
+    from walrus_p2p.types import blob_id_from_text
+
+    blob_id = blob_id_from_text(arguments.blob_id)
+    pairs = dict(arguments.attr or [])
+    keys = list(arguments.keys or [])
+    remove_all = arguments.command == "remove-blob-attribute"
+
+    async def work(client: WalrusClient) -> int:
+        attributes = await client.update_attributes(
+            blob_id, set_pairs=pairs, remove_keys=keys, remove_all=remove_all
+        )
+        if arguments.json:
+            print_json({"blobId": arguments.blob_id, "attributes": attributes})
+        elif attributes:
+            print(f"attributes of {arguments.blob_id}:")
+            for key, value in sorted(attributes.items()):
+                print(f"  {key}: {value}")
+        else:
+            print(f"{arguments.blob_id} has no attributes now")
         return EXIT_OK
 
     return run_client(arguments, work, pays=True)
@@ -843,6 +912,44 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     delete.add_argument("blob_id", metavar="BLOB_ID")
     client_options(delete)
     delete.set_defaults(handler=_command_delete)
+
+    set_attribute = commands.add_parser(
+        "set-blob-attribute",
+        help="set key/value attributes on a blob stored with this key (docs/attributes.md)",
+    )
+    set_attribute.add_argument("blob_id", metavar="BLOB_ID")
+    set_attribute.add_argument(
+        "--attr",
+        nargs=2,
+        action="append",
+        required=True,
+        metavar=("KEY", "VALUE"),
+        help="one pair (repeat for more); e.g. --attr content-type image/png",
+    )
+    client_options(set_attribute)
+    set_attribute.set_defaults(handler=_command_update_attribute, keys=None)
+
+    get_attribute = commands.add_parser(
+        "get-blob-attribute", help="a blob's attributes, verified (docs/attributes.md)"
+    )
+    get_attribute.add_argument("blob_id", metavar="BLOB_ID")
+    client_options(get_attribute)
+    get_attribute.set_defaults(handler=_command_get_attribute)
+
+    remove_fields = commands.add_parser(
+        "remove-blob-attribute-fields", help="remove some keys from a blob's attributes"
+    )
+    remove_fields.add_argument("blob_id", metavar="BLOB_ID")
+    remove_fields.add_argument("--keys", nargs="+", required=True, metavar="KEY")
+    client_options(remove_fields)
+    remove_fields.set_defaults(handler=_command_update_attribute, attr=None)
+
+    remove_attribute = commands.add_parser(
+        "remove-blob-attribute", help="remove all of a blob's attributes"
+    )
+    remove_attribute.add_argument("blob_id", metavar="BLOB_ID")
+    client_options(remove_attribute)
+    remove_attribute.set_defaults(handler=_command_update_attribute, attr=None, keys=None)
 
     price = commands.add_parser(
         "price", help="storage prices in force, and what storing FILE costs (offline)"

@@ -87,7 +87,13 @@ def serve_limits(arguments: argparse.Namespace) -> GatewayLimits:
 
 def serve_policy(arguments: argparse.Namespace) -> GatewayPolicy:
     """The gateway's web policy from ``serve``'s flags (docs/http-api.md, "Web-ready reads")."""
-    from walrus_p2p.api import AuthPolicy, GatewayPolicy, cors_origins_from_text
+    from walrus_p2p.api import (
+        DEFAULT_ATTRIBUTE_HEADERS,
+        AuthPolicy,
+        GatewayPolicy,
+        attribute_headers_from_text,
+        cors_origins_from_text,
+    )
     from walrus_p2p.errors import ConfigError
 
     try:
@@ -103,6 +109,11 @@ def serve_policy(arguments: argparse.Namespace) -> GatewayPolicy:
             blocklist=Path(arguments.blocklist) if arguments.blocklist else None,
             max_read_size=arguments.max_read_size,
             auth=auth,
+            attribute_headers=(
+                DEFAULT_ATTRIBUTE_HEADERS
+                if arguments.allowed_headers is None
+                else attribute_headers_from_text(arguments.allowed_headers)
+            ),
         )
     except ConfigError as error:
         raise UsageError(error.message.replace("max_read_size", "--max-read-size")) from error
@@ -295,6 +306,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="ORIGINS",
         help="origins whose web pages may call the gateway: '*' (default), 'none', or "
         "scheme://host[:port] origins separated by commas",
+    )
+    serve.add_argument(
+        "--allowed-headers",
+        metavar="NAMES",
+        help="blob attributes returned as response headers of reads (docs/attributes.md), "
+        "separated by commas, or 'none' (default: content-type, content-disposition, "
+        "content-encoding, content-language, link)",
     )
     serve.add_argument(
         "--blocklist",

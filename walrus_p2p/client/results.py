@@ -51,6 +51,8 @@ class BlobStatus:
     certified_epoch: int | None
     end_epoch: int | None
     deletable: bool | None
+    attributes: tuple[tuple[str, str], ...] = ()
+    """The blob's effective attributes, sorted by key (docs/attributes.md)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 
 import trio
@@ -151,6 +151,7 @@ class WalrusClient:
             certified_epoch=state.certified_epoch,
             end_epoch=state.end_epoch,
             deletable=None if not state.registrations else not state.is_permanent,
+            attributes=tuple(sorted(state.effective_attributes.items())),
         )
 
     async def records_state(self, blob_id: BlobId) -> records.BlobState | None:
@@ -199,6 +200,62 @@ class WalrusClient:
         await self._deliver(blob_id, record)
         if self.cache is not None:
             self.cache.forget(blob_id)
+
+    async def blob_attributes(self, blob_id: BlobId) -> records.BlobState:
+        """The blob's verified state, with the attributes of each registration
+        (``attributes_of``, ``effective_attributes``; docs/attributes.md)."""
+        state = await fetch_blob_state(self.light, blob_id)
+        if state is None or not state.registrations:
+            raise NotFoundError(f"blob {short_id(blob_id)} is not registered")
+        return state
+
+    async def update_attributes(
+        self,
+        blob_id: BlobId,
+        *,
+        set_pairs: Mapping[str, str] | None = None,
+        remove_keys: Iterable[str] = (),
+        remove_all: bool = False,
+    ) -> dict[str, str]:
+        """Sign and deliver a new attribute set of this owner's registration of the blob:
+        the current set with ``set_pairs`` added, ``remove_keys`` taken out, or nothing left
+        (``remove_all``). Returns the new set. A set the network would refuse raises
+        ``WalrusError`` (reason ``ATTRIBUTE_INVALID``) before anything is sent; removing a key
+        that is not set raises ``NotFoundError``."""
+        state = await fetch_blob_state(self.light, blob_id)
+        mine = self._my_registration(state)
+        if state is None or mine is None:
+            raise NotFoundError(f"blob {short_id(blob_id)} has no live registration of this key")
+        key, _ = mine
+        current_record = state.attributes.get(key)
+        version = 0 if current_record is None else current_record.body.version + 1
+        attributes = {} if remove_all else state.attributes_of(key)
+        missing = [name for name in remove_keys if name not in attributes]
+        if missing:
+            raise NotFoundError(f"attribute keys not set on this blob: {', '.join(missing)}")
+        for name in remove_keys:
+            del attributes[name]
+        attributes.update(set_pairs or {})
+        if len(attributes) > records.MAX_ATTRIBUTES:
+            raise WalrusError(
+                f"{len(attributes)} attributes; at most {records.MAX_ATTRIBUTES} per blob",
+                reason="ATTRIBUTE_INVALID",
+            )
+        try:
+            record = records.sign_attribute(
+                self.owner,
+                network_id=self.genesis.network_id,
+                blob_id=blob_id,
+                start_epoch=key[1],
+                version=version,
+                attributes=attributes,
+            )
+        except ValueError as error:
+            raise WalrusError(str(error), reason="ATTRIBUTE_INVALID") from error
+        await self._deliver(blob_id, record)
+        if self.cache is not None:
+            self.cache.forget(blob_id)  # a gateway's kept headers come from the old set
+        return attributes
 
     def _my_registration(
         self, state: records.BlobState | None

@@ -7,15 +7,16 @@ one of these records, signed so that anybody holding the genesis file can check 
 - :class:`EpochRecord` -- the committee of epoch e+1 (:class:`EpochValue`) with the precommits of
   a quorum of epoch e's shard weight (:class:`EpochCertificate`, produced by
   :mod:`walrus_p2p.core.consensus`);
-- blob records: :class:`BlobRegister`, :class:`BlobExtend`, :class:`BlobDelete` (owner-signed),
+- blob records: :class:`BlobRegister`, :class:`BlobExtend`, :class:`BlobDelete` and
+  :class:`BlobAttribute` (owner-signed),
   :class:`BlobCertificate` (storage confirmations of a quorum) and :class:`BlobInvalid`
   (attestations of at least f+1 shard weight).
 
-Every record is a registered :mod:`~walrus_p2p.core.wire` message (type ids 32..46), so it has one
-canonical encoding and a schema-checked decoder. A signature covers ``wire.signing_bytes`` of an
-unsigned *body* message (whose type id and network id are in the signed bytes) under a
-per-purpose :mod:`~walrus_p2p.core.identity` context: nothing signed for one purpose or one
-network verifies as another.
+Every record is a registered :mod:`~walrus_p2p.core.wire` message (type ids 32..46, 53..54), so
+it has one canonical encoding and a schema-checked decoder. A signature covers
+``wire.signing_bytes`` of an unsigned *body* message (whose type id and network id are in the
+signed bytes) under a per-purpose :mod:`~walrus_p2p.core.identity` context: nothing signed for
+one purpose or one network verifies as another.
 
 A blob's status is a :class:`BlobState`, a join-semilattice: :meth:`BlobState.join` is commutative,
 associative and idempotent, so peers that receive the same records in any order, any number of
@@ -61,6 +62,7 @@ from walrus_p2p.errors import ConfigError, VerificationError, WireError
 from walrus_p2p.types import BlobId, Epoch, PeerId, short_id
 
 __all__ = [
+    "BLOB_ATTRIBUTE_CONTEXT",
     "BLOB_DELETE_CONTEXT",
     "BLOB_EXTEND_CONTEXT",
     "BLOB_RECORD_TYPES",
@@ -71,12 +73,18 @@ __all__ = [
     "INVALID_BLOB_CONTEXT",
     "MAX_ADDRESSES",
     "MAX_ADDRESS_LENGTH",
+    "MAX_ATTRIBUTES",
+    "MAX_ATTRIBUTE_KEY_LENGTH",
+    "MAX_ATTRIBUTE_VALUE_LENGTH",
     "MAX_PEER_ID_LENGTH",
     "MAX_RECORD_EPOCH",
     "PRECOMMIT_CONTEXT",
     "PREVOTE_CONTEXT",
     "PROPOSAL_CONTEXT",
     "Addresses",
+    "AttributePair",
+    "BlobAttribute",
+    "BlobAttributeBody",
     "BlobCertificate",
     "BlobDelete",
     "BlobDeleteBody",
@@ -107,7 +115,9 @@ __all__ = [
     "confirmation_body",
     "confirmation_signature",
     "merge_records",
+    "newer_attribute",
     "newer_candidacy",
+    "sign_attribute",
     "sign_confirmation",
     "sign_delete",
     "sign_extend",
@@ -131,6 +141,7 @@ PRECOMMIT_CONTEXT = "walrus-p2p/epoch-precommit/v1"
 BLOB_REGISTER_CONTEXT = "walrus-p2p/blob-register/v1"
 BLOB_EXTEND_CONTEXT = "walrus-p2p/blob-extend/v1"
 BLOB_DELETE_CONTEXT = "walrus-p2p/blob-delete/v1"
+BLOB_ATTRIBUTE_CONTEXT = "walrus-p2p/blob-attribute/v1"
 CONFIRMATION_CONTEXT = "walrus-p2p/storage-confirmation/v1"
 INVALID_BLOB_CONTEXT = "walrus-p2p/invalid-blob/v1"
 
@@ -613,6 +624,75 @@ class BlobDelete(Message):
         _owner_key(self.body.owner).verify(BLOB_DELETE_CONTEXT, message, self.signature)
 
 
+# Blob attributes (docs/attributes.md): the owner of a registration signs its whole attribute
+# set with a version; the highest version wins.
+
+MAX_ATTRIBUTES = 32
+"""Key/value pairs on one registration."""
+MAX_ATTRIBUTE_KEY_LENGTH = 128
+"""UTF-8 bytes of a key (an HTTP header name is far shorter)."""
+MAX_ATTRIBUTE_VALUE_LENGTH = 1024
+"""UTF-8 bytes of a value: a ``link`` header or a content disposition with a long file name fits;
+a whole set is at most ~37 KiB, below a record's cap (``MAX_RECORD_SIZE``, 64 KiB)."""
+_NO_CONTROL = r"[^\x00-\x1f\x7f]"
+"""No control characters: a value may become an HTTP header (no CR/LF injection)."""
+
+
+@record
+@dataclass(frozen=True, slots=True, order=True)
+class AttributePair:
+    key: Annotated[str, TextSpec(MAX_ATTRIBUTE_KEY_LENGTH, _NO_CONTROL + "+")]
+    value: Annotated[str, TextSpec(MAX_ATTRIBUTE_VALUE_LENGTH, _NO_CONTROL + "*")]
+
+
+AttributePairs = Annotated[
+    tuple[AttributePair, ...],
+    ListSpec(record_spec(AttributePair), MAX_ATTRIBUTES, strictly_increasing=True),
+]
+"""Sorted by key; keys unique (checked by :meth:`BlobAttribute.verify`)."""
+
+
+@register(53)
+@dataclass(frozen=True, slots=True)
+class BlobAttributeBody(Message):
+    """The attributes of registration (owner, start epoch) from ``version`` on.
+
+    The set is whole: setting a key, removing keys or removing the attribute each sign a new set
+    with a higher version. An empty set is "no attribute". Several registrations of one blob
+    each have their own set (as each Walrus blob object has its own attribute).
+    """
+
+    network_id: NetworkIdBytes
+    blob_id: BlobIdBytes
+    owner: PublicKeyBytes
+    start_epoch: EpochNumber
+    version: U64
+    pairs: AttributePairs
+
+
+@register(54)
+@dataclass(frozen=True, slots=True)
+class BlobAttribute(Message):
+    body: BlobAttributeBody
+    signature: SignatureBytes
+
+    @property
+    def blob_id(self) -> BlobId:
+        return self.body.blob_id
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        return {pair.key: pair.value for pair in self.body.pairs}
+
+    def verify(self, network_id: bytes) -> None:
+        _check_network(self.body.network_id, network_id, "blob attribute")
+        keys = [pair.key for pair in self.body.pairs]
+        if len(set(keys)) != len(keys):
+            raise VerificationError("blob attribute names a key twice")
+        message = _signing_bytes(self.body)
+        _owner_key(self.body.owner).verify(BLOB_ATTRIBUTE_CONTEXT, message, self.signature)
+
+
 # --------------------------------------------------------------------------------------------
 # Blob records signed by committee members
 
@@ -705,8 +785,17 @@ class BlobInvalid(Message):
         )
 
 
-BlobRecord: TypeAlias = BlobRegister | BlobExtend | BlobDelete | BlobCertificate | BlobInvalid
-BLOB_RECORD_TYPES = (BlobRegister, BlobExtend, BlobDelete, BlobCertificate, BlobInvalid)
+BlobRecord: TypeAlias = (
+    BlobRegister | BlobExtend | BlobDelete | BlobCertificate | BlobInvalid | BlobAttribute
+)
+BLOB_RECORD_TYPES = (
+    BlobRegister,
+    BlobExtend,
+    BlobDelete,
+    BlobCertificate,
+    BlobInvalid,
+    BlobAttribute,
+)
 """For ``wire.decode(data, BLOB_RECORD_TYPES)``."""
 CommitteeLookup: TypeAlias = Callable[[Epoch], Committee | None]
 """The committee of an epoch, or None if this peer does not know that epoch (yet)."""
@@ -779,6 +868,30 @@ def sign_delete(
 ) -> BlobDelete:
     body = BlobDeleteBody(network_id, BlobId(blob_id), owner.public_key.raw, Epoch(start_epoch))
     return BlobDelete(body, owner.sign(BLOB_DELETE_CONTEXT, signing_bytes(body)))
+
+
+def sign_attribute(
+    owner: identity.Identity,
+    *,
+    network_id: bytes,
+    blob_id: bytes,
+    start_epoch: int,
+    version: int,
+    attributes: Mapping[str, str],
+) -> BlobAttribute:
+    """The whole attribute set of the owner's registration (owner, start epoch) at ``version``.
+
+    Raises ``ValueError`` for a set the wire or :meth:`BlobAttribute.verify` would refuse (too
+    many pairs, a key or value too long or with a control character)."""
+    pairs = tuple(AttributePair(key, value) for key, value in sorted(attributes.items()))
+    body = BlobAttributeBody(
+        network_id, BlobId(blob_id), owner.public_key.raw, Epoch(start_epoch), version, pairs
+    )
+    try:
+        encoded = signing_bytes(body)
+    except WireError as error:
+        raise ValueError(f"attributes not allowed: {error}") from error
+    return BlobAttribute(body, owner.sign(BLOB_ATTRIBUTE_CONTEXT, encoded))
 
 
 def sign_confirmation(
@@ -861,6 +974,27 @@ def _earliest_invalid(first: BlobInvalid | None, second: BlobInvalid | None) -> 
     return first if key_first <= key_second else second
 
 
+def newer_attribute(first: BlobAttribute, second: BlobAttribute) -> BlobAttribute:
+    """The attribute record that wins: higher version, then smaller encoding (deterministic)."""
+    key_first = (-first.body.version, signing_bytes(first))
+    key_second = (-second.body.version, signing_bytes(second))
+    return first if key_first <= key_second else second
+
+
+def _join_attributes(
+    mine: Mapping[RegistrationKey, BlobAttribute], theirs: Mapping[RegistrationKey, BlobAttribute]
+) -> Mapping[RegistrationKey, BlobAttribute]:
+    if not theirs:
+        return mine
+    if not mine:
+        return theirs
+    joined = dict(mine)
+    for key, attribute in theirs.items():
+        current = joined.get(key)
+        joined[key] = attribute if current is None else newer_attribute(current, attribute)
+    return joined
+
+
 @dataclass(frozen=True, slots=True)
 class BlobState:
     """Everything known about one blob: the join of its verified records.
@@ -868,7 +1002,9 @@ class BlobState:
     - registrations: per (owner, start epoch), a :class:`Registration` joined field by field;
     - certificates: the earliest-epoch certificate of each permanence (ties: smaller encoding),
       so the kept certificate does not depend on which one arrived first;
-    - invalid: absorbing; the earliest (then smallest) record is kept as the proof.
+    - invalid: absorbing; the earliest (then smallest) record is kept as the proof;
+    - attributes: per (owner, start epoch), the attribute record of the highest version (ties:
+      smaller encoding), kept whether or not that registration is known or live.
     """
 
     blob_id: BlobId
@@ -876,6 +1012,7 @@ class BlobState:
     permanent_certificate: BlobCertificate | None = None
     deletable_certificate: BlobCertificate | None = None
     invalid: BlobInvalid | None = None
+    attributes: Mapping[RegistrationKey, BlobAttribute] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, blob_id: bytes) -> BlobState:
@@ -899,6 +1036,7 @@ class BlobState:
                 self.deletable_certificate, other.deletable_certificate
             ),
             invalid=_earliest_invalid(self.invalid, other.invalid),
+            attributes=_join_attributes(self.attributes, other.attributes),
         )
 
     def with_record(self, record: BlobRecord) -> BlobState:
@@ -964,6 +1102,22 @@ class BlobState:
             return "expired"
         return "certified" if self.certificate is not None else "registered"
 
+    def attributes_of(self, key: RegistrationKey) -> dict[str, str]:
+        """The attributes of one registration (empty when it has none)."""
+        current = self.attributes.get(key)
+        return {} if current is None else current.attributes
+
+    @property
+    def effective_attributes(self) -> dict[str, str]:
+        """What a reader of the blob id sees: each key from the first live registration that
+        sets it, registrations taken by (start epoch, owner). So the first registrant's
+        attributes win over later ones' (docs/attributes.md, "Several owners")."""
+        merged: dict[str, str] = {}
+        for key in sorted(self.live_registrations, key=lambda item: (item[1], item[0])):
+            for name, value in self.attributes_of(key).items():
+                merged.setdefault(name, value)
+        return merged
+
     def is_stored_in(self, epoch: int) -> bool:
         """Whether storage peers must hold this blob's slivers in ``epoch``."""
         end = self.end_epoch
@@ -984,6 +1138,9 @@ def _state_of(record: BlobRecord) -> BlobState:
     if isinstance(record, BlobDelete):
         key = (record.body.owner, record.body.start_epoch)
         return BlobState(blob_id, {key: Registration(deleted=True)})
+    if isinstance(record, BlobAttribute):
+        key = (record.body.owner, record.body.start_epoch)
+        return BlobState(blob_id, attributes={key: record})
     if isinstance(record, BlobCertificate):
         if record.permanent:
             return BlobState(blob_id, permanent_certificate=record)

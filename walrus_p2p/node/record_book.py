@@ -1,8 +1,8 @@
 """The blob records a storage peer keeps: verified once, persisted, merged, announced, watched.
 
-docs/design.md §5 and §11.1. Signed records (register, certificate, extend, delete, invalid)
-are a blob's state; a peer learns them from clients (``PostBlobRecordsRequest``), from gossip
-and from catch-up. :class:`RecordBook` is the one place that verifies them (against the
+docs/design.md §5 and §11.1. Signed records (register, certificate, extend, delete, invalid,
+attribute) are a blob's state; a peer learns them from clients (``PostBlobRecordsRequest``),
+from gossip and from catch-up. :class:`RecordBook` is the one place that verifies them (against the
 committee of their own epoch, through the :class:`~walrus_p2p.node.committee_view.CommitteeView`),
 persists them in the store, keeps each blob's merged :class:`~walrus_p2p.core.records.BlobState`,
 tells its listeners (healing) about new ones, and announces records that arrived directly on the
@@ -188,6 +188,8 @@ class RecordBook:
         and their refusal is raised once the others are merged; ``wait_for_payment`` lets a
         missing payment be fetched and awaited first (bounded; gossip does not wait).
         """
+        # Attributes last: one needs its registration, which may be in the same batch.
+        items = sorted(items, key=lambda record: isinstance(record, records.BlobAttribute))
         encodings = [wire.encode(record) for record in items]
         digests = [
             self.verify(record, encoded) for record, encoded in zip(items, encodings, strict=True)
@@ -202,12 +204,29 @@ class RecordBook:
             state = await self.blob_state(blob_id)
             for record, encoded, digest in zip(items, encodings, digests, strict=True):
                 key = bytes(blob_id) + digest[:16]
+                superseded: bytes | None = None
+                if isinstance(record, records.BlobAttribute):
+                    kept_attribute, superseded = self._attribute_place(state, record)
+                    if not kept_attribute:
+                        refusal = refusal or ProtocolRefusal(
+                            "ATTRIBUTE_UNREGISTERED",
+                            "blob attributes need a registration of their owner and start "
+                            "epoch known here (send the register record first)",
+                        )
+                        continue
+                    if superseded == key:
+                        continue
                 existing = await trio.to_thread.run_sync(
                     self.store.get_value, RECORDS_NAMESPACE, key
                 )
                 if existing is not None:
                     continue
                 await trio.to_thread.run_sync(self.store.put_value, RECORDS_NAMESPACE, key, encoded)
+                if superseded is not None:
+                    # One attribute record per registration is kept (docs/attributes.md).
+                    await trio.to_thread.run_sync(
+                        self.store.delete_value, RECORDS_NAMESPACE, superseded
+                    )
                 state = state.with_record(record)
                 accepted += 1
                 if announce and self._is_announcer(blob_id):
@@ -229,6 +248,29 @@ class RecordBook:
         if refusal is not None:
             raise refusal
         return accepted
+
+    @staticmethod
+    def _attribute_place(
+        state: records.BlobState, record: records.BlobAttribute
+    ) -> tuple[bool, bytes | None]:
+        """Whether an attribute record may be kept, and the store key of the one it replaces.
+
+        Refused (False) when its registration is unknown here: a key could otherwise sign
+        attribute sets for registrations that never existed and make peers keep them. A record
+        that is not newer than the kept one "replaces" itself (its own key comes back), so it
+        is neither stored nor counted as new.
+        """
+        registration_key = (bytes(record.body.owner), int(record.body.start_epoch))
+        registration = state.registrations.get(registration_key)
+        if registration is None or not registration.registered:
+            return False, None
+        current = state.attributes.get(registration_key)
+        if current is None:
+            return True, None
+        winner = records.newer_attribute(current, record)
+        loser = record if winner is current else current
+        digest = blake3.blake3(wire.encode(loser)).digest()
+        return True, bytes(state.blob_id) + digest[:16]
 
     def _is_announcer(self, blob_id: BlobId) -> bool:
         """The holder of shard ``blob_id mod n`` announces the blob's records on gossip."""

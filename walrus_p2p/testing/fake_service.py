@@ -36,6 +36,8 @@ class FakeBlobService:
         self.gate: trio.Event | None = None
         """While set, `store` and `read` wait on it (after setting `entered`)."""
         self.entered: trio.Event | None = None
+        self.attributes: dict[BlobId, dict[str, str]] = {}
+        """Effective attributes a blob's status reports (docs/attributes.md)."""
         self.balance: int | None = None
         """While set, the wallet of a network with an economy: a new store costs ``cost``
         (below) and fails with ``InsufficientFundsError`` when the balance does not cover it."""
@@ -101,7 +103,8 @@ class FakeBlobService:
         data = self.blobs.get(blob_id)
         if data is None:
             return BlobStatus(blob_id, "nonexistent", None, None, None, None)
-        return BlobStatus(blob_id, "certified", len(data), 7, 9, True)
+        attributes = tuple(sorted(self.attributes.get(blob_id, {}).items()))
+        return BlobStatus(blob_id, "certified", len(data), 7, 9, True, attributes)
 
     async def network_status(self) -> NetworkStatus:
         await self._enter("network_status")

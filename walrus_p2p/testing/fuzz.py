@@ -117,13 +117,7 @@ def golden_by_class() -> dict[type[wire.Message], tuple[bytes, ...]]:
 
 ALL_TYPES: tuple[type[wire.Message], ...] = tuple(wire.registered_messages().values())
 
-BLOB_RECORD_TYPES: tuple[type[wire.Message], ...] = (
-    records.BlobRegister,
-    records.BlobExtend,
-    records.BlobDelete,
-    records.BlobCertificate,
-    records.BlobInvalid,
-)
+BLOB_RECORD_TYPES: tuple[type[wire.Message], ...] = records.BLOB_RECORD_TYPES
 
 NESTED: dict[str, tuple[type[wire.Message], ...]] = {
     "PostBlobRecordsRequest.records[]": BLOB_RECORD_TYPES,

@@ -224,6 +224,17 @@ def _system_log_samples(blob_id: BlobId, network_id: bytes) -> dict[str, wire.Me
     )
     extend_body = records.BlobExtendBody(network_id, blob_id, key, Epoch(3), Epoch(12))
     delete_body = records.BlobDeleteBody(network_id, blob_id, key, Epoch(3))
+    attribute_body = records.BlobAttributeBody(
+        network_id,
+        blob_id,
+        key,
+        Epoch(3),
+        2,
+        (
+            records.AttributePair("content-type", "image/png"),
+            records.AttributePair("link", '<https://example.org/>; rel="canonical"'),
+        ),
+    )
     return {
         "CandidacyBody": candidacy_body,
         "Candidacy": records.Candidacy(candidacy_body, signature),
@@ -238,6 +249,11 @@ def _system_log_samples(blob_id: BlobId, network_id: bytes) -> dict[str, wire.Me
         "BlobExtend": records.BlobExtend(extend_body, signature),
         "BlobDeleteBody": delete_body,
         "BlobDelete": records.BlobDelete(delete_body, signature),
+        "BlobAttributeBody": attribute_body,
+        "BlobAttribute": records.BlobAttribute(attribute_body, signature),
+        "BlobAttributeBody/removed": records.BlobAttributeBody(
+            network_id, blob_id, key, Epoch(3), 3, ()
+        ),
         "BlobCertificate": records.BlobCertificate(
             network_id, blob_id, Epoch(3), False, signatures
         ),
