@@ -972,3 +972,90 @@ def test_cli_blob_attributes_and_the_gateway_headers(
     assert cleared["registrations"][0]["version"] == 2
     text = devnet.cli("get-blob-attribute", blob_id, check=True).stdout.decode()
     assert "has no attributes" in text
+
+
+def test_cli_and_gateway_quilts(
+    devnet: Devnet, gateway: Gateway, http: httpx.Client, tmp_path: Path
+) -> None:
+    """`store-quilt` of a directory, `list-patches-in-quilt`, `read-quilt` by identifier, tag
+    and patch id; the gateway serves the same patches, and takes a multipart quilt upload
+    (docs/quilts.md)."""
+    site = tmp_path / "site"
+    (site / "img").mkdir(parents=True)
+    files = {
+        "index.html": b"<html>" + fresh_bytes(500) + b"</html>",
+        "img/a.bin": fresh_bytes(40_000),
+        "notes.txt": b"some notes " + fresh_bytes(30),
+    }
+    for name, data in files.items():
+        (site / name).write_bytes(data)
+    stored = devnet.cli_json("store-quilt", "--paths", str(site), "--epochs", "2")
+    quilt_id = stored["blobStoreResult"]["newlyCreated"]["blobObject"]["blobId"]
+    patches = {item["identifier"]: item["quiltPatchId"] for item in stored["storedQuiltBlobs"]}
+    assert set(patches) == set(files)
+
+    listed = devnet.cli_json("list-patches-in-quilt", quilt_id)
+    assert {item["identifier"]: item["quiltPatchId"] for item in listed} == patches
+
+    out = tmp_path / "out"
+    devnet.cli(
+        "read-quilt",
+        "--quilt-id",
+        quilt_id,
+        "--identifiers",
+        "img/a.bin",
+        "--out",
+        str(out),
+        check=True,
+    )
+    assert (out / "img" / "a.bin").read_bytes() == files["img/a.bin"]
+    by_id = tmp_path / "by-id"
+    devnet.cli(
+        "read-quilt", "--quilt-patch-ids", patches["notes.txt"], "--out", str(by_id), check=True
+    )
+    assert (by_id / "notes.txt").read_bytes() == files["notes.txt"]
+    missing = devnet.cli(
+        "read-quilt", "--quilt-id", quilt_id, "--identifiers", "nope", "--out", str(out)
+    )
+    assert missing.returncode == 3
+    from walrus_p2p.client.quilt import decode_patch_id, encode_patch_id
+
+    quilt_blob, start, _ = decode_patch_id(patches["notes.txt"])
+    past_end = encode_patch_id(quilt_blob, start, 10**7)
+    refused = devnet.cli("read-quilt", "--quilt-patch-ids", past_end, "--out", str(out))
+    assert refused.returncode == 1
+    assert b"INVALID_PATCH_ID" in refused.stderr
+
+    reply = http.get(f"{gateway.url}/v1/blobs/by-quilt-patch-id/{patches['index.html']}")
+    assert reply.status_code == 200
+    assert reply.content == files["index.html"]
+    assert reply.headers["x-quilt-patch-identifier"] == "index.html"
+    named = http.get(f"{gateway.url}/v1/blobs/by-quilt-id/{quilt_id}/img/a.bin")
+    assert named.content == files["img/a.bin"]
+
+    # Tagged files through the gateway, read back by tag on the command line.
+    upload = http.put(
+        f"{gateway.url}/v1/quilts",
+        params={"epochs": 1},
+        files=[
+            ("red", ("red.bin", b"red " + fresh_bytes(20), "application/octet-stream")),
+            ("blue", ("blue.bin", b"blue " + fresh_bytes(20), "application/octet-stream")),
+        ],
+        data={"_metadata": json.dumps([{"identifier": "red", "tags": {"color": "warm"}}])},
+    )
+    assert upload.status_code == 200, upload.text
+    tagged_id = upload.json()["blobStoreResult"]["newlyCreated"]["blobObject"]["blobId"]
+    warm = tmp_path / "warm"
+    devnet.cli(
+        "read-quilt",
+        "--quilt-id",
+        tagged_id,
+        "--tag",
+        "color",
+        "warm",
+        "--out",
+        str(warm),
+        check=True,
+    )
+    assert sorted(path.name for path in warm.iterdir()) == ["red"]
+    assert (warm / "red").read_bytes().startswith(b"red ")

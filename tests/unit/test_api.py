@@ -655,6 +655,7 @@ def test_limits_are_validated() -> None:
 # keywords it does not know, so the document cannot drift into something left unchecked.
 _SCHEMA_KEYWORDS = {
     "$ref",
+    "items",
     "type",
     "required",
     "properties",
@@ -667,6 +668,7 @@ _SCHEMA_KEYWORDS = {
 }
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "object": dict,
+    "array": list,
     "string": str,
     "integer": int,
     "boolean": bool,
@@ -716,6 +718,12 @@ def schema_errors(document: dict[str, Any], schema: Any, value: Any, where: str 
                 errors.extend(schema_errors(document, properties[name], item, f"{where}.{name}"))
             elif schema.get("additionalProperties") is False:
                 errors.append(f"{where}: unexpected {name}")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                extra = schema["additionalProperties"]
+                errors.extend(schema_errors(document, extra, item, f"{where}.{name}"))
+    if isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            errors.extend(schema_errors(document, schema["items"], item, f"{where}[{index}]"))
     return errors
 
 
@@ -789,6 +797,10 @@ async def test_openapi_document_is_valid_and_matches_real_responses(
         ("/v1/blobs/{blobId}", "get"),
         ("/v1/blobs/{blobId}", "head"),
         ("/v1/blobs/{blobId}/byte-range", "get"),
+        ("/v1/quilts", "put"),
+        ("/v1/blobs/by-quilt-patch-id/{quiltPatchId}", "get"),
+        ("/v1/blobs/by-quilt-id/{blobId}/{identifier}", "get"),
+        ("/v1/quilts/{blobId}/patches", "get"),
         ("/status", "get"),
         ("/v1/api", "get"),
     }

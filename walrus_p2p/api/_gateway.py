@@ -15,7 +15,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from starlette.applications import Starlette
@@ -48,6 +48,7 @@ from walrus_p2p.api._errors import (
     walrus_error_to_api,
 )
 from walrus_p2p.api._openapi import openapi_document
+from walrus_p2p.api._quilts import parse_quilt_form, quilt_error
 from walrus_p2p.api._ranges import ByteRange, UnsatisfiableRangeError, parse_range_header
 from walrus_p2p.api._web import (
     SANDBOX,
@@ -59,6 +60,16 @@ from walrus_p2p.api._web import (
     cors_settings,
     requested_type,
     sniff,
+)
+from walrus_p2p.client.quilt import (
+    INDEX_READ_BYTES,
+    PatchEntry,
+    QuiltError,
+    build_quilt,
+    decode_patch_id,
+    patch_ids_json,
+    read_index,
+    read_patch,
 )
 from walrus_p2p.client.results import AlreadyCertified, BlobService, StoreOutcome
 from walrus_p2p.errors import ConfigError, WalrusError, WireError
@@ -115,6 +126,7 @@ _UNSIGNED = re.compile(r"[0-9]{1,18}")
 _BOOLEANS = {"true": True, "false": False}
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +281,30 @@ def build_gateway_app(
             methods=["GET"],
             name="read_byte_range",
         ),
+        Route(
+            "/v1/quilts",
+            admitted(gateway.put_quilt, control.uploads, "store_quilt"),
+            methods=["PUT"],
+            name="store_quilt",
+        ),
+        Route(
+            "/v1/blobs/by-quilt-patch-id/{patch_id}",
+            admitted(gateway.get_patch, control.reads, "read_quilt_patch"),
+            methods=["GET"],
+            name="read_quilt_patch",
+        ),
+        Route(
+            "/v1/blobs/by-quilt-id/{blob_id}/{identifier:path}",
+            admitted(gateway.get_patch_by_identifier, control.reads, "read_quilt_patch_by_name"),
+            methods=["GET"],
+            name="read_quilt_patch_by_name",
+        ),
+        Route(
+            "/v1/quilts/{blob_id}/patches",
+            admitted(gateway.list_patches, control.reads, "list_quilt_patches"),
+            methods=["GET"],
+            name="list_quilt_patches",
+        ),
         Route("/status", _guarded(gateway.status, "status"), methods=["GET"]),
         Route("/v1/api", _guarded(gateway.api, "api"), methods=["GET"]),
     ]
@@ -362,21 +398,28 @@ class _Gateway:
         self._web = web
         self._openapi = openapi_document(max_body=limits.max_body, auth=web.policy.auth is not None)
 
-    async def put_blob(self, request: Request) -> Response:
+    async def _authorized(
+        self, request: Request, action: Callable[[Request, Grant | None], Awaitable[T]]
+    ) -> T:
+        """Run a store under the publisher's token, if the gateway wants one: checked before a
+        byte of the body is read, given back if the store fails (docs/http-api.md, "Publisher
+        authentication")."""
         authenticator = self._web.authenticator
-        # The token is checked before a byte of the body is read (docs/http-api.md,
-        # "Publisher authentication").
         grant = None
         if authenticator is not None:
             grant = authenticator.admit(request.headers.get("authorization"))
         try:
-            outcome, size = await self._store(request, grant)
+            result = await action(request, grant)
         except BaseException:
             if grant is not None and authenticator is not None:
                 authenticator.give_back(grant)
             raise
         if grant is not None and authenticator is not None:
             authenticator.used(grant)
+        return result
+
+    async def put_blob(self, request: Request) -> Response:
+        outcome, size = await self._authorized(request, self._store)
         logger.info(
             "blob stored blob=%s size=%d outcome=%s",
             short_id(outcome.blob_id),
@@ -386,6 +429,18 @@ class _Gateway:
         return JSONResponse(store_outcome_json(outcome), headers={"Cache-Control": "no-store"})
 
     async def _store(self, request: Request, grant: Grant | None) -> tuple[StoreOutcome, int]:
+        epochs, permanent, data = await self._store_request(request, grant)
+        # The write slot is taken only now: a client still sending its body (slowly, or on
+        # purpose) holds an upload slot and the bytes it sent, never a store (docs/http-api.md,
+        # "Limits").
+        with self._control.writes.held(self._control, client_address(request.scope)):
+            outcome = await self._service.store(data, epochs=epochs, permanent=permanent)
+        return outcome, len(data)
+
+    async def _store_request(
+        self, request: Request, grant: Grant | None
+    ) -> tuple[int, bool, memoryview]:
+        """A store's epochs, permanence and body, within the token's claims."""
         params = request.query_params
         epochs = _unsigned_param(params, "epochs", minimum=1)
         permanent = _permanence(params)
@@ -397,12 +452,110 @@ class _Gateway:
         data = await self._read_body(request)
         if grant is not None:
             grant.check_size(len(data))
-        # The write slot is taken only now: a client still sending its body (slowly, or on
-        # purpose) holds an upload slot and the bytes it sent, never a store (docs/http-api.md,
-        # "Limits").
+        return epochs, permanent, data
+
+    async def put_quilt(self, request: Request) -> Response:
+        """``PUT /v1/quilts``: a multipart upload stored as one quilt (docs/quilts.md)."""
+        outcome, entries = await self._authorized(request, self._store_quilt)
+        logger.info("quilt stored blob=%s patches=%d", short_id(outcome.blob_id), len(entries))
+        body = {
+            "blobStoreResult": store_outcome_json(outcome),
+            "storedQuiltBlobs": patch_ids_json(outcome.blob_id, entries),
+        }
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    async def _store_quilt(
+        self, request: Request, grant: Grant | None
+    ) -> tuple[StoreOutcome, tuple[PatchEntry, ...]]:
+        epochs, permanent, body = await self._store_request(request, grant)
+        # The parts and then the quilt are further copies of the body: held from the budget.
+        reservation = reservation_of(request)
+        reservation.take(len(body))
+        files = await parse_quilt_form(request.headers, body)
+        try:
+            data, entries = build_quilt(files)
+        except QuiltError as error:
+            raise quilt_error(error) from error
+        del files
+        reservation.take(len(data))
         with self._control.writes.held(self._control, client_address(request.scope)):
-            outcome = await self._service.store(data, epochs=epochs, permanent=permanent)
-        return outcome, len(data)
+            outcome = await self._service.store(
+                memoryview(data), epochs=epochs, permanent=permanent
+            )
+        return outcome, entries
+
+    async def get_patch(self, request: Request) -> Response:
+        """``GET /v1/blobs/by-quilt-patch-id/{patch_id}``."""
+        text = str(request.path_params["patch_id"])
+        try:
+            quilt_id, _, length = decode_patch_id(text)
+        except QuiltError as error:
+            raise quilt_error(error) from error
+        self._check_readable_quilt(quilt_id)
+        return await self._send_patch(request, quilt_id, text, length)
+
+    async def get_patch_by_identifier(self, request: Request) -> Response:
+        """``GET /v1/blobs/by-quilt-id/{quilt_id}/{identifier}``."""
+        quilt_id, _ = self._readable_id(request)
+        identifier = str(request.path_params["identifier"])
+        for entry in await self._quilt_index(request, quilt_id):
+            if entry.identifier == identifier:
+                patch_id = entry.patch_id(quilt_id)
+                return await self._send_patch(request, quilt_id, patch_id, entry.length)
+        raise ApiError(404, "PATCH_NOT_FOUND", f"the quilt has no patch {identifier!r}")
+
+    async def list_patches(self, request: Request) -> Response:
+        """``GET /v1/quilts/{quilt_id}/patches``."""
+        quilt_id, _ = self._readable_id(request)
+        entries = await self._quilt_index(request, quilt_id)
+        return JSONResponse(
+            patch_ids_json(quilt_id, entries),
+            headers={"Cache-Control": IMMUTABLE_CACHE_CONTROL},
+        )
+
+    def _check_readable_quilt(self, quilt_id: BlobId) -> None:
+        if quilt_id in self._web.blocklist:
+            raise ApiError(
+                451, "BLOB_BLOCKED", "this gateway does not serve this blob (operator blocklist)"
+            )
+
+    async def _quilt_index(self, request: Request, quilt_id: BlobId) -> tuple[PatchEntry, ...]:
+        size, _ = await self._readable(quilt_id, whole=False)
+        reservation_of(request).take(min(size, INDEX_READ_BYTES))
+        try:
+            return await read_index(self._service, quilt_id, size)
+        except QuiltError as error:
+            raise quilt_error(error) from error
+
+    async def _send_patch(
+        self, request: Request, quilt_id: BlobId, patch_id: str, length: int
+    ) -> Response:
+        size, _ = await self._readable(quilt_id, whole=False)
+        limit = self._web.policy.max_read_size
+        if limit is not None and length > limit:
+            raise ApiError(
+                403,
+                "BLOB_ABOVE_READ_LIMIT",
+                f"the patch has {length} bytes; this gateway serves at most {limit} bytes",
+            )
+        headers = {
+            "Cache-Control": IMMUTABLE_CACHE_CONTROL,
+            "ETag": f'"{patch_id}"',
+            "X-Content-Type-Options": "nosniff",
+        }
+        if _etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+        reservation_of(request).take(min(length, size))
+        try:
+            patch = await read_patch(self._service, patch_id, size)
+        except QuiltError as error:
+            raise quilt_error(error) from error
+        headers["X-Quilt-Patch-Identifier"] = _header_text(patch.identifier)
+        complete = len(patch.data) <= SNIFF_BYTES
+        headers["Content-Type"] = sniff(patch.data[:SNIFF_BYTES], complete=complete)
+        if request.method == "HEAD":
+            return _head_response(200, len(patch.data), headers)
+        return _stream(patch.data, 200, headers)
 
     async def get_blob(self, request: Request) -> Response:
         blob_id, text = self._readable_id(request)
@@ -504,10 +657,11 @@ class _Gateway:
         # gateway 32 MiB of peak memory for nothing.
         return memoryview(body).toreadonly()
 
-    async def _readable(self, blob_id: BlobId) -> tuple[int, dict[str, str]]:
+    async def _readable(self, blob_id: BlobId, *, whole: bool = True) -> tuple[int, dict[str, str]]:
         """The size of a certified blob and the headers its attributes give (docs/attributes.md;
         ``content-type`` among them stays lower-case for :meth:`_set_content_type`); 404 or
-        410 (via ApiError) for anything else."""
+        410 (via ApiError) for anything else. ``whole``: the read size limit applies to the
+        blob's size (a quilt's patches are held to it one by one instead)."""
         status = await self._service.blob_status(blob_id)
         if status.state == "invalid":
             raise blob_inconsistent()
@@ -516,7 +670,7 @@ class _Gateway:
         if status.size is None:
             raise RuntimeError(f"certified blob {short_id(blob_id)} has no size")
         limit = self._web.policy.max_read_size
-        if limit is not None and status.size > limit:
+        if whole and limit is not None and status.size > limit:
             raise ApiError(
                 403,
                 "BLOB_ABOVE_READ_LIMIT",
@@ -682,6 +836,14 @@ def _blob_headers(blob_id_text: str) -> dict[str, str]:
         "ETag": f'"{blob_id_text}"',
         "X-Content-Type-Options": "nosniff",
     }
+
+
+def _header_text(text: str) -> str:
+    """``text`` as a header value: printable ASCII kept, anything else percent-encoded (UTF-8),
+    as a file name in a header would be."""
+    from urllib.parse import quote
+
+    return quote(text, safe=" !#$&'()*+,-./:;<=>?@[]^_`{|}~")
 
 
 def _etag_matches(if_none_match: str | None, etag: str) -> bool:

@@ -35,6 +35,9 @@ ERROR_REASONS = (
     "TOKEN_EXPIRED",
     "TOKEN_REPLAYED",
     "TOKEN_LIMIT_EXCEEDED",
+    "QUILT_INVALID",
+    "INVALID_PATCH_ID",
+    "PATCH_NOT_FOUND",
 )
 
 _BLOB_ID_PATTERN = "^[A-Za-z0-9_-]{43}$"
@@ -93,7 +96,8 @@ def _blob_bytes(description: str, *, partial: bool = False) -> dict[str, Any]:
 
 
 _CONTENT_TYPE_NOTE = (
-    "Content-Type: the single concrete media type named by `Accept`, else sniffed from the "
+    "Content-Type: the blob owner's `content-type` attribute (active types sandboxed), else "
+    "the single concrete media type named by `Accept`, else sniffed from the "
     "first bytes (images, audio, video, fonts, archives, PDF; printable UTF-8 is "
     "`text/plain; charset=utf-8`), else `application/octet-stream`."
 )
@@ -133,6 +137,30 @@ def _network_errors() -> dict[str, Any]:
         "504": _error(
             "Not enough storage peers answered (`NOT_ENOUGH_PEERS`) or they timed out (`TIMEOUT`)."
         ),
+    }
+
+
+def _patch_responses() -> dict[str, Any]:
+    return {
+        "200": {
+            "description": (
+                "The file's bytes; `X-Quilt-Patch-Identifier` names it; the ETag is the "
+                "patch id. Content-Type is sniffed as for blobs."
+            ),
+            "content": {"*/*": {"schema": {}}},
+        },
+        "304": {"description": "The client's cached copy is current."},
+        "400": _error(
+            "A malformed patch id, or one that names no patch (`INVALID_PATCH_ID`); not a "
+            "quilt (`QUILT_INVALID`)."
+        ),
+        "404": _error(
+            "No certified quilt with this id (`BLOB_NOT_FOUND`), or no file with this "
+            "identifier (`PATCH_NOT_FOUND`)."
+        ),
+        "503": _TOO_LARGE_FOR_GATEWAY,
+        **_READ_POLICY,
+        **_network_errors(),
     }
 
 
@@ -207,6 +235,32 @@ def openapi_document(*, max_body: int, auth: bool = False) -> dict[str, Any]:
         "operationId": "headBlob",
         "summary": "The headers a read would answer (size, type, ETag), without the bytes.",
     }
+    store_parameters = [
+        {
+            "name": "epochs",
+            "in": "query",
+            "required": True,
+            "description": "Number of storage epochs, at least 1.",
+            "schema": _integer(1),
+        },
+        {
+            "name": "permanent",
+            "in": "query",
+            "required": False,
+            "description": "`true` stores a permanent (non-deletable) blob.",
+            "schema": {"type": "boolean", "default": False},
+        },
+        {
+            "name": "deletable",
+            "in": "query",
+            "required": False,
+            "description": (
+                "`false` is the same as `permanent=true`. Blobs are deletable "
+                "unless one of these flags says otherwise."
+            ),
+            "schema": {"type": "boolean", "default": True},
+        },
+    ]
     store_security: dict[str, Any] = {}
     if auth:
         store_security = {
@@ -229,32 +283,7 @@ def openapi_document(*, max_body: int, auth: bool = False) -> dict[str, Any]:
                     "operationId": "storeBlob",
                     "summary": "Store a blob (the request body) for a number of epochs.",
                     **store_security,
-                    "parameters": [
-                        {
-                            "name": "epochs",
-                            "in": "query",
-                            "required": True,
-                            "description": "Number of storage epochs, at least 1.",
-                            "schema": _integer(1),
-                        },
-                        {
-                            "name": "permanent",
-                            "in": "query",
-                            "required": False,
-                            "description": "`true` stores a permanent (non-deletable) blob.",
-                            "schema": {"type": "boolean", "default": False},
-                        },
-                        {
-                            "name": "deletable",
-                            "in": "query",
-                            "required": False,
-                            "description": (
-                                "`false` is the same as `permanent=true`. Blobs are deletable "
-                                "unless one of these flags says otherwise."
-                            ),
-                            "schema": {"type": "boolean", "default": True},
-                        },
-                    ],
+                    "parameters": store_parameters,
                     "requestBody": {
                         "required": True,
                         "description": f"The blob bytes, at most {max_body}.",
@@ -331,6 +360,93 @@ def openapi_document(*, max_body: int, auth: bool = False) -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/quilts": {
+                "put": {
+                    "operationId": "storeQuilt",
+                    "summary": (
+                        "Store many files as one quilt: multipart/form-data, one part per file "
+                        "(field name = identifier), `_metadata` = JSON "
+                        '`[{"identifier", "tags"}]`.'
+                    ),
+                    **store_security,
+                    "parameters": store_parameters,
+                    "requestBody": {
+                        "required": True,
+                        "description": f"The multipart body, at most {max_body} bytes.",
+                        "content": {"multipart/form-data": {"schema": {"type": "object"}}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The quilt's store result and its patches' ids.",
+                            "content": {
+                                "application/json": {"schema": _ref("schemas", "QuiltResponse")}
+                            },
+                        },
+                        "400": _error(
+                            "Bad parameters or body; identifiers, tags or counts the quilt "
+                            "format refuses (`QUILT_INVALID`)."
+                        ),
+                        "408": _error("The body did not arrive in time (`REQUEST_TIMEOUT`)."),
+                        "413": _error(f"The body exceeds {max_body} bytes (`PAYLOAD_TOO_LARGE`)."),
+                        **_network_errors(),
+                    },
+                }
+            },
+            "/v1/blobs/by-quilt-patch-id/{quiltPatchId}": {
+                "get": {
+                    "operationId": "readQuiltPatch",
+                    "summary": "One file of a quilt, by its patch id (no index read).",
+                    "parameters": [
+                        {
+                            "name": "quiltPatchId",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{66}$"},
+                        }
+                    ],
+                    "responses": _patch_responses(),
+                }
+            },
+            "/v1/blobs/by-quilt-id/{blobId}/{identifier}": {
+                "get": {
+                    "operationId": "readQuiltPatchByIdentifier",
+                    "summary": "One file of a quilt, by the quilt's id and the file's identifier.",
+                    "parameters": [
+                        _ref("parameters", "BlobId"),
+                        {
+                            "name": "identifier",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": _patch_responses(),
+                }
+            },
+            "/v1/quilts/{blobId}/patches": {
+                "get": {
+                    "operationId": "listQuiltPatches",
+                    "summary": "The files of a quilt: identifier, patch id and tags of each.",
+                    "parameters": [_ref("parameters", "BlobId")],
+                    "responses": {
+                        "200": {
+                            "description": "The quilt's index.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "array",
+                                        "items": _ref("schemas", "QuiltPatch"),
+                                    }
+                                }
+                            },
+                        },
+                        "400": _error("Not a quilt (`QUILT_INVALID`) or a malformed id."),
+                        "404": _error("No certified blob with this id (`BLOB_NOT_FOUND`)."),
+                        **_READ_POLICY,
+                        **_network_errors(),
+                    },
+                }
+            },
             "/status": {
                 "get": {
                     "operationId": "networkStatus",
@@ -390,6 +506,22 @@ def openapi_document(*, max_body: int, auth: bool = False) -> dict[str, Any]:
                                 "orderReason": {"type": "string"},
                             },
                         }
+                    }
+                ),
+                "QuiltPatch": _object(
+                    {
+                        "identifier": {"type": "string"},
+                        "quiltPatchId": {"type": "string"},
+                        "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                    }
+                ),
+                "QuiltResponse": _object(
+                    {
+                        "blobStoreResult": _ref("schemas", "StoreResponse"),
+                        "storedQuiltBlobs": {
+                            "type": "array",
+                            "items": _ref("schemas", "QuiltPatch"),
+                        },
                     }
                 ),
                 "StoreResponse": {

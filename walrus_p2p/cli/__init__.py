@@ -21,6 +21,7 @@ from walrus_p2p.cli import agent as agent_commands
 from walrus_p2p.cli import client as client_commands
 from walrus_p2p.cli import gateway as gateway_commands
 from walrus_p2p.cli import peer as peer_commands
+from walrus_p2p.cli import quilt as quilt_commands
 from walrus_p2p.cli import wallet as wallet_commands
 from walrus_p2p.cli._common import (
     EXIT_FAILED,
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     # Help lists the commands in this order: offline tools and clients, peers, servers.
     client_commands.add_commands(commands)
+    quilt_commands.add_commands(commands)
     wallet_commands.add_commands(commands)
     peer_commands.add_commands(commands)
     gateway_commands.add_commands(commands)

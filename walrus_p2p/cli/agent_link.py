@@ -36,6 +36,9 @@ AGENT_COMMANDS = frozenset(
         "get-blob-attribute",
         "remove-blob-attribute-fields",
         "remove-blob-attribute",
+        "store-quilt",
+        "read-quilt",
+        "list-patches-in-quilt",
     }
 )
 """Commands an agent may answer (``info --offline`` and everything else run in process)."""

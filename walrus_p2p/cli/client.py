@@ -29,7 +29,7 @@ from walrus_p2p.cli._common import (
     run_light,
     shard_count,
 )
-from walrus_p2p.cli.lifetime import DEFAULT_EXPIRY_WARNING_EPOCHS, epochs_value, expiry_time
+from walrus_p2p.cli.lifetime import add_lifetime_options, epoch_number
 from walrus_p2p.errors import WalrusError
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def _progress_bar(total: int, label: str, enabled: bool) -> Any:
     )
 
 
-def _record_stored(key_dir: Path, outcome_json: dict[str, Any]) -> None:
+def record_stored(key_dir: Path, outcome_json: dict[str, Any]) -> None:
     """Remember what this key stored, for `walrus-peer list` (the network has no owner index)."""
     key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(key_dir / "stored-blobs.jsonl", "a", encoding="utf-8") as handle:
@@ -137,7 +137,7 @@ def _command_store(arguments: argparse.Namespace) -> int:
             entry: dict[str, Any] = {"path": path, **outcome_json}
             if secret is not None:
                 entry["encrypted"] = True
-            _record_stored(key_directory(arguments), entry)
+            record_stored(key_directory(arguments), entry)
             warning = expiry_warning(
                 client.genesis,
                 client.light.epoch,
@@ -190,7 +190,7 @@ def _command_read(arguments: argparse.Namespace) -> int:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
         else:
-            _write_atomically(arguments.output, data)
+            write_atomically(arguments.output, data)
         if arguments.json:
             print_json({"blobId": arguments.blob_id, "size": len(data), "path": arguments.output})
         elif arguments.output != "-":
@@ -281,7 +281,7 @@ def _secret(arguments: argparse.Namespace, *, storing: bool) -> Secret:
     return Secret(passphrase=typed.encode())
 
 
-def _write_atomically(path: str, data: bytes | bytearray | memoryview) -> None:
+def write_atomically(path: str, data: bytes | bytearray | memoryview) -> None:
     """Write to a temporary file beside ``path`` and rename: a failed read leaves nothing."""
     directory = os.path.dirname(os.path.abspath(path))
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.partial")
@@ -802,10 +802,6 @@ def _command_challenges(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _epoch_number(text: str) -> int:
-    return integer(text, 0, "an epoch")
-
-
 def _secret_options(command: argparse.ArgumentParser, name: str) -> None:
     creating = " (created with a new random key if it does not exist)" if name == "store" else ""
     command.add_argument(
@@ -833,34 +829,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     store = commands.add_parser("store", help="store files as blobs")
     store.add_argument("files", nargs="+", metavar="FILE")
-    lifetime = store.add_mutually_exclusive_group(required=True)
-    lifetime.add_argument(
-        "--epochs",
-        type=epochs_value,
-        metavar="N|max",
-        help="store for N epochs from the current one; max: the longest the network allows",
-    )
-    lifetime.add_argument(
-        "--end-epoch",
-        type=_epoch_number,
-        metavar="E",
-        help="store until epoch E begins",
-    )
-    lifetime.add_argument(
-        "--earliest-expiry-time",
-        type=expiry_time,
-        metavar="TIME",
-        help="store at least until TIME (RFC 3339, e.g. 2027-01-31T12:00:00Z): until the first "
-        "epoch that begins at or after it",
-    )
-    store.add_argument(
-        "--expiry-warning-epochs",
-        type=int,
-        default=DEFAULT_EXPIRY_WARNING_EPOCHS,
-        metavar="K",
-        help="warn when the blob expires within K epochs of the current one (default "
-        f"{DEFAULT_EXPIRY_WARNING_EPOCHS}; -1: never)",
-    )
+    add_lifetime_options(store)
     store.add_argument("--permanent", action="store_true", help="cannot be deleted before its end")
     store.add_argument(
         "--encrypt",
@@ -983,7 +952,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "challenges", help="which members proved in an epoch that they still hold their data"
     )
     challenges.add_argument(
-        "--epoch", type=_epoch_number, metavar="E", help="the epoch (default: the current one)"
+        "--epoch", type=epoch_number, metavar="E", help="the epoch (default: the current one)"
     )
     client_options(challenges)
     challenges.set_defaults(handler=_command_challenges)

@@ -117,3 +117,40 @@ def expiry_warning(genesis: Genesis, current: int, end_epoch: int, horizon: int)
         f"{epoch_time(genesis, end_epoch)} (current epoch {current}); "
         f"`walrus-peer extend BLOB_ID --epochs N` keeps it longer"
     )
+
+
+def epoch_number(text: str) -> int:
+    return integer(text, 0, "an epoch")
+
+
+def add_lifetime_options(command: argparse.ArgumentParser) -> None:
+    """``--epochs N|max | --end-epoch E | --earliest-expiry-time TIME`` (exactly one) and
+    ``--expiry-warning-epochs K``: the options of ``store`` and ``store-quilt``."""
+    lifetime = command.add_mutually_exclusive_group(required=True)
+    lifetime.add_argument(
+        "--epochs",
+        type=epochs_value,
+        metavar="N|max",
+        help="store for N epochs from the current one; max: the longest the network allows",
+    )
+    lifetime.add_argument(
+        "--end-epoch",
+        type=epoch_number,
+        metavar="E",
+        help="store until epoch E begins",
+    )
+    lifetime.add_argument(
+        "--earliest-expiry-time",
+        type=expiry_time,
+        metavar="TIME",
+        help="store at least until TIME (RFC 3339, e.g. 2027-01-31T12:00:00Z): until the first "
+        "epoch that begins at or after it",
+    )
+    command.add_argument(
+        "--expiry-warning-epochs",
+        type=int,
+        default=DEFAULT_EXPIRY_WARNING_EPOCHS,
+        metavar="K",
+        help="warn when the blob expires within K epochs of the current one (default "
+        f"{DEFAULT_EXPIRY_WARNING_EPOCHS}; -1: never)",
+    )
