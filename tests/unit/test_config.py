@@ -125,6 +125,39 @@ def test_bad_inbound_limits_are_refused(
     assert caught.value.path == str(config_file)
 
 
+def test_challenge_settings_come_from_an_optional_table(tmp_path: Path, genesis_path: Path) -> None:
+    data_dir = tmp_path / "challenges"
+    config.init_peer(data_dir, genesis_path, LISTEN)
+    loaded = config.load_peer(data_dir).config
+    assert (loaded.challenges_enabled, loaded.challenge_window_seconds) == (True, None)
+    config_file = data_dir / "peer.toml"
+    config_file.write_text(config_file.read_text() + "\n[challenges]\nwindow_seconds = 12\n")
+    loaded = config.load_peer(data_dir).config
+    assert (loaded.challenges_enabled, loaded.challenge_window_seconds) == (True, 12.0)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("window_seconds = 0", "challenges.window_seconds: must be a number"),
+        ('window_seconds = "10"', "challenges.window_seconds: must be a number"),
+        ("window_seconds = true", "challenges.window_seconds: must be a number"),
+        ('enabled = "yes"', "challenges.enabled: must be true or false"),
+        ("window = 5", "challenges.window: unknown field"),
+    ],
+)
+def test_bad_challenge_settings_are_refused(
+    tmp_path: Path, genesis_path: Path, table: str, message: str
+) -> None:
+    data_dir = tmp_path / "bad-challenges"
+    config.init_peer(data_dir, genesis_path, LISTEN)
+    config_file = data_dir / "peer.toml"
+    config_file.write_text(config_file.read_text() + f"\n[challenges]\n{table}\n")
+    with pytest.raises(ConfigError, match=message) as caught:
+        config.load_peer(data_dir)
+    assert caught.value.path == str(config_file)
+
+
 def test_devnet_peers_are_in_the_genesis_committee(tmp_path: Path, genesis_path: Path) -> None:
     loaded = config.load_peer(tmp_path / "peer-3")
     assert loaded.identity.peer_id in loaded.genesis.committee

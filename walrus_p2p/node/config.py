@@ -65,6 +65,10 @@ class PeerConfig:
     inbound: InboundLimits = field(default_factory=InboundLimits)
     """The optional ``[inbound]`` table: limits on request streams and bytes from other peers
     (``walrus_p2p.net.inbound``, docs/network.md "Inbound limits")."""
+    challenges_enabled: bool = True
+    challenge_window_seconds: float | None = None
+    """The optional ``[challenges]`` table (docs/challenges.md, "Timing"): ``enabled`` and
+    ``window_seconds`` (an explicit window runs rounds whatever the epoch length)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +293,7 @@ def load_config(data_dir: str | os.PathLike[str]) -> PeerConfig:
         "weight",
         "candidate",
         "inbound",
+        "challenges",
     }
     _reject_unknown(document, allowed, where)
     if document.get("version") != CONFIG_VERSION:
@@ -315,6 +320,7 @@ def load_config(data_dir: str | os.PathLike[str]) -> PeerConfig:
         weight=document.get("weight", DEFAULT_WEIGHT),
         candidate=candidate,
         inbound=_inbound_limits(document.get("inbound", {}), where),
+        **_challenge_settings(document.get("challenges", {}), where),
     )
     _validate_config(config, where=where)
     return config
@@ -404,6 +410,31 @@ def _inbound_limits(table: object, where: str) -> InboundLimits:
         return InboundLimits(**table)
     except ConfigError as error:
         raise ConfigError(f"inbound: {error}", path=where) from error
+
+
+def _challenge_settings(table: object, where: str) -> dict[str, Any]:
+    """The ``[challenges]`` table: ``enabled`` (true/false), ``window_seconds`` (> 0)."""
+    if not isinstance(table, dict):
+        raise ConfigError(
+            "challenges: must be a table like [challenges] enabled = true", path=where
+        )
+    for key in table:
+        if key not in ("enabled", "window_seconds"):
+            raise ConfigError(f"challenges.{key}: unknown field", path=where)
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError("challenges.enabled: must be true or false", path=where)
+    window = table.get("window_seconds")
+    if window is not None and (
+        isinstance(window, bool) or not isinstance(window, int | float) or not 0 < window <= 3600
+    ):
+        raise ConfigError(
+            "challenges.window_seconds: must be a number of seconds in (0, 3600]", path=where
+        )
+    return {
+        "challenges_enabled": enabled,
+        "challenge_window_seconds": None if window is None else float(window),
+    }
 
 
 def _reject_unknown(document: Mapping[str, Any], allowed: set[str], where: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import trio
 
 from walrus_p2p.net.libp2p_patches import TRIM_INTERVAL, trim_allocator, tune_allocator
+from walrus_p2p.node.challenges import ChallengeOptions
 from walrus_p2p.node.config import load_peer
 from walrus_p2p.node.epochs import EpochOptions
 from walrus_p2p.node.faults import fault_from_environment, peer_service_class
@@ -50,6 +51,10 @@ async def run_peer(
                     capacity=loaded.config.capacity_bytes,
                 ),
                 inbound=loaded.config.inbound,
+                challenges=ChallengeOptions(
+                    enabled=loaded.config.challenges_enabled,
+                    window_seconds=loaded.config.challenge_window_seconds,
+                ),
             ),
         )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -551,6 +551,7 @@ class Devnet:
     shard_count: int
     economy: bool = False
     """A WAL economy in the genesis (``walrus-peer devnet --economy``)."""
+    epoch_duration: int = 3600
     peers: dict[int, DevnetPeer] = field(default_factory=dict)
     gateways: list[Gateway] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
@@ -590,6 +591,7 @@ class Devnet:
                 shards=self.shard_count,
                 capacity_bytes=4 << 30,
                 economy=self.economy,
+                epoch_duration=self.epoch_duration,
             )
         )
         info = self.cli_json("info", timeout=60)
