@@ -48,8 +48,6 @@ async def test_a_quilt_round_trips_and_each_patch_is_read_by_its_range_alone() -
         # One range read of exactly the patch: nothing else of the quilt is asked for.
         reads = [call for call in service.calls if call.startswith("read")]
         assert reads == [f"read_range {entry.start} {entry.length}"]
-    found, patch_id = await quilt.read_by_identifier(service, stored.quilt_id, "img/logo.png")
-    assert found.data == PNG and patch_id == entries[1].patch_id(stored.quilt_id)
 
 
 def test_patches_follow_the_index_without_gaps() -> None:

@@ -101,17 +101,11 @@ def _command_store(arguments: argparse.Namespace) -> int:
     show_progress = not arguments.json and sys.stderr.isatty()
 
     async def work(client: WalrusClient) -> int:
-        from walrus_p2p.cli.lifetime import expiry_warning, store_lifetime
+        from walrus_p2p.cli.lifetime import expiry_warning, lifetime_of
 
         results = []
         for path in files:
-            lifetime = store_lifetime(
-                client.genesis,
-                client.light.epoch,
-                epochs=arguments.epochs,
-                end_epoch=arguments.end_epoch,
-                earliest_expiry=arguments.earliest_expiry_time,
-            )
+            lifetime = lifetime_of(arguments, client.genesis, client.light.epoch)
             data, size = read_file_bytes(path)
             if secret is not None:
                 from walrus_p2p.client.encryption import encrypt

@@ -102,6 +102,17 @@ def store_lifetime(
     return Lifetime(current, end - current)
 
 
+def lifetime_of(arguments: argparse.Namespace, genesis: Genesis, current: int) -> Lifetime:
+    """:func:`store_lifetime` from the options :func:`add_lifetime_options` added."""
+    return store_lifetime(
+        genesis,
+        current,
+        epochs=arguments.epochs,
+        end_epoch=arguments.end_epoch,
+        earliest_expiry=arguments.earliest_expiry_time,
+    )
+
+
 def epoch_time(genesis: Genesis, epoch: int) -> str:
     """When ``epoch`` begins on the schedule, as RFC 3339 UTC."""
     moment = dt.datetime.fromtimestamp(genesis.epoch_start(epoch), tz=dt.UTC)

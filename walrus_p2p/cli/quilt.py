@@ -74,15 +74,9 @@ def _command_store_quilt(arguments: argparse.Namespace) -> int:
     build_quilt(files)  # bad identifiers, tags or counts fail before joining the network
 
     async def work(client: WalrusClient) -> int:
-        from walrus_p2p.cli.lifetime import expiry_warning, store_lifetime
+        from walrus_p2p.cli.lifetime import expiry_warning, lifetime_of
 
-        lifetime = store_lifetime(
-            client.genesis,
-            client.light.epoch,
-            epochs=arguments.epochs,
-            end_epoch=arguments.end_epoch,
-            earliest_expiry=arguments.earliest_expiry_time,
-        )
+        lifetime = lifetime_of(arguments, client.genesis, client.light.epoch)
         stored = await store_quilt(
             client, files, epochs=lifetime.epochs, permanent=arguments.permanent
         )

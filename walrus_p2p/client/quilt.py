@@ -332,18 +332,6 @@ async def read_patch(service: BlobService, patch_id: str, size: int | None = Non
     return parse_patch(data, f"patch id {patch_id}")
 
 
-async def read_by_identifier(
-    service: BlobService, quilt_id: BlobId, identifier: str
-) -> tuple[Patch, str]:
-    """The patch named ``identifier`` and its patch id; ``NotFoundError`` if none is."""
-    size = await quilt_size(service, quilt_id)
-    for entry in await read_index(service, quilt_id, size):
-        if entry.identifier == identifier:
-            patch_id = entry.patch_id(quilt_id)
-            return await read_patch(service, patch_id, size), patch_id
-    raise NotFoundError(f"no patch {identifier!r} in quilt {blob_id_to_text(quilt_id)}")
-
-
 def patch_ids_json(quilt_id: BlobId, entries: Sequence[PatchEntry]) -> list[dict[str, object]]:
     """The patches as Walrus's clients list them (``identifier``, ``quiltPatchId``, ``tags``)."""
     return [
@@ -369,7 +357,6 @@ __all__ = [
     "parse_index",
     "parse_patch",
     "patch_ids_json",
-    "read_by_identifier",
     "read_index",
     "read_patch",
     "store_quilt",
