@@ -349,7 +349,7 @@ class EpochService:
             nursery.start_soon(self._read_gossip, subscription)
             if self._behind_schedule(grace=0.0):
                 with trio.move_on_after(self.options.initial_sync_timeout):
-                    await self.sync(max_sources=2)
+                    await self._initial_sync()
             first = await self._prepare_agreement()
             # Tell the committee this process is (back) here: members stop backing off their
             # links to it and answer with what it lost (docs/epochs.md, "Transport").
@@ -1001,6 +1001,19 @@ class EpochService:
         random.shuffle(members)
         return hinted + members
 
+    async def _initial_sync(self) -> None:
+        """Catch up before reporting started. Sources are asked until one answers (two that
+        answer, while still behind): a restarted peer's first calls often meet the others'
+        connections to its previous process, which fail at once ("handshake read failed"),
+        and asking only two members then left it an epoch behind (seen in the fresh-clone CI,
+        ``test_restarted_peer_catches_up_after_missing_two_epochs``). While every source
+        fails, the round is repeated twice a second (bounded by ``initial_sync_timeout``)."""
+        while True:
+            answered = await self._sync_round(max_answers=2, grace=0.0)
+            if answered or not self._behind_schedule(grace=0.0):
+                return
+            await trio.sleep(0.5)
+
     async def sync(self, *, max_sources: int = 2) -> int:
         """Fetch and apply the records this peer lacks; returns how many were applied."""
         applied = 0
@@ -1014,6 +1027,22 @@ class EpochService:
             if not self._behind_schedule(grace=self.options.sync_grace):
                 break
         return applied
+
+    async def _sync_round(self, *, max_answers: int, grace: float) -> int:
+        """Ask members in turn until ``max_answers`` answered or this peer is on schedule
+        (``grace``); returns how many answered."""
+        self.syncs += 1
+        answered = 0
+        for source in self._sources():
+            try:
+                await self._sync_from(source)
+            except WalrusError as error:
+                logger.info("epoch sync failed peer=%s error=%s", source[:12], error)
+                continue
+            answered += 1
+            if answered >= max_answers or not self._behind_schedule(grace=grace):
+                break
+        return answered
 
     async def _sync_from(self, source: PeerId) -> int:
         applied = 0
