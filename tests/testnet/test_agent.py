@@ -133,10 +133,11 @@ def test_agent_answers_client_commands_like_the_command_itself(
         info = json.loads(cli.run("info", "--json").stdout)
         assert info["verified"] is True and len(info["committee"]) == PEERS
         # An attribute set through the agent is what the command itself reads back.
-        cli.run("set-blob-attribute", blob_id, "--attr", "content-type", "image/png")
-        attributes = json.loads(cli.run("get-blob-attribute", blob_id, "--json").stdout)
+        # (`--` first: a blob id may begin with `-`, which argparse would take for an option.)
+        cli.run("set-blob-attribute", "--attr", "content-type", "image/png", "--", blob_id)
+        attributes = json.loads(cli.run("get-blob-attribute", "--json", "--", blob_id).stdout)
         in_process_attributes = json.loads(
-            cli.run("get-blob-attribute", blob_id, "--json", "--no-agent").stdout
+            cli.run("get-blob-attribute", "--json", "--no-agent", "--", blob_id).stdout
         )
         assert attributes == in_process_attributes
         assert attributes["attributes"] == {"content-type": "image/png"}

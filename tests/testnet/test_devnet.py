@@ -915,6 +915,13 @@ def test_cli_health_lists_every_member(devnet: Devnet) -> None:
         assert member["peerId"][:12] in table
 
 
+def on_blob(devnet: Devnet, command: str, blob_id: str, *options: str) -> Any:
+    """``walrus-peer COMMAND OPTIONS --json -- BLOB_ID``, its JSON answer: a blob id may begin
+    with ``-`` (base64url), which argparse would read as an option without the ``--``."""
+    result = devnet.cli(command, *options, "--json", "--", blob_id, check=True)
+    return json.loads(result.stdout) if result.stdout.strip() else None
+
+
 def test_cli_blob_attributes_and_the_gateway_headers(
     devnet: Devnet, gateway: Gateway, http: httpx.Client, tmp_path: Path
 ) -> None:
@@ -926,9 +933,10 @@ def test_cli_blob_attributes_and_the_gateway_headers(
     source.write_bytes(data)
     (stored,) = devnet.cli_json("store", str(source), "--epochs", "2")
     blob_id = stored["newlyCreated"]["blobObject"]["blobId"]
-    assert devnet.cli_json("get-blob-attribute", blob_id)["attributes"] == {}
+    assert on_blob(devnet, "get-blob-attribute", blob_id)["attributes"] == {}
 
-    set_reply = devnet.cli_json(
+    set_reply = on_blob(
+        devnet,
         "set-blob-attribute",
         blob_id,
         "--attr",
@@ -942,7 +950,7 @@ def test_cli_blob_attributes_and_the_gateway_headers(
         "kept but not a header",
     )
     assert set_reply["attributes"]["app-tag"] == "kept but not a header"
-    got = devnet.cli_json("get-blob-attribute", blob_id)
+    got = on_blob(devnet, "get-blob-attribute", blob_id)
     assert got["attributes"] == set_reply["attributes"]
     (mine,) = got["registrations"]
     assert mine["mine"] is True and mine["version"] == 0
@@ -955,22 +963,22 @@ def test_cli_blob_attributes_and_the_gateway_headers(
     assert reply.headers["content-disposition"] == 'inline; filename="page.html"'
     assert "app-tag" not in reply.headers
 
-    devnet.cli("remove-blob-attribute-fields", blob_id, "--keys", "app-tag", check=True)
-    after = devnet.cli_json("get-blob-attribute", blob_id)
+    on_blob(devnet, "remove-blob-attribute-fields", blob_id, "--keys", "app-tag")
+    after = on_blob(devnet, "get-blob-attribute", blob_id)
     assert set(after["attributes"]) == {"content-type", "content-disposition"}
     assert after["registrations"][0]["version"] == 1
-    missing = devnet.cli("remove-blob-attribute-fields", blob_id, "--keys", "never-set")
+    missing = devnet.cli("remove-blob-attribute-fields", "--keys", "never-set", "--", blob_id)
     assert missing.returncode != 0
     assert b"never-set" in missing.stderr
-    bad = devnet.cli("set-blob-attribute", blob_id, "--attr", "x", "a\nb")
+    bad = devnet.cli("set-blob-attribute", "--attr", "x", "a\nb", "--", blob_id)
     assert bad.returncode != 0
     assert b"ATTRIBUTE_INVALID" in bad.stderr or b"attributes not allowed" in bad.stderr
 
-    devnet.cli("remove-blob-attribute", blob_id, check=True)
-    cleared = devnet.cli_json("get-blob-attribute", blob_id)
+    on_blob(devnet, "remove-blob-attribute", blob_id)
+    cleared = on_blob(devnet, "get-blob-attribute", blob_id)
     assert cleared["attributes"] == {}
     assert cleared["registrations"][0]["version"] == 2
-    text = devnet.cli("get-blob-attribute", blob_id, check=True).stdout.decode()
+    text = devnet.cli("get-blob-attribute", "--", blob_id, check=True).stdout.decode()
     assert "has no attributes" in text
 
 
@@ -994,14 +1002,13 @@ def test_cli_and_gateway_quilts(
     patches = {item["identifier"]: item["quiltPatchId"] for item in stored["storedQuiltBlobs"]}
     assert set(patches) == set(files)
 
-    listed = devnet.cli_json("list-patches-in-quilt", quilt_id)
+    listed = on_blob(devnet, "list-patches-in-quilt", quilt_id)
     assert {item["identifier"]: item["quiltPatchId"] for item in listed} == patches
 
     out = tmp_path / "out"
     devnet.cli(
         "read-quilt",
-        "--quilt-id",
-        quilt_id,
+        f"--quilt-id={quilt_id}",
         "--identifiers",
         "img/a.bin",
         "--out",
@@ -1011,18 +1018,18 @@ def test_cli_and_gateway_quilts(
     assert (out / "img" / "a.bin").read_bytes() == files["img/a.bin"]
     by_id = tmp_path / "by-id"
     devnet.cli(
-        "read-quilt", "--quilt-patch-ids", patches["notes.txt"], "--out", str(by_id), check=True
+        "read-quilt", f"--quilt-patch-ids={patches['notes.txt']}", "--out", str(by_id), check=True
     )
     assert (by_id / "notes.txt").read_bytes() == files["notes.txt"]
     missing = devnet.cli(
-        "read-quilt", "--quilt-id", quilt_id, "--identifiers", "nope", "--out", str(out)
+        "read-quilt", f"--quilt-id={quilt_id}", "--identifiers", "nope", "--out", str(out)
     )
     assert missing.returncode == 3
     from walrus_p2p.client.quilt import decode_patch_id, encode_patch_id
 
     quilt_blob, start, _ = decode_patch_id(patches["notes.txt"])
     past_end = encode_patch_id(quilt_blob, start, 10**7)
-    refused = devnet.cli("read-quilt", "--quilt-patch-ids", past_end, "--out", str(out))
+    refused = devnet.cli("read-quilt", f"--quilt-patch-ids={past_end}", "--out", str(out))
     assert refused.returncode == 1
     assert b"INVALID_PATCH_ID" in refused.stderr
 
@@ -1048,8 +1055,7 @@ def test_cli_and_gateway_quilts(
     warm = tmp_path / "warm"
     devnet.cli(
         "read-quilt",
-        "--quilt-id",
-        tagged_id,
+        f"--quilt-id={tagged_id}",
         "--tag",
         "color",
         "warm",
