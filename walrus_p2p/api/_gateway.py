@@ -491,7 +491,7 @@ class _Gateway:
             quilt_id, _, length = decode_patch_id(text)
         except QuiltError as error:
             raise quilt_error(error) from error
-        self._check_readable_quilt(quilt_id)
+        self._check_not_blocked(quilt_id)
         return await self._send_patch(request, quilt_id, text, length)
 
     async def get_patch_by_identifier(self, request: Request) -> Response:
@@ -512,12 +512,6 @@ class _Gateway:
             patch_ids_json(quilt_id, entries),
             headers={"Cache-Control": IMMUTABLE_CACHE_CONTROL},
         )
-
-    def _check_readable_quilt(self, quilt_id: BlobId) -> None:
-        if quilt_id in self._web.blocklist:
-            raise ApiError(
-                451, "BLOB_BLOCKED", "this gateway does not serve this blob (operator blocklist)"
-            )
 
     async def _quilt_index(self, request: Request, quilt_id: BlobId) -> tuple[PatchEntry, ...]:
         size, _ = await self._readable(quilt_id, whole=False)
@@ -700,11 +694,15 @@ class _Gateway:
     def _readable_id(self, request: Request) -> tuple[BlobId, str]:
         """The blob id of a read, refused with 451 if the operator's blocklist names it."""
         blob_id, text = _blob_id_param(request)
+        self._check_not_blocked(blob_id)
+        return blob_id, text
+
+    def _check_not_blocked(self, blob_id: BlobId) -> None:
+        """451 if the operator's blocklist names the blob (a quilt's patches: the quilt)."""
         if blob_id in self._web.blocklist:
             raise ApiError(
                 451, "BLOB_BLOCKED", "this gateway does not serve this blob (operator blocklist)"
             )
-        return blob_id, text
 
     async def _content_type(
         self,
