@@ -24,8 +24,10 @@ from walrus_p2p.api._admission import (
     BYTES,
     PER_ADDRESS,
     SMALL_BLOB_BYTES,
+    Admission,
     AdmissionControl,
     ByteBudget,
+    Refusals,
     RequestSlots,
 )
 from walrus_p2p.errors import ConfigError
@@ -447,3 +449,36 @@ def test_small_blobs_are_never_refused_by_the_byte_budget() -> None:
     assert budget.held == 90_000 + SMALL_BLOB_BYTES
     # A request that already holds bytes is small only while all it holds is.
     assert not budget.try_take(1, already=SMALL_BLOB_BYTES)
+
+
+async def test_the_slot_is_free_before_the_last_bytes_of_the_answer_leave() -> None:
+    """A client that sends its next request as soon as it has an answer finds its slot free:
+    with one upload per address, a sequential client got a 429 when the slot was given back
+    only after the handler returned (seen in tests/testnet/test_devnet.py)."""
+    slots = RequestSlots("upload", total=4, per_address=1)
+    control = AdmissionControl(
+        reads=RequestSlots("read", total=4, per_address=1),
+        uploads=slots,
+        writes=RequestSlots("write", total=4, per_address=1),
+        budget=ByteBudget(1 << 20),
+        refusals=Refusals(),
+        retry_after_seconds=1,
+    )
+    address = "127.0.0.9"
+    held_at_each_message: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 413, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        await send({"type": "http.response.body", "body": b"end"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        held_at_each_message.append(slots.in_flight_from(address))
+
+    scope = {"type": "http", "client": (address, 5555), "method": "PUT", "path": "/v1/blobs"}
+    await Admission(app, control, slots)(scope, receive, send)
+    assert held_at_each_message == [1, 1, 0]
+    assert slots.in_flight == 0 and slots.in_flight_from(address) == 0

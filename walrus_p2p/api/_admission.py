@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from walrus_p2p.api._errors import ApiError, error_response
 
@@ -249,11 +249,27 @@ class Admission:
             await self._refuse(refusal, address, scope, receive, send)
             return
         reservation = Reservation(self._control, self._slots.kind, address)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                reservation.give_back_all()
+                self._slots.give_back(address)
+
+        async def send_then_release(message: Message) -> None:
+            # The slot is free before the response's last bytes leave: a client that sends
+            # its next request as soon as it has the answer must not find its own slot still
+            # held (with one upload per address, that was a 429 for a sequential client).
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                release()
+            await send(message)
+
         try:
-            await self._app({**scope, _RESERVATION_KEY: reservation}, receive, send)
+            await self._app({**scope, _RESERVATION_KEY: reservation}, receive, send_then_release)
         finally:
-            reservation.give_back_all()
-            self._slots.give_back(address)
+            release()
 
     async def _refuse(
         self, reason: str, address: str, scope: Scope, receive: Receive, send: Send
