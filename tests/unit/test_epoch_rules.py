@@ -15,7 +15,7 @@ from walrus_p2p.core.epochs import (
     member_weight,
     propose_next,
 )
-from walrus_p2p.core.genesis import Genesis, create_genesis_toml, parse_genesis
+from walrus_p2p.core.genesis import EconomyGenesis, Genesis, create_genesis_toml, parse_genesis
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.core.records import Candidacy, EpochValue
 from walrus_p2p.errors import WireError
@@ -162,3 +162,45 @@ def test_member_heard_from_otherwise_is_kept_without_a_renewal() -> None:
     value = propose_next(genesis, genesis.committee, seen, also_alive={silent})
     assert value.committee.shard_map == genesis.committee.shard_map
     assert check_next(genesis, genesis.committee, seen, value)
+
+
+def economy_genesis(weights: list[int], cap: int | None = None) -> Genesis:
+    return dataclasses.replace(make_genesis(weights, cap), economy=EconomyGenesis())
+
+
+def test_with_an_economy_the_weight_is_bootstrap_stake_plus_active_stake() -> None:
+    genesis = economy_genesis([5, 3, 3, 2])
+    unit = genesis.economy_or_default.stake_per_weight
+    first, newcomer = GENESIS_IDS[0].peer_id, NEWCOMERS[0].peer_id
+    assert member_weight(genesis, first, declared=1, stake={}) == 5 * unit
+    assert member_weight(genesis, first, declared=1, stake={first: 7}) == 5 * unit + 7
+    # a newcomer's declaration does not count: the cap is its base, stake the difference
+    assert member_weight(genesis, newcomer, declared=1, stake={}) == 2 * unit
+    assert member_weight(genesis, newcomer, declared=100, stake={newcomer: unit}) == 3 * unit
+
+
+def test_stake_moves_shards_and_validators_check_the_stake_weights() -> None:
+    genesis = economy_genesis([1, 1, 1, 1], cap=6)
+    unit = genesis.economy_or_default.stake_per_weight
+    seen = renewals(genesis, GENESIS_IDS, 1)
+    # no stake: the genesis proportions, no shard moves
+    plain = propose_next(genesis, genesis.committee, seen, stake={})
+    assert plain.committee.shard_map == genesis.committee.shard_map
+    assert check_next(genesis, genesis.committee, seen, plain, stake={})
+    # peer 1 has 5 units of stake: it holds most shards, within the cap
+    heavy = GENESIS_IDS[1].peer_id
+    stake = {heavy: 5 * unit}
+    staked = propose_next(genesis, genesis.committee, seen, stake=stake)
+    counts = {peer: len(staked.committee.shards_of(peer)) for peer in staked.committee.peer_ids}
+    assert counts[heavy] == 6
+    assert count_moves(genesis.committee.shard_map, staked.committee.shard_map) > 0
+    assert check_next(genesis, genesis.committee, seen, staked, stake=stake)
+    # a validator whose ledger counts other stake refuses it, and the plain one too
+    assert not check_next(genesis, genesis.committee, seen, staked, stake={})
+    assert not check_next(genesis, genesis.committee, seen, plain, stake=stake)
+    # a newcomer with stake joins with its bootstrap weight plus its stake
+    newcomer = NEWCOMERS[0]
+    seen_all = seen | renewals(genesis, [newcomer], 1)
+    joined = propose_next(genesis, genesis.committee, seen_all, stake={newcomer.peer_id: unit})
+    assert joined.committee.member(newcomer.peer_id).weight == 2 * unit
+    assert check_next(genesis, genesis.committee, seen_all, joined, stake={newcomer.peer_id: unit})

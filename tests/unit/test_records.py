@@ -466,7 +466,7 @@ def test_join_is_a_semilattice(
 # Golden digests (blake3 of the wire encoding): the encodings and signed bytes of these records
 # are part of the protocol. If one changes on purpose, every peer must change with it.
 GOLDEN = {
-    "epoch_record": "fc9c3d1eeaf51d9024265796902c0df6294e693b6798036a4f426b983b7b6f46",
+    "epoch_record": "81e9d644bad43c5369ec3302070ba198bc8a62707c4d47ffbcbe05311f5846bb",
     "register": "4d9400fb64013f07cdac1292fda6e8f7cdbbc5019af034ab2df510303c859dcf",
     "certificate": "f86f09ddbc3356d959c5c9eacd87e098ae064ba18c01b4769c8da1b40cb64f8e",
     "invalid": "66c51044a522c1f084766bfba0bf7548ff5dd7d8b436ae5eff8fa4337d027c76",

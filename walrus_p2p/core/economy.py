@@ -45,6 +45,27 @@ DEFAULT_COMMISSION_BPS = 0
 """The commission of a member that never voted one."""
 
 
+@dataclass(frozen=True, slots=True)
+class VoteSettings:
+    """What a storage peer votes each epoch (``peer.toml`` ``[vote]``; docs/economics.md,
+    "Votes"): prices in FROST per MiB of encoded size (storage per epoch, write once), the
+    capacity it offers in bytes and its commission in basis points (0..10 000)."""
+
+    storage_price: int
+    write_price: int
+    capacity: int
+    commission_bps: int = DEFAULT_COMMISSION_BPS
+
+    def __post_init__(self) -> None:
+        for name in ("storage_price", "write_price", "capacity"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+                raise ValueError(f"{name} must be an integer in 0..2^63-1, got {value!r}")
+        rate = self.commission_bps
+        if isinstance(rate, bool) or not isinstance(rate, int) or not 0 <= rate <= BPS:
+            raise ValueError(f"commission_bps must be an integer in 0..{BPS}, got {rate!r}")
+
+
 K = TypeVar("K", bound=str | bytes)
 """Keys of a proportional split: peer ids or stake ids (ordered, so remainders have a rule)."""
 

@@ -360,6 +360,7 @@ PeerIds = Annotated[
     ListSpec(TextSpec(MAX_PEER_ID_LENGTH, r"[1-9A-HJ-NP-Za-km-z]+"), MAX_SHARDS),
 ]
 """Peer ids, sorted without repeats (checked by :func:`check_settlement_form`)."""
+VoteSignatures = Annotated[tuple[bytes, ...], ListSpec(BytesSpec.exact(64), MAX_SHARDS)]
 
 
 @register(111)
@@ -376,7 +377,13 @@ class EpochSettlement(Message):
     - ``stake_activations``: stake orders that count from the next committee on;
     - ``withdrawal_requests``: withdrawal requests whose stake stops counting from the next
       committee on (and is withdrawable once this settlement is applied);
-    - ``slashed``: members whose commission for ``epoch`` is burned (a quorum voted for it).
+    - ``slashed``: members whose commission for ``epoch`` is burned (a quorum voted for it);
+    - ``certified``: the members paid for ``epoch`` because they hold an availability
+      certificate of it (docs/challenges.md, "Payout"): the share of every other member is
+      burned; None when no storage challenge ran in ``epoch`` (every member is paid);
+    - ``vote_signatures``: for each entry of ``votes``, in the same order, the voter's
+      signature of its ``ParameterVoteBody`` for ``epoch`` (:func:`vote_body_of`), so that any
+      validator checks a vote without having received it (:func:`verify_settlement_votes`).
     """
 
     network_id: NetworkIdBytes
@@ -386,6 +393,8 @@ class EpochSettlement(Message):
     stake_activations: OrderIds
     withdrawal_requests: OrderIds
     slashed: PeerIds
+    certified: PeerIds | None = None
+    vote_signatures: VoteSignatures = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -522,6 +531,68 @@ class CertificatesBatch(Message):
     forwarded (the topic validator) and before it is merged."""
 
     certificates: EncodedCertificates
+
+
+MAX_STAKES_PER_REPLY = 64
+"""Stakes of one account an economy query returns (the oldest first when there are more)."""
+MAX_POOLS_PER_REPLY = 128
+"""Reward pools an economy query returns (the nearest epochs; the ring is at most the maximum
+lifetime long)."""
+
+
+class StakeStateCode(enum.Enum):
+    PENDING = 1
+    ACTIVE = 2
+    WITHDRAWABLE = 3
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class StakeEntry:
+    """One stake as a member's ledger holds it (docs/economics.md, "Staking")."""
+
+    stake_id: Hash32
+    peer: PublicKeyBytes
+    principal: Amount
+    rewards: Amount
+    state: StakeStateCode
+    active_from: EpochNumber | None
+    active_until: EpochNumber | None
+    request: Hash32 | None
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class PoolEntry:
+    epoch: EpochNumber
+    amount: Amount
+
+
+@register(121)
+@dataclass(frozen=True, slots=True)
+class GetEconomyRequest(Message):
+    """The economy as the peer's ledger sees it; with ``account``, also that account's stakes."""
+
+    account: AccountKey | None
+
+
+@register(122)
+@dataclass(frozen=True, slots=True)
+class GetEconomyReply(Message):
+    """``settled_epoch``: the last settlement applied (-1 encoded as None: none yet); the prices
+    are those in force in ``epoch``; ``stake_by_peer`` counts for the committee of ``epoch``."""
+
+    epoch: EpochNumber
+    settled_epoch: EpochNumber | None
+    storage_price: Amount
+    write_price: Amount
+    total_stake: Amount
+    reward_fund: Amount
+    burned: Amount
+    pools: Annotated[tuple[PoolEntry, ...], ListSpec(record_spec(PoolEntry), MAX_POOLS_PER_REPLY)]
+    stakes: Annotated[
+        tuple[StakeEntry, ...], ListSpec(record_spec(StakeEntry), MAX_STAKES_PER_REPLY)
+    ]
 
 
 def decode_certificate(encoded: bytes) -> CertifiedOrder:
@@ -697,6 +768,34 @@ def verify_parameter_vote(vote: ParameterVote, network_id: bytes) -> VoteEntry:
     )
 
 
+def vote_body_of(
+    entry: VoteEntry, network_id: bytes, public_key: bytes, epoch: int
+) -> ParameterVoteBody:
+    """The signed body behind a settlement's vote entry (the voter's key from the committee)."""
+    return ParameterVoteBody(
+        network_id=network_id,
+        public_key=public_key,
+        epoch=Epoch(epoch),
+        storage_price=entry.storage_price,
+        write_price=entry.write_price,
+        capacity=entry.capacity,
+        commission_bps=entry.commission_bps,
+    )
+
+
+def verify_settlement_votes(settlement: EpochSettlement, committee: Committee) -> None:
+    """Every vote entry is signed by its voter, a member of ``committee``, for the settled
+    epoch; ``VerificationError`` otherwise."""
+    if len(settlement.vote_signatures) != len(settlement.votes):
+        raise VerificationError("settlement: not one signature per vote")
+    for entry, signature in zip(settlement.votes, settlement.vote_signatures, strict=True):
+        if entry.peer_id not in committee:
+            raise VerificationError(f"vote of {entry.peer_id}, not a member of the committee")
+        key = identity.PublicKey(committee.member(entry.peer_id).public_key)
+        body = vote_body_of(entry, settlement.network_id, key.raw, settlement.epoch)
+        key.verify(PARAMETER_VOTE_CONTEXT, signing_bytes(body), signature)
+
+
 def check_settlement_form(settlement: EpochSettlement, network_id: bytes) -> None:
     """What a settlement must satisfy on its own: the network, sorted lists without repeats,
     commissions in range. ``OrderRefusedError(SETTLEMENT_INVALID)`` otherwise."""
@@ -706,11 +805,13 @@ def check_settlement_form(settlement: EpochSettlement, network_id: bytes) -> Non
 
     if settlement.network_id != network_id:
         raise refuse("for another network")
-    for name in ("stake_activations", "withdrawal_requests", "slashed"):
-        items: tuple[bytes | str, ...] = getattr(settlement, name)
+    for name in ("stake_activations", "withdrawal_requests", "slashed", "certified"):
+        items: tuple[bytes | str, ...] = getattr(settlement, name) or ()
         if any(not a < b for a, b in itertools.pairwise(items)):  # type: ignore[operator]
             raise refuse(f"{name} not sorted without repeats")
     if set(settlement.stake_activations) & set(settlement.withdrawal_requests):
         raise refuse("an order is listed both as activation and as withdrawal request")
     if any(vote.commission_bps > MAX_COMMISSION_BPS for vote in settlement.votes):
         raise refuse("a commission above 10 000 basis points")
+    if settlement.vote_signatures and len(settlement.vote_signatures) != len(settlement.votes):
+        raise refuse("not one signature per vote")

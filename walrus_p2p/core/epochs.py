@@ -7,7 +7,8 @@ peer proposes and prevotes:
 
 - :func:`member_weight` -- the single source of a member's weight: a genesis member keeps its
   genesis weight, any other candidate gets at most the smallest genesis weight (a newcomer cannot
-  buy a majority of shards by declaring a large weight);
+  buy a majority of shards by declaring a large weight); on a network with an economy that base
+  is scaled to a bootstrap stake and the member's active stake is added (shards from stake);
 - :func:`propose_next` -- the committee of epoch e+1 from the verified candidacies a peer has
   seen: members of epoch e that renewed their candidacy during e (a member that nobody heard
   from for the whole epoch is dropped), plus new candidates; D'Hondt with the genesis cap and
@@ -134,15 +135,34 @@ def newcomer_weight_cap(genesis: Genesis) -> int:
     return min(weights) if weights else 1
 
 
-def member_weight(genesis: Genesis, peer_id: PeerId, declared: int) -> int:
+def member_weight(
+    genesis: Genesis,
+    peer_id: PeerId,
+    declared: int,
+    stake: Mapping[PeerId, int] | None = None,
+) -> int:
     """The weight a member gets in every committee after genesis (the one weight source).
 
-    Genesis members keep their genesis weight whatever they declare; others get what they
-    declare, capped at :func:`newcomer_weight_cap`.
+    Without an economy (``stake`` None): genesis members keep their genesis weight whatever
+    they declare; others get what they declare, capped at :func:`newcomer_weight_cap`.
+
+    On a network with an economy, ``stake`` is the active stake per peer that the next
+    committee counts (``Ledger.stake_after`` of the settlement in the same epoch value), and
+    the weight is a **bootstrap stake** plus that stake: ``base · stake_per_weight +
+    stake``, where ``base`` is the genesis weight of a genesis member and
+    :func:`newcomer_weight_cap` for anyone else (declarations do not count: stake decides the
+    differences). So shards follow D'Hondt over stake, and a network without stake keeps its
+    genesis proportions (docs/economics.md, "Shards from stake").
     """
     if peer_id in genesis.committee:
-        return genesis.committee.member(peer_id).weight
-    return max(0, min(declared, newcomer_weight_cap(genesis)))
+        base = genesis.committee.member(peer_id).weight
+    elif stake is None:
+        return max(0, min(declared, newcomer_weight_cap(genesis)))
+    else:
+        base = newcomer_weight_cap(genesis)
+    if stake is None:
+        return base
+    return base * genesis.economy_or_default.stake_per_weight + stake.get(peer_id, 0)
 
 
 def is_renewed(candidacy: Candidacy | None, next_epoch: int) -> bool:
@@ -155,6 +175,7 @@ def propose_next(
     current: Committee,
     candidacies: Mapping[PeerId, Candidacy],
     also_alive: Collection[PeerId] = (),
+    stake: Mapping[PeerId, int] | None = None,
 ) -> EpochValue:
     """The value this peer proposes for epoch ``current.epoch + 1``.
 
@@ -171,40 +192,55 @@ def propose_next(
         candidacy = candidacies.get(member.peer_id)
         if is_renewed(candidacy, next_epoch):
             assert candidacy is not None
-            members[member.peer_id] = _member_of(genesis, candidacy)
+            members[member.peer_id] = _member_of(genesis, candidacy, stake)
         elif member.peer_id in also_alive:
             members[member.peer_id] = Member(
                 peer_id=member.peer_id,
                 public_key=member.public_key,
-                weight=member_weight(genesis, member.peer_id, member.weight),
+                weight=member_weight(genesis, member.peer_id, member.weight, stake),
                 addresses=member.addresses,
             )
     renewed_weight = current.shard_weight(members)
     for peer_id, candidacy in sorted(candidacies.items()):
         if peer_id not in members and peer_id not in current and is_renewed(candidacy, next_epoch):
-            member = _member_of(genesis, candidacy)
+            member = _member_of(genesis, candidacy, stake)
             if member.weight > 0:
                 members[peer_id] = member
     committee = None
     if is_quorum(renewed_weight, current.n_shards):
         committee = _try_create(genesis, next_epoch, members.values(), current)
     if committee is None:
-        kept = {member.peer_id: member for member in current.members}
+        kept = {member.peer_id: _reweighed(genesis, member, stake) for member in current.members}
         kept.update({peer_id: m for peer_id, m in members.items() if peer_id not in current})
         committee = _try_create(genesis, next_epoch, kept.values(), current)
     if committee is None:
-        committee = _try_create(genesis, next_epoch, current.members, current)
+        everyone = [_reweighed(genesis, member, stake) for member in current.members]
+        committee = _try_create(genesis, next_epoch, everyone, current)
     if committee is None:  # the current committee always fills its own shards
         raise ConfigError(f"cannot build a committee for epoch {next_epoch}")
     return EpochValue.from_committee(genesis.network_id, committee, genesis.epoch_start(next_epoch))
 
 
-def _member_of(genesis: Genesis, candidacy: Candidacy) -> Member:
+def _member_of(
+    genesis: Genesis, candidacy: Candidacy, stake: Mapping[PeerId, int] | None
+) -> Member:
     member = candidacy.member()
     return Member(
         peer_id=member.peer_id,
         public_key=member.public_key,
-        weight=member_weight(genesis, member.peer_id, candidacy.body.weight),
+        weight=member_weight(genesis, member.peer_id, candidacy.body.weight, stake),
+        addresses=member.addresses,
+    )
+
+
+def _reweighed(genesis: Genesis, member: Member, stake: Mapping[PeerId, int] | None) -> Member:
+    """A current member kept as it is, with its weight by the rule for the next committee."""
+    if stake is None:
+        return member
+    return Member(
+        peer_id=member.peer_id,
+        public_key=member.public_key,
+        weight=member_weight(genesis, member.peer_id, member.weight, stake),
         addresses=member.addresses,
     )
 
@@ -229,10 +265,12 @@ def check_next(
     current: Committee,
     candidacies: Mapping[PeerId, Candidacy],
     value: EpochValue,
+    stake: Mapping[PeerId, int] | None = None,
 ) -> bool:
-    """The ``validate`` callback of the agreement for epoch ``current.epoch + 1`` (see module)."""
+    """The ``validate`` callback of the agreement for epoch ``current.epoch + 1`` (see module);
+    ``stake`` as for :func:`member_weight` (None without an economy)."""
     try:
-        _check_next(genesis, current, candidacies, value)
+        _check_next(genesis, current, candidacies, value, stake)
     except (VerificationError, ConfigError, WireError):
         return False
     return True
@@ -243,6 +281,7 @@ def _check_next(
     current: Committee,
     candidacies: Mapping[PeerId, Candidacy],
     value: EpochValue,
+    stake: Mapping[PeerId, int] | None,
 ) -> None:
     next_epoch = current.epoch + 1
     if value.network_id != genesis.network_id or value.epoch != next_epoch:
@@ -258,7 +297,8 @@ def _check_next(
             declared = candidacy.body.weight
         else:
             declared = member.weight
-        if member.weight != member_weight(genesis, member.peer_id, declared) or member.weight < 1:
+        rule_weight = member_weight(genesis, member.peer_id, declared, stake)
+        if member.weight != rule_weight or member.weight < 1:
             raise VerificationError(f"weight of {member.peer_id} is not its rule weight")
     expected = Committee.create(
         committee.epoch,

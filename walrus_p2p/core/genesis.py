@@ -56,6 +56,13 @@ DEFAULT_STORAGE_PRICE = 100_000
 """FROST per MiB of encoded size per epoch, until the votes set a price."""
 DEFAULT_WRITE_PRICE = 20_000
 """FROST per MiB of encoded size, once per registration, until the votes set a price."""
+DEFAULT_STAKE_PER_WEIGHT = 100 * 10**9
+"""FROST of bootstrap stake per unit of a member's base weight (100 WAL): a member's weight on
+a network with an economy is ``base · stake_per_weight + its active stake``
+(``core.epochs.member_weight``; docs/economics.md, "Shards from stake")."""
+MAX_STAKE_PER_WEIGHT = 10**15
+"""An upper bound on its own; with the largest genesis weight, ``weight · stake_per_weight``
+must stay below 2^63 so that adding any stake fits an unsigned 64-bit field."""
 MAX_SUPPLY = 2**63 - 1
 """The total of the allocations: every amount and sum fits an unsigned 64-bit wire field."""
 MAX_ALLOCATIONS = 100_000
@@ -110,6 +117,7 @@ class EconomyGenesis:
     allocations: tuple[Allocation, ...] = ()
     storage_price: int = DEFAULT_STORAGE_PRICE
     write_price: int = DEFAULT_WRITE_PRICE
+    stake_per_weight: int = DEFAULT_STAKE_PER_WEIGHT
 
     @property
     def total_supply(self) -> int:
@@ -237,11 +245,18 @@ def _validate(genesis: Genesis) -> None:
             raise ConfigError(f"bootstrap[{position}]: must end with /p2p/<peer id>")
     if genesis.economy is not None:
         _validate_economy(genesis.economy)
+        heaviest = max(member.weight for member in genesis.members)
+        if heaviest * genesis.economy.stake_per_weight + MAX_SUPPLY > 2**64 - 1:
+            raise ConfigError(
+                "economy.stake_per_weight: times the largest weight it must stay below 2^63 "
+                "(a member's weight is weight · stake_per_weight + stake, a 64-bit field)"
+            )
 
 
 def _validate_economy(economy: EconomyGenesis) -> None:
     _check_range("economy.storage_price", economy.storage_price, 0, MAX_UINT63)
     _check_range("economy.write_price", economy.write_price, 0, MAX_UINT63)
+    _check_range("economy.stake_per_weight", economy.stake_per_weight, 1, MAX_STAKE_PER_WEIGHT)
     if len(economy.allocations) > MAX_ALLOCATIONS:
         raise ConfigError(f"economy.allocation: at most {MAX_ALLOCATIONS} entries")
     seen: set[bytes] = set()
@@ -358,14 +373,16 @@ def canonical_encoding(genesis: Genesis) -> bytes:
     ]
     if genesis.economy is not None:  # absent: the encoding (and network id) of before
         economy = genesis.economy
-        document.append(
-            [
-                "economy",
-                economy.storage_price,
-                economy.write_price,
-                [[item.account, item.amount] for item in economy.allocations],
-            ]
-        )
+        table: list[object] = [
+            "economy",
+            economy.storage_price,
+            economy.write_price,
+            [[item.account, item.amount] for item in economy.allocations],
+        ]
+        if economy.stake_per_weight != DEFAULT_STAKE_PER_WEIGHT:
+            # Only when set: a genesis of before keeps its network id.
+            table.append(["stake_per_weight", economy.stake_per_weight])
+        document.append(table)
     encoded: bytes = cbor2.dumps(document, canonical=True)
     return encoded
 
@@ -392,7 +409,7 @@ _TOP_LEVEL_KEYS = frozenset(
         "economy",
     }
 )
-_ECONOMY_KEYS = frozenset({"storage_price", "write_price", "allocation"})
+_ECONOMY_KEYS = frozenset({"storage_price", "write_price", "stake_per_weight", "allocation"})
 _ALLOCATION_KEYS = frozenset({"account", "amount"})
 _MEMBER_KEYS = frozenset({"peer_id", "public_key", "weight", "addresses"})
 
@@ -472,6 +489,9 @@ def _economy_from_table(table: object) -> EconomyGenesis:
         ),
         write_price=_require_int(
             "economy.write_price", table.get("write_price", DEFAULT_WRITE_PRICE)
+        ),
+        stake_per_weight=_require_int(
+            "economy.stake_per_weight", table.get("stake_per_weight", DEFAULT_STAKE_PER_WEIGHT)
         ),
     )
 
@@ -592,6 +612,12 @@ def genesis_to_toml(genesis: Genesis) -> str:
             toml_text.assignment("storage_price", toml_text.integer(economy.storage_price)),
             toml_text.assignment("write_price", toml_text.integer(economy.write_price)),
         ]
+        if economy.stake_per_weight != DEFAULT_STAKE_PER_WEIGHT:
+            lines.append(
+                toml_text.assignment(
+                    "stake_per_weight", toml_text.integer(economy.stake_per_weight)
+                )
+            )
         for item in economy.allocations:
             lines += [
                 "\n[[economy.allocation]]\n",

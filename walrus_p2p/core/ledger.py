@@ -42,6 +42,7 @@ from typing import TypeAlias
 import cbor2
 
 from walrus_p2p.core import identity
+from walrus_p2p.core.challenge_payout import certified_payout
 from walrus_p2p.core.committee import Committee
 from walrus_p2p.core.economy import (
     COMMISSION_DELAY_EPOCHS,
@@ -258,6 +259,10 @@ class Ledger:
     def stakes(self) -> Mapping[bytes, StakePosition]:
         return dict(self._stakes)
 
+    def stakes_of(self, account: bytes) -> dict[bytes, StakePosition]:
+        """The stakes ``account`` holds (not withdrawn yet), by stake id."""
+        return {k: v for k, v in self._stakes.items() if v.staker == account}
+
     @property
     def pools(self) -> Mapping[int, int]:
         """Reward pools of the epochs not settled yet, by epoch (non-empty ones)."""
@@ -321,6 +326,55 @@ class Ledger:
             if position.counts_in(epoch):
                 totals[position.peer_id] = totals.get(position.peer_id, 0) + position.principal
         return totals
+
+    def payable(self, epoch: int) -> int | None:
+        """What the settlement of ``epoch`` can pay out at most, from what this ledger knows:
+        the reward fund and the pools of epochs up to ``epoch``, less the payouts of known
+        settlements of earlier epochs not applied yet. None if the settlement of some earlier
+        epoch is not known here at all (then this ledger cannot tell)."""
+        if any(e not in self._pending_settlements for e in range(self._settled + 1, epoch)):
+            return None
+        owed = sum(entry[0].payout for e, entry in self._pending_settlements.items() if e < epoch)
+        return max(0, self._fund_through(epoch) - owed)
+
+    def _listed(self) -> set[bytes]:
+        listed: set[bytes] = set()
+        for settlement, _, _ in self._pending_settlements.values():
+            listed.update(settlement.stake_activations)
+            listed.update(settlement.withdrawal_requests)
+        return listed
+
+    def stakes_to_activate(self) -> list[bytes]:
+        """Pending stake orders no known settlement lists yet, sorted (a proposer lists them)."""
+        listed = self._listed()
+        return sorted(
+            stake_id
+            for stake_id, position in self._stakes.items()
+            if position.state is StakeState.PENDING and stake_id not in listed
+        )
+
+    def requests_to_list(self) -> list[bytes]:
+        """Withdrawal requests whose stake is not withdrawable yet and that no known
+        settlement lists, sorted."""
+        listed = self._listed()
+        found = []
+        for request, stake_id in self._requests.items():
+            position = self._stakes.get(stake_id)
+            if position is None or position.state is StakeState.WITHDRAWABLE:
+                continue
+            if request not in listed:
+                found.append(request)
+        return sorted(found)
+
+    def knows_stake_order(self, stake_id: bytes) -> bool:
+        return stake_id in self._stake_orders
+
+    def knows_withdrawal_request(self, request: bytes) -> bool:
+        return request in self._requests
+
+    def settlement_known(self, epoch: int) -> bool:
+        """Whether the settlement of ``epoch`` was added (applied or waiting)."""
+        return epoch in self._settlements or epoch in self._pending_settlements
 
     def waiting_orders(self) -> list[tuple[bytes, int]]:
         """(account, sequence) of the certified orders still waiting."""
@@ -695,13 +749,25 @@ class Ledger:
         for stake_id, position in self._stakes.items():
             if position.counts_in(epoch):
                 stakes.setdefault(position.peer_id, {})[stake_id] = position.principal
-        split = split_payout(
-            settlement.payout,
-            committee,
-            commissions={peer: self.commission(peer, epoch) for peer in committee.peer_ids},
-            stakes=stakes,
-            slashed=frozenset(settlement.slashed),
-        )
+        commissions = {peer: self.commission(peer, epoch) for peer in committee.peer_ids}
+        if settlement.certified is None:
+            split = split_payout(
+                settlement.payout,
+                committee,
+                commissions=commissions,
+                stakes=stakes,
+                slashed=frozenset(settlement.slashed),
+            )
+        else:
+            # Only members that proved availability are paid (docs/challenges.md, "Payout").
+            split = certified_payout(
+                settlement.payout,
+                committee,
+                frozenset(settlement.certified),
+                commissions=commissions,
+                stakes=stakes,
+                slashed=frozenset(settlement.slashed),
+            ).split
         self._fund -= settlement.payout
         self._burned += split.burned
         for peer_id, amount in split.member_rewards.items():

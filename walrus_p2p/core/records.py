@@ -342,14 +342,25 @@ MemberEntries = Annotated[
 ]
 
 
+MAX_SETTLEMENT_SIZE = 96 * 1024
+"""The encoded settlement an epoch value carries: all 256 members' votes and names twice, plus
+the stake moves a proposer lists (at most ``MAX_SETTLEMENT_MOVES`` of
+:mod:`walrus_p2p.core.settlements`), stay under this."""
+SettlementBytes = Annotated[bytes, BytesSpec(min_length=1, max_length=MAX_SETTLEMENT_SIZE)]
+
+
 @register(34)
 @dataclass(frozen=True, slots=True)
 class EpochValue(Message):
-    """What the committee of epoch e agrees on: the committee of epoch e+1 and its start time.
+    """What the committee of epoch e agrees on: the committee of epoch e+1, its start time and,
+    on a network with an economy, the settlement of epoch e.
 
     Members are sorted by peer id; ``shard_owners[s]`` is the index in ``members`` of the peer
     holding shard s. ``start_time`` is in unix seconds, chosen by the proposer from its clock;
-    honest peers check it is plausible before they vote for it. Build one with
+    honest peers check it is plausible before they vote for it. ``settlement`` is the canonical
+    encoding of the ``EpochSettlement`` of epoch e (docs/economics.md, "What is agreed where"),
+    None on a network without an economy; it is carried as bytes so that this module does not
+    depend on the economy's messages (:mod:`walrus_p2p.core.settlements` reads it). Build one with
     :meth:`from_committee`; :attr:`committee` checks and rebuilds the committee.
     """
 
@@ -358,9 +369,16 @@ class EpochValue(Message):
     start_time: U64
     members: MemberEntries
     shard_owners: ShardOwners
+    settlement: SettlementBytes | None = None
 
     @classmethod
-    def from_committee(cls, network_id: bytes, committee: Committee, start_time: int) -> EpochValue:
+    def from_committee(
+        cls,
+        network_id: bytes,
+        committee: Committee,
+        start_time: int,
+        settlement: bytes | None = None,
+    ) -> EpochValue:
         index = {member.peer_id: position for position, member in enumerate(committee.members)}
         return cls(
             network_id=network_id,
@@ -371,6 +389,7 @@ class EpochValue(Message):
                 for member in committee.members
             ),
             shard_owners=tuple(index[peer_id] for peer_id in committee.shard_map),
+            settlement=settlement,
         )
 
     @property

@@ -14,8 +14,15 @@ composed service like the record book:
   their listing key (account, sequence), and — when they came directly from a wallet — announced
   on the certified-orders topic in batches by one peer per order;
 - **queries**: an account's balance, next sequence, pending lock and recent certificates
-  (``GetAccountRequest``), and the paged listing of every certificate (``ListCertificatesRequest``)
-  that a peer catching up reads.
+  (``GetAccountRequest``), the paged listing of every certificate (``ListCertificatesRequest``)
+  that a peer catching up reads, and the ledger's summary with an account's stakes
+  (``GetEconomyRequest``);
+- **settlements** (:class:`~walrus_p2p.node.epochs.SettlementHooks`): what this peer proposes
+  and accepts as the settlement of each epoch value, and the settlement of every record that
+  becomes current, added to the ledger (docs/economics.md, "Settlements in the epoch change");
+- **votes**: this peer's ``ParameterVote`` of each epoch (``peer.toml`` ``[vote]``), published
+  on the certified-orders topic, and the verified votes of the others (docs/economics.md,
+  "Votes").
 
 At start the peer loads its journal and every stored certificate; then, in the background, it
 pages through the listing of a few other members (bounded) and, while its ledger waits for an
@@ -37,23 +44,35 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
 from walrus_p2p.core import wire
+from walrus_p2p.core.committee import Committee
+from walrus_p2p.core.economy import VoteSettings
 from walrus_p2p.core.economy_messages import (
     MAX_CERTIFICATES_PER_MESSAGE,
+    MAX_POOLS_PER_REPLY,
+    MAX_STAKES_PER_REPLY,
     ApproveOrderReply,
     ApproveOrderRequest,
     CertificatesBatch,
     CertifiedOrder,
+    EpochSettlement,
     GetAccountReply,
     GetAccountRequest,
+    GetEconomyReply,
+    GetEconomyRequest,
     ListCertificatesReply,
     ListCertificatesRequest,
+    ParameterVote,
+    PoolEntry,
     ReleaseStorageBody,
+    StakeEntry,
+    StakeStateCode,
     SubmitCertificateReply,
     SubmitCertificateRequest,
     SubmitOutcome,
@@ -62,12 +81,27 @@ from walrus_p2p.core.economy_messages import (
     decode_order_body,
     order_id,
     order_key,
+    sign_parameter_vote,
     verify_certified_order,
+    verify_parameter_vote,
 )
 from walrus_p2p.core.ledger import Ledger, OrderSigner, Outcome
 from walrus_p2p.core.payments import PaymentRefusal, record_payment
-from walrus_p2p.core.records import BlobExtend, BlobRecord, BlobRegister, BlobState
-from walrus_p2p.errors import OrderRefusedError, WalrusError, WireError
+from walrus_p2p.core.records import (
+    BlobExtend,
+    BlobRecord,
+    BlobRegister,
+    BlobState,
+    EpochRecord,
+    EpochValue,
+)
+from walrus_p2p.core.settlements import (
+    check_settlement,
+    encode_settlement,
+    propose_settlement,
+    settlement_of,
+)
+from walrus_p2p.errors import OrderRefusedError, VerificationError, WalrusError, WireError
 from walrus_p2p.net.gossip import Gossip, GossipMessage, Subscription
 from walrus_p2p.node.context import PeerContext
 from walrus_p2p.node.peer_calls import PeerCaller
@@ -119,6 +153,22 @@ class EconomyOptions:
     within seconds."""
     payment_sources: int = 3
     """Members asked, one after another, for an owner's newest certificates."""
+    vote_source: Callable[[], VoteSettings | None] | None = None
+    """What this peer votes (read at each epoch change: ``peer.toml`` ``[vote]``, so
+    ``walrus-peer vote`` takes effect from the next epoch); None: it does not vote."""
+    vote_republish_fraction: float = 0.5
+    """Each vote is published at the start of its epoch and again this far into it, for peers
+    that (re)started since (docs/economics.md, "Votes")."""
+
+
+def _epoch_or_none(epoch: int | None) -> Epoch | None:
+    return None if epoch is None or epoch < 0 else Epoch(epoch)
+
+
+class CertificateSource(Protocol):
+    """Where the verified availability certificates of an epoch are (the challenge service)."""
+
+    async def certificates(self, epoch: int) -> Mapping[PeerId, object]: ...
 
 
 class EconomyService:
@@ -152,7 +202,18 @@ class EconomyService:
         """Set when the first catch-up round ended (whatever it found)."""
         self.loaded = False
         self._applied = trio.Event()
-        """Set (and replaced) whenever a certificate changed the ledger: payments wait on it."""
+        """Set (and replaced) whenever a certificate or a settlement changed the ledger:
+        payments wait on it."""
+        self.challenges: CertificateSource | None = None
+        """The availability certificates a settlement pays by (set by the peer)."""
+        self._votes: dict[int, dict[PeerId, tuple[bytes, ParameterVote]]] = {}
+        """Verified parameter votes by epoch and voter (with their encoding). Of two votes of
+        one voter for one epoch the smaller encoding is kept, so every peer that saw both keeps
+        the same one."""
+        self._vote_wanted = trio.Event()
+        self._publish_votes: list[bytes] = []
+        self._certified_views: dict[int, Mapping[PeerId, object]] = {}
+        self.settlements_added = 0
 
     # -- start ---------------------------------------------------------------------------
 
@@ -187,6 +248,7 @@ class EconomyService:
         router.add(SubmitCertificateRequest, self.submit)
         router.add(GetAccountRequest, self.get_account)
         router.add(ListCertificatesRequest, self.list_certificates)
+        router.add(GetEconomyRequest, self.get_economy)
 
     async def run(
         self,
@@ -203,6 +265,7 @@ class EconomyService:
             nursery.start_soon(self._publish_gossip, gossip, topic)
             nursery.start_soon(self._catch_up_loop)
             nursery.start_soon(self._gap_loop)
+            nursery.start_soon(self._vote_loop, gossip, topic)
             task_status.started()
 
     # -- approvals -----------------------------------------------------------------------
@@ -255,6 +318,81 @@ class EconomyService:
             self._journal_written = covered
 
     # -- certificates --------------------------------------------------------------------
+
+    # -- settlements (the economy's part of each epoch value) ----------------------------
+
+    async def prepare(self, committee: Committee) -> None:
+        """Load the availability certificates of ``committee.epoch`` that proposing and
+        checking its settlement read (a live view: certificates kept later show in it)."""
+        if self.challenges is not None:
+            view = await self.challenges.certificates(committee.epoch)
+            self._certified_views = {committee.epoch: view}
+
+    def _certified(self, epoch: int) -> frozenset[PeerId] | None:
+        view = self._certified_views.get(epoch)
+        return frozenset(view) if view else None
+
+    def propose(self, committee: Committee) -> bytes:
+        settlement = propose_settlement(
+            self.ledger,
+            committee,
+            votes=self.votes_of(committee.epoch),
+            certified=self._certified(committee.epoch),
+        )
+        logger.info(
+            "settlement proposed epoch=%d payout=%d activations=%d requests=%d certified=%s",
+            settlement.epoch,
+            settlement.payout,
+            len(settlement.stake_activations),
+            len(settlement.withdrawal_requests),
+            "all" if settlement.certified is None else len(settlement.certified),
+        )
+        return encode_settlement(settlement)
+
+    def accepts(self, committee: Committee, value: EpochValue) -> bool:
+        try:
+            check_settlement(
+                self.ledger,
+                committee,
+                value,
+                certified=self._certified(committee.epoch),
+            )
+        except VerificationError as error:
+            logger.info("settlement refused epoch=%d error=%s", committee.epoch, error)
+            return False
+        return True
+
+    def stake_after(self, settlement: bytes | None) -> dict[PeerId, int]:
+        if settlement is None:
+            return {}
+        decoded = wire.decode(settlement, EpochSettlement)
+        return self.ledger.stake_after(decoded)
+
+    def record_applied(self, record: EpochRecord, previous: Committee) -> None:
+        """Add the settlement a verified record carries to the ledger (it applies once every
+        order it names is known and the fund covers it; docs/economics.md)."""
+        self._vote_wanted.set()
+        try:
+            settlement = settlement_of(record.value)
+            if settlement is None:
+                logger.warning("epoch record %d carries no settlement", record.epoch)
+                return
+            outcome = self.ledger.add_settlement(settlement, previous, record.committee)
+        except (VerificationError, OrderRefusedError) as error:
+            # Only a faulty quorum agrees on such a value: the ledger stays as it was.
+            logger.warning("settlement unusable epoch=%d error=%s", record.epoch - 1, error)
+            return
+        self.settlements_added += 1
+        if outcome is not Outcome.WAITING:
+            self._applied.set()
+            self._applied = trio.Event()
+        logger.info(
+            "settlement added epoch=%d payout=%d outcome=%s settled=%d",
+            settlement.epoch,
+            settlement.payout,
+            outcome.value,
+            self.ledger.settled_epoch,
+        )
 
     async def submit(
         self, request: SubmitCertificateRequest, remote: PeerId
@@ -439,6 +577,39 @@ class EconomyService:
             received=tuple(received),
         )
 
+    async def get_economy(self, request: GetEconomyRequest, remote: PeerId) -> GetEconomyReply:
+        ledger = self.ledger
+        epoch = self.ctx.committees.epoch
+        prices = ledger.prices(epoch)
+        stakes: list[StakeEntry] = []
+        if request.account is not None:
+            owned = sorted(ledger.stakes_of(request.account).items())
+            for stake_id, position in owned[:MAX_STAKES_PER_REPLY]:
+                stakes.append(
+                    StakeEntry(
+                        stake_id=stake_id,
+                        peer=position.peer,
+                        principal=position.principal,
+                        rewards=position.rewards,
+                        state=StakeStateCode[position.state.name],
+                        active_from=_epoch_or_none(position.active_from),
+                        active_until=_epoch_or_none(position.active_until),
+                        request=position.request,
+                    )
+                )
+        pools = sorted(ledger.pools.items())[:MAX_POOLS_PER_REPLY]
+        return GetEconomyReply(
+            epoch=Epoch(epoch),
+            settled_epoch=_epoch_or_none(ledger.settled_epoch),
+            storage_price=prices.storage_price,
+            write_price=prices.write_price,
+            total_stake=sum(ledger.stake_by_peer(epoch).values()),
+            reward_fund=ledger.reward_fund,
+            burned=ledger.burned,
+            pools=tuple(PoolEntry(Epoch(e), amount) for e, amount in pools),
+            stakes=tuple(stakes),
+        )
+
     async def list_certificates(
         self, request: ListCertificatesRequest, remote: PeerId
     ) -> ListCertificatesReply:
@@ -471,11 +642,14 @@ class EconomyService:
     def _validate_gossip(self, message: GossipMessage) -> bool:
         """Every certificate of the batch must verify, or none is relayed. An empty batch is
         never relayed: no honest peer sends one, and a stranger's would cross the network for
-        nothing (found by the fuzzing campaign, docs/testing.md)."""
-        batch = wire.decode(message.data, CertificatesBatch)
-        if not batch.certificates:
+        nothing (found by the fuzzing campaign, docs/testing.md). A parameter vote is relayed
+        when it verifies and is kept here (a vote seen before is not relayed again)."""
+        news = wire.decode(message.data, (CertificatesBatch, ParameterVote))
+        if isinstance(news, ParameterVote):
+            return self.take_vote(news)
+        if not news.certificates:
             return False
-        for encoded in batch.certificates:
+        for encoded in news.certificates:
             self.verify(decode_certificate(encoded))
         return True
 
@@ -483,8 +657,92 @@ class EconomyService:
         await subscription.handle_each(self._merge_gossip, what="certified orders")
 
     async def _merge_gossip(self, message: GossipMessage) -> None:
-        batch = wire.decode(message.data, CertificatesBatch)
-        await self.merge_encoded(batch.certificates, f"gossip:{message.origin[:12]}")
+        news = wire.decode(message.data, (CertificatesBatch, ParameterVote))
+        if isinstance(news, ParameterVote):
+            self.take_vote(news)
+            return
+        await self.merge_encoded(news.certificates, f"gossip:{message.origin[:12]}")
+
+    # -- parameter votes (docs/economics.md, "Votes") ------------------------------------
+
+    def votes_of(self, epoch: int) -> dict[PeerId, ParameterVote]:
+        """The verified votes of ``epoch`` this peer holds, by voter."""
+        return {peer: vote for peer, (_, vote) in self._votes.get(epoch, {}).items()}
+
+    def take_vote(self, vote: ParameterVote) -> bool:
+        """Verify and keep a vote; True if it is the one kept for its voter and epoch (then it
+        is relayed; gossip itself drops repeats). Votes of epochs other than the current one
+        and the next, and of peers outside the current committee, are dropped: only the votes
+        of the epoch that ends are ever listed."""
+        epoch = int(vote.body.epoch)
+        current = self.ctx.committees.epoch
+        if not current <= epoch <= current + 1:
+            return False
+        entry = verify_parameter_vote(vote, self.network_id)
+        if entry.peer_id not in self.ctx.committee:
+            return False
+        encoded = wire.encode(vote)
+        kept = self._votes.setdefault(epoch, {})
+        known = kept.get(entry.peer_id)
+        if known is None or encoded < known[0]:
+            kept[entry.peer_id] = (encoded, vote)
+        for old in [e for e in self._votes if e < current - 1]:
+            del self._votes[old]
+        return kept[entry.peer_id][0] == encoded
+
+    async def _vote_loop(self, gossip: Gossip, topic: str) -> None:
+        """Sign this peer's vote at start and at each epoch change; publish it then and again
+        part way through the epoch."""
+        if self.options.vote_source is None:
+            return
+        while True:
+            self._vote_wanted = trio.Event()
+            epoch = self.ctx.committees.epoch
+            encoded = await self._cast_vote(epoch)
+            if encoded is not None:
+                await self._publish_vote(gossip, topic, encoded)
+            seconds = self.ctx.genesis.epoch_duration_seconds
+            with trio.move_on_after(seconds * self.options.vote_republish_fraction):
+                await self._vote_wanted.wait()
+            if not self._vote_wanted.is_set() and encoded is not None:
+                await self._publish_vote(gossip, topic, encoded)
+            await self._vote_wanted.wait()
+
+    async def _cast_vote(self, epoch: int) -> bytes | None:
+        source = self.options.vote_source
+        assert source is not None
+        try:
+            settings = await trio.to_thread.run_sync(source)
+        except WalrusError as error:
+            logger.warning("vote settings unreadable, not voting error=%s", error)
+            return None
+        if settings is None:
+            return None
+        vote = sign_parameter_vote(
+            self.ctx.identity,
+            network_id=self.network_id,
+            epoch=epoch,
+            storage_price=settings.storage_price,
+            write_price=settings.write_price,
+            capacity=settings.capacity,
+            commission_bps=settings.commission_bps,
+        )
+        self.take_vote(vote)
+        logger.info(
+            "vote cast epoch=%d storage_price=%d write_price=%d capacity=%d commission_bps=%d",
+            epoch,
+            settings.storage_price,
+            settings.write_price,
+            settings.capacity,
+            settings.commission_bps,
+        )
+        return wire.encode(vote)
+
+    async def _publish_vote(self, gossip: Gossip, topic: str, encoded: bytes) -> None:
+        try:
+            await gossip.publish(topic, encoded)
+        except WalrusError as error:
+            logger.info("vote gossip publish failed error=%s", error)
 
     async def _publish_gossip(self, gossip: Gossip, topic: str) -> None:
         budget = 800 * 1024

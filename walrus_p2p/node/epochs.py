@@ -39,12 +39,14 @@ step, or sits the agreement out if the journal does not verify.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import blake3
 import trio
@@ -75,6 +77,7 @@ from walrus_p2p.core.epochs import (
 from walrus_p2p.core.records import (
     Candidacy,
     EpochRecord,
+    EpochValue,
     VoteKind,
     newer_candidacy,
 )
@@ -112,6 +115,27 @@ next committee, or anyone with a fresh key): strangers cannot crowd out the memb
 MAX_TIMEOUT_DELAY = 1.0
 """Seconds of measured round trip, at most, that timeouts and fallback waits grow with."""
 GOSSIP_RECORD_EPOCHS_KEPT = 16
+
+
+class SettlementHooks(Protocol):
+    """What the epoch service asks the economy (:class:`walrus_p2p.node.economy.EconomyService`)."""
+
+    async def prepare(self, committee: Committee) -> None:
+        """Before the agreement that ends ``committee``'s epoch: load what proposing and
+        checking its settlement read (the epoch's availability certificates)."""
+
+    def propose(self, committee: Committee) -> bytes:
+        """The encoded settlement of ``committee.epoch`` this peer proposes."""
+
+    def accepts(self, committee: Committee, value: EpochValue) -> bool:
+        """Whether the settlement in ``value`` is acceptable (core/settlements.py)."""
+
+    def stake_after(self, settlement: bytes | None) -> dict[PeerId, int]:
+        """The active stake per peer the next committee counts once ``settlement`` (encoded,
+        from a value :meth:`accepts` took or :meth:`propose` made) is applied."""
+
+    def record_applied(self, record: EpochRecord, previous: Committee) -> None:
+        """A verified record of the chain became current; ``previous`` ended with it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +229,10 @@ class EpochService:
         self._send, self._receive = trio.open_memory_channel[bytes](OUTBOX_SIZE)
         self._timers: trio.Nursery | None = None
         self._nursery: trio.Nursery | None = None
+        self.settlements: SettlementHooks | None = None
+        """The economy's part of each epoch value (set by the peer when its genesis has an
+        economy): what to propose, what to accept, and each new record (docs/economics.md,
+        "Settlements in the epoch change"). None: values carry no settlement."""
         ctx.router.add(GetEpochRecordsRequest, self._serve_records)
 
     # -- state ------------------------------------------------------------------------------
@@ -248,19 +276,33 @@ class EpochService:
             except (WireError, VerificationError) as error:
                 logger.warning("stored epoch record rejected key=%s error=%s", key.hex(), error)
                 break
-            self._switch(record)
+            # Runs in a worker thread: the economy hears of the reloaded records afterwards
+            # (:meth:`_replay_settlements`, in the event loop).
+            self._switch(record, notify=False)
         if self.epoch:
             logger.info("epoch chain reloaded epoch=%d", self.epoch)
+
+    def _replay_settlements(self) -> None:
+        """Give the economy every record of the reloaded chain, in order."""
+        if self.settlements is None:
+            return
+        for record in self.chain():
+            previous = self.committee_of(record.epoch - 1)
+            if previous is not None:
+                self.settlements.record_applied(record, previous)
 
     def _check_start(self, record: EpochRecord) -> None:
         previous = self.records.get(record.epoch - 1)
         if previous is not None and record.value.start_time <= previous.value.start_time:
             raise VerificationError(f"epoch record {record.epoch} does not start later")
 
-    def _switch(self, record: EpochRecord) -> None:
+    def _switch(self, record: EpochRecord, *, notify: bool = True) -> None:
         committee = record.committee
+        previous = self.current
         self.records[int(record.epoch)] = record
         self._writer.switch(committee)
+        if notify and self.settlements is not None:
+            self.settlements.record_applied(record, previous)
         self._last_rounds = int(record.certificate.round)
         self.ctx.metrics.epoch_switched(
             int(record.epoch),
@@ -313,6 +355,7 @@ class EpochService:
         host = self.ctx.host
         self._started_at = self.options.clock()
         await trio.to_thread.run_sync(self.load)
+        self._replay_settlements()
         caller = PeerCaller(
             host,
             protocol=self.protocol,
@@ -457,19 +500,41 @@ class EpochService:
             committee=committee,
             signer=signer,
             own_value=None,
-            validate=lambda value: check_next(self.genesis, committee, self.candidacies, value),
+            validate=lambda value: self._validate_value(committee, value),
             timeouts=self.timeouts_now(),
         )
+
+    def _validate_value(self, committee: Committee, value: EpochValue) -> bool:
+        stake = None
+        if self.settlements is None:
+            if value.settlement is not None:
+                return False
+        elif not self.settlements.accepts(committee, value):
+            return False
+        else:
+            stake = self.settlements.stake_after(value.settlement)
+        return check_next(self.genesis, committee, self.candidacies, value, stake)
 
     async def _drive(self, agreement: EpochAgreement) -> None:
         """Start the agreement at the scheduled end of the epoch."""
         delay = self.genesis.epoch_start(agreement.epoch) - self.options.clock()
         if delay > 0:
             await trio.sleep(delay)
+        if self.settlements is not None:
+            await self.settlements.prepare(agreement.committee)
         if agreement.signer is not None:
-            agreement.own_value = propose_next(
-                self.genesis, agreement.committee, self.candidacies, self._alive(agreement)
+            settlement = stake = None
+            if self.settlements is not None:
+                settlement = self.settlements.propose(agreement.committee)
+                stake = self.settlements.stake_after(settlement)
+            value = propose_next(
+                self.genesis,
+                agreement.committee,
+                self.candidacies,
+                self._alive(agreement),
+                stake,
             )
+            agreement.own_value = dataclasses.replace(value, settlement=settlement)
         logger.info(
             "epoch agreement started epoch=%d voter=%s timeouts=%s",
             agreement.epoch,

@@ -203,6 +203,11 @@ class StoragePeerService(ReadsCommittee):
         # After the sliver service: it guards the recovery symbol handlers during its window.
         challenges = ChallengeService(context, self.options.challenges)
         challenges.register(self.router)
+        if self.genesis.economy is not None:
+            # Each epoch value carries the ending epoch's settlement, paid by the epoch's
+            # availability certificates (docs/economics.md, "Settlements in the epoch change").
+            economy.challenges = challenges
+            epochs.settlements = economy
         self.router.add(PeerHealthRequest, self._serve_health)
         self.configure(self.router)
         return RunningServices(

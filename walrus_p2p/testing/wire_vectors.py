@@ -214,6 +214,7 @@ def _system_log_samples(blob_id: BlobId, network_id: bytes) -> dict[str, wire.Me
             records.MemberEntry(PeerId(peer_b), _filled(32, 0x31), 2, ("/dns4/b/tcp/4002",)),
         ),
         shard_owners=(0, 1, 1, 0, 1),
+        settlement=_filled(40, 0x78),
     )
     value_id = _filled(32, 0x77)
     vote_body = records.VoteBody(records.VoteKind.PRECOMMIT, network_id, Epoch(5), 2, value_id)
@@ -378,6 +379,8 @@ def _economy_messages(
             (_filled(32, 0x10), _filled(32, 0x20)),
             (_filled(32, 0x30),),
             (signatures[1].signer,),
+            (signatures[0].signer,),
+            (_filled(64, 0x68), _filled(64, 0x69)),
         ),
         "EpochSettlement/empty": em.EpochSettlement(network_id, Epoch(0), 0, (), (), (), ()),
         "ApproveOrderRequest": em.ApproveOrderRequest(signed),
@@ -389,6 +392,41 @@ def _economy_messages(
             Epoch(7), 999 * 10**9, 4, _filled(32, 0x95), (encoded,), (encoded,)
         ),
         "GetAccountReply/new": em.GetAccountReply(Epoch(0), 0, 0, None, (), ()),
+        "GetEconomyRequest": em.GetEconomyRequest(account),
+        "GetEconomyRequest/summary": em.GetEconomyRequest(None),
+        "GetEconomyReply": em.GetEconomyReply(
+            epoch=Epoch(7),
+            settled_epoch=Epoch(6),
+            storage_price=100_000,
+            write_price=20_000,
+            total_stake=25 * 10**9,
+            reward_fund=12,
+            burned=3_000,
+            pools=(em.PoolEntry(Epoch(7), 500), em.PoolEntry(Epoch(8), 499)),
+            stakes=(
+                em.StakeEntry(
+                    _filled(32, 0x96),
+                    key,
+                    25 * 10**9,
+                    1_234,
+                    em.StakeStateCode.ACTIVE,
+                    Epoch(3),
+                    None,
+                    None,
+                ),
+                em.StakeEntry(
+                    _filled(32, 0x97),
+                    key,
+                    10**9,
+                    0,
+                    em.StakeStateCode.WITHDRAWABLE,
+                    Epoch(2),
+                    Epoch(6),
+                    _filled(32, 0x98),
+                ),
+            ),
+        ),
+        "GetEconomyReply/empty": em.GetEconomyReply(Epoch(0), None, 0, 0, 0, 0, 0, (), ()),
         "ListCertificatesRequest": em.ListCertificatesRequest(em.order_key(account, 3), 24),
         "ListCertificatesRequest/first": em.ListCertificatesRequest(None, 1),
         "ListCertificatesReply": em.ListCertificatesReply((encoded,), em.order_key(other, 0)),
