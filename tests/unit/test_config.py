@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -9,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from walrus_p2p import cli
+from walrus_p2p.cli import EXIT_USAGE
+from walrus_p2p.core.economy import VoteSettings
 from walrus_p2p.core.genesis import create_genesis_toml
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.errors import ConfigError
@@ -348,3 +352,59 @@ def test_the_home_profile_loads_with_the_default_inbound_limits(tmp_path: Path) 
     loaded = config.load_config(tmp_path)
     assert loaded.inbound == InboundLimits()
     assert loaded.metrics_address == "127.0.0.1:9464"
+
+
+def test_votes_come_from_an_optional_table_and_walrus_peer_vote_rewrites_it(
+    tmp_path: Path, genesis_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "voter"
+    config.init_peer(data_dir, genesis_path, LISTEN, capacity_bytes=5 * 2**30)
+    assert config.load_vote(data_dir) is None
+    config_file = data_dir / "peer.toml"
+    config_file.write_text(config_file.read_text() + "\n[challenges]\nwindow_seconds = 12\n")
+    # the first vote needs both prices
+    assert cli.main(["vote", "--data-dir", str(data_dir), "--storage-price", "5"]) == EXIT_USAGE
+    assert "--write-price" in capsys.readouterr().err
+    arguments = ["vote", "--data-dir", str(data_dir), "--storage-price", "150000"]
+    assert cli.main([*arguments, "--write-price", "30000", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["vote"] == {
+        "storagePrice": 150_000,
+        "writePrice": 30_000,
+        "capacity": 5 * 2**30,
+        "commissionBps": 0,
+    }
+    # a change keeps the other values and the rest of peer.toml
+    assert cli.main(["vote", "--data-dir", str(data_dir), "--commission-bps", "250"]) == 0
+    capsys.readouterr()
+    loaded = config.load_peer(data_dir).config
+    assert loaded.vote == VoteSettings(150_000, 30_000, 5 * 2**30, 250)
+    assert loaded.challenge_window_seconds == 12.0
+    assert config_file.read_text().count("[vote]") == 1
+    assert cli.main(["vote", "--data-dir", str(data_dir), "--commission-bps", "10001"]) == (
+        EXIT_USAGE
+    )
+    assert "commission_bps" in capsys.readouterr().err
+    assert config.load_vote(data_dir) == VoteSettings(150_000, 30_000, 5 * 2**30, 250)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("write_price = 1", "vote.storage_price: missing"),
+        ("storage_price = 1\nwrite_price = -1", "vote: write_price must be"),
+        ("storage_price = 1\nwrite_price = 1\ncommission_bps = 20000", "vote: commission_bps"),
+        ('storage_price = "1"\nwrite_price = 1', "vote: storage_price must be"),
+        ("storage_price = 1\nwrite_price = 1\nprice = 3", "vote.price: unknown field"),
+    ],
+)
+def test_bad_votes_are_refused(
+    tmp_path: Path, genesis_path: Path, table: str, message: str
+) -> None:
+    data_dir = tmp_path / "bad-vote"
+    config.init_peer(data_dir, genesis_path, LISTEN)
+    config_file = data_dir / "peer.toml"
+    config_file.write_text(config_file.read_text() + f"\n[vote]\n{table}\n")
+    with pytest.raises(ConfigError, match=message) as caught:
+        config.load_peer(data_dir)
+    assert caught.value.path == str(config_file)

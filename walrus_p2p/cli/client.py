@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -31,6 +32,8 @@ from walrus_p2p.cli._common import (
 )
 from walrus_p2p.cli.lifetime import add_lifetime_options, epoch_number
 from walrus_p2p.errors import WalrusError
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from walrus_p2p.client.encryption import Secret
@@ -497,19 +500,27 @@ def _command_info(arguments: argparse.Namespace) -> int:
         from walrus_p2p.client.committee import refresh_committee
         from walrus_p2p.core.migration import moved_shards
 
-        async def fetch(light: LightPeer) -> tuple[Any, int, str | None, list[int]]:
+        async def fetch(light: LightPeer) -> tuple[Any, int, str | None, list[int], Any]:
             try:
                 await refresh_committee(light)
             except WalrusError as error:
-                return light.committee, 0, str(error), []
+                return light.committee, 0, str(error), [], None
             start = light.chain[-1].value.start_time if light.chain else genesis.genesis_time
             previous = light.committee_of(light.epoch - 1)
             moved = [] if previous is None else sorted(moved_shards(previous, light.committee))
             await light.refresh_in_place(min_interval=0.0)
             in_place = light.in_place.get(light.epoch, set())
-            return light.committee, start, None, [s for s in moved if s not in in_place]
+            view = None
+            if genesis.economy is not None:
+                from walrus_p2p.client.staking import economy_view
 
-        committee, start_time, problem, arriving = run_light(arguments, fetch)
+                try:
+                    view = await economy_view(light)
+                except WalrusError as error:
+                    logger.warning("economy summary unavailable: %s", error)
+            return light.committee, start, None, [s for s in moved if s not in in_place], view
+
+        committee, start_time, problem, arriving, economy = run_light(arguments, fetch)
         verified = problem is None
     epoch = int(committee.epoch)
     n_shards = genesis.n_shards
@@ -551,6 +562,22 @@ def _command_info(arguments: argparse.Namespace) -> int:
         },
         "prices": _prices_json(genesis),
     }
+    if economy is not None:
+        reply = economy.reply
+        summary["prices"] = {
+            "storagePrice": reply.storage_price,
+            "writePrice": reply.write_price,
+            "unit": "FROST per MiB of encoded size (storage: per epoch)",
+            "source": "committee",
+        }
+        summary["economy"] = {
+            "settledEpoch": reply.settled_epoch,
+            "totalStake": reply.total_stake,
+            "rewardFund": reply.reward_fund,
+            "burned": reply.burned,
+            "pools": [{"epoch": int(p.epoch), "amount": p.amount} for p in reply.pools],
+            "agreeingShards": economy.agreeing_shards,
+        }
     if problem is not None:
         summary["unverifiedReason"] = problem
     if arguments.json:
@@ -574,8 +601,16 @@ def _command_info(arguments: argparse.Namespace) -> int:
         print("prices: none (no economy: storing is free)")
     else:
         print(
-            f"prices (genesis): storage {prices['storagePrice']} FROST/MiB/epoch, "
+            f"prices ({prices['source']}): storage {prices['storagePrice']} FROST/MiB/epoch, "
             f"write {prices['writePrice']} FROST/MiB"
+        )
+    if "economy" in summary:
+        money = summary["economy"]
+        pools = sum(pool["amount"] for pool in money["pools"])
+        print(
+            f"economy: settled through epoch {money['settledEpoch']}, stake "
+            f"{money['totalStake']} FROST, pools {pools} FROST over {len(money['pools'])} "
+            f"epochs, reward fund {money['rewardFund']}, burned {money['burned']} FROST"
         )
     for entry in summary["committee"]:
         shards = ",".join(str(shard) for shard in entry["shards"]) or "-"

@@ -1,4 +1,4 @@
-"""Storage peer commands: ``init``, ``genesis create``, ``run``."""
+"""Storage peer commands: ``init``, ``genesis create``, ``run``, ``vote``."""
 
 from __future__ import annotations
 
@@ -101,6 +101,70 @@ def _command_run(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _command_vote(arguments: argparse.Namespace) -> int:
+    """Show or change the peer's votes (peer.toml ``[vote]``; docs/economics.md, "Votes")."""
+    from walrus_p2p.core.economy import VoteSettings
+    from walrus_p2p.node.config import load_config, write_vote
+
+    config = load_config(arguments.data_dir)
+    current = config.vote
+    changes = {
+        "storage_price": arguments.storage_price,
+        "write_price": arguments.write_price,
+        "capacity": arguments.capacity,
+        "commission_bps": arguments.commission_bps,
+    }
+    if any(value is not None for value in changes.values()):
+        base = {
+            "storage_price": None if current is None else current.storage_price,
+            "write_price": None if current is None else current.write_price,
+            "capacity": config.capacity_bytes if current is None else current.capacity,
+            "commission_bps": 0 if current is None else current.commission_bps,
+        }
+        base.update({key: value for key, value in changes.items() if value is not None})
+        missing = [key for key, value in base.items() if value is None]
+        if missing:
+            flags = ", ".join("--" + key.replace("_", "-") for key in missing)
+            raise UsageError(f"the first vote needs {flags}")
+        try:
+            current = VoteSettings(**base)  # type: ignore[arg-type]
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+        write_vote(arguments.data_dir, current)
+    summary = {
+        "dataDir": str(arguments.data_dir),
+        "vote": None
+        if current is None
+        else {
+            "storagePrice": current.storage_price,
+            "writePrice": current.write_price,
+            "capacity": current.capacity,
+            "commissionBps": current.commission_bps,
+        },
+    }
+    if arguments.json:
+        print(json.dumps(summary))
+    elif current is None:
+        print("this peer does not vote (no [vote] table in peer.toml)")
+    else:
+        print(
+            f"vote: storage {current.storage_price} FROST/MiB/epoch, write "
+            f"{current.write_price} FROST/MiB, capacity {current.capacity} B, commission "
+            f"{current.commission_bps} bps (a running peer casts it at the next epoch change)"
+        )
+    return EXIT_OK
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from error
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     init = commands.add_parser("init", help="create a storage peer's identity and config")
     init.add_argument("--data-dir", required=True, metavar="DIR")
@@ -165,3 +229,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     run.add_argument("--metrics", metavar="HOST:PORT", help="override the config's metrics address")
     add_log_level(run, "info")
     run.set_defaults(handler=_command_run)
+
+    vote = commands.add_parser(
+        "vote", help="show or change a storage peer's price, capacity and commission votes"
+    )
+    vote.add_argument("--data-dir", required=True, metavar="DIR")
+    vote.add_argument("--storage-price", type=_non_negative, metavar="FROST")
+    vote.add_argument("--write-price", type=_non_negative, metavar="FROST")
+    vote.add_argument("--capacity", type=_non_negative, metavar="BYTES")
+    vote.add_argument("--commission-bps", type=_non_negative, metavar="BPS")
+    vote.add_argument("--json", action="store_true", help="print JSON for scripts")
+    vote.set_defaults(handler=_command_vote)

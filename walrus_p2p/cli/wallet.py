@@ -51,7 +51,7 @@ def parse_amount(text: str, *, frost: bool) -> int:
     return value
 
 
-def _address_of(arguments: argparse.Namespace) -> bytes:
+def address_of(arguments: argparse.Namespace) -> bytes:
     from walrus_p2p.client.wallet import load_wallet, parse_address
 
     if getattr(arguments, "address", None):
@@ -59,7 +59,7 @@ def _address_of(arguments: argparse.Namespace) -> bytes:
     return load_wallet(wallet_path(arguments)).public_key.raw
 
 
-def _run_light(arguments: argparse.Namespace, work: Any) -> int:
+def run_wallet_light(arguments: argparse.Namespace, work: Any) -> int:
     """Open a light peer of the network (its committee verified from genesis) and run ``work``."""
     import trio
 
@@ -113,7 +113,7 @@ def _command_address(arguments: argparse.Namespace) -> int:
 def _command_balance(arguments: argparse.Namespace) -> int:
     from walrus_p2p.client.wallet import account_view, format_wal
 
-    address = _address_of(arguments)
+    address = address_of(arguments)
 
     async def work(light: LightPeer) -> int:
         view = await account_view(light, address, history=1)
@@ -140,7 +140,7 @@ def _command_balance(arguments: argparse.Namespace) -> int:
                 print(f"  unfinished order {order.hex()[:16]} approved by {weight} shards")
         return EXIT_OK
 
-    return _run_light(arguments, work)
+    return run_wallet_light(arguments, work)
 
 
 def _command_send(arguments: argparse.Namespace) -> int:
@@ -176,13 +176,13 @@ def _command_send(arguments: argparse.Namespace) -> int:
             )
         return EXIT_OK
 
-    return _run_light(arguments, work)
+    return run_wallet_light(arguments, work)
 
 
 def _command_history(arguments: argparse.Namespace) -> int:
     from walrus_p2p.client.wallet import account_view, format_wal
 
-    address = _address_of(arguments)
+    address = address_of(arguments)
 
     async def work(light: LightPeer) -> int:
         view = await account_view(light, address, history=arguments.limit)
@@ -211,7 +211,7 @@ def _command_history(arguments: argparse.Namespace) -> int:
                 )
         return EXIT_OK
 
-    return _run_light(arguments, work)
+    return run_wallet_light(arguments, work)
 
 
 def _limit(text: str) -> int:
@@ -226,7 +226,7 @@ def _limit(text: str) -> int:
     return value
 
 
-def _common(command: argparse.ArgumentParser, *, network: bool) -> None:
+def wallet_options(command: argparse.ArgumentParser, *, network: bool) -> None:
     command.add_argument(
         "--wallet",
         metavar="PATH",
@@ -249,23 +249,23 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     address.add_argument(
         "--create", action="store_true", help="create the wallet key file if it does not exist"
     )
-    _common(address, network=False)
+    wallet_options(address, network=False)
     address.set_defaults(handler=_command_address)
 
     balance = actions.add_parser("balance", help="an account's balance as the committee sees it")
     balance.add_argument("address", nargs="?", metavar="ADDRESS", help="default: the wallet's")
-    _common(balance, network=True)
+    wallet_options(balance, network=True)
     balance.set_defaults(handler=_command_balance)
 
     send = actions.add_parser("send", help="transfer WAL, certified by the committee")
     send.add_argument("recipient", metavar="ADDRESS")
     send.add_argument("amount", metavar="AMOUNT", help="WAL, e.g. 1.5 (FROST with --frost)")
     send.add_argument("--frost", action="store_true", help="AMOUNT is an integer of FROST")
-    _common(send, network=True)
+    wallet_options(send, network=True)
     send.set_defaults(handler=_command_send)
 
     history = actions.add_parser("history", help="recent certified orders of an account")
     history.add_argument("address", nargs="?", metavar="ADDRESS", help="default: the wallet's")
     history.add_argument("--limit", type=_limit, default=10, metavar="N", help="1..10")
-    _common(history, network=True)
+    wallet_options(history, network=True)
     history.set_defaults(handler=_command_history)

@@ -5,8 +5,9 @@ peers merge an owner's register record only when the owner's account bought a st
 and attached the blob to it (:mod:`walrus_p2p.core.payments` states the binding). A
 :class:`Payer` makes those orders for one account (the blob owner's key is the account):
 
-1. **quote**: the blob's encoded size in units (MiB, rounded up) at the prices in force — the
-   genesis prices, since settlements (which move prices by votes) are not built yet;
+1. **quote**: the blob's encoded size in units (MiB, rounded up) at the prices in force in the
+   current epoch, as the committee's ledgers report them (the genesis prices until the
+   settlements move them by the peers' votes; asked once per epoch, :meth:`Payer.prices`);
 2. **the account** (``account_view``): its next sequence and balance; a balance below the quote
    fails at once with :class:`~walrus_p2p.errors.InsufficientFundsError` (the amount needed);
    an earlier purchase and attachment of this blob among the account's recent orders that still
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 import trio
 
 from walrus_p2p.client.network import LightPeer
+from walrus_p2p.client.staking import economy_view
 from walrus_p2p.client.wallet import (
     AccountView,
     WalletOptions,
@@ -78,7 +80,8 @@ MAX_LISTING_PAGES = 64
 
 
 def prices_in_force(genesis: Genesis) -> Prices:
-    """The prices a payment uses: the genesis's (votes and settlements are not built yet)."""
+    """The genesis's prices: in force until a settlement moves them (an offline quote uses
+    them; a payment asks the committee, :meth:`Payer.prices`)."""
     economy = genesis.economy_or_default
     return Prices(economy.storage_price, economy.write_price)
 
@@ -173,6 +176,19 @@ class Payer:
         self._lock = trio.Lock()
         self._unfinished: SignedOrder | None = None
         """An order signed at the account's next sequence whose certificate was not made."""
+        self._prices: dict[int, Prices] = {}
+
+    async def prices(self) -> Prices:
+        """The prices in force in the current epoch, as the most shard weight among a quorum
+        of members reports them (cached for the epoch)."""
+        epoch = int(self.light.committee.epoch)
+        cached = self._prices.get(epoch)
+        if cached is None:
+            reply = (await economy_view(self.light, options=self.options)).reply
+            cached = Prices(reply.storage_price, reply.write_price)
+            if reply.epoch == epoch:
+                self._prices = {epoch: cached}
+        return cached
 
     @property
     def genesis(self) -> Genesis:
@@ -270,8 +286,8 @@ class Payer:
         ``OrderRefusedError`` (the members' reason) or ``QuorumError``."""
         genesis = self.genesis
         encoded = encoded_size(size, genesis.n_shards)
-        price = quote(encoded, end_epoch - start_epoch, prices_in_force(genesis))
         async with self._lock:
+            price = quote(encoded, end_epoch - start_epoch, await self.prices())
             committee = self.light.committee
             view = await self._view()
             earlier = _earlier_payment(
@@ -346,7 +362,7 @@ class Payer:
             resource_id, resource = await self._attached_resource(blob_id, view.next_sequence)
             if end_epoch <= resource.end_epoch:
                 return 0
-            prices = prices_in_force(self.genesis)
+            prices = await self.prices()
             amount = prices.storage_cost(resource.units, end_epoch - resource.end_epoch)
             if view.balance < amount:
                 raise _insufficient(amount, view.balance)

@@ -274,7 +274,7 @@ class TransferResult:
     certificate: CertifiedOrder
 
 
-async def _each_member(
+async def each_member(
     committee: Committee,
     call: Callable[[PeerId], Awaitable[T]],
     *,
@@ -367,7 +367,7 @@ async def account_view(
     # A quorum of answers is enough: the certificate of the account's latest order reached a
     # quorum (the sending wallet waits for that), and two quorums share an honest member, so
     # the highest sequence proven among a quorum is the account's (when its last send ended).
-    replies, failures = await _each_member(
+    replies, failures = await each_member(
         committee,
         ask,
         options=options,
@@ -492,7 +492,7 @@ async def collect_approvals(
             n_shards - committee.shard_weight(final), n_shards
         )
 
-    approvals, failures = await _each_member(committee, ask, options=options, enough=enough)
+    approvals, failures = await each_member(committee, ask, options=options, enough=enough)
     weight = committee.shard_weight(approvals)
     if not is_quorum(weight, n_shards):
         raise _refusal(failures, committee, weight, f"order {body.sequence}")
@@ -522,7 +522,7 @@ async def _deliver_all(
     async with trio.open_nursery() as nursery:
 
         async def everyone() -> None:
-            await _each_member(
+            await each_member(
                 committee, give, options=options, enough=lambda answers, failed: False
             )
             quorum.set()
@@ -557,6 +557,59 @@ async def deliver_certificate(
     return committee.shard_weight(taken)
 
 
+@dataclass(frozen=True, slots=True)
+class OrderResult:
+    """A certified order of the wallet's account (a stake, a withdrawal, ...)."""
+
+    order_id: bytes
+    account: bytes
+    body: OrderBody
+    approved_shards: int
+    delivered_shards: int
+    n_shards: int
+    certificate: CertifiedOrder
+
+
+OrderBuilder = Callable[[bytes, bytes, int, Epoch], OrderBody]
+"""Builds an order body from (network id, account, sequence, epoch)."""
+
+
+async def send_order(
+    light: LightPeer,
+    owner: identity.Identity,
+    build: OrderBuilder,
+    *,
+    options: WalletOptions | None = None,
+) -> OrderResult:
+    """Get one order of ``owner``'s account certified and delivered: the flow of the module
+    docstring, for any order body ``build`` makes. Raises ``OrderRefusedError`` (the members'
+    reason), ``QuorumError`` (not enough members answered)."""
+    options = options or WalletOptions()
+    account = owner.public_key.raw
+    await light.refresh_if_stale(min_interval=0.0)
+    committee = light.committee
+    view = await account_view(light, account, history=1, options=options)
+    body = build(light.genesis.network_id, account, view.next_sequence, Epoch(committee.epoch))
+    signed = sign_order(owner, body)
+    approvals = await collect_approvals(light, committee, signed, options=options)
+    certificate = certify(signed, approvals)
+    verify_certified_order(certificate, light.genesis.network_id, light.committee_of)
+    delivered = await deliver_certificate(light, committee, certificate, options=options)
+    if not is_quorum(delivered, committee.n_shards):
+        # Certified all the same (final); the members that missed it learn it by gossip or
+        # when they fill the gap this leaves before the account's next order.
+        logger.warning("certificate delivered to %d shards only", delivered)
+    return OrderResult(
+        order_id=order_id(signed),
+        account=account,
+        body=body,
+        approved_shards=committee.shard_weight(s.signer for s in approvals),
+        delivered_shards=delivered,
+        n_shards=committee.n_shards,
+        certificate=certificate,
+    )
+
+
 async def send_transfer(
     light: LightPeer,
     owner: identity.Identity,
@@ -569,43 +622,32 @@ async def send_transfer(
     module docstring. Raises ``OrderRefusedError`` (the members' reason: ``ORDER_OVERDRAWN``,
     ``ORDER_CONFLICT``, ...), ``QuorumError`` (not enough members answered) or
     ``ConfigError`` (a bad amount or recipient)."""
-    options = options or WalletOptions()
     account = owner.public_key.raw
     if amount <= 0:
         raise ConfigError("the amount must be positive")
     if recipient == account:
         raise ConfigError("a transfer to the sending account itself is not an order")
-    await light.refresh_if_stale(min_interval=0.0)
-    committee = light.committee
-    view = await account_view(light, account, history=1, options=options)
-    if view.balance < amount:
-        logger.info("balance seen %d below amount %d; members decide", view.balance, amount)
-    body = TransferBody(
-        network_id=light.genesis.network_id,
-        account=account,
-        sequence=view.next_sequence,
-        epoch=Epoch(committee.epoch),
-        recipient=recipient,
-        amount=amount,
-    )
-    signed = sign_order(owner, body)
-    approvals = await collect_approvals(light, committee, signed, options=options)
-    certificate = certify(signed, approvals)
-    verify_certified_order(certificate, light.genesis.network_id, light.committee_of)
-    delivered = await deliver_certificate(light, committee, certificate, options=options)
-    if not is_quorum(delivered, committee.n_shards):
-        # Certified all the same (final); the members that missed it learn it by gossip or
-        # when they fill the gap this leaves before the account's next order.
-        logger.warning("certificate delivered to %d shards only", delivered)
+
+    def build(network_id: bytes, account: bytes, sequence: int, epoch: Epoch) -> TransferBody:
+        return TransferBody(
+            network_id=network_id,
+            account=account,
+            sequence=sequence,
+            epoch=epoch,
+            recipient=recipient,
+            amount=amount,
+        )
+
+    result = await send_order(light, owner, build, options=options)
     return TransferResult(
-        order_id=order_id(signed),
+        order_id=result.order_id,
         account=account,
         recipient=recipient,
         amount=amount,
-        sequence=body.sequence,
-        epoch=int(body.epoch),
-        approved_shards=committee.shard_weight(s.signer for s in approvals),
-        delivered_shards=delivered,
-        n_shards=committee.n_shards,
-        certificate=certificate,
+        sequence=result.body.sequence,
+        epoch=int(result.body.epoch),
+        approved_shards=result.approved_shards,
+        delivered_shards=result.delivered_shards,
+        n_shards=result.n_shards,
+        certificate=result.certificate,
     )

@@ -31,6 +31,7 @@ from typing import Any
 
 from walrus_p2p.core import toml_text
 from walrus_p2p.core.committee import Member
+from walrus_p2p.core.economy import VoteSettings
 from walrus_p2p.core.genesis import Genesis, check_tcp_multiaddr, parse_genesis
 from walrus_p2p.core.identity import SEED_LENGTH, Identity
 from walrus_p2p.errors import ConfigError
@@ -59,7 +60,8 @@ class PeerConfig:
     metrics_address: str | None = None
     weight: int = DEFAULT_WEIGHT
     """The weight this peer declares in its candidacy (genesis members keep their genesis
-    weight; others are capped, see ``core.epochs.member_weight``)."""
+    weight; others are capped, see ``core.epochs.member_weight``; on a network with an economy
+    stake decides instead, and the declaration does not count)."""
     candidate: bool = True
     """Announce a candidacy each epoch (a genesis member that stops announcing is dropped)."""
     inbound: InboundLimits = field(default_factory=InboundLimits)
@@ -69,6 +71,9 @@ class PeerConfig:
     challenge_window_seconds: float | None = None
     """The optional ``[challenges]`` table (docs/challenges.md, "Timing"): ``enabled`` and
     ``window_seconds`` (an explicit window runs rounds whatever the epoch length)."""
+    vote: VoteSettings | None = None
+    """The optional ``[vote]`` table (docs/economics.md, "Votes"): what this peer votes each
+    epoch on a network with an economy; None: it does not vote."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +221,7 @@ def _config_text(config: PeerConfig) -> bytes:
         + toml_text.assignment("listen_addresses", toml_text.string_array(config.listen_addresses))
         + toml_text.assignment("capacity_bytes", toml_text.integer(config.capacity_bytes))
         + "# declared in the candidacy; genesis members keep their genesis weight, newcomers are\n"
-        + "# capped at the smallest genesis weight\n"
+        + "# capped at the smallest genesis weight (with an economy, stake decides instead)\n"
         + toml_text.assignment("weight", toml_text.integer(config.weight))
         + "# false: do not ask for shards (a genesis member that stops announcing is dropped)\n"
         + toml_text.assignment("candidate", "true" if config.candidate else "false")
@@ -294,6 +299,7 @@ def load_config(data_dir: str | os.PathLike[str]) -> PeerConfig:
         "candidate",
         "inbound",
         "challenges",
+        "vote",
     }
     _reject_unknown(document, allowed, where)
     if document.get("version") != CONFIG_VERSION:
@@ -321,6 +327,7 @@ def load_config(data_dir: str | os.PathLike[str]) -> PeerConfig:
         candidate=candidate,
         inbound=_inbound_limits(document.get("inbound", {}), where),
         **_challenge_settings(document.get("challenges", {}), where),
+        vote=_vote_settings(document.get("vote"), capacity, where),
     )
     _validate_config(config, where=where)
     return config
@@ -435,6 +442,74 @@ def _challenge_settings(table: object, where: str) -> dict[str, Any]:
         "challenges_enabled": enabled,
         "challenge_window_seconds": None if window is None else float(window),
     }
+
+
+VOTE_KEYS = ("storage_price", "write_price", "capacity", "commission_bps")
+
+
+def _vote_settings(table: object, capacity: object, where: str) -> VoteSettings | None:
+    """The ``[vote]`` table: ``storage_price`` and ``write_price`` (required), ``capacity``
+    (default: ``capacity_bytes``), ``commission_bps`` (default 0)."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError("vote: must be a table like [vote] storage_price = 100000", path=where)
+    for key in table:
+        if key not in VOTE_KEYS:
+            raise ConfigError(f"vote.{key}: unknown field", path=where)
+    for key in ("storage_price", "write_price"):
+        if key not in table:
+            raise ConfigError(f"vote.{key}: missing", path=where)
+    try:
+        return VoteSettings(
+            storage_price=table["storage_price"],
+            write_price=table["write_price"],
+            capacity=table.get("capacity", capacity),
+            commission_bps=table.get("commission_bps", 0),
+        )
+    except ValueError as error:
+        raise ConfigError(f"vote: {error}", path=where) from error
+
+
+def vote_table_text(vote: VoteSettings) -> str:
+    """The ``[vote]`` table as ``walrus-peer vote`` writes it into ``peer.toml``."""
+    return (
+        '\n[vote]  # this peer\'s votes (docs/economics.md, "Votes"): from the next epoch on\n'
+        + toml_text.assignment("storage_price", toml_text.integer(vote.storage_price))
+        + toml_text.assignment("write_price", toml_text.integer(vote.write_price))
+        + toml_text.assignment("capacity", toml_text.integer(vote.capacity))
+        + toml_text.assignment("commission_bps", toml_text.integer(vote.commission_bps))
+    )
+
+
+def write_vote(data_dir: str | os.PathLike[str], vote: VoteSettings) -> Path:
+    """Replace the ``[vote]`` table of the peer's ``peer.toml`` (the rest stays as written),
+    checking that the result loads before it replaces the file. A running peer reads it again
+    at each epoch change."""
+    path = config_path(data_dir)
+    text = _read_bytes(path, MAX_CONFIG_FILE_SIZE).decode("utf-8")
+    kept: list[str] = []
+    inside = False
+    for line in text.splitlines(keepends=True):
+        header = line.strip()
+        if header.startswith("["):
+            inside = header.split("]", 1)[0].strip("[ ") == "vote"
+        if not inside:
+            kept.append(line)
+    updated = "".join(kept).rstrip("\n") + "\n" + vote_table_text(vote)
+    try:
+        document = tomllib.loads(updated)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"cannot update the vote: {error}", path=str(path)) from error
+    if _vote_settings(document.get("vote"), vote.capacity, str(path)) != vote:
+        raise ConfigError("the [vote] table did not come out as written", path=str(path))
+    _write_file(path, updated.encode("utf-8"), mode=0o644, replace=True)
+    return path
+
+
+def load_vote(data_dir: str | os.PathLike[str]) -> VoteSettings | None:
+    """The ``[vote]`` table of the peer's ``peer.toml`` as it is now."""
+    return load_config(data_dir).vote
 
 
 def _reject_unknown(document: Mapping[str, Any], allowed: set[str], where: str) -> None:

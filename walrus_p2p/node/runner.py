@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -11,7 +12,8 @@ import trio
 
 from walrus_p2p.net.libp2p_patches import TRIM_INTERVAL, trim_allocator, tune_allocator
 from walrus_p2p.node.challenges import ChallengeOptions
-from walrus_p2p.node.config import load_peer
+from walrus_p2p.node.config import load_peer, load_vote
+from walrus_p2p.node.economy import EconomyOptions
 from walrus_p2p.node.epochs import EpochOptions
 from walrus_p2p.node.faults import fault_from_environment, peer_service_class
 from walrus_p2p.node.peer import PeerOptions, StoragePeerService
@@ -55,6 +57,8 @@ async def run_peer(
                     enabled=loaded.config.challenges_enabled,
                     window_seconds=loaded.config.challenge_window_seconds,
                 ),
+                # peer.toml's [vote] is read again at each epoch change (walrus-peer vote).
+                economy=EconomyOptions(vote_source=functools.partial(load_vote, data_dir)),
             ),
         )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
