@@ -5,6 +5,7 @@ Run from the repository root on an otherwise quiet machine::
     .venv/bin/python bench/epochs.py                                  # 20 peers, 100 shards, 30 s
     .venv/bin/python bench/epochs.py --peers 50 --shards 200 --epoch-duration 60 --changes 5
     .venv/bin/python bench/epochs.py --churn                          # kills/restarts + 4 writers
+    .venv/bin/python bench/epochs.py --economy                        # with settlements
     .venv/bin/python bench/epochs.py --epoch-duration 3600 --changes 0 --settle 60 \
         --quiet-seconds 90                                            # idle, nothing to agree on
 
@@ -302,6 +303,11 @@ def main() -> None:
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     parser.add_argument("--keep", action="store_true", help="keep the devnet directory")
     parser.add_argument("--churn", action="store_true")
+    parser.add_argument(
+        "--economy",
+        action="store_true",
+        help="devnet --economy: every epoch value carries a settlement (docs/economics.md)",
+    )
     parser.add_argument("--churn-seconds", type=float, default=120.0)
     parser.add_argument("--churn-interval", type=float, default=15.0)
     parser.add_argument("--restart-delay", type=float, default=8.0)
@@ -317,7 +323,8 @@ def main() -> None:
     )
     print(
         f"peers={arguments.peers} shards={arguments.shards} "
-        f"epoch={arguments.epoch_duration}s changes={arguments.changes} churn={arguments.churn}"
+        f"epoch={arguments.epoch_duration}s changes={arguments.changes} churn={arguments.churn} "
+        f"economy={arguments.economy}"
     )
     directory = Path(tempfile.mkdtemp(prefix="walrus-epochs-"))
     devnet = DevnetCommand(
@@ -326,6 +333,7 @@ def main() -> None:
         shards=arguments.shards,
         epoch_duration=arguments.epoch_duration,
         http_port=arguments.http_port,
+        economy=arguments.economy,
     )
     meter = CpuMeter()
     sampler = Sampler(devnet, meter)

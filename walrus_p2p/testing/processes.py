@@ -807,10 +807,13 @@ class DevnetCommand:
         shards: int,
         epoch_duration: int,
         http_port: int = 0,
+        economy: bool = False,
     ) -> None:
         self.directory = directory
         self.peer_count = peers
         self.shards = shards
+        self.economy = economy
+        """``walrus-peer devnet --economy``: every epoch value carries a settlement."""
         self.http = f"127.0.0.1:{http_port or free_tcp_port()}"
         self.process: subprocess.Popen[bytes] | None = None
         self.peers: dict[int, DevnetCommandPeer] = {}
@@ -831,6 +834,7 @@ class DevnetCommand:
                 str(self.epoch_duration),
                 "--http",
                 self.http,
+                *(["--economy"] if self.economy else []),
             ),
             log_path=self.directory / "devnet.log",
             die_with_parent=False,
