@@ -121,6 +121,7 @@ def main() -> int:
         devnet.start()
         ready = devnet.wait_ready(arguments.ready_timeout)
         print(f"devnet writable after {ready:.1f} s")
+        devnet.discover()
         blobs = {}
         for _ in range(arguments.blobs):
             data = os.urandom(arguments.blob_size)

@@ -36,6 +36,7 @@ from walrus_p2p.api import (
 from walrus_p2p.client.cache import CacheOptions
 from walrus_p2p.client.service import WalrusClient, open_client
 from walrus_p2p.client.wallet import FROST_PER_WAL, ensure_wallet, load_wallet
+from walrus_p2p.core.economy import VoteSettings
 from walrus_p2p.core.genesis import Allocation, EconomyGenesis, Genesis, create_genesis_toml
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.errors import ConfigError, WalrusError
@@ -46,6 +47,7 @@ from walrus_p2p.node.config import (
     load_config,
     load_genesis,
     write_genesis,
+    write_vote,
 )
 from walrus_p2p.types import blob_id_to_text
 
@@ -176,6 +178,19 @@ def prepare(options: DevnetOptions) -> Genesis:
                 Allocation(gateway.public_key.raw, WALLET_FUNDS),
             )
         )
+        # Every devnet peer votes the genesis prices (docs/economics.md, "Votes"): the
+        # settlements carry their signed votes, and `walrus-peer vote` changes one.
+        for index in range(1, options.peers + 1):
+            data_dir = peer_dir(directory, index)
+            if load_config(data_dir).vote is None:
+                write_vote(
+                    data_dir,
+                    VoteSettings(
+                        storage_price=economy.storage_price,
+                        write_price=economy.write_price,
+                        capacity=options.capacity_bytes,
+                    ),
+                )
     text = create_genesis_toml(
         network="devnet",
         n_shards=options.shards,

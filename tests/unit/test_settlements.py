@@ -122,7 +122,7 @@ def test_payable_counts_an_agreed_settlement_that_is_not_applied_yet() -> None:
         ({"withdrawal_requests": (bytes([8]) * 32,)}, "unknown withdrawal requests"),
         ({"epoch": Epoch(1)}, "expected 0"),
         ({"slashed": (IDS[1],)}, "without a slashing vote"),
-        ({"votes": (VoteEntry(IDS[0], 5, 1, 10, 0),)}, "one signature per vote"),
+        ({"votes": (VoteEntry(IDS[0], 5, 1, 10, 0),)}, "one signature and epoch per vote"),
         ({"certified": (IDS[0],)}, "without a certificate known here"),
         ({"network_id": bytes(32)}, "another network"),
         ({"withdrawal_requests": (bytes([2]) * 32, bytes([1]) * 32)}, "not sorted"),
@@ -152,12 +152,13 @@ def test_votes_carry_signatures_and_certificates_are_accepted_only_as_verified_h
     stranger = identities(1, salt=42)[0]
     votes = {
         IDS[2]: vote_of(MEMBERS[2], 0),
-        IDS[1]: vote_of(MEMBERS[1], 1),  # for the next epoch: not listed now
+        IDS[1]: vote_of(MEMBERS[1], 1),  # cast in the next epoch: not listed now
         stranger.peer_id: vote_of(stranger, 0),  # not a member: not listed
     }
     proposal = propose_settlement(ledger, COMMITTEE_0, votes=votes, certified={IDS[0], IDS[3]})
     assert proposal.votes == (VoteEntry(IDS[2], 5, 1, 10**9, 500),)
     assert proposal.vote_signatures == (votes[IDS[2]].signature,)
+    assert proposal.vote_epochs == (0,)
     assert proposal.certified == tuple(sorted((IDS[0], IDS[3])))
     value = value_with(proposal)
     # a validator that never received the vote checks its signature against the committee
@@ -168,13 +169,14 @@ def test_votes_carry_signatures_and_certificates_are_accepted_only_as_verified_h
     altered = dataclasses.replace(proposal, votes=(VoteEntry(IDS[2], 4, 1, 10**9, 500),))
     with pytest.raises(VerificationError):
         check(ledger, value_with(altered), certified=frozenset(IDS))
-    unsigned = dataclasses.replace(proposal, vote_signatures=())
-    with pytest.raises(VerificationError, match="one signature per vote"):
+    unsigned = dataclasses.replace(proposal, vote_signatures=(), vote_epochs=())
+    with pytest.raises(VerificationError, match="one signature and epoch per vote"):
         check(ledger, value_with(unsigned), certified=frozenset(IDS))
     foreign = dataclasses.replace(
         proposal,
         votes=(VoteEntry(stranger.peer_id, 5, 1, 10**9, 500),),
         vote_signatures=(votes[stranger.peer_id].signature,),
+        vote_epochs=(0,),
     )
     with pytest.raises(VerificationError, match="not a member"):
         check(ledger, value_with(foreign), certified=frozenset(IDS))
@@ -266,4 +268,38 @@ def test_a_settlement_with_certified_members_burns_the_others_shares() -> None:
         gained = ledger.balance(key) - balances_before[key]
         assert gained == expected.split.member_rewards.get(IDS[index], 0)
     assert ledger.stake(stake).rewards == 0  # type: ignore[union-attr]
+    assert ledger.total() == ledger.supply
+
+
+def test_a_vote_stays_in_force_until_its_voter_casts_another() -> None:
+    ledger = new_ledger({})
+    committees = [committee_of(MEMBERS, [1, 1, 1, 1], 4, epoch) for epoch in range(4)]
+    votes = {IDS[i]: vote_of(MEMBERS[i], 0, storage_price=10 * (i + 1)) for i in range(4)}
+    first = propose_settlement(ledger, committees[0], votes=votes, certified=None)
+    assert len(first.votes) == 4
+    assert check(ledger, value_with(first)) == first
+    ledger.add_settlement(first, committees[0], committees[1])
+    assert ledger.prices(1).storage_price == 30  # 3 of 4 shards voted at or below 30
+    # unchanged votes are not listed again, and the prices stay
+    second = propose_settlement(ledger, committees[1], votes=votes, certified=None)
+    assert second.votes == ()
+    ledger.add_settlement(second, committees[1], committees[2])
+    assert ledger.prices(2).storage_price == 30
+    # member 3 lowers its price in epoch 2: only its new vote is listed, the others stay
+    votes[IDS[3]] = vote_of(MEMBERS[3], 2, storage_price=5)
+    third = propose_settlement(ledger, committees[2], votes=votes, certified=None)
+    assert [entry.peer_id for entry in third.votes] == [IDS[3]] and third.vote_epochs == (2,)
+    # replaying member 3's older vote is refused by a validator that has the newer one
+    ledger.add_settlement(third, committees[2], committees[3])
+    assert ledger.prices(3).storage_price == 20
+    stale = dataclasses.replace(
+        third,
+        epoch=Epoch(3),
+        votes=(VoteEntry(IDS[3], 40, 1, 10**9, 500),),
+        vote_signatures=(vote_of(MEMBERS[3], 0, storage_price=40).signature,),
+        vote_epochs=(0,),
+    )
+    committee_3 = committees[3]
+    with pytest.raises(VerificationError, match="older than the one in force"):
+        check_settlement(ledger, committee_3, value_with(stale, epoch=4), certified=None)
     assert ledger.total() == ledger.supply

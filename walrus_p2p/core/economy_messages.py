@@ -361,6 +361,7 @@ PeerIds = Annotated[
 ]
 """Peer ids, sorted without repeats (checked by :func:`check_settlement_form`)."""
 VoteSignatures = Annotated[tuple[bytes, ...], ListSpec(BytesSpec.exact(64), MAX_SHARDS)]
+VoteEpochs = Annotated[tuple[Epoch, ...], ListSpec(wire.IntSpec(0, 2**64 - 1), MAX_SHARDS)]
 
 
 @register(111)
@@ -381,9 +382,11 @@ class EpochSettlement(Message):
     - ``certified``: the members paid for ``epoch`` because they hold an availability
       certificate of it (docs/challenges.md, "Payout"): the share of every other member is
       burned; None when no storage challenge ran in ``epoch`` (every member is paid);
-    - ``vote_signatures``: for each entry of ``votes``, in the same order, the voter's
-      signature of its ``ParameterVoteBody`` for ``epoch`` (:func:`vote_body_of`), so that any
-      validator checks a vote without having received it (:func:`verify_settlement_votes`).
+    - ``vote_signatures`` and ``vote_epochs``: for each entry of ``votes``, in the same order,
+      the epoch the voter cast it in (at most ``epoch``) and the voter's signature of that
+      ``ParameterVoteBody`` (:func:`vote_body_of`), so that any validator checks a vote without
+      having received it (:func:`verify_settlement_votes`). A vote stays in force until a newer
+      one of its voter is listed: a settlement lists only new votes (docs/economics.md, "Votes").
     """
 
     network_id: NetworkIdBytes
@@ -395,6 +398,7 @@ class EpochSettlement(Message):
     slashed: PeerIds
     certified: PeerIds | None = None
     vote_signatures: VoteSignatures = ()
+    vote_epochs: VoteEpochs = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -784,15 +788,20 @@ def vote_body_of(
 
 
 def verify_settlement_votes(settlement: EpochSettlement, committee: Committee) -> None:
-    """Every vote entry is signed by its voter, a member of ``committee``, for the settled
-    epoch; ``VerificationError`` otherwise."""
-    if len(settlement.vote_signatures) != len(settlement.votes):
-        raise VerificationError("settlement: not one signature per vote")
-    for entry, signature in zip(settlement.votes, settlement.vote_signatures, strict=True):
+    """Every vote entry is signed by its voter, a member of ``committee``, for the epoch it
+    names (at most the settled one); ``VerificationError`` otherwise."""
+    votes = settlement.votes
+    if not len(settlement.vote_signatures) == len(settlement.vote_epochs) == len(votes):
+        raise VerificationError("settlement: not one signature and epoch per vote")
+    for entry, signature, epoch in zip(
+        votes, settlement.vote_signatures, settlement.vote_epochs, strict=True
+    ):
         if entry.peer_id not in committee:
             raise VerificationError(f"vote of {entry.peer_id}, not a member of the committee")
+        if epoch > settlement.epoch:
+            raise VerificationError(f"vote of {entry.peer_id} cast in a later epoch ({epoch})")
         key = identity.PublicKey(committee.member(entry.peer_id).public_key)
-        body = vote_body_of(entry, settlement.network_id, key.raw, settlement.epoch)
+        body = vote_body_of(entry, settlement.network_id, key.raw, epoch)
         key.verify(PARAMETER_VOTE_CONTEXT, signing_bytes(body), signature)
 
 
@@ -813,5 +822,9 @@ def check_settlement_form(settlement: EpochSettlement, network_id: bytes) -> Non
         raise refuse("an order is listed both as activation and as withdrawal request")
     if any(vote.commission_bps > MAX_COMMISSION_BPS for vote in settlement.votes):
         raise refuse("a commission above 10 000 basis points")
-    if settlement.vote_signatures and len(settlement.vote_signatures) != len(settlement.votes):
-        raise refuse("not one signature per vote")
+    for name in ("vote_signatures", "vote_epochs"):
+        proofs = getattr(settlement, name)
+        if proofs and len(proofs) != len(settlement.votes):
+            raise refuse(f"{name}: not one per vote")
+    if any(epoch > settlement.epoch for epoch in settlement.vote_epochs):
+        raise refuse("a vote cast after the settled epoch")

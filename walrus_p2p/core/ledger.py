@@ -67,6 +67,7 @@ from walrus_p2p.core.economy_messages import (
     SplitStorageBody,
     StakeBody,
     TransferBody,
+    VoteEntry,
     approve,
     check_settlement_form,
     decode_order_body,
@@ -218,6 +219,8 @@ class Ledger:
         self._prices: dict[int, Prices] = {0: parameters.initial_prices}
         self._capacity: dict[int, int] = {}
         self._commissions: dict[PeerId, dict[int, int]] = {}
+        self._votes_in_force: dict[PeerId, tuple[VoteEntry, int]] = {}
+        """Each voter's newest settled vote and the epoch it was cast in."""
 
     @classmethod
     def from_genesis(cls, genesis: Genesis) -> Ledger:
@@ -366,6 +369,10 @@ class Ledger:
                 found.append(request)
         return sorted(found)
 
+    def vote_in_force(self, peer_id: PeerId) -> tuple[VoteEntry, int] | None:
+        """The newest vote of ``peer_id`` a settlement listed, and the epoch it was cast in."""
+        return self._votes_in_force.get(peer_id)
+
     def knows_stake_order(self, stake_id: bytes) -> bool:
         return stake_id in self._stake_orders
 
@@ -412,6 +419,7 @@ class Ledger:
             sorted(self._prices.items(), key=lambda item: item[0]),
             sorted(self._capacity.items()),
             sorted((k, sorted(v.items())) for k, v in self._commissions.items()),
+            sorted(self._votes_in_force.items()),
         )
 
     # Orders ----------------------------------------------------------------------------------
@@ -775,13 +783,18 @@ class Ledger:
         for stake_id, amount in split.staker_rewards.items():
             earning = self._stakes[stake_id]
             self._stakes[stake_id] = dataclasses.replace(earning, rewards=earning.rewards + amount)
-        for vote in settlement.votes:
+        for index, vote in enumerate(settlement.votes):
+            cast = settlement.vote_epochs[index] if settlement.vote_epochs else epoch
+            known = self._votes_in_force.get(vote.peer_id)
+            if known is not None and cast < known[1]:
+                continue  # an older vote than the one in force (only a faulty quorum lists it)
+            self._votes_in_force[vote.peer_id] = (vote, cast)
             schedule = self._commissions.setdefault(vote.peer_id, {})
             schedule[epoch + COMMISSION_DELAY_EPOCHS] = vote.commission_bps
-        self._prices[epoch + 1] = prices_in_force(
-            settlement.votes, next_committee, self.prices(epoch)
-        )
-        capacity = capacity_in_force(settlement.votes, next_committee)
+        # A vote stays in force until its voter casts another (docs/economics.md, "Votes").
+        in_force = [vote for vote, _ in self._votes_in_force.values()]
+        self._prices[epoch + 1] = prices_in_force(in_force, next_committee, self.prices(epoch))
+        capacity = capacity_in_force(in_force, next_committee)
         if capacity is not None:
             self._capacity[epoch + 1] = capacity
         # Entries that do not match the state (only a faulty quorum agrees on those) are ignored.

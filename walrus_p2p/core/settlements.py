@@ -85,27 +85,38 @@ def propose_settlement(
     certified: Collection[PeerId] | None,
 ) -> EpochSettlement:
     """The settlement of ``committee.epoch`` this peer proposes (see module). ``votes``: the
-    verified votes this peer holds, by voter; those of the epoch by its members are listed."""
+    newest verified vote this peer holds of each voter; a member's vote is listed when it was
+    cast in the epoch or before and is newer than the one in force (a vote stays in force
+    until its voter casts another, so unchanged votes cost nothing)."""
     epoch = committee.epoch
     payable = ledger.payable(epoch)
     activations = ledger.stakes_to_activate()[:MAX_SETTLEMENT_MOVES]
     requests = ledger.requests_to_list()[: MAX_SETTLEMENT_MOVES - len(activations)]
     listed = sorted(
-        (VoteEntry(peer, *_prices_of(vote)), vote.signature)
+        (VoteEntry(peer, *_prices_of(vote)), vote.signature, Epoch(vote.body.epoch))
         for peer, vote in votes.items()
-        if peer in committee and vote.body.epoch == epoch
+        if peer in committee and vote.body.epoch <= epoch and _newer(ledger, peer, vote)
     )
     return EpochSettlement(
         network_id=ledger.parameters.network_id,
         epoch=Epoch(epoch),
         payout=payable or 0,
-        votes=tuple(entry for entry, _ in listed),
+        votes=tuple(entry for entry, _, _ in listed),
         stake_activations=tuple(activations),
         withdrawal_requests=tuple(requests),
         slashed=(),
         certified=None if certified is None else tuple(sorted(set(certified))),
-        vote_signatures=tuple(signature for _, signature in listed),
+        vote_signatures=tuple(signature for _, signature, _ in listed),
+        vote_epochs=tuple(cast for _, _, cast in listed),
     )
+
+
+def _newer(ledger: Ledger, peer: PeerId, vote: ParameterVote) -> bool:
+    in_force = ledger.vote_in_force(peer)
+    if in_force is None:
+        return True
+    entry, cast = in_force
+    return vote.body.epoch > cast and VoteEntry(peer, *_prices_of(vote)) != entry
 
 
 def _prices_of(vote: ParameterVote) -> tuple[int, int, int, int]:
@@ -156,6 +167,10 @@ def check_settlement(
             f"settlement pays {settlement.payout}, more than the {payable} known payable"
         )
     verify_settlement_votes(settlement, committee)
+    for entry, cast in zip(settlement.votes, settlement.vote_epochs, strict=True):
+        in_force = ledger.vote_in_force(entry.peer_id)
+        if in_force is not None and cast < in_force[1]:
+            raise VerificationError(f"vote of {entry.peer_id} is older than the one in force")
     if settlement.certified is None:
         if certified:
             raise VerificationError("settlement pays everyone though availability was certified")

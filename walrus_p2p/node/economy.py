@@ -77,6 +77,7 @@ from walrus_p2p.core.economy_messages import (
     SubmitCertificateRequest,
     SubmitOutcome,
     TransferBody,
+    VoteEntry,
     decode_certificate,
     decode_order_body,
     order_id,
@@ -157,8 +158,12 @@ class EconomyOptions:
     """What this peer votes (read at each epoch change: ``peer.toml`` ``[vote]``, so
     ``walrus-peer vote`` takes effect from the next epoch); None: it does not vote."""
     vote_republish_fraction: float = 0.5
-    """Each vote is published at the start of its epoch and again this far into it, for peers
-    that (re)started since (docs/economics.md, "Votes")."""
+    """A vote not in force yet is published at the start of the epoch and again this far into
+    it, for peers that (re)started since (docs/economics.md, "Votes")."""
+
+
+def _vote_values(entry: VoteEntry) -> tuple[int, int, int, int]:
+    return entry.storage_price, entry.write_price, entry.capacity, entry.commission_bps
 
 
 def _epoch_or_none(epoch: int | None) -> Epoch | None:
@@ -206,10 +211,10 @@ class EconomyService:
         payments wait on it."""
         self.challenges: CertificateSource | None = None
         """The availability certificates a settlement pays by (set by the peer)."""
-        self._votes: dict[int, dict[PeerId, tuple[bytes, ParameterVote]]] = {}
-        """Verified parameter votes by epoch and voter (with their encoding). Of two votes of
-        one voter for one epoch the smaller encoding is kept, so every peer that saw both keeps
-        the same one."""
+        self._votes: dict[PeerId, tuple[bytes, ParameterVote]] = {}
+        """The newest verified parameter vote of each voter (with its encoding). Of two votes
+        of one voter for one epoch the smaller encoding is kept, so every peer that saw both
+        keeps the same one."""
         self._vote_wanted = trio.Event()
         self._publish_votes: list[bytes] = []
         self._certified_views: dict[int, Mapping[PeerId, object]] = {}
@@ -336,7 +341,7 @@ class EconomyService:
         settlement = propose_settlement(
             self.ledger,
             committee,
-            votes=self.votes_of(committee.epoch),
+            votes=self.votes(),
             certified=self._certified(committee.epoch),
         )
         logger.info(
@@ -665,47 +670,50 @@ class EconomyService:
 
     # -- parameter votes (docs/economics.md, "Votes") ------------------------------------
 
-    def votes_of(self, epoch: int) -> dict[PeerId, ParameterVote]:
-        """The verified votes of ``epoch`` this peer holds, by voter."""
-        return {peer: vote for peer, (_, vote) in self._votes.get(epoch, {}).items()}
+    def votes(self) -> dict[PeerId, ParameterVote]:
+        """The newest verified vote of each voter this peer holds."""
+        return {peer: vote for peer, (_, vote) in self._votes.items()}
 
     def take_vote(self, vote: ParameterVote) -> bool:
-        """Verify and keep a vote; True if it is the one kept for its voter and epoch (then it
-        is relayed; gossip itself drops repeats). Votes of epochs other than the current one
-        and the next, and of peers outside the current committee, are dropped: only the votes
-        of the epoch that ends are ever listed."""
+        """Verify and keep a vote; True if it is the one kept for its voter (then it is
+        relayed; gossip itself drops repeats). Votes of a later epoch than the next one, and of
+        peers outside the current committee, are dropped (a voter's newest vote is the one a
+        settlement lists)."""
         epoch = int(vote.body.epoch)
-        current = self.ctx.committees.epoch
-        if not current <= epoch <= current + 1:
+        if epoch > self.ctx.committees.epoch + 1:
             return False
         entry = verify_parameter_vote(vote, self.network_id)
         if entry.peer_id not in self.ctx.committee:
             return False
         encoded = wire.encode(vote)
-        kept = self._votes.setdefault(epoch, {})
-        known = kept.get(entry.peer_id)
-        if known is None or encoded < known[0]:
-            kept[entry.peer_id] = (encoded, vote)
-        for old in [e for e in self._votes if e < current - 1]:
-            del self._votes[old]
-        return kept[entry.peer_id][0] == encoded
+        known = self._votes.get(entry.peer_id)
+        if known is None:
+            newer = True
+        else:
+            known_epoch = int(known[1].body.epoch)
+            newer = epoch > known_epoch or (epoch == known_epoch and encoded < known[0])
+        if newer:
+            self._votes[entry.peer_id] = (encoded, vote)
+        for peer in [p for p in self._votes if p not in self.ctx.committee]:
+            del self._votes[peer]
+        return self._votes.get(entry.peer_id, (b"", None))[0] == encoded
 
     async def _vote_loop(self, gossip: Gossip, topic: str) -> None:
-        """Sign this peer's vote at start and at each epoch change; publish it then and again
-        part way through the epoch."""
+        """At start and at each epoch change: if this peer's vote (``peer.toml``) is not the
+        one in force, sign it for the current epoch and publish it, and again part way through
+        the epoch while it is still not in force. A vote in force is never sent again."""
         if self.options.vote_source is None:
             return
         while True:
             self._vote_wanted = trio.Event()
-            epoch = self.ctx.committees.epoch
-            encoded = await self._cast_vote(epoch)
+            encoded = await self._cast_vote(self.ctx.committees.epoch)
             if encoded is not None:
                 await self._publish_vote(gossip, topic, encoded)
-            seconds = self.ctx.genesis.epoch_duration_seconds
-            with trio.move_on_after(seconds * self.options.vote_republish_fraction):
-                await self._vote_wanted.wait()
-            if not self._vote_wanted.is_set() and encoded is not None:
-                await self._publish_vote(gossip, topic, encoded)
+                seconds = self.ctx.genesis.epoch_duration_seconds
+                with trio.move_on_after(seconds * self.options.vote_republish_fraction):
+                    await self._vote_wanted.wait()
+                if not self._vote_wanted.is_set():
+                    await self._publish_vote(gossip, topic, encoded)
             await self._vote_wanted.wait()
 
     async def _cast_vote(self, epoch: int) -> bytes | None:
@@ -718,6 +726,15 @@ class EconomyService:
             return None
         if settings is None:
             return None
+        in_force = self.ledger.vote_in_force(self.ctx.peer_id)
+        wanted = (
+            settings.storage_price,
+            settings.write_price,
+            settings.capacity,
+            settings.commission_bps,
+        )
+        if in_force is not None and _vote_values(in_force[0]) == wanted:
+            return None  # in force already: nothing to send
         vote = sign_parameter_vote(
             self.ctx.identity,
             network_id=self.network_id,

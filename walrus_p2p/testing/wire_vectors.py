@@ -381,6 +381,7 @@ def _economy_messages(
             (signatures[1].signer,),
             (signatures[0].signer,),
             (_filled(64, 0x68), _filled(64, 0x69)),
+            (Epoch(7), Epoch(3)),
         ),
         "EpochSettlement/empty": em.EpochSettlement(network_id, Epoch(0), 0, (), (), (), ()),
         "ApproveOrderRequest": em.ApproveOrderRequest(signed),
