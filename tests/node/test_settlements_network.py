@@ -44,6 +44,7 @@ from walrus_p2p.testing.network import (
     open_test_light_peer,
     seed_for,
 )
+from walrus_p2p.types import BlobId
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -238,3 +239,32 @@ async def test_stake_unstake_withdraw_through_the_wallet() -> None:
             assert view.reply.stakes == ()
             assert view.reply.settled_epoch is not None
             assert ledger.total() == ledger.supply
+
+
+async def test_a_member_that_keeps_failing_its_challenges_is_voted_out() -> None:
+    async with economy_network() as network:
+        peers = network.peers
+        blobs: dict[bytes, bytes] = {}
+        async with open_test_client(network, ALICE) as client:
+            for index in range(2):
+                data = bytes([index + 5]) * 7000
+                with trio.fail_after(STEP):
+                    stored = await client.store(data, epochs=20, permanent=False)
+                blobs[bytes(stored.blob_id)] = data
+        # peer 3 confirms slivers it never stored: no certificate in epochs 1, 2 and 3, so the
+        # settlement of epoch 3 votes it out of the committees of epochs 4 to 6
+        await network.wait_epoch(4, timeout=5 * EPOCH_SECONDS + ROUND_TIMEOUT)
+        observer = peers[0]
+        for epoch in (1, 2, 3):
+            settled = settlement(observer, epoch)
+            assert settled.certified is not None
+            assert peers[3].peer_id not in settled.certified
+            assert peers[0].peer_id in settled.certified
+        committee = observer.running.epochs.committee_of(4)
+        assert committee is not None
+        assert peers[3].peer_id not in committee
+        assert {p.peer_id for p in peers[:3]} <= set(committee.peer_ids)
+        async with open_test_client(network, ALICE) as client:
+            for blob_id, data in blobs.items():
+                with trio.fail_after(STEP):
+                    assert bytes(await client.read(BlobId(blob_id))) == data

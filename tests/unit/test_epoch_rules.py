@@ -204,3 +204,22 @@ def test_stake_moves_shards_and_validators_check_the_stake_weights() -> None:
     joined = propose_next(genesis, genesis.committee, seen_all, stake={newcomer.peer_id: unit})
     assert joined.committee.member(newcomer.peer_id).weight == 2 * unit
     assert check_next(genesis, genesis.committee, seen_all, joined, stake={newcomer.peer_id: unit})
+
+
+def test_a_voted_out_member_is_left_out_unless_the_committee_needs_it() -> None:
+    genesis = make_genesis([1, 1, 1, 1])
+    seen = renewals(genesis, GENESIS_IDS, 1)
+    out = GENESIS_IDS[3].peer_id
+    value = propose_next(genesis, genesis.committee, seen, excluded={out})
+    assert out not in value.committee
+    assert check_next(genesis, genesis.committee, seen, value, excluded={out})
+    # a value that keeps it is refused while the others can form the committee
+    kept = propose_next(genesis, genesis.committee, seen)
+    assert out in kept.committee
+    assert not check_next(genesis, genesis.committee, seen, kept, excluded={out})
+    # with a cap the others cannot fill every shard: then it stays, and that is accepted
+    capped = make_genesis([1, 1, 1, 1], cap=3)
+    seen = renewals(capped, GENESIS_IDS, 1)
+    needed = propose_next(capped, capped.committee, seen, excluded={out})
+    assert out in needed.committee
+    assert check_next(capped, capped.committee, seen, needed, excluded={out})

@@ -303,3 +303,36 @@ def test_a_vote_stays_in_force_until_its_voter_casts_another() -> None:
     with pytest.raises(VerificationError, match="older than the one in force"):
         check_settlement(ledger, committee_3, value_with(stale, epoch=4), certified=None)
     assert ledger.total() == ledger.supply
+
+
+def test_a_member_without_certificates_three_epochs_in_a_row_is_voted_out() -> None:
+    ledger = new_ledger({})
+    committees = [committee_of(MEMBERS, [1, 1, 1, 1], 4, epoch) for epoch in range(4)]
+    # member 3 is left out of the committees of epochs 4..6 (core/epochs.py does that)
+    committees += [committee_of(MEMBERS[:3], [1, 1, 1], 4, epoch) for epoch in range(4, 8)]
+    honest = {IDS[0], IDS[1], IDS[2]}
+    # epoch 0: no challenge ran (certified None): nobody's streak moves
+    settled = propose_settlement(ledger, committees[0], votes={}, certified=None)
+    assert ledger.voted_out_after(settled, committees[0]) == set()
+    ledger.add_settlement(settled, committees[0], committees[1])
+    for epoch in (1, 2):
+        settled = propose_settlement(ledger, committees[epoch], votes={}, certified=honest)
+        assert ledger.voted_out_after(settled, committees[epoch]) == set()
+        ledger.add_settlement(settled, committees[epoch], committees[epoch + 1])
+    # the third uncertified epoch in a row: out of the committees of epochs 4, 5 and 6
+    third = propose_settlement(ledger, committees[3], votes={}, certified=honest)
+    assert ledger.voted_out_after(third, committees[3]) == {IDS[3]}
+    ledger.add_settlement(third, committees[3], committees[4])
+    for epoch in (4, 5):
+        settled = propose_settlement(ledger, committees[epoch], votes={}, certified=honest)
+        assert ledger.voted_out_after(settled, committees[epoch]) == {IDS[3]}
+        ledger.add_settlement(settled, committees[epoch], committees[epoch + 1])
+    settled = propose_settlement(ledger, committees[6], votes={}, certified=honest)
+    assert ledger.voted_out_after(settled, committees[6]) == set()
+    # a certificate in between resets the streak
+    other = new_ledger({})
+    full = [committee_of(MEMBERS, [1, 1, 1, 1], 4, epoch) for epoch in range(5)]
+    for epoch, paid in ((0, honest), (1, honest | {IDS[3]}), (2, honest), (3, honest)):
+        settled = propose_settlement(other, full[epoch], votes={}, certified=paid)
+        assert other.voted_out_after(settled, full[epoch]) == set()
+        other.add_settlement(settled, full[epoch], full[epoch + 1])

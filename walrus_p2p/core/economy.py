@@ -43,6 +43,11 @@ COMMISSION_DELAY_EPOCHS = 2
 """A commission voted in the settlement of epoch e applies to the rewards of epoch e + 2."""
 DEFAULT_COMMISSION_BPS = 0
 """The commission of a member that never voted one."""
+VOTE_OUT_AFTER_EPOCHS = 3
+"""A member with shards that goes this many epochs in a row without an availability
+certificate (settlements that list who is certified) is voted out (docs/challenges.md)."""
+VOTE_OUT_EPOCHS = 3
+"""How many committees after that exclude it; then it may join again like a newcomer."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,6 +176,7 @@ def propose_next(
     candidacies: Mapping[PeerId, Candidacy],
     also_alive: Collection[PeerId] = (),
     stake: Mapping[PeerId, int] | None = None,
+    excluded: Collection[PeerId] = (),
 ) -> EpochValue:
     """The value this peer proposes for epoch ``current.epoch + 1``.
 
@@ -189,6 +190,8 @@ def propose_next(
     next_epoch = Epoch(current.epoch + 1)
     members: dict[PeerId, Member] = {}
     for member in current.members:
+        if member.peer_id in excluded:
+            continue
         candidacy = candidacies.get(member.peer_id)
         if is_renewed(candidacy, next_epoch):
             assert candidacy is not None
@@ -202,6 +205,8 @@ def propose_next(
             )
     renewed_weight = current.shard_weight(members)
     for peer_id, candidacy in sorted(candidacies.items()):
+        if peer_id in excluded:
+            continue
         if peer_id not in members and peer_id not in current and is_renewed(candidacy, next_epoch):
             member = _member_of(genesis, candidacy, stake)
             if member.weight > 0:
@@ -210,10 +215,14 @@ def propose_next(
     if is_quorum(renewed_weight, current.n_shards):
         committee = _try_create(genesis, next_epoch, members.values(), current)
     if committee is None:
-        kept = {member.peer_id: _reweighed(genesis, member, stake) for member in current.members}
+        kept = {
+            member.peer_id: _reweighed(genesis, member, stake)
+            for member in current.members
+            if member.peer_id not in excluded
+        }
         kept.update({peer_id: m for peer_id, m in members.items() if peer_id not in current})
         committee = _try_create(genesis, next_epoch, kept.values(), current)
-    if committee is None:
+    if committee is None:  # even the voted-out members are kept rather than no committee
         everyone = [_reweighed(genesis, member, stake) for member in current.members]
         committee = _try_create(genesis, next_epoch, everyone, current)
     if committee is None:  # the current committee always fills its own shards
@@ -266,11 +275,13 @@ def check_next(
     candidacies: Mapping[PeerId, Candidacy],
     value: EpochValue,
     stake: Mapping[PeerId, int] | None = None,
+    excluded: Collection[PeerId] = (),
 ) -> bool:
     """The ``validate`` callback of the agreement for epoch ``current.epoch + 1`` (see module);
-    ``stake`` as for :func:`member_weight` (None without an economy)."""
+    ``stake`` as for :func:`member_weight` (None without an economy); ``excluded``: voted-out
+    peers the committee must not include unless it cannot be formed without them."""
     try:
-        _check_next(genesis, current, candidacies, value, stake)
+        _check_next(genesis, current, candidacies, value, stake, excluded)
     except (VerificationError, ConfigError, WireError):
         return False
     return True
@@ -282,6 +293,7 @@ def _check_next(
     candidacies: Mapping[PeerId, Candidacy],
     value: EpochValue,
     stake: Mapping[PeerId, int] | None,
+    excluded: Collection[PeerId] = (),
 ) -> None:
     next_epoch = current.epoch + 1
     if value.network_id != genesis.network_id or value.epoch != next_epoch:
@@ -309,6 +321,11 @@ def _check_next(
     )
     if expected.shard_map != committee.shard_map:
         raise VerificationError("shard map is not D'Hondt with minimal moves")
+    kept_out = [member for member in committee.members if member.peer_id in excluded]
+    if kept_out:
+        others = [member for member in committee.members if member.peer_id not in excluded]
+        if others and _try_create(genesis, committee.epoch, others, current) is not None:
+            raise VerificationError(f"voted-out member {kept_out[0].peer_id} kept")
 
 
 __all__ = [

@@ -47,6 +47,8 @@ from walrus_p2p.core.committee import Committee
 from walrus_p2p.core.economy import (
     COMMISSION_DELAY_EPOCHS,
     DEFAULT_COMMISSION_BPS,
+    VOTE_OUT_AFTER_EPOCHS,
+    VOTE_OUT_EPOCHS,
     Prices,
     capacity_in_force,
     prices_in_force,
@@ -220,6 +222,10 @@ class Ledger:
         self._capacity: dict[int, int] = {}
         self._commissions: dict[PeerId, dict[int, int]] = {}
         self._votes_in_force: dict[PeerId, tuple[VoteEntry, int]] = {}
+        self._fail_streaks: dict[PeerId, int] = {}
+        """Epochs in a row each member with shards went without an availability certificate."""
+        self._voted_out: dict[PeerId, int] = {}
+        """Voted-out peers and the first epoch whose committee may include them again."""
         """Each voter's newest settled vote and the epoch it was cast in."""
 
     @classmethod
@@ -308,6 +314,32 @@ class Ledger:
             if position.counts_in(epoch):
                 totals[position.peer_id] = totals.get(position.peer_id, 0) + position.principal
         return totals
+
+    def _streaks_after(
+        self, settlement: EpochSettlement, committee: Committee
+    ) -> tuple[dict[PeerId, int], dict[PeerId, int]]:
+        """The failure streaks and the voted-out members (until which epoch) once
+        ``settlement`` (of ``committee``'s epoch) is applied."""
+        streaks = dict(self._fail_streaks)
+        out = {peer: until for peer, until in self._voted_out.items() if until > settlement.epoch}
+        if settlement.certified is None:
+            return streaks, out  # no challenge ran: nobody failed or passed
+        certified = set(settlement.certified)
+        for peer_id in committee.peer_ids:
+            if not committee.shards_of(peer_id):
+                continue
+            streaks[peer_id] = 0 if peer_id in certified else streaks.get(peer_id, 0) + 1
+            if streaks[peer_id] >= VOTE_OUT_AFTER_EPOCHS:
+                out[peer_id] = settlement.epoch + 1 + VOTE_OUT_EPOCHS
+                streaks[peer_id] = 0
+        return streaks, out
+
+    def voted_out_after(self, settlement: EpochSettlement, committee: Committee) -> set[PeerId]:
+        """The peers the committee of ``settlement.epoch + 1`` must not include: members that
+        went ``VOTE_OUT_AFTER_EPOCHS`` epochs in a row without an availability certificate
+        are out for ``VOTE_OUT_EPOCHS`` committees (docs/challenges.md, "Voting out")."""
+        _, out = self._streaks_after(settlement, committee)
+        return {peer for peer, until in out.items() if until > settlement.epoch + 1}
 
     def stake_after(self, settlement: EpochSettlement) -> dict[PeerId, int]:
         """The stake per peer the committee of ``settlement.epoch + 1`` would count if this
@@ -420,6 +452,8 @@ class Ledger:
             sorted(self._capacity.items()),
             sorted((k, sorted(v.items())) for k, v in self._commissions.items()),
             sorted(self._votes_in_force.items()),
+            sorted(self._fail_streaks.items()),
+            sorted(self._voted_out.items()),
         )
 
     # Orders ----------------------------------------------------------------------------------
@@ -812,6 +846,7 @@ class Ledger:
                 self._stakes[stake_id] = dataclasses.replace(
                     leaving, state=StakeState.WITHDRAWABLE, active_until=until
                 )
+        self._fail_streaks, self._voted_out = self._streaks_after(settlement, committee)
         self._settlements[epoch] = settlement_id(settlement)
         self._settled = epoch
 

@@ -373,6 +373,14 @@ class EconomyService:
         decoded = wire.decode(settlement, EpochSettlement)
         return self.ledger.stake_after(decoded)
 
+    def voted_out(self, committee: Committee, settlement: bytes | None) -> set[PeerId]:
+        if settlement is None:
+            return set()
+        out = self.ledger.voted_out_after(wire.decode(settlement, EpochSettlement), committee)
+        if out:
+            logger.info("voted out epoch=%d peers=%s", committee.epoch + 1, sorted(out))
+        return out
+
     def record_applied(self, record: EpochRecord, previous: Committee) -> None:
         """Add the settlement a verified record carries to the ledger (it applies once every
         order it names is known and the fund covers it; docs/economics.md)."""

@@ -134,6 +134,10 @@ class SettlementHooks(Protocol):
         """The active stake per peer the next committee counts once ``settlement`` (encoded,
         from a value :meth:`accepts` took or :meth:`propose` made) is applied."""
 
+    def voted_out(self, committee: Committee, settlement: bytes | None) -> set[PeerId]:
+        """The peers the next committee must not include once ``settlement`` (of
+        ``committee``'s epoch) is applied (docs/challenges.md, "Voting out")."""
+
     def record_applied(self, record: EpochRecord, previous: Committee) -> None:
         """A verified record of the chain became current; ``previous`` ended with it."""
 
@@ -506,6 +510,7 @@ class EpochService:
 
     def _validate_value(self, committee: Committee, value: EpochValue) -> bool:
         stake = None
+        excluded: set[PeerId] = set()
         if self.settlements is None:
             if value.settlement is not None:
                 return False
@@ -513,7 +518,8 @@ class EpochService:
             return False
         else:
             stake = self.settlements.stake_after(value.settlement)
-        return check_next(self.genesis, committee, self.candidacies, value, stake)
+            excluded = self.settlements.voted_out(committee, value.settlement)
+        return check_next(self.genesis, committee, self.candidacies, value, stake, excluded)
 
     async def _drive(self, agreement: EpochAgreement) -> None:
         """Start the agreement at the scheduled end of the epoch."""
@@ -524,15 +530,18 @@ class EpochService:
             await self.settlements.prepare(agreement.committee)
         if agreement.signer is not None:
             settlement = stake = None
+            excluded: set[PeerId] = set()
             if self.settlements is not None:
                 settlement = self.settlements.propose(agreement.committee)
                 stake = self.settlements.stake_after(settlement)
+                excluded = self.settlements.voted_out(agreement.committee, settlement)
             value = propose_next(
                 self.genesis,
                 agreement.committee,
                 self.candidacies,
                 self._alive(agreement),
                 stake,
+                excluded,
             )
             agreement.own_value = dataclasses.replace(value, settlement=settlement)
         logger.info(
