@@ -89,47 +89,42 @@ def _command_stake(arguments: argparse.Namespace) -> int:
     return run_wallet_light(arguments, work)
 
 
-def _command_unstake(arguments: argparse.Namespace) -> int:
-    from walrus_p2p.client.staking import send_unstake
+def _stake_order(arguments: argparse.Namespace, send: Any, done: str) -> int:
+    """Certify one order on a stake of the wallet (``send``: ``send_unstake`` or
+    ``send_withdraw``) and print what happened (``done`` names the stake id as ``{stake}``)."""
     from walrus_p2p.client.wallet import load_wallet
 
     owner = load_wallet(wallet_path(arguments))
     stake_id = parse_stake_id(arguments.stake_id)
 
     async def work(light: LightPeer) -> int:
-        result = await send_unstake(light, owner, stake_id)
+        result = await send(light, owner, stake_id)
         if arguments.json:
             print_json(_order_json(result, stakeId=stake_id.hex()))
         else:
-            print(
-                f"withdrawal of stake {stake_id.hex()} requested (order "
-                f"{result.order_id.hex()[:16]}): it stops counting at the next epoch change, "
-                f"then `walrus-peer withdraw {stake_id.hex()}` returns it"
-            )
+            print(done.format(stake=stake_id.hex(), order=result.order_id.hex()[:16]))
         return EXIT_OK
 
     return run_wallet_light(arguments, work)
+
+
+def _command_unstake(arguments: argparse.Namespace) -> int:
+    from walrus_p2p.client.staking import send_unstake
+
+    return _stake_order(
+        arguments,
+        send_unstake,
+        "withdrawal of stake {stake} requested (order {order}): it stops counting at the next "
+        "epoch change, then `walrus-peer withdraw {stake}` returns it",
+    )
 
 
 def _command_withdraw(arguments: argparse.Namespace) -> int:
     from walrus_p2p.client.staking import send_withdraw
-    from walrus_p2p.client.wallet import load_wallet
 
-    owner = load_wallet(wallet_path(arguments))
-    stake_id = parse_stake_id(arguments.stake_id)
-
-    async def work(light: LightPeer) -> int:
-        result = await send_withdraw(light, owner, stake_id)
-        if arguments.json:
-            print_json(_order_json(result, stakeId=stake_id.hex()))
-        else:
-            print(
-                f"stake {stake_id.hex()} withdrawn to the balance (order "
-                f"{result.order_id.hex()[:16]})"
-            )
-        return EXIT_OK
-
-    return run_wallet_light(arguments, work)
+    return _stake_order(
+        arguments, send_withdraw, "stake {stake} withdrawn to the balance (order {order})"
+    )
 
 
 def _command_stakes(arguments: argparse.Namespace) -> int:
