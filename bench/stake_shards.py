@@ -34,11 +34,10 @@ from typing import Any
 from walrus_p2p.testing.processes import (
     CpuMeter,
     DevnetCommand,
+    bench_header,
     cli_command,
-    cpu_model,
     http_get,
     http_put,
-    load_text,
 )
 
 
@@ -99,10 +98,7 @@ def main() -> int:
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     parser.add_argument("--epochs-timeout", type=int, default=6, help="epochs to wait at most")
     arguments = parser.parse_args()
-    print(
-        f"bench/stake_shards.py {time.strftime('%Y-%m-%d %H:%M:%S %Z')} "
-        f"cpu={cpu_model()!r} cores={os.cpu_count()} load={load_text()}"
-    )
+    print(bench_header("bench/stake_shards.py"))
     print(
         f"peers={arguments.peers} shards={arguments.shards} epoch={arguments.epoch_duration}s "
         f"stake={arguments.stake} WAL blobs={arguments.blobs}x{arguments.blob_size} B"
