@@ -1,5 +1,5 @@
 """The ledger: certified orders and settlements in any order give one state, supply is conserved,
-storage resources, stake, rewards and prices follow docs/economics.md."""
+storage resources, shared blobs, stake, rewards and prices follow docs/economics.md."""
 
 from __future__ import annotations
 
@@ -16,9 +16,12 @@ from walrus_p2p.core.economy_messages import (
     AttachBlobBody,
     BuyStorageBody,
     EpochSettlement,
+    ExtendSharedBlobBody,
     ExtendStorageBody,
+    FundSharedBlobBody,
     ReleaseStorageBody,
     RequestWithdrawBody,
+    ShareBlobBody,
     SplitKind,
     SplitStorageBody,
     StakeBody,
@@ -300,7 +303,20 @@ def _history(draw: st.DrawFn) -> tuple[dict[bytes, int], list[object]]:
         resources = sorted(ledger.resources_of(account).items())
         free = [(k, r) for k, r in resources if r.blob_id is None and r.end_epoch > epoch]
         deletable = [k for k, r in resources if r.blob_id is not None and r.deletable]
-        extendable = [k for k, r in resources if epoch < r.end_epoch < epoch + LIFETIME]
+        extendable = [
+            k for k, r in resources if epoch < r.end_epoch < epoch + LIFETIME and not r.shared
+        ]
+        shareable = [
+            k
+            for k, r in resources
+            if r.blob_id is not None and not r.deletable and not r.shared and r.end_epoch > epoch
+        ]
+        shared = sorted(
+            k
+            for a in ACCOUNTS
+            for k, r in ledger.resources_of(a.public_key.raw).items()
+            if r.shared
+        )
         stakes = sorted(
             k for k, p in ledger.stakes.items() if p.staker == account and p.request is None
         )
@@ -316,6 +332,9 @@ def _history(draw: st.DrawFn) -> tuple[dict[bytes, int], list[object]]:
         options += ["extend"] if extendable and balance else []
         options += ["request"] if stakes else []
         options += ["withdraw"] if withdrawable else []
+        options += ["share"] if shareable else []
+        options += ["fund"] if shared and balance else []
+        options += ["ask"] if shared else []
         choice = draw(st.sampled_from(options))
         if choice == "settle":
             fund = ledger.reward_fund + sum(a for e, a in ledger.pools.items() if e <= epoch)
@@ -332,6 +351,7 @@ def _history(draw: st.DrawFn) -> tuple[dict[bytes, int], list[object]]:
                 withdrawal_requests=tuple(requests),
                 slashed=tuple(sorted(draw(st.sets(st.sampled_from(IDS), max_size=1)))),
                 votes=(VoteEntry(IDS[0], 1, 1, 1, draw(st.integers(0, 10_000))),),
+                shared_extensions=tuple(ledger.shared_extensions_to_list(epoch, 256)),
             )
             assert settle(ledger, value) is Outcome.APPLIED
             items.append(value)
@@ -349,7 +369,7 @@ def _history(draw: st.DrawFn) -> tuple[dict[bytes, int], list[object]]:
                 epoch,
                 units=draw(st.integers(1, 3)),
                 start_epoch=start,
-                end_epoch=start + draw(st.integers(1, 3)),
+                end_epoch=start + draw(st.integers(1, 6)),
                 amount=draw(st.integers(0, balance)),
             )
         elif choice == "attach":
@@ -393,6 +413,27 @@ def _history(draw: st.DrawFn) -> tuple[dict[bytes, int], list[object]]:
                 epoch,
                 peer=draw(st.sampled_from(KEYS)),
                 amount=draw(st.integers(1, balance)),
+            )
+        elif choice == "share":
+            order = owner.sign(
+                ShareBlobBody,
+                epoch,
+                resource=draw(st.sampled_from(shareable)),
+                amount=draw(st.just(balance) | st.integers(0, balance)),
+            )
+        elif choice == "fund":
+            order = owner.sign(
+                FundSharedBlobBody,
+                epoch,
+                shared=draw(st.sampled_from(shared)),
+                amount=draw(st.just(balance) | st.integers(1, balance)),
+            )
+        elif choice == "ask":
+            order = owner.sign(
+                ExtendSharedBlobBody,
+                epoch,
+                shared=draw(st.sampled_from(shared)),
+                epochs=draw(st.integers(1, 4)),
             )
         elif choice == "request":
             order = owner.sign(RequestWithdrawBody, epoch, stake=draw(st.sampled_from(stakes)))

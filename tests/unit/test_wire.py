@@ -106,6 +106,15 @@ def maximal_value(spec: wire.FieldSpec, limits: wire.WireLimits) -> object:
         if spec.strictly_increasing and isinstance(spec.item, wire.RecordSpec):
             # Distinct, sorted records: vary the last two characters of a maximal text key.
             (_, key_spec), *others = spec.item.fields
+            rest = [maximal_value(field, limits) for _, field in others]
+            if isinstance(key_spec, wire.BytesSpec):
+                # Distinct keys of the longest length: big-endian counters.
+                width = key_spec.max_length
+                assert isinstance(width, int)
+                return tuple(
+                    spec.item.record_type((b"\xff" * width)[:-4] + index.to_bytes(4, "big"), *rest)
+                    for index in range(spec.max_length)
+                )
             assert isinstance(key_spec, wire.TextSpec)
             alphabet = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
             keys = sorted(
@@ -113,7 +122,6 @@ def maximal_value(spec: wire.FieldSpec, limits: wire.WireLimits) -> object:
                 for first in alphabet
                 for second in alphabet
             )[: spec.max_length]
-            rest = [maximal_value(field, limits) for _, field in others]
             return tuple(spec.item.record_type(key, *rest) for key in keys)
         if spec.strictly_increasing and isinstance(spec.item, wire.BytesSpec):
             # Distinct, sorted byte strings of the longest length: big-endian counters.

@@ -22,6 +22,7 @@ from walrus_p2p.cli import client as client_commands
 from walrus_p2p.cli import gateway as gateway_commands
 from walrus_p2p.cli import peer as peer_commands
 from walrus_p2p.cli import quilt as quilt_commands
+from walrus_p2p.cli import shared as shared_commands
 from walrus_p2p.cli import staking as staking_commands
 from walrus_p2p.cli import wallet as wallet_commands
 from walrus_p2p.cli._common import (
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     quilt_commands.add_commands(commands)
     wallet_commands.add_commands(commands)
     staking_commands.add_commands(commands)
+    shared_commands.add_commands(commands)
     peer_commands.add_commands(commands)
     gateway_commands.add_commands(commands)
     agent_commands.add_commands(commands, main)

@@ -380,6 +380,10 @@ def _command_list(arguments: argparse.Namespace) -> int:
 def _command_extend(arguments: argparse.Namespace) -> int:
     from walrus_p2p.types import blob_id_from_text
 
+    if arguments.shared:
+        from walrus_p2p.cli.shared import command_extend_shared
+
+        return command_extend_shared(arguments)
     blob_id = blob_id_from_text(arguments.blob_id)
 
     async def work(client: WalrusClient) -> int:
@@ -901,8 +905,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     listing.set_defaults(handler=_command_list)
 
     extend = commands.add_parser("extend", help="keep a blob stored for more epochs")
-    extend.add_argument("blob_id", metavar="BLOB_ID")
+    extend.add_argument(
+        "blob_id", metavar="BLOB_ID", help="with --shared: a shared blob id or its blob id"
+    )
     extend.add_argument("--epochs", type=int, required=True, metavar="N")
+    extend.add_argument(
+        "--shared",
+        action="store_true",
+        help="extend a shared blob from its funds at the next epoch change (anyone may ask)",
+    )
     client_options(extend)
     extend.set_defaults(handler=_command_extend)
 

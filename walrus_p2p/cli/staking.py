@@ -34,7 +34,7 @@ def parse_stake_id(text: str) -> bytes:
     return value
 
 
-def _order_json(result: OrderResult, **extra: Any) -> dict[str, Any]:
+def order_json(result: OrderResult, **extra: Any) -> dict[str, Any]:
     return {
         "orderId": result.order_id.hex(),
         "account": result.account.hex(),
@@ -77,7 +77,7 @@ def _command_stake(arguments: argparse.Namespace) -> int:
     async def work(light: LightPeer) -> int:
         result = await send_stake(light, owner, PeerId(arguments.peer_id), amount)
         if arguments.json:
-            print_json(_order_json(result, stakeId=result.order_id.hex(), amount=amount))
+            print_json(order_json(result, stakeId=result.order_id.hex(), amount=amount))
         else:
             print(
                 f"staked {format_wal(amount)} WAL with {arguments.peer_id}: stake "
@@ -100,7 +100,7 @@ def _stake_order(arguments: argparse.Namespace, send: Any, done: str) -> int:
     async def work(light: LightPeer) -> int:
         result = await send(light, owner, stake_id)
         if arguments.json:
-            print_json(_order_json(result, stakeId=stake_id.hex()))
+            print_json(order_json(result, stakeId=stake_id.hex()))
         else:
             print(done.format(stake=stake_id.hex(), order=result.order_id.hex()[:16]))
         return EXIT_OK

@@ -29,12 +29,13 @@ from walrus_p2p.core.migration import (
     reading_order,
 )
 from walrus_p2p.core.records import EpochRecord
+from walrus_p2p.core.settlements import settlement_of
 from walrus_p2p.errors import NetworkError, VerificationError, WalrusError
 from walrus_p2p.net.discovery import Discovery, DiscoveryConfig, open_discovery
 from walrus_p2p.net.host import Host, HostConfig, open_host
 from walrus_p2p.net.messages import call_message
 from walrus_p2p.net.names import protocol_id
-from walrus_p2p.types import Epoch, PeerId
+from walrus_p2p.types import BlobId, Epoch, PeerId
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ class LightPeer:
         # committee it names, so older certificates and the previous shard owners stay known.
         self.chain: list[EpochRecord] = []
         self.committees: dict[int, Committee] = {0: genesis.committee}
+        self.shared_ends: dict[BlobId, dict[bytes, int]] = {}
+        """Ends of shared blobs the chain's settlements give: blob id -> owner -> end
+        (docs/economics.md, "Shared blobs")."""
         self._last_refresh: float | None = None
         self._refreshed_for = -1
         self.protocol = protocol_id(genesis.network_id_text, STORAGE_PROTOCOL)
@@ -98,6 +102,20 @@ class LightPeer:
         self.chain.append(record)
         self.committee = record.committee
         self.committees[int(record.epoch)] = self.committee
+        self._index_shared_ends(record)
+
+    def _index_shared_ends(self, record: EpochRecord) -> None:
+        try:
+            settlement = settlement_of(record.value)
+        except VerificationError as error:
+            # Certified by a quorum, so only a faulty one agrees on such a value.
+            logger.warning("epoch record %d: unreadable settlement: %s", record.epoch, error)
+            return
+        if settlement is None:
+            return
+        for extension in settlement.shared_extensions:
+            ends = self.shared_ends.setdefault(BlobId(extension.blob_id), {})
+            ends[extension.owner] = max(ends.get(extension.owner, 0), int(extension.end_epoch))
 
     async def refresh_if_stale(self, *, min_interval: float = REFRESH_INTERVAL) -> None:
         """Re-fetch and verify the epoch chain when the genesis schedule says a newer epoch

@@ -57,6 +57,7 @@ from walrus_p2p.core.economy_messages import (
     ListCertificatesReply,
     ListCertificatesRequest,
     ReleaseStorageBody,
+    ShareBlobBody,
     SignedOrder,
     SplitStorageBody,
     SubmitCertificateReply,
@@ -124,6 +125,8 @@ class _Resource:
     encoded_size: int = 0
     attach: bytes | None = None
     """The id of the order that attached the blob."""
+    shared: bool = False
+    """Made a shared blob (docs/economics.md, "Shared blobs")."""
 
 
 def _earlier_payment(
@@ -359,7 +362,13 @@ class Payer:
         async with self._lock:
             committee = self.light.committee
             view = await self._view()
-            resource_id, resource = await self._attached_resource(blob_id, view.next_sequence)
+            resource_id, resource = await self.attached_resource(blob_id, view.next_sequence)
+            if resource.shared:
+                raise WalrusError(
+                    f"blob {short_id(blob_id)} is a shared blob: it is extended from its funds "
+                    f"(walrus-peer extend --shared {resource_id.hex()} --epochs N)",
+                    reason="SHARED_BLOB",
+                )
             if end_epoch <= resource.end_epoch:
                 return 0
             prices = await self.prices()
@@ -381,7 +390,7 @@ class Payer:
             await self._certify(committee, extend, needed=amount, balance=view.balance)
             return amount
 
-    async def _attached_resource(
+    async def attached_resource(
         self, blob_id: bytes, next_sequence: int
     ) -> tuple[bytes, _Resource]:
         """The account's resource attached to ``blob_id`` that lasts longest, rebuilt from the
@@ -454,6 +463,10 @@ def _apply(resources: dict[bytes, _Resource], identifier: bytes, body: object) -
         resources[bytes(body.resource)] = new
     elif isinstance(body, SplitStorageBody):
         resources.pop(bytes(body.resource), None)
+    elif isinstance(body, ShareBlobBody):
+        shared = resources.get(bytes(body.resource))
+        if shared is not None:
+            resources[bytes(body.resource)] = dataclasses.replace(shared, shared=True)
 
 
 def _insufficient(needed: int, balance: int) -> InsufficientFundsError:

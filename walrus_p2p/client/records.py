@@ -98,7 +98,8 @@ async def fetch_blob_state(
     """Ask a few random peers for the blob's records; merge every one that verifies.
 
     Returns None when no peer answered at all. Records that fail verification are dropped
-    (and logged): the answer can only ever be what honest signers signed.
+    (and logged): the answer can only ever be what honest signers signed. The ends of the
+    blob's shared blobs come from the verified epoch chain (docs/economics.md, "Shared blobs").
     """
     peers = list(light.committee.peer_ids)
     random.shuffle(peers)
@@ -134,4 +135,7 @@ async def fetch_blob_state(
     async with trio.open_nursery() as nursery:
         for peer_id in peers[:sample]:
             nursery.start_soon(ask, peer_id)
-    return state if answered else None
+    if not answered:
+        return None
+    # A shared blob's extensions are in the verified chain, not in records.
+    return state.with_shared_ends(light.shared_ends.get(blob_id, {}))

@@ -16,7 +16,9 @@ much weight agreed with it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from walrus_p2p.client.network import LightPeer
 from walrus_p2p.client.wallet import (
@@ -37,9 +39,12 @@ from walrus_p2p.core.economy_messages import (
 from walrus_p2p.errors import ConfigError, QuorumError
 from walrus_p2p.types import Epoch, PeerId
 
+M = TypeVar("M", bound=wire.Message)
+
 __all__ = [
     "EconomyView",
     "economy_view",
+    "most_weight",
     "send_stake",
     "send_unstake",
     "send_withdraw",
@@ -64,12 +69,26 @@ async def economy_view(
     """The committee's view of the economy (and of ``account``'s stakes). Raises
     ``QuorumError`` when fewer than f + 1 shards answered."""
     options = options or WalletOptions()
-    committee = light.committee
     request = GetEconomyRequest(account=account)
 
     async def ask(peer_id: PeerId) -> GetEconomyReply:
         return await light.call(peer_id, request, GetEconomyReply, timeout=options.request_timeout)
 
+    reply, agreeing, answered = await most_weight(light, ask, "the economy", options=options)
+    return EconomyView(reply, agreeing, answered, light.committee.n_shards)
+
+
+async def most_weight(
+    light: LightPeer,
+    ask: Callable[[PeerId], Awaitable[M]],
+    what: str,
+    *,
+    options: WalletOptions,
+) -> tuple[M, int, int]:
+    """Ask the committee's members until a quorum answered; the answer (by its encoding) the
+    most shard weight gave, that weight, and the weight that answered. ``QuorumError`` when
+    fewer than f + 1 shards answered (a ledger's summary is not provable by a certificate)."""
+    committee = light.committee
     replies, failures = await each_member(
         committee, ask, options=options, enough=lambda answers, _: committee.is_quorum(answers)
     )
@@ -77,16 +96,16 @@ async def economy_view(
     if not is_validity(answered, committee.n_shards):
         detail = "; ".join(f"{p[:12]}: {e.reason}" for p, e in sorted(failures.items())[:4])
         raise QuorumError(
-            f"only {answered} of {committee.n_shards} shards answered about the economy ({detail})"
+            f"only {answered} of {committee.n_shards} shards answered about {what} ({detail})"
         )
     weights: dict[bytes, int] = {}
-    by_encoding: dict[bytes, GetEconomyReply] = {}
+    by_encoding: dict[bytes, M] = {}
     for peer_id, reply in replies.items():
         encoded = wire.encode(reply)
         by_encoding[encoded] = reply
         weights[encoded] = weights.get(encoded, 0) + committee.shard_weight([peer_id])
     best = min(weights, key=lambda encoded: (-weights[encoded], encoded))
-    return EconomyView(by_encoding[best], weights[best], answered, committee.n_shards)
+    return by_encoding[best], weights[best], answered
 
 
 async def send_stake(

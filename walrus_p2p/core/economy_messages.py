@@ -4,7 +4,9 @@ Owner: the wire form of the token economy (docs/economics.md; docs/design.md §5
 96-127 are the economy's: 96-104 the order bodies, 105-108 signed orders, approvals,
 certificates and conflict evidence, 109-110 parameter votes, 111 the epoch settlement, 112-120
 the requests and replies of the storage protocol and the gossip batch that carry them between
-wallets and peers (docs/economics.md, "The protocol").
+wallets and peers (docs/economics.md, "The protocol"), 121-122 the economy query, 123-125 the
+shared-blob order bodies and 126-127 the shared-blob query (docs/economics.md, "Shared
+blobs").
 
 - An **account** is an Ed25519 public key. Its owner signs order *bodies*: a transfer, a storage
   purchase, an extension, a split, attaching a blob to a resource, releasing it after a delete,
@@ -233,6 +235,52 @@ class WithdrawBody(Message):
     stake: Hash32
 
 
+@register(123)
+@dataclass(frozen=True, slots=True)
+class ShareBlobBody(Message):
+    """Make the account's resource attached to a permanent blob a *shared blob*: from then on
+    anyone may fund it and ask for it to be extended from its funds, and its owner extends it
+    that way too (docs/economics.md, "Shared blobs"). ``amount`` (may be 0) moves from the
+    account into the shared blob's funds. The shared blob's id is the resource id."""
+
+    network_id: NetworkIdBytes
+    account: AccountKey
+    sequence: SequenceNumber
+    epoch: EpochNumber
+    resource: Hash32
+    amount: Amount
+
+
+@register(124)
+@dataclass(frozen=True, slots=True)
+class FundSharedBlobBody(Message):
+    """Move ``amount`` from the account into the funds of the shared blob ``shared``."""
+
+    network_id: NetworkIdBytes
+    account: AccountKey
+    sequence: SequenceNumber
+    epoch: EpochNumber
+    shared: Hash32
+    amount: Amount
+
+
+@register(125)
+@dataclass(frozen=True, slots=True)
+class ExtendSharedBlobBody(Message):
+    """Ask for the shared blob ``shared`` to live ``epochs`` epochs longer, paid from its funds.
+
+    Costs the account nothing. The next epoch change lists the request in its settlement when the
+    shared blob's funds cover it at the storage price in force (the settlement states the new
+    end); a request no settlement of its own epoch or the next one lists lapses."""
+
+    network_id: NetworkIdBytes
+    account: AccountKey
+    sequence: SequenceNumber
+    epoch: EpochNumber
+    shared: Hash32
+    epochs: U64
+
+
 OrderBody: TypeAlias = (
     TransferBody
     | BuyStorageBody
@@ -243,6 +291,9 @@ OrderBody: TypeAlias = (
     | StakeBody
     | RequestWithdrawBody
     | WithdrawBody
+    | ShareBlobBody
+    | FundSharedBlobBody
+    | ExtendSharedBlobBody
 )
 ORDER_BODY_TYPES = (
     TransferBody,
@@ -254,6 +305,9 @@ ORDER_BODY_TYPES = (
     StakeBody,
     RequestWithdrawBody,
     WithdrawBody,
+    ShareBlobBody,
+    FundSharedBlobBody,
+    ExtendSharedBlobBody,
 )
 """For ``wire.decode(data, ORDER_BODY_TYPES)``."""
 
@@ -360,6 +414,26 @@ PeerIds = Annotated[
     ListSpec(TextSpec(MAX_PEER_ID_LENGTH, r"[1-9A-HJ-NP-Za-km-z]+"), MAX_SHARDS),
 ]
 """Peer ids, sorted without repeats (checked by :func:`check_settlement_form`)."""
+
+
+@record
+@dataclass(frozen=True, slots=True, order=True)
+class SharedExtension:
+    """A shared blob's extension as a settlement lists it: the request order ``order_id``
+    moved the end of the shared blob of ``owner`` (the resource's owner) for ``blob_id`` to
+    ``end_epoch``, paid from its funds. The blob and owner are repeated here so that anyone
+    holding the epoch chain (a light client) learns the blob's new end without a ledger."""
+
+    order_id: Hash32
+    blob_id: BlobIdBytes
+    owner: PublicKeyBytes
+    end_epoch: EpochNumber
+
+
+SharedExtensions = Annotated[
+    tuple[SharedExtension, ...],
+    ListSpec(record_spec(SharedExtension), MAX_SETTLEMENT_STAKE_MOVES, strictly_increasing=True),
+]
 VoteSignatures = Annotated[tuple[bytes, ...], ListSpec(BytesSpec.exact(64), MAX_SHARDS)]
 VoteEpochs = Annotated[tuple[Epoch, ...], ListSpec(wire.IntSpec(0, 2**64 - 1), MAX_SHARDS)]
 
@@ -386,7 +460,9 @@ class EpochSettlement(Message):
       the epoch the voter cast it in (at most ``epoch``) and the voter's signature of that
       ``ParameterVoteBody`` (:func:`vote_body_of`), so that any validator checks a vote without
       having received it (:func:`verify_settlement_votes`). A vote stays in force until a newer
-      one of its voter is listed: a settlement lists only new votes (docs/economics.md, "Votes").
+      one of its voter is listed: a settlement lists only new votes (docs/economics.md, "Votes");
+    - ``shared_extensions``: shared-blob extension requests carried out, sorted by order id
+      (docs/economics.md, "Shared blobs").
     """
 
     network_id: NetworkIdBytes
@@ -399,6 +475,7 @@ class EpochSettlement(Message):
     certified: PeerIds | None = None
     vote_signatures: VoteSignatures = ()
     vote_epochs: VoteEpochs = ()
+    shared_extensions: SharedExtensions = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,6 +673,43 @@ class GetEconomyReply(Message):
     pools: Annotated[tuple[PoolEntry, ...], ListSpec(record_spec(PoolEntry), MAX_POOLS_PER_REPLY)]
     stakes: Annotated[
         tuple[StakeEntry, ...], ListSpec(record_spec(StakeEntry), MAX_STAKES_PER_REPLY)
+    ]
+
+
+MAX_SHARED_PER_REPLY = 16
+"""Shared blobs one query returns (one blob id may have several, one per owner)."""
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class SharedBlobEntry:
+    """A shared blob as a member's ledger holds it: its resource's owner, blob, size and end,
+    its funds, and the extension requests waiting for the next settlement."""
+
+    shared_id: Hash32
+    blob_id: BlobIdBytes
+    owner: PublicKeyBytes
+    units: U64
+    end_epoch: EpochNumber
+    funds: Amount
+    pending_requests: U16
+
+
+@register(126)
+@dataclass(frozen=True, slots=True)
+class GetSharedBlobRequest(Message):
+    """The shared blob ``key`` names: a shared blob id, or a blob id (every shared blob of it)."""
+
+    key: Hash32
+
+
+@register(127)
+@dataclass(frozen=True, slots=True)
+class GetSharedBlobReply(Message):
+    epoch: EpochNumber
+    storage_price: Amount
+    shared: Annotated[
+        tuple[SharedBlobEntry, ...], ListSpec(record_spec(SharedBlobEntry), MAX_SHARED_PER_REPLY)
     ]
 
 
@@ -818,6 +932,9 @@ def check_settlement_form(settlement: EpochSettlement, network_id: bytes) -> Non
         items: tuple[bytes | str, ...] = getattr(settlement, name) or ()
         if any(not a < b for a, b in itertools.pairwise(items)):  # type: ignore[operator]
             raise refuse(f"{name} not sorted without repeats")
+    extensions = [entry.order_id for entry in settlement.shared_extensions]
+    if any(not a < b for a, b in itertools.pairwise(extensions)):
+        raise refuse("shared_extensions not sorted by order id without repeats")
     if set(settlement.stake_activations) & set(settlement.withdrawal_requests):
         raise refuse("an order is listed both as activation and as withdrawal request")
     if any(vote.commission_bps > MAX_COMMISSION_BPS for vote in settlement.votes):

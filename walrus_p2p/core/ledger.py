@@ -13,6 +13,11 @@ total order. The state is a deterministic function of two sets:
   change, agreed with the epoch record), applied in epoch order; a settlement waits for the stake
   orders it names and until the known reward fund covers its payout.
 
+Shared blobs (docs/economics.md, "Shared blobs"): funding one is a credit, so it commutes like a
+transfer; spending its funds is the one step that would need a total order (two extension
+requests could each be covered and not both), so a request only *asks*, and the settlement of
+the epoch change lists the extensions carried out, with their new ends, in one agreed order.
+
 Why the order of arrival does not matter: applying an order or a settlement only ever *adds* to
 the balances of other accounts and to what later items wait for, and an account's own debits
 come only from its own orders, which are applied in its sequence order. So an item that can be
@@ -60,10 +65,14 @@ from walrus_p2p.core.economy_messages import (
     AttachBlobBody,
     BuyStorageBody,
     EpochSettlement,
+    ExtendSharedBlobBody,
     ExtendStorageBody,
+    FundSharedBlobBody,
     OrderBody,
     ReleaseStorageBody,
     RequestWithdrawBody,
+    ShareBlobBody,
+    SharedExtension,
     SignedOrder,
     SplitKind,
     SplitStorageBody,
@@ -80,7 +89,7 @@ from walrus_p2p.core.economy_messages import (
 )
 from walrus_p2p.core.genesis import Genesis
 from walrus_p2p.errors import OrderRefusedError, WireError
-from walrus_p2p.types import PeerId
+from walrus_p2p.types import BlobId, Epoch, PeerId
 
 __all__ = [
     "EconomyParameters",
@@ -88,6 +97,7 @@ __all__ = [
     "OrderSigner",
     "Outcome",
     "Resource",
+    "SharedRequest",
     "StakePosition",
     "StakeState",
 ]
@@ -138,6 +148,8 @@ class Resource:
     deletable: bool = False
     encoded_size: int = 0
     """The encoded size the attach order declared (and paid the write fee for); 0 when free."""
+    shared: bool = False
+    """A shared blob (a :class:`ShareBlobBody`): extended only from its funds, by settlements."""
 
 
 class StakeState(enum.Enum):
@@ -173,6 +185,17 @@ class StakePosition:
         if self.active_from is None or epoch < self.active_from:
             return False
         return self.active_until is None or epoch <= self.active_until
+
+
+@dataclass(frozen=True, slots=True)
+class SharedRequest:
+    """A certified request to extend a shared blob, not yet carried out or lapsed."""
+
+    shared: bytes
+    epochs: int
+    epoch: int
+    """The epoch the request was certified in: the settlements of it and of the next epoch
+    may list it; then it lapses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +247,11 @@ class Ledger:
         self._votes_in_force: dict[PeerId, tuple[VoteEntry, int]] = {}
         self._fail_streaks: dict[PeerId, int] = {}
         """Epochs in a row each member with shards went without an availability certificate."""
+        self._shared_funds: dict[bytes, int] = {}
+        """Shared blob id (its resource id) -> the funds it holds."""
+        self._shared_requests: dict[bytes, SharedRequest] = {}
+        self._shared_closed: set[bytes] = set()
+        """Extension requests carried out or lapsed."""
         self._voted_out: dict[PeerId, int] = {}
         """Voted-out peers and the first epoch whose committee may include them again."""
         """Each voter's newest settled vote and the epoch it was cast in."""
@@ -422,11 +450,27 @@ class Ledger:
     def waiting_settlements(self) -> list[int]:
         return sorted(self._pending_settlements)
 
+    def shared_funds(self, shared_id: bytes) -> int:
+        return self._shared_funds.get(shared_id, 0)
+
+    def shared_blobs(self, key: bytes) -> dict[bytes, Resource]:
+        """The shared blob whose id is ``key``, or every shared blob of the blob id ``key``."""
+        resource = self._resources.get(key)
+        if resource is not None and resource.shared:
+            return {key: resource}
+        return {
+            rid: res for rid, res in self._resources.items() if res.shared and res.blob_id == key
+        }
+
+    def pending_shared_requests(self, shared_id: bytes) -> int:
+        return sum(1 for r in self._shared_requests.values() if r.shared == shared_id)
+
     def total(self) -> int:
         """Everything the ledger holds; equals :attr:`supply` at all times."""
         stake = sum(p.principal + p.rewards for p in self._stakes.values())
         return (
             sum(self._balances.values())
+            + sum(self._shared_funds.values())
             + stake
             + sum(self._pools.values())
             + self._fund
@@ -454,6 +498,8 @@ class Ledger:
             sorted(self._votes_in_force.items()),
             sorted(self._fail_streaks.items()),
             sorted(self._voted_out.items()),
+            sorted(self._shared_funds.items()),
+            sorted((k, dataclasses.astuple(v)) for k, v in self._shared_requests.items()),
         )
 
     # Orders ----------------------------------------------------------------------------------
@@ -504,6 +550,12 @@ class Ledger:
         waiting = self._waiting.get(account, {}).get(sequence)
         if waiting is not None and waiting.order_id != identifier:
             raise OrderRefusedError("ORDER_CONFLICT", "another order is certified for this slot")
+        if isinstance(body, FundSharedBlobBody | ExtendSharedBlobBody):
+            # Approvers check what application cannot: the target is a shared blob here
+            # (applying only credits its funds or records the request, whatever arrived first).
+            target = self._resources.get(body.shared)
+            if target is None or not target.shared:
+                raise OrderRefusedError("RESOURCE_UNKNOWN", "no shared blob with this id")
         waits_for = None
         try:
             self._effect(body, identifier, apply=False)
@@ -602,6 +654,10 @@ class Ledger:
                 raise OrderRefusedError("ORDER_MALFORMED", "the new end is not later")
             if resource.end_epoch <= body.epoch:
                 raise OrderRefusedError("RESOURCE_UNUSABLE", "the resource has expired")
+            if resource.shared:
+                raise OrderRefusedError(
+                    "RESOURCE_UNUSABLE", "a shared blob is extended from its funds"
+                )
             if body.end_epoch - body.epoch > lifetime:
                 raise OrderRefusedError("ORDER_LIFETIME_TOO_LONG", f"at most {lifetime} epochs")
             self._debit_covered(body.account, body.amount)
@@ -634,6 +690,22 @@ class Ledger:
                 raise malformed
             _check_key(body.peer)
             self._debit_covered(body.account, body.amount)
+        elif isinstance(body, ShareBlobBody):
+            resource = self._owned_resource(body.account, body.resource)
+            if resource.blob_id is None or resource.deletable or resource.shared:
+                raise OrderRefusedError(
+                    "RESOURCE_UNUSABLE", "only a resource of a permanent blob can be shared, once"
+                )
+            if resource.end_epoch <= body.epoch:
+                raise OrderRefusedError("RESOURCE_UNUSABLE", "the resource has expired")
+            self._debit_covered(body.account, body.amount)
+        elif isinstance(body, FundSharedBlobBody):
+            if body.amount == 0:
+                raise malformed
+            self._debit_covered(body.account, body.amount)
+        elif isinstance(body, ExtendSharedBlobBody):
+            if body.epochs == 0:
+                raise malformed
         elif isinstance(body, RequestWithdrawBody):
             position = self._owned_stake(body.account, body.stake)
             if position.request is not None:
@@ -717,6 +789,22 @@ class Ledger:
             self._debit(account, body.amount)
             self._stakes[identifier] = StakePosition(account, body.peer, body.amount)
             self._stake_orders.add(identifier)
+        elif isinstance(body, ShareBlobBody):
+            self._debit(account, body.amount)
+            self._resources[body.resource] = dataclasses.replace(
+                self._resources[body.resource], shared=True
+            )
+            self._add_funds(body.resource, body.amount)
+        elif isinstance(body, FundSharedBlobBody):
+            self._debit(account, body.amount)
+            self._add_funds(body.shared, body.amount)
+        elif isinstance(body, ExtendSharedBlobBody):
+            if body.epoch + 1 <= self._settled:
+                self._shared_closed.add(identifier)  # both settlements that could list it passed
+            else:
+                self._shared_requests[identifier] = SharedRequest(
+                    body.shared, body.epochs, body.epoch
+                )
         elif isinstance(body, RequestWithdrawBody):
             self._stakes[body.stake] = dataclasses.replace(
                 self._stakes[body.stake], request=identifier
@@ -725,6 +813,144 @@ class Ledger:
         else:
             position = self._stakes.pop(body.stake)
             self._credit(account, position.principal + position.rewards)
+
+    def _add_funds(self, shared_id: bytes, amount: int) -> None:
+        if amount:
+            self._shared_funds[shared_id] = self.shared_funds(shared_id) + amount
+
+    # Shared blobs in settlements ---------------------------------------------------------------
+
+    def _shared_end(self, resource: Resource, request: SharedRequest, epoch: int) -> int:
+        """The end a request moves its shared blob to in the settlement of ``epoch``."""
+        cap = epoch + 1 + self.parameters.max_lifetime_epochs
+        return min(resource.end_epoch + request.epochs, cap)
+
+    def shared_extensions_to_list(self, epoch: int, room: int) -> list[SharedExtension]:
+        """The extensions the settlement of ``epoch`` can carry out, by this ledger: pending
+        requests of ``epoch`` or the one before, in order id order, each while its shared blob
+        lives on in ``epoch`` + 1 and its funds (after the ones before it) cover it at the
+        storage price of ``epoch``. Empty unless every earlier settlement is applied here."""
+        if self._settled != epoch - 1:
+            return []
+        listed: list[SharedExtension] = []
+        ends: dict[bytes, int] = {}
+        funds: dict[bytes, int] = {}
+        price = self.prices(epoch)
+        for request_id in sorted(self._shared_requests):
+            if len(listed) >= room:
+                break
+            request = self._shared_requests[request_id]
+            resource = self._resources.get(request.shared)
+            if request.epoch + 1 < epoch or resource is None or not resource.shared:
+                continue
+            resource = dataclasses.replace(
+                resource, end_epoch=ends.get(request.shared, resource.end_epoch)
+            )
+            end = self._shared_end(resource, request, epoch)
+            if resource.end_epoch <= epoch + 1 or end <= resource.end_epoch:
+                continue
+            cost = price.storage_cost(resource.units, end - resource.end_epoch)
+            left = funds.get(request.shared, self.shared_funds(request.shared))
+            if cost > left:
+                continue
+            assert resource.blob_id is not None  # shared resources hold a blob (ShareBlobBody)
+            ends[request.shared] = end
+            funds[request.shared] = left - cost
+            listed.append(
+                SharedExtension(request_id, BlobId(resource.blob_id), resource.owner, Epoch(end))
+            )
+        return listed
+
+    def check_shared_extensions(self, settlement: EpochSettlement) -> None:
+        """Raise ``OrderRefusedError(SETTLEMENT_INVALID)`` unless this ledger would carry out
+        every listed extension itself (as :meth:`shared_extensions_to_list` would list it)."""
+        entries = settlement.shared_extensions
+        if not entries:
+            return
+        epoch = settlement.epoch
+
+        def refuse(why: str) -> OrderRefusedError:
+            return OrderRefusedError("SETTLEMENT_INVALID", f"shared-blob extension: {why}")
+
+        if self._settled != epoch - 1:
+            raise refuse(f"the settlement of epoch {epoch - 1} is not applied here yet")
+        ends: dict[bytes, int] = {}
+        funds: dict[bytes, int] = {}
+        price = self.prices(epoch)
+        for entry in entries:
+            request = self._shared_requests.get(entry.order_id)
+            if request is None:
+                raise refuse("a request not pending here")
+            if request.epoch + 1 < epoch or request.epoch > epoch:
+                raise refuse("a request of another epoch")
+            resource = self._resources.get(request.shared)
+            if resource is None or not resource.shared:
+                raise refuse("no such shared blob here")
+            if (entry.blob_id, entry.owner) != (resource.blob_id, resource.owner):
+                raise refuse("the blob or owner does not match the shared blob")
+            resource = dataclasses.replace(
+                resource, end_epoch=ends.get(request.shared, resource.end_epoch)
+            )
+            end = self._shared_end(resource, request, epoch)
+            if resource.end_epoch <= epoch + 1 or end <= resource.end_epoch:
+                raise refuse("the shared blob expires before it could be extended")
+            if entry.end_epoch != end:
+                raise refuse(f"end {entry.end_epoch}, the request gives {end}")
+            cost = price.storage_cost(resource.units, end - resource.end_epoch)
+            left = funds.get(request.shared, self.shared_funds(request.shared))
+            if cost > left:
+                raise refuse(f"costs {cost}, the shared blob's funds known here are {left}")
+            ends[request.shared] = end
+            funds[request.shared] = left - cost
+
+    def _shared_ready(self, settlement: EpochSettlement) -> str | None:
+        funds: dict[bytes, int] = {}
+        price = self.prices(settlement.epoch)
+        ends: dict[bytes, int] = {}
+        for entry in settlement.shared_extensions:
+            if entry.order_id in self._shared_closed:
+                continue  # carried out already: only a faulty quorum lists it again
+            request = self._shared_requests.get(entry.order_id)
+            if request is None:
+                return "a shared-blob extension request it lists"
+            resource = self._resources.get(request.shared)
+            if resource is None or not resource.shared:
+                return "the sharing of a blob it extends"
+            old = ends.get(request.shared, resource.end_epoch)
+            if entry.end_epoch <= old:
+                continue
+            left = funds.get(request.shared, self.shared_funds(request.shared))
+            cost = price.storage_cost(resource.units, entry.end_epoch - old)
+            if cost > left:
+                return "funds of a shared blob it extends"
+            ends[request.shared] = entry.end_epoch
+            funds[request.shared] = left - cost
+        return None
+
+    def _apply_shared(self, settlement: EpochSettlement) -> None:
+        epoch = settlement.epoch
+        price = self.prices(epoch)
+        for entry in settlement.shared_extensions:
+            request = self._shared_requests.pop(entry.order_id, None)
+            if request is None:
+                continue
+            self._shared_closed.add(entry.order_id)
+            resource = self._resources[request.shared]
+            if entry.end_epoch <= resource.end_epoch:
+                continue  # only a faulty quorum lists a shorter end
+            cost = price.storage_cost(resource.units, entry.end_epoch - resource.end_epoch)
+            self._shared_funds[request.shared] -= cost
+            if not self._shared_funds[request.shared]:
+                del self._shared_funds[request.shared]
+            self._contribute(split_evenly(cost, resource.end_epoch, entry.end_epoch))
+            self._resources[request.shared] = dataclasses.replace(
+                resource, end_epoch=entry.end_epoch
+            )
+        for request_id in [
+            rid for rid, req in self._shared_requests.items() if req.epoch + 1 <= epoch
+        ]:
+            del self._shared_requests[request_id]
+            self._shared_closed.add(request_id)
 
     # Settlements -----------------------------------------------------------------------------
 
@@ -767,7 +993,7 @@ class Ledger:
             return "a withdrawal request it lists"
         if settlement.payout > self._fund_through(settlement.epoch):
             return "payments that cover its payout"
-        return None
+        return self._shared_ready(settlement)
 
     def _fund_through(self, epoch: int) -> int:
         return self._fund + sum(amount for e, amount in self._pools.items() if e <= epoch)
@@ -846,6 +1072,7 @@ class Ledger:
                 self._stakes[stake_id] = dataclasses.replace(
                     leaving, state=StakeState.WITHDRAWABLE, active_until=until
                 )
+        self._apply_shared(settlement)
         self._fail_streaks, self._voted_out = self._streaks_after(settlement, committee)
         self._settlements[epoch] = settlement_id(settlement)
         self._settled = epoch

@@ -28,6 +28,7 @@ Quorums always count shards held in the committee of the epoch a record names, n
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import itertools
@@ -1023,7 +1024,10 @@ class BlobState:
       so the kept certificate does not depend on which one arrived first;
     - invalid: absorbing; the earliest (then smallest) record is kept as the proof;
     - attributes: per (owner, start epoch), the attribute record of the highest version (ties:
-      smaller encoding), kept whether or not that registration is known or live.
+      smaller encoding), kept whether or not that registration is known or live;
+    - shared_ends: per owner, the latest end a settlement of the epoch chain gave the owner's
+      shared blob (docs/economics.md, "Shared blobs"): a live registration of that owner lasts
+      at least until then. Not a record: peers and clients take it from the verified chain.
     """
 
     blob_id: BlobId
@@ -1032,6 +1036,7 @@ class BlobState:
     deletable_certificate: BlobCertificate | None = None
     invalid: BlobInvalid | None = None
     attributes: Mapping[RegistrationKey, BlobAttribute] = field(default_factory=dict)
+    shared_ends: Mapping[bytes, int] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, blob_id: bytes) -> BlobState:
@@ -1056,6 +1061,7 @@ class BlobState:
             ),
             invalid=_earliest_invalid(self.invalid, other.invalid),
             attributes=_join_attributes(self.attributes, other.attributes),
+            shared_ends=_join_ends(self.shared_ends, other.shared_ends),
         )
 
     def with_record(self, record: BlobRecord) -> BlobState:
@@ -1063,6 +1069,12 @@ class BlobState:
         if record.blob_id != self.blob_id:
             raise ValueError("record is for another blob")
         return self.join(_state_of(record))
+
+    def with_shared_ends(self, ends: Mapping[bytes, int]) -> BlobState:
+        """Join ends of this blob's shared blobs (owner -> end) taken from the epoch chain."""
+        if not ends:
+            return self
+        return dataclasses.replace(self, shared_ends=_join_ends(self.shared_ends, ends))
 
     def with_verified(
         self, record: BlobRecord, network_id: bytes, committee_of: CommitteeLookup
@@ -1084,7 +1096,10 @@ class BlobState:
     @property
     def end_epoch(self) -> int | None:
         """The first epoch no live registration pays for; None if there is no live one."""
-        ends = [reg.end_epoch for reg in self.live_registrations.values()]
+        ends = [
+            max(reg.end_epoch, self.shared_ends.get(owner, 0))
+            for (owner, _), reg in self.live_registrations.items()
+        ]
         return max(ends) if ends else None
 
     @property
@@ -1141,6 +1156,17 @@ class BlobState:
         """Whether storage peers must hold this blob's slivers in ``epoch``."""
         end = self.end_epoch
         return not self.is_invalid and end is not None and epoch < end
+
+
+def _join_ends(mine: Mapping[bytes, int], theirs: Mapping[bytes, int]) -> Mapping[bytes, int]:
+    if not theirs:
+        return mine
+    if not mine:
+        return theirs
+    joined = dict(mine)
+    for owner, end in theirs.items():
+        joined[owner] = max(end, joined.get(owner, 0))
+    return joined
 
 
 def _state_of(record: BlobRecord) -> BlobState:

@@ -17,12 +17,14 @@ payable (the fund and the pools of the ending epoch and before, less payouts agr
 applied), every pending stake order and withdrawal request (at most
 :data:`MAX_SETTLEMENT_MOVES`; the rest wait for the next settlement), the verified votes of the
 ending committee's members for the epoch (each with its signature) and, when a storage
-challenge ran, the members holding an availability certificate of the epoch.
+challenge ran, the members holding an availability certificate of the epoch, and the shared-blob
+extensions its ledger can carry out (docs/economics.md, "Shared blobs").
 
 A validator (:func:`check_settlement`) accepts only what it can check against its own
 knowledge, which is a subset of what is certified: every listed order is known to it, the
 payout is at most what it knows to be payable, every paid member holds a certificate it
-verified. Votes carry their voters' signatures, so a validator checks them against the
+verified, every shared-blob extension is one its own ledger would carry out, to the same end,
+with funds it knows of. Votes carry their voters' signatures, so a validator checks them against the
 committee without having received them (a vote it lacks must not block the epoch change). So a
 value a quorum accepted (at least one honest validator among them) never pays more than the
 fund will hold, never activates an unknown stake, never invents a vote or a certificate.
@@ -53,9 +55,13 @@ from walrus_p2p.types import Epoch, PeerId
 MAX_SETTLEMENT_MOVES = 256
 """Stake activations plus withdrawal requests one settlement lists (keeps the encoded
 settlement under ``MAX_SETTLEMENT_SIZE`` with every member voting); more wait one epoch."""
+MAX_SHARED_EXTENSIONS = 256
+"""Shared-blob extensions one settlement carries out (about 110 bytes each); more wait one
+epoch (a request may be listed by the settlement of its own epoch or of the next one)."""
 
 __all__ = [
     "MAX_SETTLEMENT_MOVES",
+    "MAX_SHARED_EXTENSIONS",
     "check_settlement",
     "encode_settlement",
     "propose_settlement",
@@ -108,6 +114,7 @@ def propose_settlement(
         certified=None if certified is None else tuple(sorted(set(certified))),
         vote_signatures=tuple(signature for _, signature, _ in listed),
         vote_epochs=tuple(cast for _, _, cast in listed),
+        shared_extensions=tuple(ledger.shared_extensions_to_list(epoch, MAX_SHARED_EXTENSIONS)),
     )
 
 
@@ -161,6 +168,14 @@ def check_settlement(
     unknown = [r for r in settlement.withdrawal_requests if not ledger.knows_withdrawal_request(r)]
     if unknown:
         raise VerificationError(f"settlement lists {len(unknown)} unknown withdrawal requests")
+    if len(settlement.shared_extensions) > MAX_SHARED_EXTENSIONS:
+        raise VerificationError(
+            f"settlement carries out {len(settlement.shared_extensions)} shared-blob extensions"
+        )
+    try:
+        ledger.check_shared_extensions(settlement)
+    except OrderRefusedError as error:
+        raise VerificationError(str(error)) from error
     payable = ledger.payable(epoch) or 0
     if settlement.payout > payable:
         raise VerificationError(

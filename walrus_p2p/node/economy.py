@@ -56,6 +56,7 @@ from walrus_p2p.core.economy import VoteSettings
 from walrus_p2p.core.economy_messages import (
     MAX_CERTIFICATES_PER_MESSAGE,
     MAX_POOLS_PER_REPLY,
+    MAX_SHARED_PER_REPLY,
     MAX_STAKES_PER_REPLY,
     ApproveOrderReply,
     ApproveOrderRequest,
@@ -66,11 +67,14 @@ from walrus_p2p.core.economy_messages import (
     GetAccountRequest,
     GetEconomyReply,
     GetEconomyRequest,
+    GetSharedBlobReply,
+    GetSharedBlobRequest,
     ListCertificatesReply,
     ListCertificatesRequest,
     ParameterVote,
     PoolEntry,
     ReleaseStorageBody,
+    SharedBlobEntry,
     StakeEntry,
     StakeStateCode,
     SubmitCertificateReply,
@@ -219,6 +223,8 @@ class EconomyService:
         self._publish_votes: list[bytes] = []
         self._certified_views: dict[int, Mapping[PeerId, object]] = {}
         self.settlements_added = 0
+        self.shared_ends: Callable[[BlobId, bytes, int], None] | None = None
+        """Where the ends of shared blobs the chain's settlements give go (the record book)."""
 
     # -- start ---------------------------------------------------------------------------
 
@@ -254,6 +260,7 @@ class EconomyService:
         router.add(GetAccountRequest, self.get_account)
         router.add(ListCertificatesRequest, self.list_certificates)
         router.add(GetEconomyRequest, self.get_economy)
+        router.add(GetSharedBlobRequest, self.get_shared_blob)
 
     async def run(
         self,
@@ -395,6 +402,12 @@ class EconomyService:
             # Only a faulty quorum agrees on such a value: the ledger stays as it was.
             logger.warning("settlement unusable epoch=%d error=%s", record.epoch - 1, error)
             return
+        if self.shared_ends is not None:
+            # The chain states each shared blob's new end (docs/economics.md, "Shared blobs").
+            for extension in settlement.shared_extensions:
+                self.shared_ends(
+                    BlobId(extension.blob_id), extension.owner, int(extension.end_epoch)
+                )
         self.settlements_added += 1
         if outcome is not Outcome.WAITING:
             self._applied.set()
@@ -621,6 +634,32 @@ class EconomyService:
             burned=ledger.burned,
             pools=tuple(PoolEntry(Epoch(e), amount) for e, amount in pools),
             stakes=tuple(stakes),
+        )
+
+    async def get_shared_blob(
+        self, request: GetSharedBlobRequest, remote: PeerId
+    ) -> GetSharedBlobReply:
+        ledger = self.ledger
+        epoch = self.ctx.committees.epoch
+        found = sorted(ledger.shared_blobs(request.key).items())[:MAX_SHARED_PER_REPLY]
+        entries = []
+        for shared_id, resource in found:
+            assert resource.blob_id is not None  # a shared resource holds its blob
+            entries.append(
+                SharedBlobEntry(
+                    shared_id=shared_id,
+                    blob_id=BlobId(resource.blob_id),
+                    owner=resource.owner,
+                    units=resource.units,
+                    end_epoch=Epoch(resource.end_epoch),
+                    funds=ledger.shared_funds(shared_id),
+                    pending_requests=min(ledger.pending_shared_requests(shared_id), 2**16 - 1),
+                )
+            )
+        return GetSharedBlobReply(
+            epoch=Epoch(epoch),
+            storage_price=ledger.prices(epoch).storage_price,
+            shared=tuple(entries),
         )
 
     async def list_certificates(

@@ -200,6 +200,7 @@ class StoragePeerService(ReadsCommittee):
         if self.genesis.economy is not None:
             # Paid storage is opt-in by genesis (docs/economics.md, "Paid storage").
             self.records.payments = economy.check_payment
+            economy.shared_ends = self.records.add_shared_end
         # After the sliver service: it guards the recovery symbol handlers during its window.
         challenges = ChallengeService(context, self.options.challenges)
         challenges.register(self.router)

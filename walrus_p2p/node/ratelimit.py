@@ -43,6 +43,8 @@ CONTROL_RATES: dict[str, Rate] = {
     "SubmitCertificateRequest": Rate(50.0, 100.0),
     "GetAccountRequest": Rate(20.0, 60.0),
     "ListCertificatesRequest": Rate(5.0, 20.0),
+    "GetEconomyRequest": Rate(20.0, 60.0),
+    "GetSharedBlobRequest": Rate(20.0, 60.0),
     "ChallengeTicketRequest": Rate(4.0, 20.0),
     "ChallengeResponseRequest": Rate(4.0, 20.0),
     "PostAvailabilityCertificatesRequest": Rate(5.0, 20.0),

@@ -12,6 +12,11 @@ On a network with an economy, :attr:`RecordBook.payments` is set (the economy's 
 docs/economics.md, "Paid storage"): an owner's register or extend record that is not paid for is
 not merged, and the merge raises its refusal (``PAYMENT_REQUIRED``, ``PAYMENT_MISMATCH``) after
 merging the other records it was given.
+
+A shared blob's extensions are not records: the settlements of the epoch chain carry them
+(docs/economics.md, "Shared blobs"), and the economy gives each to :meth:`RecordBook.add_shared_end`
+as a record of the chain becomes current (and for the whole chain at start), so every blob state
+and stored summary here counts them.
 """
 
 from __future__ import annotations
@@ -83,6 +88,10 @@ class RecordBook:
         self.payments: PaymentCheck | None = None
         """The payment check of owner records; None: storage is free (no economy)."""
         self._unpaid: OrderedDict[BlobId, ProtocolRefusal] = OrderedDict()
+        self._shared: dict[BlobId, dict[bytes, int]] = {}
+        """Ends of shared blobs from the epoch chain: blob id -> owner -> end."""
+        self._summaries_due: set[BlobId] = set()
+        self._summaries_ready = trio.Event()
 
     @property
     def remembered(self) -> int:
@@ -104,7 +113,7 @@ class RecordBook:
         cached = self._states.get(blob_id)
         if cached is not None:
             return cached
-        state = records.BlobState.empty(blob_id)
+        state = records.BlobState.empty(blob_id).with_shared_ends(self._shared.get(blob_id, {}))
         stored = await trio.to_thread.run_sync(self.load, blob_id)
         if not stored:
             # Not cached: anyone may ask about any blob id, and a cache of the empty states of
@@ -122,6 +131,33 @@ class RecordBook:
             state = state.with_record(record)
         self._states[blob_id] = state
         return state
+
+    def add_shared_end(self, blob_id: BlobId, owner: bytes, end: int) -> None:
+        """A settlement of the epoch chain extended ``owner``'s shared blob of ``blob_id`` to
+        ``end``; the stored summary follows in the background (:meth:`run`)."""
+        ends = self._shared.setdefault(blob_id, {})
+        if ends.get(owner, 0) >= end:
+            return
+        ends[owner] = end
+        cached = self._states.get(blob_id)
+        if cached is not None:
+            self._states[blob_id] = cached.with_shared_ends({owner: end})
+        self._summaries_due.add(blob_id)
+        self._summaries_ready.set()
+
+    async def _write_summaries(self) -> None:
+        """Store the summaries of blobs whose shared end moved (what expiry and healing read)."""
+        while True:
+            await self._summaries_ready.wait()
+            self._summaries_ready = trio.Event()
+            due, self._summaries_due = self._summaries_due, set()
+            for blob_id in sorted(due):
+                async with self._lock:
+                    state = await self.blob_state(blob_id)
+                    if state.end_epoch is not None:
+                        await trio.to_thread.run_sync(
+                            self.store.set_blob_state, blob_id, _summary(state)
+                        )
 
     def verify(self, record: records.BlobRecord, encoded: bytes | None = None) -> bytes:
         """``records.verify_blob_record``, done once per distinct record.
@@ -235,12 +271,7 @@ class RecordBook:
             if accepted or blob_id in self._states:
                 self._states[blob_id] = state
             if accepted:
-                summary = BlobState(
-                    certified_epoch=state.certified_epoch,
-                    end_epoch=state.end_epoch,
-                    deletable=not state.is_permanent,
-                    invalid=state.is_invalid,
-                )
+                summary = _summary(state)
                 await trio.to_thread.run_sync(self.store.set_blob_state, blob_id, summary)
         if accepted:
             for listener in self._listeners:
@@ -324,6 +355,7 @@ class RecordBook:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_gossip, subscription)
             nursery.start_soon(self._publish_gossip, gossip, topic)
+            nursery.start_soon(self._write_summaries)
             task_status.started()
 
     def _validate_gossip(self, message: GossipMessage) -> bool:
@@ -378,3 +410,13 @@ class RecordBook:
                     logger.info("records announced on gossip count=%d", len(batch))
                 except WalrusError as error:
                     logger.info("records gossip publish failed error=%s", error)
+
+
+def _summary(state: records.BlobState) -> BlobState:
+    """What the store keeps of a blob's state (for expiry and healing)."""
+    return BlobState(
+        certified_epoch=state.certified_epoch,
+        end_epoch=state.end_epoch,
+        deletable=not state.is_permanent,
+        invalid=state.is_invalid,
+    )

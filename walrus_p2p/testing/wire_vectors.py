@@ -360,6 +360,13 @@ def _economy_messages(
             network_id, account, 10, Epoch(7), _filled(32, 0x93)
         ),
         "WithdrawBody": em.WithdrawBody(network_id, account, 11, Epoch(8), _filled(32, 0x93)),
+        "ShareBlobBody": em.ShareBlobBody(network_id, account, 12, Epoch(8), resource, 5 * 10**9),
+        "FundSharedBlobBody": em.FundSharedBlobBody(
+            network_id, account, 13, Epoch(8), resource, 10**9
+        ),
+        "ExtendSharedBlobBody": em.ExtendSharedBlobBody(
+            network_id, account, 14, Epoch(8), resource, 3
+        ),
         "SignedOrder": signed,
         "OrderApprovalBody": em.OrderApprovalBody(network_id, Epoch(7), _filled(32, 0x94)),
         "CertifiedOrder": certified,
@@ -382,6 +389,7 @@ def _economy_messages(
             (signatures[0].signer,),
             (_filled(64, 0x68), _filled(64, 0x69)),
             (Epoch(7), Epoch(3)),
+            (em.SharedExtension(_filled(32, 0x40), blob_id, account, Epoch(12)),),
         ),
         "EpochSettlement/empty": em.EpochSettlement(network_id, Epoch(0), 0, (), (), (), ()),
         "ApproveOrderRequest": em.ApproveOrderRequest(signed),
@@ -428,6 +436,12 @@ def _economy_messages(
             ),
         ),
         "GetEconomyReply/empty": em.GetEconomyReply(Epoch(0), None, 0, 0, 0, 0, 0, (), ()),
+        "GetSharedBlobRequest": em.GetSharedBlobRequest(blob_id),
+        "GetSharedBlobReply": em.GetSharedBlobReply(
+            Epoch(7),
+            100_000,
+            (em.SharedBlobEntry(resource, blob_id, account, 5, Epoch(12), 4 * 10**9, 1),),
+        ),
         "ListCertificatesRequest": em.ListCertificatesRequest(em.order_key(account, 3), 24),
         "ListCertificatesRequest/first": em.ListCertificatesRequest(None, 1),
         "ListCertificatesReply": em.ListCertificatesReply((encoded,), em.order_key(other, 0)),
