@@ -737,12 +737,18 @@ class Devnet:
 
 @contextmanager
 def running_devnet(
-    prefix: str, peers: int, shards: int, *, ready_timeout: float, economy: bool = False
+    prefix: str,
+    peers: int,
+    shards: int,
+    *,
+    ready_timeout: float,
+    economy: bool = False,
+    epoch_duration: int = 3600,
 ) -> Iterator[Devnet]:
     """A :class:`Devnet` in a fresh temporary directory with every peer started and answering
     on its metrics port; every process is stopped on the way out (the benches' set-up)."""
     directory = Path(tempfile.mkdtemp(prefix=prefix))
-    devnet = Devnet(directory, peers, shards, economy=economy)
+    devnet = Devnet(directory, peers, shards, economy=economy, epoch_duration=epoch_duration)
     try:
         devnet.prepare()
         for index in devnet.peers:
