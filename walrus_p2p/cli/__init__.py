@@ -24,6 +24,7 @@ from walrus_p2p.cli import peer as peer_commands
 from walrus_p2p.cli import quilt as quilt_commands
 from walrus_p2p.cli import shared as shared_commands
 from walrus_p2p.cli import staking as staking_commands
+from walrus_p2p.cli import storage as storage_commands
 from walrus_p2p.cli import wallet as wallet_commands
 from walrus_p2p.cli._common import (
     EXIT_FAILED,
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     wallet_commands.add_commands(commands)
     staking_commands.add_commands(commands)
     shared_commands.add_commands(commands)
+    storage_commands.add_commands(commands)
     peer_commands.add_commands(commands)
     gateway_commands.add_commands(commands)
     agent_commands.add_commands(commands, main)

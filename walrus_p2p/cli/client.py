@@ -101,6 +101,13 @@ def _command_store(arguments: argparse.Namespace) -> int:
     for path in files:
         read_file_bytes(path)[0]  # fail fast on a missing file, before joining the network
     secret = _secret(arguments, storing=True) if arguments.encrypt else None
+    storage = None
+    if arguments.storage is not None:
+        from walrus_p2p.cli.storage import parse_resource_id
+
+        if len(files) > 1:
+            raise UsageError("--storage holds one blob: store one FILE with it")
+        storage = parse_resource_id(arguments.storage)
     show_progress = not arguments.json and sys.stderr.isatty()
 
     async def work(client: WalrusClient) -> int:
@@ -126,6 +133,7 @@ def _command_store(arguments: argparse.Namespace) -> int:
                     permanent=arguments.permanent,
                     progress=bar.update,
                     wait_all=arguments.wait_all,
+                    storage=storage,
                 )
             finally:
                 bar.close()
@@ -403,11 +411,23 @@ def _command_delete(arguments: argparse.Namespace) -> int:
     blob_id = blob_id_from_text(arguments.blob_id)
 
     async def work(client: WalrusClient) -> int:
-        await client.delete(blob_id)
+        released = await client.delete(blob_id)
         if arguments.json:
-            print_json({"blobId": arguments.blob_id, "deleted": True})
+            print_json(
+                {
+                    "blobId": arguments.blob_id,
+                    "deleted": True,
+                    "releasedStorage": None if released is None else released.hex(),
+                }
+            )
         else:
             print(f"deleted {arguments.blob_id}")
+            if released is not None:
+                print(
+                    f"its storage {released.hex()} is free again: `walrus-peer store FILE "
+                    f"--storage {released.hex()} --end-epoch E` reuses it (`walrus-peer storage` "
+                    "lists it)"
+                )
         return EXIT_OK
 
     return run_client(arguments, work, pays=True)
@@ -875,6 +895,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="return once every member has its slivers (or failed for good), not at the "
         "certificate (a quorum of shards)",
+    )
+    store.add_argument(
+        "--storage",
+        metavar="ID",
+        help="on a network with an economy: attach the blob to this free storage resource of "
+        "the wallet (bought ahead, split or released; `walrus-peer storage` lists them) instead "
+        "of buying storage",
     )
     client_options(store)
     store.set_defaults(handler=_command_store)

@@ -59,6 +59,7 @@ from walrus_p2p.core.economy_messages import (
     ReleaseStorageBody,
     ShareBlobBody,
     SignedOrder,
+    SplitKind,
     SplitStorageBody,
     SubmitCertificateReply,
     SubmitCertificateRequest,
@@ -68,6 +69,7 @@ from walrus_p2p.core.economy_messages import (
     order_id,
     order_key,
     sign_order,
+    split_resource_ids,
     verify_certified_order,
 )
 from walrus_p2p.core.genesis import Genesis
@@ -355,6 +357,118 @@ class Payer:
             write_fee=price.write_fee,
         )
 
+    async def pay_with_resource(
+        self,
+        *,
+        resource_id: bytes,
+        blob_id: bytes,
+        size: int,
+        deletable: bool,
+        start_epoch: int,
+        end_epoch: int,
+    ) -> Payment:
+        """Attach the blob to a free storage resource of the account (bought ahead, split, or
+        released after a delete) instead of buying storage: only the write fee is paid. The
+        resource must hold the blob's units and cover ``[start_epoch, end_epoch)``; it is read
+        from the members' ledgers (the answer of the most shard weight) and checked before
+        anything is signed, so a resource that cannot pay for the blob costs nothing.
+        Raises ``NotFoundError`` (no such resource of the account) or ``WalrusError`` with
+        reason ``RESOURCE_UNUSABLE`` (attached to another blob, too small, too short)."""
+        units = storage_units(encoded_size(size, self.genesis.n_shards))
+        async with self._lock:
+            committee = self.light.committee
+            entries = (await economy_view(self.light, self.account, options=self.options)).reply
+            entry = next((e for e in entries.resources if e.resource_id == resource_id), None)
+            if entry is None:
+                raise NotFoundError(
+                    f"storage {resource_id.hex()} is not a resource of this account (or not "
+                    "among the 64 the members list: free ones come first)"
+                )
+            covered = entry.start_epoch <= start_epoch and end_epoch <= entry.end_epoch
+            attached_here = entry.blob_id is not None and bytes(entry.blob_id) == bytes(blob_id)
+            if attached_here and entry.deletable == deletable and covered and entry.units >= units:
+                # A store retried after the attachment: it pays once.
+                logger.info("blob already attached to storage blob=%s", short_id(blob_id))
+                return Payment(resource_id, b"", start_epoch, end_epoch, units, 0, 0, True)
+            problem = None
+            if entry.blob_id is not None:
+                problem = f"it holds blob {short_id(entry.blob_id)}"
+            elif entry.units < units:
+                problem = f"it holds {entry.units} units, the blob needs {units}"
+            elif not covered:
+                problem = (
+                    f"it covers epochs [{entry.start_epoch}, {entry.end_epoch}), the blob "
+                    f"needs [{start_epoch}, {end_epoch}) (store with --end-epoch "
+                    f"{entry.end_epoch} or less)"
+                )
+            if problem is not None:
+                raise WalrusError(
+                    f"storage {resource_id.hex()[:16]}… cannot hold this blob: {problem}",
+                    reason="RESOURCE_UNUSABLE",
+                )
+            prices = await self.prices()
+            write_fee = prices.write_fee(units)
+            view = await self._view()
+            if view.balance < write_fee:
+                raise _insufficient(write_fee, view.balance)
+            attach = sign_order(
+                self.owner,
+                AttachBlobBody(
+                    network_id=self.genesis.network_id,
+                    account=self.account,
+                    sequence=view.next_sequence,
+                    epoch=Epoch(committee.epoch),
+                    resource=resource_id,
+                    blob_id=BlobId(blob_id),
+                    encoded_size=encoded_size(size, self.genesis.n_shards),
+                    deletable=deletable,
+                    amount=write_fee,
+                ),
+            )
+            await self._certify(committee, attach, needed=write_fee, balance=view.balance)
+        logger.info(
+            "blob attached to storage blob=%s resource=%s write=%d",
+            short_id(blob_id),
+            resource_id.hex()[:16],
+            write_fee,
+        )
+        return Payment(resource_id, order_id(attach), start_epoch, end_epoch, units, 0, write_fee)
+
+    async def release(self, blob_id: bytes, *, attempts: int = 4, pause: float = 1.0) -> bytes:
+        """Free the storage resource of this account's deleted, deletable blob for reuse
+        (docs/economics.md, "Storage resources"); returns its id. Members approve only once
+        their record book holds the delete (``RESOURCE_IN_USE`` before), so the same order is
+        asked again, ``attempts`` times at most, ``pause`` seconds apart."""
+        async with self._lock:
+            committee = self.light.committee
+            view = await self._view()
+            resource_id, resource = await self.attached_resource(blob_id, view.next_sequence)
+            if not resource.deletable:
+                raise WalrusError(
+                    f"the storage of blob {short_id(blob_id)} is not deletable",
+                    reason="NOT_DELETABLE",
+                )
+            order = sign_order(
+                self.owner,
+                ReleaseStorageBody(
+                    network_id=self.genesis.network_id,
+                    account=self.account,
+                    sequence=view.next_sequence,
+                    epoch=Epoch(committee.epoch),
+                    resource=resource_id,
+                ),
+            )
+            for attempt in range(1, attempts + 1):
+                try:
+                    await self._certify(committee, order, needed=0, balance=view.balance)
+                    return resource_id
+                except OrderRefusedError as error:
+                    if error.reason != "RESOURCE_IN_USE" or attempt == attempts:
+                        raise
+                    logger.info("release waits for the delete to reach the members")
+                    await trio.sleep(pause)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     async def pay_extension(self, *, blob_id: bytes, end_epoch: int) -> int:
         """Extend the resource this account attached to ``blob_id`` to ``end_epoch``; returns
         what it cost (0 if the resource already lasts that long). ``NotFoundError`` when the
@@ -440,8 +554,7 @@ class Payer:
 
 
 def _apply(resources: dict[bytes, _Resource], identifier: bytes, body: object) -> None:
-    """What an order of the account does to its resources, as the ledger does it, for the
-    orders a client makes (a split's parts are not followed)."""
+    """What an order of the account does to its resources, as the ledger does it."""
     if isinstance(body, BuyStorageBody):
         resources[identifier] = _Resource(body.units, body.start_epoch, body.end_epoch)
     elif isinstance(body, ExtendStorageBody | AttachBlobBody | ReleaseStorageBody):
@@ -462,7 +575,18 @@ def _apply(resources: dict[bytes, _Resource], identifier: bytes, body: object) -
             new = _Resource(old.units, old.start_epoch, old.end_epoch)
         resources[bytes(body.resource)] = new
     elif isinstance(body, SplitStorageBody):
-        resources.pop(bytes(body.resource), None)
+        whole = resources.pop(bytes(body.resource), None)
+        if whole is None:
+            return
+        first_id, second_id = split_resource_ids(identifier)
+        if body.kind is SplitKind.SIZE:
+            first = dataclasses.replace(whole, units=body.at)
+            second = dataclasses.replace(whole, units=whole.units - body.at)
+        else:
+            first = dataclasses.replace(whole, end_epoch=body.at)
+            second = dataclasses.replace(whole, start_epoch=body.at)
+        resources[first_id] = first
+        resources[second_id] = second
     elif isinstance(body, ShareBlobBody):
         shared = resources.get(bytes(body.resource))
         if shared is not None:

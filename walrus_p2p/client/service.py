@@ -83,9 +83,11 @@ class WalrusClient:
         permanent: bool,
         progress: ProgressCallback | None = None,
         wait_all: bool = False,
+        storage: bytes | None = None,
     ) -> StoreOutcome:
         """Store ``data``; returns once certified, or with ``wait_all`` once the upload to
-        every member has ended (``StoreOptions.wait_all``)."""
+        every member has ended (``StoreOptions.wait_all``). ``storage``: a free storage
+        resource of the paying account to use instead of buying storage."""
         await self.light.refresh_if_stale()
         options = self.store_options
         if wait_all and not options.wait_all:
@@ -100,6 +102,7 @@ class WalrusClient:
             progress=progress,
             background=self.background,
             payer=self.payer,
+            storage=storage,
         )
 
     async def read(self, blob_id: BlobId, *, strict: bool = False) -> memoryview:
@@ -182,8 +185,10 @@ class WalrusClient:
             self.cache.forget(blob_id)  # its kept status names the old end epoch
         return new_end
 
-    async def delete(self, blob_id: BlobId) -> None:
-        """Delete this owner's (deletable) registration of the blob."""
+    async def delete(self, blob_id: BlobId) -> bytes | None:
+        """Delete this owner's (deletable) registration of the blob. On a network with an
+        economy the storage resource it was attached to is then released for reuse: returns
+        its id (None without an economy)."""
         state = await fetch_blob_state(self.light, blob_id)
         mine = self._my_registration(state)
         if state is None or mine is None:
@@ -200,6 +205,9 @@ class WalrusClient:
         await self._deliver(blob_id, record)
         if self.cache is not None:
             self.cache.forget(blob_id)
+        if self.payer is None:
+            return None
+        return await self.payer.release(blob_id)
 
     async def blob_attributes(self, blob_id: BlobId) -> records.BlobState:
         """The blob's verified state, with the attributes of each registration

@@ -161,6 +161,7 @@ async def store_blob(
     progress: ProgressCallback | None = None,
     background: trio.Nursery | None = None,
     payer: Payer | None = None,
+    storage: bytes | None = None,
 ) -> StoreOutcome:
     """Store ``data`` for ``epochs`` epochs from now; see the module docstring for the flow.
 
@@ -168,10 +169,16 @@ async def store_blob(
     there for ``tail_seconds`` more, after this returns (the blob is certified by then; peers
     the tail misses rebuild their slivers by blob sync). On a network with an economy,
     ``payer`` (one per account and process: it orders the account's orders) pays from
-    ``owner``'s account; without one, a payer is made for this call."""
+    ``owner``'s account; without one, a payer is made for this call. ``storage`` names a free
+    storage resource of that account to attach the blob to instead of buying storage
+    (:meth:`Payer.pay_with_resource`)."""
     options = options or StoreOptions()
     genesis = light.genesis
     if genesis.economy is None:
+        if storage is not None:
+            raise WalrusError(
+                "this network has no economy: there are no storage resources", reason="BAD_REQUEST"
+            )
         payer = None
     elif payer is None:
         payer = Payer(light, owner, background=background)
@@ -208,6 +215,7 @@ async def store_blob(
                 background=background,
                 payer=payer,
                 paid=paid,
+                storage=storage,
             )
         except EpochMovedError as error:
             await light.refresh_if_stale(min_interval=0.0)
@@ -236,6 +244,7 @@ async def _store_in_epoch(
     background: trio.Nursery | None,
     payer: Payer | None = None,
     paid: _Paid | None = None,
+    storage: bytes | None = None,
 ) -> StoreOutcome:
     """One store against the committee the light peer holds now: the whole flow works with that
     snapshot, so a refresh of the light peer in the middle (the gateway serves other calls
@@ -268,13 +277,23 @@ async def _store_in_epoch(
         paid = paid if paid is not None else _Paid()
         if paid.payment is None or paid.payment.end_epoch <= current:
             started = time.perf_counter()
-            paid.payment = await payer.pay_for_blob(
-                blob_id=blob_id,
-                size=size,
-                deletable=not permanent,
-                start_epoch=current,
-                end_epoch=end_epoch,
-            )
+            if storage is None:
+                paid.payment = await payer.pay_for_blob(
+                    blob_id=blob_id,
+                    size=size,
+                    deletable=not permanent,
+                    start_epoch=current,
+                    end_epoch=end_epoch,
+                )
+            else:
+                paid.payment = await payer.pay_with_resource(
+                    resource_id=storage,
+                    blob_id=blob_id,
+                    size=size,
+                    deletable=not permanent,
+                    start_epoch=current,
+                    end_epoch=end_epoch,
+                )
             paid.cost += paid.payment.cost
             phases.append(("pay", time.perf_counter() - started))
         end_epoch = paid.payment.end_epoch

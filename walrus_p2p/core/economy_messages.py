@@ -616,6 +616,8 @@ class CertificatesBatch(Message):
 
 MAX_STAKES_PER_REPLY = 64
 """Stakes of one account an economy query returns (the oldest first when there are more)."""
+MAX_RESOURCES_PER_REPLY = 64
+"""Storage resources of one account an economy query returns (free ones first)."""
 MAX_POOLS_PER_REPLY = 128
 """Reward pools an economy query returns (the nearest epochs; the ring is at most the maximum
 lifetime long)."""
@@ -649,10 +651,26 @@ class PoolEntry:
     amount: Amount
 
 
+@record
+@dataclass(frozen=True, slots=True)
+class ResourceEntry:
+    """One storage resource as a member's ledger holds it (docs/economics.md, "Storage
+    resources"): ``blob_id`` is the blob attached to it, None when it is free."""
+
+    resource_id: Hash32
+    units: U64
+    start_epoch: EpochNumber
+    end_epoch: EpochNumber
+    blob_id: BlobIdBytes | None
+    deletable: bool
+    shared: bool
+
+
 @register(121)
 @dataclass(frozen=True, slots=True)
 class GetEconomyRequest(Message):
-    """The economy as the peer's ledger sees it; with ``account``, also that account's stakes."""
+    """The economy as the peer's ledger sees it; with ``account``, also that account's stakes
+    and storage resources."""
 
     account: AccountKey | None
 
@@ -674,6 +692,9 @@ class GetEconomyReply(Message):
     stakes: Annotated[
         tuple[StakeEntry, ...], ListSpec(record_spec(StakeEntry), MAX_STAKES_PER_REPLY)
     ]
+    resources: Annotated[
+        tuple[ResourceEntry, ...], ListSpec(record_spec(ResourceEntry), MAX_RESOURCES_PER_REPLY)
+    ] = ()
 
 
 MAX_SHARED_PER_REPLY = 16

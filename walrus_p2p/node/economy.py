@@ -56,6 +56,7 @@ from walrus_p2p.core.economy import VoteSettings
 from walrus_p2p.core.economy_messages import (
     MAX_CERTIFICATES_PER_MESSAGE,
     MAX_POOLS_PER_REPLY,
+    MAX_RESOURCES_PER_REPLY,
     MAX_SHARED_PER_REPLY,
     MAX_STAKES_PER_REPLY,
     ApproveOrderReply,
@@ -74,6 +75,7 @@ from walrus_p2p.core.economy_messages import (
     ParameterVote,
     PoolEntry,
     ReleaseStorageBody,
+    ResourceEntry,
     SharedBlobEntry,
     StakeEntry,
     StakeStateCode,
@@ -623,6 +625,25 @@ class EconomyService:
                         request=position.request,
                     )
                 )
+        resources: list[ResourceEntry] = []
+        if request.account is not None:
+            resources_owned = ledger.resources_of(request.account).items()
+            # Free ones first (what a user can still use), then by id.
+            ordered = sorted(
+                resources_owned, key=lambda item: (item[1].blob_id is not None, item[0])
+            )
+            for resource_id, resource in ordered[:MAX_RESOURCES_PER_REPLY]:
+                resources.append(
+                    ResourceEntry(
+                        resource_id=resource_id,
+                        units=resource.units,
+                        start_epoch=Epoch(resource.start_epoch),
+                        end_epoch=Epoch(resource.end_epoch),
+                        blob_id=None if resource.blob_id is None else BlobId(resource.blob_id),
+                        deletable=resource.deletable,
+                        shared=resource.shared,
+                    )
+                )
         pools = sorted(ledger.pools.items())[:MAX_POOLS_PER_REPLY]
         return GetEconomyReply(
             epoch=Epoch(epoch),
@@ -634,6 +655,7 @@ class EconomyService:
             burned=ledger.burned,
             pools=tuple(PoolEntry(Epoch(e), amount) for e, amount in pools),
             stakes=tuple(stakes),
+            resources=tuple(resources),
         )
 
     async def get_shared_blob(

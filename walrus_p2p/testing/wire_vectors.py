@@ -434,6 +434,10 @@ def _economy_messages(
                     _filled(32, 0x98),
                 ),
             ),
+            resources=(
+                em.ResourceEntry(resource, 5, Epoch(7), Epoch(12), None, False, False),
+                em.ResourceEntry(_filled(32, 0x99), 2, Epoch(6), Epoch(9), blob_id, True, False),
+            ),
         ),
         "GetEconomyReply/empty": em.GetEconomyReply(Epoch(0), None, 0, 0, 0, 0, 0, (), ()),
         "GetSharedBlobRequest": em.GetSharedBlobRequest(blob_id),
