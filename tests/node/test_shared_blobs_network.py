@@ -10,11 +10,16 @@ restarted peer rebuilds it from its stored chain. Every wait has a deadline.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-
 import pytest
 import trio
+from economy_network import (
+    STORAGE_PRICE,
+    WAL,
+    WALLET_OPTIONS,
+    economy_network,
+    eventually,
+    ledgers_agree,
+)
 
 from walrus_p2p.client.records import fetch_blob_state
 from walrus_p2p.client.results import StoredBlob
@@ -25,24 +30,11 @@ from walrus_p2p.client.shared import (
     send_share,
     shared_view,
 )
-from walrus_p2p.client.wallet import WalletOptions
 from walrus_p2p.core.economy import storage_units
-from walrus_p2p.core.genesis import Allocation, EconomyGenesis
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.core.settlements import settlement_of
 from walrus_p2p.errors import OrderRefusedError, WalrusError
-from walrus_p2p.node.economy import EconomyOptions
-from walrus_p2p.node.epochs import EpochOptions
-from walrus_p2p.node.healing_options import HealingOptions
-from walrus_p2p.testing.epochs import FAST_TIMEOUTS
-from walrus_p2p.testing.network import (
-    NetworkOptions,
-    TestNetwork,
-    open_network,
-    open_test_client,
-    open_test_light_peer,
-    seed_for,
-)
+from walrus_p2p.testing.network import open_test_client, open_test_light_peer, seed_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -50,48 +42,12 @@ NAME = "shared-blobs-inproc"
 EPOCH_SECONDS = 12
 STEP = 30.0
 ROUND_TIMEOUT = 90.0
-WAL = 10**9
-STORAGE_PRICE = 100_000
 ALICE, BOB, CAROL = (Identity.from_seed(seed_for(NAME, who)) for who in ("alice", "bob", "carol"))
-OPTIONS = WalletOptions(request_timeout=5.0, total_timeout=20.0, attempts=2, tail_seconds=1.0)
-
-
-@asynccontextmanager
-async def economy_network() -> AsyncIterator[TestNetwork]:
-    options = NetworkOptions(
-        n_shards=8,
-        network=NAME,
-        epochs=EpochOptions(timeouts=FAST_TIMEOUTS),
-        epoch_seconds=EPOCH_SECONDS,
-        start_in=1.0,
-        healing=HealingOptions(enabled=False),
-        inline_limit=0,
-        request_timeout=20.0,
-        economy=EconomyGenesis(
-            allocations=(
-                Allocation(ALICE.public_key.raw, 1000 * WAL),
-                Allocation(BOB.public_key.raw, 1000 * WAL),
-            ),
-            storage_price=STORAGE_PRICE,
-            write_price=20_000,
-        ),
-        economy_options=EconomyOptions(gap_interval=1.0, request_timeout=5.0),
-    )
-    async with open_network(4, options) as network:
-        yield network
-
-
-async def eventually(
-    condition: Callable[[], bool], what: str, timeout: float = ROUND_TIMEOUT
-) -> None:
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(0.2)
-    assert condition(), f"not reached within {timeout} s: {what}"
+OPTIONS = WALLET_OPTIONS
 
 
 async def test_anyone_funds_and_extends_a_shared_blob_at_the_epoch_change() -> None:
-    async with economy_network() as network:
+    async with economy_network(NAME, [ALICE, BOB], epoch_seconds=EPOCH_SECONDS) as network:
         peers = network.peers
         async with open_test_client(network, ALICE) as client:
             with trio.fail_after(STEP):
@@ -127,6 +83,7 @@ async def test_anyone_funds_and_extends_a_shared_blob_at_the_epoch_change() -> N
                 for p in running
             ),
             "every ledger carried the extension out",
+            ROUND_TIMEOUT,
         )
         # the settlement that did it names the blob, its owner and the new end
         record_epoch = next(
@@ -143,11 +100,7 @@ async def test_anyone_funds_and_extends_a_shared_blob_at_the_epoch_change() -> N
         assert extension.end_epoch == new_end
         units = storage_units(stored.storage_size)
         cost = units * STORAGE_PRICE * 4
-        await eventually(
-            lambda: len({repr(p.running.economy.ledger.snapshot()) for p in running}) == 1,
-            "every ledger holds the same state",
-            timeout=STEP,
-        )
+        await eventually(lambda: ledgers_agree(network), "every ledger agrees", STEP)
         ledger = peers[0].running.economy.ledger
         assert ledger.shared_funds(shared_id) == 3 * WAL - cost
         assert ledger.total() == ledger.supply
@@ -162,7 +115,7 @@ async def test_anyone_funds_and_extends_a_shared_blob_at_the_epoch_change() -> N
                 for p in running
             ),
             "every stored summary has the new end",
-            timeout=STEP,
+            STEP,
         )
         # a fresh light client learns it from the verified chain
         async with open_test_light_peer(network) as reader:
@@ -177,6 +130,6 @@ async def test_anyone_funds_and_extends_a_shared_blob_at_the_epoch_change() -> N
         await eventually(
             lambda: restarted.economy.ledger.settled_epoch >= record_epoch - 1,
             "the restarted peer replayed the settlements",
-            timeout=STEP * 2,
+            STEP * 2,
         )
         assert (await restarted.records.blob_state(blob_id)).end_epoch == new_end

@@ -10,72 +10,29 @@ on the result, and Alice's balance is the genesis minus exactly what she was tol
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-
 import pytest
 import trio
+from economy_network import WAL, WRITE_PRICE, economy_network, eventually, ledgers_agree
+from economy_network import WALLET_OPTIONS as OPTIONS
 
 from walrus_p2p.client.results import StoredBlob
 from walrus_p2p.client.staking import economy_view
 from walrus_p2p.client.storage import send_buy_storage, send_split_storage, split_resource_ids
-from walrus_p2p.client.wallet import WalletOptions
 from walrus_p2p.core.economy import encoded_size, storage_units
-from walrus_p2p.core.genesis import Allocation, EconomyGenesis
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.errors import WalrusError
-from walrus_p2p.node.economy import EconomyOptions
-from walrus_p2p.node.healing_options import HealingOptions
-from walrus_p2p.testing.network import (
-    NetworkOptions,
-    TestNetwork,
-    open_network,
-    open_test_client,
-    open_test_light_peer,
-    seed_for,
-)
+from walrus_p2p.testing.network import open_test_client, open_test_light_peer, seed_for
 
 pytestmark = pytest.mark.timeout(240)
 
 NAME = "storage-resources-inproc"
 STEP = 30.0
-WAL = 10**9
-WRITE_PRICE = 20_000
 ALICE = Identity.from_seed(seed_for(NAME, "alice"))
-OPTIONS = WalletOptions(request_timeout=5.0, total_timeout=20.0, attempts=2, tail_seconds=1.0)
 SIZE = 6000
 
 
-@asynccontextmanager
-async def economy_network() -> AsyncIterator[TestNetwork]:
-    options = NetworkOptions(
-        n_shards=8,
-        network=NAME,
-        epoch_seconds=600,
-        start_in=1.0,
-        healing=HealingOptions(enabled=False),
-        inline_limit=0,
-        request_timeout=20.0,
-        economy=EconomyGenesis(
-            allocations=(Allocation(ALICE.public_key.raw, 1000 * WAL),),
-            storage_price=100_000,
-            write_price=WRITE_PRICE,
-        ),
-        economy_options=EconomyOptions(gap_interval=1.0, request_timeout=5.0),
-    )
-    async with open_network(4, options) as network:
-        yield network
-
-
-async def eventually(condition: Callable[[], bool], what: str, timeout: float = STEP) -> None:
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(0.2)
-    assert condition(), f"not reached within {timeout} s: {what}"
-
-
 async def test_buy_split_store_release_and_reuse_storage() -> None:
-    async with economy_network() as network:
+    async with economy_network(NAME, [ALICE], epoch_seconds=600) as network:
         units = storage_units(encoded_size(SIZE, 8))
         async with open_test_light_peer(network) as light:
             epoch = light.epoch
@@ -116,12 +73,8 @@ async def test_buy_split_store_release_and_reuse_storage() -> None:
             assert isinstance(second, StoredBlob) and second.cost == units * WRITE_PRICE
             assert (await client.blob_status(second.blob_id)).state == "certified"
 
-        running = network.running()
-        await eventually(
-            lambda: len({repr(p.running.economy.ledger.snapshot()) for p in running}) == 1,
-            "every ledger holds the same state",
-        )
-        ledger = running[0].running.economy.ledger
+        await eventually(lambda: ledgers_agree(network), "every ledger agrees", STEP)
+        ledger = network.running()[0].running.economy.ledger
         resource = ledger.resource(early)
         assert resource is not None and resource.blob_id == second.blob_id
         spent = cost + 2 * units * WRITE_PRICE

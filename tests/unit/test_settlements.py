@@ -121,7 +121,7 @@ def test_payable_counts_an_agreed_settlement_that_is_not_applied_yet() -> None:
         ({"stake_activations": (bytes([7]) * 32,)}, "unknown stake orders"),
         ({"withdrawal_requests": (bytes([8]) * 32,)}, "unknown withdrawal requests"),
         ({"epoch": Epoch(1)}, "expected 0"),
-        ({"slashed": (IDS[1],)}, "without a slashing vote"),
+        ({"slashed": (IDS[1],)}, "without conflict evidence here"),
         ({"votes": (VoteEntry(IDS[0], 5, 1, 10, 0),)}, "one signature and epoch per vote"),
         ({"certified": (IDS[0],)}, "without a certificate known here"),
         ({"network_id": bytes(32)}, "another network"),
@@ -336,3 +336,27 @@ def test_a_member_without_certificates_three_epochs_in_a_row_is_voted_out() -> N
         settled = propose_settlement(other, full[epoch], votes={}, certified=paid)
         assert other.voted_out_after(settled, full[epoch]) == set()
         other.add_settlement(settled, full[epoch], full[epoch + 1])
+
+
+def test_a_member_with_conflict_evidence_is_slashed_once_per_piece() -> None:
+    ledger, _, _, _ = funded_ledger()
+    evidence = {IDS[1]: 1, "12D3KooWNotAMember": 3}  # a stranger's evidence counts for nothing
+    proposed = propose_settlement(ledger, COMMITTEE_0, votes={}, certified=None, evidence=evidence)
+    assert proposed.slashed == (IDS[1],)
+    assert check(ledger, value_with(proposed), evidence=evidence) == proposed
+    # a validator without the evidence refuses the slash
+    with pytest.raises(VerificationError, match="without conflict evidence here"):
+        check(ledger, value_with(proposed), evidence={})
+    assert ledger.add_settlement(proposed, COMMITTEE_0, COMMITTEE_1) is Outcome.APPLIED
+    assert ledger.slash_count(IDS[1]) == 1
+    # the same piece does not slash again; a second piece does
+    following = propose_settlement(ledger, COMMITTEE_1, votes={}, certified=None, evidence=evidence)
+    assert following.slashed == ()
+    again = propose_settlement(ledger, COMMITTEE_1, votes={}, certified=None, evidence={IDS[1]: 2})
+    assert again.slashed == (IDS[1],)
+    # a ledger that has not applied the settlement before cannot count: it slashes nobody
+    fresh, _, _, _ = funded_ledger()
+    assert (
+        propose_settlement(fresh, COMMITTEE_1, votes={}, certified=None, evidence=evidence).slashed
+        == ()
+    )

@@ -252,6 +252,8 @@ class Ledger:
         self._shared_requests: dict[bytes, SharedRequest] = {}
         self._shared_closed: set[bytes] = set()
         """Extension requests carried out or lapsed."""
+        self._slash_counts: dict[PeerId, int] = {}
+        """How many settlements slashed each member (one per distinct conflict evidence)."""
         self._voted_out: dict[PeerId, int] = {}
         """Voted-out peers and the first epoch whose committee may include them again."""
         """Each voter's newest settled vote and the epoch it was cast in."""
@@ -450,6 +452,10 @@ class Ledger:
     def waiting_settlements(self) -> list[int]:
         return sorted(self._pending_settlements)
 
+    def slash_count(self, peer_id: PeerId) -> int:
+        """How many applied settlements slashed ``peer_id``."""
+        return self._slash_counts.get(peer_id, 0)
+
     def shared_funds(self, shared_id: bytes) -> int:
         return self._shared_funds.get(shared_id, 0)
 
@@ -499,6 +505,7 @@ class Ledger:
             sorted(self._fail_streaks.items()),
             sorted(self._voted_out.items()),
             sorted(self._shared_funds.items()),
+            sorted(self._slash_counts.items()),
             sorted((k, dataclasses.astuple(v)) for k, v in self._shared_requests.items()),
         )
 
@@ -1073,6 +1080,8 @@ class Ledger:
                     leaving, state=StakeState.WITHDRAWABLE, active_until=until
                 )
         self._apply_shared(settlement)
+        for peer_id in settlement.slashed:
+            self._slash_counts[peer_id] = self.slash_count(peer_id) + 1
         self._fail_streaks, self._voted_out = self._streaks_after(settlement, committee)
         self._settlements[epoch] = settlement_id(settlement)
         self._settled = epoch

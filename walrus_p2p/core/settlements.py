@@ -18,7 +18,8 @@ applied), every pending stake order and withdrawal request (at most
 :data:`MAX_SETTLEMENT_MOVES`; the rest wait for the next settlement), the verified votes of the
 ending committee's members for the epoch (each with its signature) and, when a storage
 challenge ran, the members holding an availability certificate of the epoch, and the shared-blob
-extensions its ledger can carry out (docs/economics.md, "Shared blobs").
+extensions its ledger can carry out (docs/economics.md, "Shared blobs"), and the members it
+holds conflict evidence against (once per piece, docs/economics.md, "Slashing").
 
 A validator (:func:`check_settlement`) accepts only what it can check against its own
 knowledge, which is a subset of what is certified: every listed order is known to it, the
@@ -89,11 +90,14 @@ def propose_settlement(
     *,
     votes: Mapping[PeerId, ParameterVote],
     certified: Collection[PeerId] | None,
+    evidence: Mapping[PeerId, int] | None = None,
 ) -> EpochSettlement:
     """The settlement of ``committee.epoch`` this peer proposes (see module). ``votes``: the
     newest verified vote this peer holds of each voter; a member's vote is listed when it was
     cast in the epoch or before and is newer than the one in force (a vote stays in force
-    until its voter casts another, so unchanged votes cost nothing)."""
+    until its voter casts another, so unchanged votes cost nothing). ``evidence``: for each
+    member, how many distinct pieces of verified conflict evidence this peer holds against it;
+    a member of the committee is slashed once per piece (:func:`slashable`)."""
     epoch = committee.epoch
     payable = ledger.payable(epoch)
     activations = ledger.stakes_to_activate()[:MAX_SETTLEMENT_MOVES]
@@ -110,11 +114,24 @@ def propose_settlement(
         votes=tuple(entry for entry, _, _ in listed),
         stake_activations=tuple(activations),
         withdrawal_requests=tuple(requests),
-        slashed=(),
+        slashed=tuple(slashable(ledger, committee, evidence or {})),
         certified=None if certified is None else tuple(sorted(set(certified))),
         vote_signatures=tuple(signature for _, signature, _ in listed),
         vote_epochs=tuple(cast for _, _, cast in listed),
         shared_extensions=tuple(ledger.shared_extensions_to_list(epoch, MAX_SHARED_EXTENSIONS)),
+    )
+
+
+def slashable(ledger: Ledger, committee: Committee, evidence: Mapping[PeerId, int]) -> list[PeerId]:
+    """Members of ``committee`` with more pieces of conflict evidence against them than
+    settlements that slashed them, sorted; none unless every earlier settlement is applied here
+    (the count must be the one every validator has)."""
+    if ledger.settled_epoch != committee.epoch - 1:
+        return []
+    return sorted(
+        peer
+        for peer, pieces in evidence.items()
+        if peer in committee and pieces > ledger.slash_count(peer)
     )
 
 
@@ -137,11 +154,13 @@ def check_settlement(
     value: EpochValue,
     *,
     certified: Collection[PeerId] | None,
+    evidence: Mapping[PeerId, int] | None = None,
 ) -> EpochSettlement | None:
     """Accept the settlement ``value`` carries for ``committee.epoch``, or raise
     ``VerificationError`` saying why not (see module). ``ledger`` is None on a network without
     an economy: then the value must carry none. ``certified`` is the set of members whose
-    availability certificate of the epoch this peer verified, None if it knows of none."""
+    availability certificate of the epoch this peer verified, None if it knows of none;
+    ``evidence`` the pieces of conflict evidence it verified per member."""
     settlement = settlement_of(value)
     if ledger is None:
         if settlement is not None:
@@ -157,8 +176,13 @@ def check_settlement(
     if settlement.epoch != epoch:
         raise VerificationError(f"settlement of epoch {settlement.epoch}, expected {epoch}")
     if settlement.slashed:
-        # No slashing vote exists yet: nobody can have a quorum for one.
-        raise VerificationError("settlement slashes without a slashing vote")
+        # A member is slashed only on conflict evidence this validator verified itself.
+        allowed = set(slashable(ledger, committee, evidence or {}))
+        strangers = [peer for peer in settlement.slashed if peer not in allowed]
+        if strangers:
+            raise VerificationError(
+                f"settlement slashes {len(strangers)} members without conflict evidence here"
+            )
     moves = len(settlement.stake_activations) + len(settlement.withdrawal_requests)
     if moves > MAX_SETTLEMENT_MOVES:
         raise VerificationError(f"settlement lists {moves} stake moves")

@@ -50,7 +50,7 @@ from typing import Protocol
 
 import trio
 
-from walrus_p2p.core import wire
+from walrus_p2p.core import identity, wire
 from walrus_p2p.core.committee import Committee
 from walrus_p2p.core.economy import VoteSettings
 from walrus_p2p.core.economy_messages import (
@@ -63,6 +63,7 @@ from walrus_p2p.core.economy_messages import (
     ApproveOrderRequest,
     CertificatesBatch,
     CertifiedOrder,
+    ConflictEvidence,
     EpochSettlement,
     GetAccountReply,
     GetAccountRequest,
@@ -90,6 +91,7 @@ from walrus_p2p.core.economy_messages import (
     order_key,
     sign_parameter_vote,
     verify_certified_order,
+    verify_conflict_evidence,
     verify_parameter_vote,
 )
 from walrus_p2p.core.ledger import Ledger, OrderSigner, Outcome
@@ -124,6 +126,9 @@ RECEIVED_NAMESPACE = "economy-received"
 """Transfers received, for an account's history: key = recipient + arrival time (8 bytes,
 nanoseconds) + 8 bytes of the order id; value = the order's key in ``ORDERS_NAMESPACE``."""
 SIGNER_NAMESPACE = "economy-signer"
+EVIDENCE_NAMESPACE = "economy-evidence"
+"""Verified conflict evidence (docs/economics.md, "Slashing"), keyed by the member's public key,
+the account and the sequence."""
 JOURNAL_KEY = b"journal"
 CERTIFICATES_TOPIC = "certified-orders"
 
@@ -225,6 +230,11 @@ class EconomyService:
         self._publish_votes: list[bytes] = []
         self._certified_views: dict[int, Mapping[PeerId, object]] = {}
         self.settlements_added = 0
+        self._evidence: dict[bytes, tuple[PeerId, ConflictEvidence]] = {}
+        """Verified conflict evidence by (member key, account, sequence): one piece per slot."""
+        self._evidence_queue: list[tuple[bytes, bytes, bool]] = []
+        """New evidence to store (key, encoding) and, if found here, to publish."""
+        self._evidence_ready = trio.Event()
         self.shared_ends: Callable[[BlobId, bytes, int], None] | None = None
         """Where the ends of shared blobs the chain's settlements give go (the record book)."""
 
@@ -251,6 +261,15 @@ class EconomyService:
                 logger.warning("stored certified order unusable error=%s", error)
                 continue
             self._known.add(order_id(certificate.order))
+        kept = await trio.to_thread.run_sync(
+            lambda: [value for _, value in store.iter_values(EVIDENCE_NAMESPACE)]
+        )
+        for encoded in kept:
+            try:
+                # Checked against the committees before it was stored.
+                self._remember_evidence(wire.decode(encoded, ConflictEvidence), members=False)
+            except (WireError, VerificationError) as error:
+                logger.warning("stored conflict evidence unusable error=%s", error)
         self.loaded = True
         logger.info(
             "economy loaded orders=%d locks_journal=%s", len(self._known), journal is not None
@@ -280,6 +299,7 @@ class EconomyService:
             nursery.start_soon(self._catch_up_loop)
             nursery.start_soon(self._gap_loop)
             nursery.start_soon(self._vote_loop, gossip, topic)
+            nursery.start_soon(self._evidence_loop, gossip, topic)
             task_status.started()
 
     # -- approvals -----------------------------------------------------------------------
@@ -352,6 +372,7 @@ class EconomyService:
             committee,
             votes=self.votes(),
             certified=self._certified(committee.epoch),
+            evidence=self.evidence_counts(),
         )
         logger.info(
             "settlement proposed epoch=%d payout=%d activations=%d requests=%d certified=%s",
@@ -370,6 +391,7 @@ class EconomyService:
                 committee,
                 value,
                 certified=self._certified(committee.epoch),
+                evidence=self.evidence_counts(),
             )
         except VerificationError as error:
             logger.info("settlement refused epoch=%d error=%s", committee.epoch, error)
@@ -445,7 +467,12 @@ class EconomyService:
             return Outcome.DUPLICATE
         self.verify(certificate)
         body = decode_order_body(certificate.order)
-        outcome = self.ledger.add_order(certificate.order)
+        try:
+            outcome = self.ledger.add_order(certificate.order)
+        except OrderRefusedError as error:
+            if error.reason == "ORDER_CONFLICT":
+                await self._evidence_from_conflict(certificate, body.account, body.sequence)
+            raise
         if outcome is Outcome.DUPLICATE:
             return outcome
         self._known.add(identifier)
@@ -718,9 +745,14 @@ class EconomyService:
         never relayed: no honest peer sends one, and a stranger's would cross the network for
         nothing (found by the fuzzing campaign, docs/testing.md). A parameter vote is relayed
         when it verifies and is kept here (a vote seen before is not relayed again)."""
-        news = wire.decode(message.data, (CertificatesBatch, ParameterVote))
+        news = wire.decode(message.data, (CertificatesBatch, ParameterVote, ConflictEvidence))
         if isinstance(news, ParameterVote):
             return self.take_vote(news)
+        if isinstance(news, ConflictEvidence):
+            # Relayed when it verifies, new here or not (this peer's own publication passes
+            # this validator after it kept the evidence; gossip itself drops repeats).
+            self.take_evidence(news)
+            return self._holds_evidence(news)
         if not news.certificates:
             return False
         for encoded in news.certificates:
@@ -731,11 +763,112 @@ class EconomyService:
         await subscription.handle_each(self._merge_gossip, what="certified orders")
 
     async def _merge_gossip(self, message: GossipMessage) -> None:
-        news = wire.decode(message.data, (CertificatesBatch, ParameterVote))
+        news = wire.decode(message.data, (CertificatesBatch, ParameterVote, ConflictEvidence))
         if isinstance(news, ParameterVote):
             self.take_vote(news)
             return
+        if isinstance(news, ConflictEvidence):
+            self.take_evidence(news)  # the validator kept it already; this is a no-op then
+            return
         await self.merge_encoded(news.certificates, f"gossip:{message.origin[:12]}")
+
+    # -- conflict evidence and slashing (docs/economics.md, "Slashing") ------------------
+
+    def evidence_counts(self) -> dict[PeerId, int]:
+        """Pieces of verified conflict evidence held against each member."""
+        counts: dict[PeerId, int] = {}
+        for peer_id, _ in self._evidence.values():
+            counts[peer_id] = counts.get(peer_id, 0) + 1
+        return counts
+
+    def _remember_evidence(
+        self, evidence: ConflictEvidence, *, members: bool = True
+    ) -> bytes | None:
+        """Verify evidence; the key it is kept under if it is new, else None. A key that is not
+        a member of the committee of an approval's epoch (as far as this peer knows the
+        committees; checked with ``members``) proves nothing about a member:
+        ``VerificationError``."""
+        account, sequence = verify_conflict_evidence(evidence, self.network_id)
+        peer_id = identity.peer_id_from_public_key(evidence.public_key)
+        for epoch in (evidence.first_epoch, evidence.second_epoch) if members else ():
+            committee = self.ctx.committees.committee_of(int(epoch))
+            if committee is None or peer_id not in committee:
+                raise VerificationError(
+                    f"conflict evidence: {peer_id[:12]} is not a known member of epoch {epoch}"
+                )
+        key = bytes(evidence.public_key) + bytes(account) + int(sequence).to_bytes(8, "big")
+        if key in self._evidence:
+            return None
+        self._evidence[key] = (peer_id, evidence)
+        return key
+
+    def _holds_evidence(self, evidence: ConflictEvidence) -> bool:
+        return any(kept is evidence or kept == evidence for _, kept in self._evidence.values())
+
+    def take_evidence(self, evidence: ConflictEvidence, *, publish: bool = False) -> bool:
+        """Verify and keep conflict evidence (stored in the background, and published there
+        when ``publish``: evidence found or handed in here); True if it is new here (then
+        gossip relays it)."""
+        try:
+            key = self._remember_evidence(evidence)
+        except VerificationError as error:
+            logger.info("conflict evidence refused error=%s", error)
+            return False
+        if key is None:
+            return False
+        logger.warning(
+            "conflict evidence member=%s: it approved two orders of one account slot",
+            identity.peer_id_from_public_key(evidence.public_key)[:12],
+        )
+        self._evidence_queue.append((key, wire.encode(evidence), publish))
+        self._evidence_ready.set()
+        return True
+
+    async def _evidence_from_conflict(
+        self, certificate: CertifiedOrder, account: bytes, sequence: int
+    ) -> None:
+        """Two certificates for one slot: every member that approved both equivocated."""
+        stored = await trio.to_thread.run_sync(
+            self.ctx.store.get_value, ORDERS_NAMESPACE, order_key(account, sequence)
+        )
+        if stored is None:
+            return
+        other = decode_certificate(stored)
+        first_epoch = decode_order_body(other.order).epoch
+        second_epoch = decode_order_body(certificate.order).epoch
+        mine = {approval.signer: approval.signature for approval in certificate.approvals}
+        for approval in other.approvals:
+            if approval.signer not in mine:
+                continue
+            committee = self.ctx.committees.committee_of(int(first_epoch))
+            if committee is None or approval.signer not in committee:
+                continue
+            self.take_evidence(
+                publish=True,
+                evidence=ConflictEvidence(
+                    public_key=committee.member(approval.signer).public_key,
+                    first=other.order,
+                    first_approval=approval.signature,
+                    first_epoch=first_epoch,
+                    second=certificate.order,
+                    second_approval=mine[approval.signer],
+                    second_epoch=second_epoch,
+                ),
+            )
+
+    async def _evidence_loop(self, gossip: Gossip, topic: str) -> None:
+        """Store new evidence, and publish what was found here (evidence that came by gossip
+        is relayed by gossip itself)."""
+        while True:
+            await self._evidence_ready.wait()
+            self._evidence_ready = trio.Event()
+            pending, self._evidence_queue = self._evidence_queue, []
+            for key, encoded, publish in pending:
+                await trio.to_thread.run_sync(
+                    self.ctx.store.put_value, EVIDENCE_NAMESPACE, key, encoded
+                )
+                if publish:
+                    await self._publish_vote(gossip, topic, encoded)
 
     # -- parameter votes (docs/economics.md, "Votes") ------------------------------------
 
