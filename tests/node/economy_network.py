@@ -4,8 +4,10 @@ share. Every wait has a deadline."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 
@@ -28,9 +30,10 @@ WALLET_OPTIONS = WalletOptions(
 
 @asynccontextmanager
 async def economy_network(
-    name: str, funded: list[Identity], *, epoch_seconds: int
+    name: str, funded: list[Identity], *, epoch_seconds: int, **overrides: Any
 ) -> AsyncIterator[TestNetwork]:
-    """Four peers; each of ``funded`` holds 1000 WAL in the genesis."""
+    """Four peers; each of ``funded`` holds 1000 WAL in the genesis. ``overrides`` replace
+    fields of the :class:`NetworkOptions` (faults, challenges, economy options, ...)."""
     options = NetworkOptions(
         n_shards=8,
         network=name,
@@ -47,6 +50,7 @@ async def economy_network(
         ),
         economy_options=EconomyOptions(gap_interval=1.0, request_timeout=5.0),
     )
+    options = dataclasses.replace(options, **overrides)
     async with open_network(4, options) as network:
         yield network
 

@@ -12,11 +12,12 @@ replays the settlements from its stored chain. Every wait has a deadline.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 import trio
+from economy_network import economy_network as shared_economy_network
 
 from walrus_p2p.client.results import StoredBlob
 from walrus_p2p.client.staking import economy_view, send_stake, send_unstake, send_withdraw
@@ -24,22 +25,16 @@ from walrus_p2p.client.wallet import WalletOptions
 from walrus_p2p.core.challenge_payout import certified_payout
 from walrus_p2p.core.economy import Prices, VoteSettings, encoded_size, quote, split_payout
 from walrus_p2p.core.economy_messages import EpochSettlement, StakeStateCode
-from walrus_p2p.core.genesis import Allocation, EconomyGenesis
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.core.ledger import StakeState
 from walrus_p2p.core.settlements import settlement_of
 from walrus_p2p.errors import OrderRefusedError
 from walrus_p2p.node.challenges import ChallengeOptions
 from walrus_p2p.node.economy import EconomyOptions
-from walrus_p2p.node.epochs import EpochOptions
 from walrus_p2p.node.faults import FORGET_SLIVERS
-from walrus_p2p.node.healing_options import HealingOptions
-from walrus_p2p.testing.epochs import FAST_TIMEOUTS
 from walrus_p2p.testing.network import (
-    NetworkOptions,
     TestNetwork,
     TestPeer,
-    open_network,
     open_test_client,
     open_test_light_peer,
     seed_for,
@@ -59,30 +54,17 @@ VOTE = VoteSettings(storage_price=150_000, write_price=30_000, capacity=2**40, c
 OPTIONS = WalletOptions(request_timeout=5.0, total_timeout=20.0, attempts=2, tail_seconds=1.0)
 
 
-@asynccontextmanager
-async def economy_network() -> AsyncIterator[TestNetwork]:
-    options = NetworkOptions(
-        n_shards=8,
-        network=NAME,
-        epochs=EpochOptions(timeouts=FAST_TIMEOUTS),
+def economy_network() -> AbstractAsyncContextManager[TestNetwork]:
+    return shared_economy_network(
+        NAME,
+        [ALICE],
         epoch_seconds=EPOCH_SECONDS,
-        start_in=1.0,
-        healing=HealingOptions(enabled=False),
-        inline_limit=0,
-        request_timeout=20.0,
         faults={3: FORGET_SLIVERS},
-        economy=EconomyGenesis(
-            allocations=(Allocation(ALICE.public_key.raw, 1000 * WAL),),
-            storage_price=100_000,
-            write_price=20_000,
-        ),
         economy_options=EconomyOptions(
             gap_interval=1.0, request_timeout=5.0, vote_source=lambda: VOTE
         ),
         challenges=ChallengeOptions(window_seconds=5.0, request_timeout=5.0),
     )
-    async with open_network(4, options) as network:
-        yield network
 
 
 async def eventually(

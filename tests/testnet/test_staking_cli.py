@@ -11,7 +11,6 @@ balance. Every command and every wait has a timeout; the fixture stops every pro
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 from walrus_p2p.cli import EXIT_FAILED
 from walrus_p2p.devnet import WALLET_NAME
-from walrus_p2p.testing.processes import Devnet
+from walrus_p2p.testing.processes import Devnet, running_devnet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -31,18 +30,17 @@ WAL = 10**9
 
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    net = Devnet(
-        tmp_path_factory.mktemp("staking-devnet"), 4, 8, economy=True, epoch_duration=EPOCH_SECONDS
-    )
-    try:
-        net.prepare()
-        for index in net.peers:
-            net.start_peer(index)
-        for index in net.peers:
-            net.wait_peer_metrics(index, timeout=READY_TIMEOUT)
+    directory = tmp_path_factory.mktemp("staking-devnet")
+    with running_devnet(
+        "",
+        4,
+        8,
+        ready_timeout=READY_TIMEOUT,
+        economy=True,
+        epoch_duration=EPOCH_SECONDS,
+        directory=directory,
+    ) as net:
         yield net
-    finally:
-        net.close()
 
 
 def wallet_cli(devnet: Devnet, *arguments: str) -> Any:
@@ -50,13 +48,7 @@ def wallet_cli(devnet: Devnet, *arguments: str) -> Any:
 
 
 def wait_until(devnet: Devnet, what: str, check: Callable[[], Any]) -> Any:
-    deadline = time.monotonic() + CHANGE_TIMEOUT
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(2.0)
-    raise AssertionError(f"not within {CHANGE_TIMEOUT} s: {what}\n{devnet.log_tails(15)}")
+    return devnet.wait_until(what, check, CHANGE_TIMEOUT)
 
 
 def test_stake_then_unstake_then_withdraw_from_the_command_line(devnet: Devnet) -> None:

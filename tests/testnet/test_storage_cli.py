@@ -16,7 +16,6 @@ every wait has a timeout.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from walrus_p2p.cli import EXIT_FAILED
 from walrus_p2p.client.wallet import create_wallet
 from walrus_p2p.core.economy import encoded_size, storage_units
 from walrus_p2p.devnet import WALLET_NAME
-from walrus_p2p.testing.processes import Devnet
+from walrus_p2p.testing.processes import Devnet, running_devnet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -39,18 +38,17 @@ WAL = 10**9
 
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    net = Devnet(
-        tmp_path_factory.mktemp("storage-devnet"), 4, 8, economy=True, epoch_duration=EPOCH_SECONDS
-    )
-    try:
-        net.prepare()
-        for index in net.peers:
-            net.start_peer(index)
-        for index in net.peers:
-            net.wait_peer_metrics(index, timeout=READY_TIMEOUT)
+    directory = tmp_path_factory.mktemp("storage-devnet")
+    with running_devnet(
+        "",
+        4,
+        8,
+        ready_timeout=READY_TIMEOUT,
+        economy=True,
+        epoch_duration=EPOCH_SECONDS,
+        directory=directory,
+    ) as net:
         yield net
-    finally:
-        net.close()
 
 
 def as_user(devnet: Devnet, wallet: Path, *arguments: str) -> Any:
@@ -58,13 +56,7 @@ def as_user(devnet: Devnet, wallet: Path, *arguments: str) -> Any:
 
 
 def wait_until(devnet: Devnet, what: str, check: Callable[[], Any]) -> Any:
-    deadline = time.monotonic() + CHANGE_TIMEOUT
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(2.0)
-    raise AssertionError(f"not within {CHANGE_TIMEOUT} s: {what}\n{devnet.log_tails(15)}")
+    return devnet.wait_until(what, check, CHANGE_TIMEOUT)
 
 
 def test_share_fund_and_extend_a_shared_blob_from_the_command_line(

@@ -22,7 +22,7 @@ from walrus_p2p.cli import EXIT_FAILED, EXIT_NOT_ENOUGH_PEERS
 from walrus_p2p.client.wallet import create_wallet
 from walrus_p2p.devnet import CLIENT_KEY_DIR, WALLET_FUNDS, WALLET_NAME
 from walrus_p2p.node.config import load_identity
-from walrus_p2p.testing.processes import Devnet
+from walrus_p2p.testing.processes import Devnet, running_devnet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -31,16 +31,11 @@ READY_TIMEOUT = 120.0
 
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    net = Devnet(tmp_path_factory.mktemp("wallet-devnet"), 4, 8, economy=True)
-    try:
-        net.prepare()
-        for index in net.peers:
-            net.start_peer(index)
-        for index in net.peers:
-            net.wait_peer_metrics(index, timeout=READY_TIMEOUT)
+    directory = tmp_path_factory.mktemp("wallet-devnet")
+    with running_devnet(
+        "", 4, 8, ready_timeout=READY_TIMEOUT, economy=True, directory=directory
+    ) as net:
         yield net
-    finally:
-        net.close()
 
 
 def wallet(devnet: Devnet, *arguments: str) -> Any:

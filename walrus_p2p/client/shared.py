@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from walrus_p2p.client.network import LightPeer
 from walrus_p2p.client.payment import Payer
 from walrus_p2p.client.staking import most_weight
-from walrus_p2p.client.wallet import OrderResult, WalletOptions, account_view, send_order
+from walrus_p2p.client.wallet import OrderResult, WalletOptions, account_view, send_fields
 from walrus_p2p.core import identity
 from walrus_p2p.core.economy_messages import (
     ExtendSharedBlobBody,
@@ -30,7 +30,7 @@ from walrus_p2p.core.economy_messages import (
     ShareBlobBody,
 )
 from walrus_p2p.errors import ConfigError, NotFoundError, WalrusError
-from walrus_p2p.types import Epoch, PeerId, short_id
+from walrus_p2p.types import PeerId, short_id
 
 __all__ = [
     "SharedView",
@@ -110,17 +110,9 @@ async def send_share(
             reason="NOT_SHAREABLE",
         )
 
-    def build(network_id: bytes, account: bytes, sequence: int, epoch: Epoch) -> ShareBlobBody:
-        return ShareBlobBody(
-            network_id=network_id,
-            account=account,
-            sequence=sequence,
-            epoch=epoch,
-            resource=resource_id,
-            amount=amount,
-        )
-
-    return await send_order(light, owner, build, options=options)
+    return await send_fields(
+        light, owner, ShareBlobBody, options=options, resource=resource_id, amount=amount
+    )
 
 
 async def send_fund_shared(
@@ -135,17 +127,9 @@ async def send_fund_shared(
     if amount <= 0:
         raise ConfigError("the amount must be positive")
 
-    def build(network_id: bytes, account: bytes, sequence: int, epoch: Epoch) -> FundSharedBlobBody:
-        return FundSharedBlobBody(
-            network_id=network_id,
-            account=account,
-            sequence=sequence,
-            epoch=epoch,
-            shared=shared_id,
-            amount=amount,
-        )
-
-    return await send_order(light, owner, build, options=options)
+    return await send_fields(
+        light, owner, FundSharedBlobBody, options=options, shared=shared_id, amount=amount
+    )
 
 
 async def send_extend_shared(
@@ -161,16 +145,6 @@ async def send_extend_shared(
     if epochs <= 0:
         raise ConfigError("--epochs must be positive")
 
-    def build(
-        network_id: bytes, account: bytes, sequence: int, epoch: Epoch
-    ) -> ExtendSharedBlobBody:
-        return ExtendSharedBlobBody(
-            network_id=network_id,
-            account=account,
-            sequence=sequence,
-            epoch=epoch,
-            shared=shared_id,
-            epochs=epochs,
-        )
-
-    return await send_order(light, owner, build, options=options)
+    return await send_fields(
+        light, owner, ExtendSharedBlobBody, options=options, shared=shared_id, epochs=epochs
+    )

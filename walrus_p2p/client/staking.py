@@ -25,7 +25,7 @@ from walrus_p2p.client.wallet import (
     OrderResult,
     WalletOptions,
     each_member,
-    send_order,
+    send_fields,
 )
 from walrus_p2p.core import identity, wire
 from walrus_p2p.core.committee import is_validity
@@ -37,7 +37,7 @@ from walrus_p2p.core.economy_messages import (
     WithdrawBody,
 )
 from walrus_p2p.errors import ConfigError, QuorumError
-from walrus_p2p.types import Epoch, PeerId
+from walrus_p2p.types import PeerId
 
 M = TypeVar("M", bound=wire.Message)
 
@@ -125,17 +125,7 @@ async def send_stake(
         raise ConfigError(f"{peer_id} is not a storage peer of epoch {light.epoch}")
     peer_key = light.committee.member(peer_id).public_key
 
-    def build(network_id: bytes, account: bytes, sequence: int, epoch: Epoch) -> StakeBody:
-        return StakeBody(
-            network_id=network_id,
-            account=account,
-            sequence=sequence,
-            epoch=epoch,
-            peer=peer_key,
-            amount=amount,
-        )
-
-    return await send_order(light, owner, build, options=options)
+    return await send_fields(light, owner, StakeBody, options=options, peer=peer_key, amount=amount)
 
 
 async def send_unstake(
@@ -148,14 +138,7 @@ async def send_unstake(
     """Ask to withdraw the stake ``stake_id`` (its withdrawal completes at the next epoch
     change that lists the request)."""
 
-    def build(
-        network_id: bytes, account: bytes, sequence: int, epoch: Epoch
-    ) -> RequestWithdrawBody:
-        return RequestWithdrawBody(
-            network_id=network_id, account=account, sequence=sequence, epoch=epoch, stake=stake_id
-        )
-
-    return await send_order(light, owner, build, options=options)
+    return await send_fields(light, owner, RequestWithdrawBody, options=options, stake=stake_id)
 
 
 async def send_withdraw(
@@ -166,10 +149,4 @@ async def send_withdraw(
     options: WalletOptions | None = None,
 ) -> OrderResult:
     """Move a withdrawable stake's principal and rewards back to the balance."""
-
-    def build(network_id: bytes, account: bytes, sequence: int, epoch: Epoch) -> WithdrawBody:
-        return WithdrawBody(
-            network_id=network_id, account=account, sequence=sequence, epoch=epoch, stake=stake_id
-        )
-
-    return await send_order(light, owner, build, options=options)
+    return await send_fields(light, owner, WithdrawBody, options=options, stake=stake_id)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from walrus_p2p.client.network import LightPeer
 from walrus_p2p.client.staking import economy_view
-from walrus_p2p.client.wallet import OrderResult, WalletOptions, send_order
+from walrus_p2p.client.wallet import OrderResult, WalletOptions, send_fields
 from walrus_p2p.core import identity
 from walrus_p2p.core.economy_messages import (
     BuyStorageBody,
@@ -52,19 +52,16 @@ async def send_buy_storage(
         raise ConfigError(f"storage may end at most {limit} epochs after the current one")
     price = (await economy_view(light, options=options)).reply.storage_price
 
-    def build(network_id: bytes, account: bytes, sequence: int, epoch: Epoch) -> BuyStorageBody:
-        return BuyStorageBody(
-            network_id=network_id,
-            account=account,
-            sequence=sequence,
-            epoch=epoch,
-            units=units,
-            start_epoch=Epoch(start),
-            end_epoch=Epoch(start + epochs),
-            amount=units * price * epochs,
-        )
-
-    return await send_order(light, owner, build, options=options)
+    return await send_fields(
+        light,
+        owner,
+        BuyStorageBody,
+        options=options,
+        units=units,
+        start_epoch=Epoch(start),
+        end_epoch=Epoch(start + epochs),
+        amount=units * price * epochs,
+    )
 
 
 async def send_split_storage(
@@ -86,15 +83,6 @@ async def send_split_storage(
     if at <= 0:
         raise ConfigError("the split point must be positive")
 
-    def build(network_id: bytes, account: bytes, sequence: int, now: Epoch) -> SplitStorageBody:
-        return SplitStorageBody(
-            network_id=network_id,
-            account=account,
-            sequence=sequence,
-            epoch=now,
-            resource=resource_id,
-            kind=kind,
-            at=at,
-        )
-
-    return await send_order(light, owner, build, options=options)
+    return await send_fields(
+        light, owner, SplitStorageBody, options=options, resource=resource_id, kind=kind, at=at
+    )

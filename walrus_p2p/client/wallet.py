@@ -35,7 +35,7 @@ import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -610,6 +610,25 @@ async def send_order(
     )
 
 
+async def send_fields(
+    light: LightPeer,
+    owner: identity.Identity,
+    body_type: Callable[..., OrderBody],
+    *,
+    options: WalletOptions | None = None,
+    **fields: Any,
+) -> OrderResult:
+    """:func:`send_order` for an order body of ``body_type`` with ``fields`` besides the four
+    every body starts with (network, account, sequence, epoch)."""
+
+    def build(network_id: bytes, account: bytes, sequence: int, epoch: Epoch) -> OrderBody:
+        return body_type(
+            network_id=network_id, account=account, sequence=sequence, epoch=epoch, **fields
+        )
+
+    return await send_order(light, owner, build, options=options)
+
+
 async def send_transfer(
     light: LightPeer,
     owner: identity.Identity,
@@ -628,17 +647,9 @@ async def send_transfer(
     if recipient == account:
         raise ConfigError("a transfer to the sending account itself is not an order")
 
-    def build(network_id: bytes, account: bytes, sequence: int, epoch: Epoch) -> TransferBody:
-        return TransferBody(
-            network_id=network_id,
-            account=account,
-            sequence=sequence,
-            epoch=epoch,
-            recipient=recipient,
-            amount=amount,
-        )
-
-    result = await send_order(light, owner, build, options=options)
+    result = await send_fields(
+        light, owner, TransferBody, options=options, recipient=recipient, amount=amount
+    )
     return TransferResult(
         order_id=result.order_id,
         account=account,

@@ -705,6 +705,17 @@ class Devnet:
         result = self.cli(*arguments, "--json", timeout=timeout, check=True)
         return json.loads(result.stdout)
 
+    def wait_until(self, what: str, check: Callable[[], Any], timeout: float) -> Any:
+        """Poll ``check`` every 2 s until it returns something true (returned) or ``timeout``
+        passes (``AssertionError`` with the peers' log tails)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = check()
+            if result:
+                return result
+            time.sleep(2.0)
+        raise AssertionError(f"not within {timeout} s: {what}\n{self.log_tails(15)}")
+
     # -- tear-down ----------------------------------------------------------------------
 
     def log_tails(self, lines: int = 25) -> str:
@@ -744,10 +755,12 @@ def running_devnet(
     ready_timeout: float,
     economy: bool = False,
     epoch_duration: int = 3600,
+    directory: Path | None = None,
 ) -> Iterator[Devnet]:
-    """A :class:`Devnet` in a fresh temporary directory with every peer started and answering
-    on its metrics port; every process is stopped on the way out (the benches' set-up)."""
-    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    """A :class:`Devnet` in ``directory`` (default: a fresh temporary one named ``prefix``...)
+    with every peer started and answering on its metrics port; every process is stopped on the
+    way out (the set-up of the benches and of the module-wide devnets of the CLI tests)."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix)) if directory is None else directory
     devnet = Devnet(directory, peers, shards, economy=economy, epoch_duration=epoch_duration)
     try:
         devnet.prepare()
