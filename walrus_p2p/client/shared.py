@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from walrus_p2p.client.network import LightPeer
 from walrus_p2p.client.payment import Payer
 from walrus_p2p.client.staking import most_weight
-from walrus_p2p.client.wallet import OrderResult, WalletOptions, account_view, send_fields
+from walrus_p2p.client.wallet import OrderResult, WalletOptions, send_fields
 from walrus_p2p.core import identity
 from walrus_p2p.core.economy_messages import (
     ExtendSharedBlobBody,
@@ -31,6 +31,9 @@ from walrus_p2p.core.economy_messages import (
 )
 from walrus_p2p.errors import ConfigError, NotFoundError, WalrusError
 from walrus_p2p.types import PeerId, short_id
+
+ALL_ORDERS = 2**63
+"""A sequence bound no account reaches: read an account's listing to its end."""
 
 __all__ = [
     "SharedView",
@@ -96,9 +99,10 @@ async def send_share(
         raise ConfigError("the amount cannot be negative")
     options = options or WalletOptions()
     await light.refresh_if_stale(min_interval=0.0)
-    view = await account_view(light, owner.public_key.raw, history=1, options=options)
     payer = Payer(light, owner, options=options)
-    resource_id, resource = await payer.attached_resource(blob_id, view.next_sequence)
+    # All of the account's orders (the listing ends where the next account's begin): the
+    # account view that tells the next sequence is asked once, by send_order below.
+    resource_id, resource = await payer.attached_resource(blob_id, ALL_ORDERS)
     if resource.shared:
         raise WalrusError(
             f"blob {short_id(blob_id)} is shared already: {resource_id.hex()}",
