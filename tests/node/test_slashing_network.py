@@ -7,7 +7,8 @@ faulty quorum can make. Peer 0 receives both certificates: its ledger refuses th
 (``ORDER_CONFLICT``) and it builds evidence against each member that approved both, stores it
 and publishes it. Every peer verifies and keeps the evidence from gossip, the next epoch change
 lists members 1 and 2 as slashed, every validator accepted it, and the one after does not slash
-them again. Every wait has a deadline.
+them again; a restarted peer reloads the evidence and replays the slash. Every wait has a
+deadline.
 """
 
 from __future__ import annotations
@@ -85,3 +86,13 @@ async def test_members_that_approve_conflicting_orders_are_slashed_at_the_next_c
         later = settlement_of(peers[0].running.epochs.records[slashing[0] + 1].value)
         assert later is not None and later.slashed == ()  # one slash per piece of evidence
         assert all(p.running.economy.ledger.slash_count(peers[2].peer_id) == 1 for p in running)
+        # a restarted peer reloads the evidence it stored, and its ledger's count of slashes
+        await network.stop(peers[3])
+        await network.start(peers[3])
+        restarted = peers[3].running.economy
+        assert sorted(restarted.evidence_counts()) == equivocators
+        await eventually(
+            lambda: restarted.ledger.slash_count(peers[1].peer_id) == 1,
+            "the restarted peer replayed the slashing settlement",
+            ROUND_TIMEOUT,
+        )
