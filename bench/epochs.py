@@ -6,6 +6,8 @@ Run from the repository root on an otherwise quiet machine::
     .venv/bin/python bench/epochs.py --peers 50 --shards 200 --epoch-duration 60 --changes 5
     .venv/bin/python bench/epochs.py --churn                          # kills/restarts + 4 writers
     .venv/bin/python bench/epochs.py --economy                        # with settlements
+    .venv/bin/python bench/epochs.py --economy --write --max-blob 65536   # paid stores: locks
+                                                                      # to hand over
     .venv/bin/python bench/epochs.py --epoch-duration 3600 --changes 0 --settle 60 \
         --quiet-seconds 90                                            # idle, nothing to agree on
 
@@ -22,6 +24,9 @@ gateway's ``/status`` says writable, then for ``--changes`` epoch changes:
   the round that decided and the time each peer switched (``walrus_epoch_switched_unix``);
 - prints per change: the scheduled start, the delay to the first and the median peer switch,
   the round, messages and bytes network-wide, CPU-s network-wide in the change's window;
+- with ``--economy``, prints per change how long the peers' lock hand-overs took
+  (``walrus_handover_seconds``) and how many reported orders they received; the hand-over's
+  requests show by kind (``GetLocksRequest``/``GetLocksReply``);
 - prints the idle CPU of the 20 peers between changes (status sampling on), and in one quiet
   window of ``--quiet-seconds`` in the middle of an epoch with the sampling paused.
 
@@ -154,6 +159,10 @@ class ChangeFigures:
     net_bytes: float
     cpu: float
     window: float
+    handovers: list[float]
+    """Seconds each peer's lock hand-over into this epoch took (``walrus_handover_seconds``
+    of the peers whose ``walrus_handover_epoch`` is this one; docs/economics.md)."""
+    handover_orders: float
 
 
 def measure_change(
@@ -193,6 +202,13 @@ def measure_change(
     net = sum(summed(after, "walrus_net_bytes_sent_total").values()) - sum(
         summed(before, "walrus_net_bytes_sent_total").values()
     )
+    handovers = [
+        values["walrus_handover_seconds"]
+        for values in after.values()
+        if values.get("walrus_handover_epoch") == epoch and "walrus_handover_seconds" in values
+    ]
+    orders = "walrus_handover_orders_total"
+    handover_orders = sum(delta(summed(after, orders), summed(before, orders)).values())
     return ChangeFigures(
         epoch=epoch,
         first_switch=min(switches) if switches else None,
@@ -204,6 +220,8 @@ def measure_change(
         net_bytes=net,
         cpu=cpu_after - cpu_before,
         window=t_after - t_before,
+        handovers=handovers,
+        handover_orders=handover_orders,
     )
 
 
@@ -304,6 +322,11 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the devnet directory")
     parser.add_argument("--churn", action="store_true")
     parser.add_argument(
+        "--write",
+        action="store_true",
+        help="--writers store blobs through the gateway during the run (implied by --churn)",
+    )
+    parser.add_argument(
         "--economy",
         action="store_true",
         help="devnet --economy: every epoch value carries a settlement (docs/economics.md)",
@@ -374,9 +397,10 @@ def main() -> None:
         churn_log: list[str] = []
         churn_thread: threading.Thread | None = None
         last_restart: list[float] = []
-        if arguments.churn:
+        if arguments.churn or arguments.write:
             writers = Writers(devnet, arguments.writers, arguments.max_blob)
             writers.start()
+        if arguments.churn:
 
             def run_churn() -> None:
                 last_restart.append(churn(devnet, arguments, churn_log))
@@ -408,11 +432,19 @@ def main() -> None:
             )
             if detail:
                 print(f"      by kind (messages/bytes): {detail}")
+            if change.handovers:
+                print(
+                    f"      lock hand-over: {len(change.handovers)} peers done, "
+                    f"p50 {statistics.median(change.handovers):.2f}s "
+                    f"max {max(change.handovers):.2f}s, "
+                    f"{int(change.handover_orders)} reported orders received"
+                )
         run_seconds = time.time() - run_start
         cpu_run = meter.sample(devnet.pids()) - cpu_run_start
 
-        if churn_thread is not None and writers is not None:
+        if churn_thread is not None:
             churn_thread.join()
+        if writers is not None:
             writers.stop.set()
             print("\n".join("churn: " + line for line in churn_log))
 

@@ -127,7 +127,9 @@ ORDER_REFUSAL_REASONS = frozenset(
         "ORDER_MALFORMED",  # the order cannot be valid in any state (bad range, zero amount, ...)
         "ORDER_FORGED",  # the owner's signature does not verify
         "ORDER_WRONG_NETWORK",  # signed for another network
-        "ORDER_WRONG_EPOCH",  # names an epoch other than the signer's current one
+        "ORDER_WRONG_EPOCH",  # names neither the signer's current epoch nor the one before
+        "HANDOVER_PENDING",  # the member still collects the previous committee's locks: retry
+        "HANDOVER_NOT_READY",  # asked for its locks of an epoch it has not left yet: retry
         "ORDER_REPLAYED",  # its sequence number was already used by a certified order
         "ORDER_OUT_OF_SEQUENCE",  # an earlier sequence number of the account is not known here
         "ORDER_CONFLICT",  # another order was signed or certified for (account, sequence)

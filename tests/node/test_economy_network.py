@@ -228,6 +228,7 @@ async def test_forged_replayed_and_overdrawn_orders_are_refused(
         fake = certify(
             genuine,
             [Signature(peer_id, bytes(64)) for peer_id in network.genesis.committee.peer_ids],
+            0,
         )
         refused = await refusal_of(
             lambda: light.call(

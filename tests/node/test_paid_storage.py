@@ -387,7 +387,7 @@ async def test_register_before_the_payment_reaches_the_peer_is_accepted(
             for receiver in receivers:
                 await light.call(
                     receiver.peer_id,
-                    SubmitCertificateRequest(certify(order, approvals)),
+                    SubmitCertificateRequest(certify(order, approvals, light.committee.epoch)),
                     SubmitCertificateReply,
                     timeout=STEP,
                 )

@@ -46,7 +46,7 @@ async def test_members_that_approve_conflicting_orders_are_slashed_at_the_next_c
                 em.approve(peers[i].identity, network_id, epoch, em.order_id(order))
                 for i in signers
             ]
-            return em.certify(order, sorted(approvals, key=lambda a: a.signer))
+            return em.certify(order, sorted(approvals, key=lambda a: a.signer), epoch)
 
         first = certified(BOB, [0, 1, 2])
         second = certified(CAROL, [1, 2, 3])

@@ -9,7 +9,8 @@ from walrus_p2p.core import economy_messages as em
 from walrus_p2p.core.committee import Committee, Member
 from walrus_p2p.core.economy import Prices
 from walrus_p2p.core.identity import Identity
-from walrus_p2p.core.ledger import EconomyParameters, Ledger, OrderSigner
+from walrus_p2p.core.ledger import EconomyParameters, Ledger
+from walrus_p2p.core.order_signer import OrderSigner
 from walrus_p2p.core.records import Signature
 from walrus_p2p.errors import OrderRefusedError
 from walrus_p2p.types import Epoch
@@ -71,7 +72,7 @@ def certify_all(
     approvals: list[Signature] = [
         em.approve(member, NETWORK, epoch, identifier) for member in members
     ]
-    return em.certify(order, approvals)
+    return em.certify(order, approvals, epoch)
 
 
 def approve_with(

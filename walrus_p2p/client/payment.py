@@ -40,7 +40,7 @@ from walrus_p2p.client.wallet import (
     AccountView,
     WalletOptions,
     account_view,
-    collect_approvals,
+    certify_order,
     deliver_certificate,
     format_wal,
 )
@@ -56,6 +56,7 @@ from walrus_p2p.core.economy_messages import (
     ExtendStorageBody,
     ListCertificatesReply,
     ListCertificatesRequest,
+    OrderBody,
     ReleaseStorageBody,
     ShareBlobBody,
     SignedOrder,
@@ -63,7 +64,6 @@ from walrus_p2p.core.economy_messages import (
     SplitStorageBody,
     SubmitCertificateReply,
     SubmitCertificateRequest,
-    certify,
     decode_certificate,
     decode_order_body,
     order_id,
@@ -208,8 +208,11 @@ class Payer:
             return view
         body = decode_order_body(unfinished)
         self._unfinished = None
-        if body.sequence != view.next_sequence or body.epoch != self.light.committee.epoch:
-            return view  # certified meanwhile, or of an epoch whose committee is gone
+        current = self.light.committee.epoch
+        if body.sequence != view.next_sequence or body.epoch not in (current, current - 1):
+            # Certified meanwhile, or too old: members approve an order of their epoch or of
+            # the one before (docs/economics.md, "Double spending").
+            return view
         logger.info("finishing an order left half way sequence=%d", body.sequence)
         await self._certify(self.light.committee, unfinished, needed=0, balance=view.balance)
         return await account_view(
@@ -238,7 +241,7 @@ class Payer:
                     peer_id, request, SubmitCertificateReply, timeout=self.options.request_timeout
                 )
 
-        certificate = await self._certify_only(
+        certificate, committee = await self._certify_only(
             committee, signed, needed=needed, balance=balance, before=before
         )
         if after is not None and self.background is not None:
@@ -259,12 +262,13 @@ class Payer:
         needed: int,
         balance: int,
         before: Callable[[PeerId], Awaitable[object]] | None = None,
-    ) -> CertifiedOrder:
-        """Approvals from a quorum and the certificate; the caller delivers it. Until the
-        certificate exists the order is remembered as unfinished (see :meth:`_view`)."""
+    ) -> tuple[CertifiedOrder, Committee]:
+        """Approvals from a quorum, the certificate and the committee that approved it (the
+        epoch may have changed meanwhile); the caller delivers it. Until the certificate exists
+        the order is remembered as unfinished (see :meth:`_view`)."""
         self._unfinished = signed
         try:
-            approvals = await collect_approvals(
+            certificate, committee = await certify_order(
                 self.light, committee, signed, options=self.options, before=before
             )
         except OrderRefusedError as error:
@@ -272,10 +276,21 @@ class Payer:
             if error.reason == "ORDER_OVERDRAWN":
                 raise _insufficient(needed, balance) from error
             raise
-        certificate = certify(signed, approvals)
-        verify_certified_order(certificate, self.genesis.network_id, self.light.committee_of)
         self._unfinished = None
-        return certificate
+        return certificate, committee
+
+    def _sign(
+        self, kind: Callable[..., OrderBody], sequence: int, epoch: int, **fields: object
+    ) -> SignedOrder:
+        """This account's order of ``kind`` at ``sequence``, named for ``epoch``, signed."""
+        body = kind(
+            network_id=self.genesis.network_id,
+            account=self.account,
+            sequence=sequence,
+            epoch=Epoch(epoch),
+            **fields,
+        )
+        return sign_order(self.owner, body)
 
     async def _deliver_quietly(self, committee: Committee, certificate: CertifiedOrder) -> None:
         try:
@@ -304,35 +319,27 @@ class Payer:
             if view.balance < price.total:
                 raise _insufficient(price.total, view.balance)
             epoch = Epoch(committee.epoch)
-            buy = sign_order(
-                self.owner,
-                BuyStorageBody(
-                    network_id=genesis.network_id,
-                    account=self.account,
-                    sequence=view.next_sequence,
-                    epoch=epoch,
-                    units=price.units,
-                    start_epoch=Epoch(start_epoch),
-                    end_epoch=Epoch(end_epoch),
-                    amount=price.storage_cost,
-                ),
+            buy = self._sign(
+                BuyStorageBody,
+                view.next_sequence,
+                epoch,
+                units=price.units,
+                start_epoch=Epoch(start_epoch),
+                end_epoch=Epoch(end_epoch),
+                amount=price.storage_cost,
             )
             resource = order_id(buy)
-            attach = sign_order(
-                self.owner,
-                AttachBlobBody(
-                    network_id=genesis.network_id,
-                    account=self.account,
-                    sequence=view.next_sequence + 1,
-                    epoch=epoch,
-                    resource=resource,
-                    blob_id=BlobId(blob_id),
-                    encoded_size=encoded,
-                    deletable=deletable,
-                    amount=price.write_fee,
-                ),
+            attach = self._sign(
+                AttachBlobBody,
+                view.next_sequence + 1,
+                epoch,
+                resource=resource,
+                blob_id=BlobId(blob_id),
+                encoded_size=encoded,
+                deletable=deletable,
+                amount=price.write_fee,
             )
-            bought = await self._certify_only(
+            bought, committee = await self._certify_only(
                 committee, buy, needed=price.total, balance=view.balance
             )
             await self._certify(
@@ -411,19 +418,15 @@ class Payer:
             view = await self._view()
             if view.balance < write_fee:
                 raise _insufficient(write_fee, view.balance)
-            attach = sign_order(
-                self.owner,
-                AttachBlobBody(
-                    network_id=self.genesis.network_id,
-                    account=self.account,
-                    sequence=view.next_sequence,
-                    epoch=Epoch(committee.epoch),
-                    resource=resource_id,
-                    blob_id=BlobId(blob_id),
-                    encoded_size=encoded_size(size, self.genesis.n_shards),
-                    deletable=deletable,
-                    amount=write_fee,
-                ),
+            attach = self._sign(
+                AttachBlobBody,
+                view.next_sequence,
+                Epoch(committee.epoch),
+                resource=resource_id,
+                blob_id=BlobId(blob_id),
+                encoded_size=encoded_size(size, self.genesis.n_shards),
+                deletable=deletable,
+                amount=write_fee,
             )
             await self._certify(committee, attach, needed=write_fee, balance=view.balance)
         logger.info(
@@ -448,15 +451,11 @@ class Payer:
                     f"the storage of blob {short_id(blob_id)} is not deletable",
                     reason="NOT_DELETABLE",
                 )
-            order = sign_order(
-                self.owner,
-                ReleaseStorageBody(
-                    network_id=self.genesis.network_id,
-                    account=self.account,
-                    sequence=view.next_sequence,
-                    epoch=Epoch(committee.epoch),
-                    resource=resource_id,
-                ),
+            order = self._sign(
+                ReleaseStorageBody,
+                view.next_sequence,
+                Epoch(committee.epoch),
+                resource=resource_id,
             )
             for attempt in range(1, attempts + 1):
                 try:
@@ -489,17 +488,13 @@ class Payer:
             amount = prices.storage_cost(resource.units, end_epoch - resource.end_epoch)
             if view.balance < amount:
                 raise _insufficient(amount, view.balance)
-            extend = sign_order(
-                self.owner,
-                ExtendStorageBody(
-                    network_id=self.genesis.network_id,
-                    account=self.account,
-                    sequence=view.next_sequence,
-                    epoch=Epoch(committee.epoch),
-                    resource=resource_id,
-                    end_epoch=Epoch(end_epoch),
-                    amount=amount,
-                ),
+            extend = self._sign(
+                ExtendStorageBody,
+                view.next_sequence,
+                Epoch(committee.epoch),
+                resource=resource_id,
+                end_epoch=Epoch(end_epoch),
+                amount=amount,
             )
             await self._certify(committee, extend, needed=amount, balance=view.balance)
             return amount

@@ -222,7 +222,13 @@ class WalletOptions:
     """After a quorum took the certificate, the other members get this long."""
 
 
-RETRYABLE = frozenset({"PEER_UNREACHABLE", "TIMEOUT", "RATE_LIMITED", "BUSY", "NETWORK_ERROR"})
+RETRYABLE = frozenset(
+    {"PEER_UNREACHABLE", "TIMEOUT", "RATE_LIMITED", "BUSY", "NETWORK_ERROR", "HANDOVER_PENDING"}
+)
+"""Failures of one member that may pass; ``HANDOVER_PENDING``: a member that just entered an
+epoch still collects the previous committee's locks (docs/economics.md, "Double spending")."""
+COMMITTEE_ATTEMPTS = 3
+"""Committees one order is put to when the epoch changes while its approvals are collected."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,8 +485,12 @@ async def collect_approvals(
             ApproveOrderReply,
             timeout=options.request_timeout,
         )
-        if reply.epoch != body.epoch:
-            raise VerificationError(f"approval from peer={peer_id[:12]} is for epoch {reply.epoch}")
+        if reply.epoch != committee.epoch:
+            # A member already in another epoch signs that epoch (certify_order moves on).
+            raise VerificationError(
+                f"approval from peer={peer_id[:12]} is for epoch {reply.epoch}, "
+                f"not {committee.epoch}"
+            )
         key = identity.PublicKey(committee.member(peer_id).public_key)
         key.verify(ORDER_APPROVAL_CONTEXT, message, reply.signature)
         return Signature(peer_id, reply.signature)
@@ -497,6 +507,51 @@ async def collect_approvals(
     if not is_quorum(weight, n_shards):
         raise _refusal(failures, committee, weight, f"order {body.sequence}")
     return list(approvals.values())
+
+
+async def certify_order(
+    light: LightPeer,
+    committee: Committee,
+    signed: SignedOrder,
+    *,
+    options: WalletOptions,
+    before: Callable[[PeerId], Awaitable[object]] | None = None,
+) -> tuple[CertifiedOrder, Committee]:
+    """The verified certificate of ``signed`` and the committee that approved it.
+
+    When the epoch changes while the approvals are collected, the same order is put to the
+    new committee, whose members approve an order of the epoch before their own
+    (docs/economics.md, "Double spending"); at most :data:`COMMITTEE_ATTEMPTS` committees."""
+    body = decode_order_body(signed)
+    for _attempt in range(COMMITTEE_ATTEMPTS):
+        try:
+            approvals = await collect_approvals(
+                light, committee, signed, options=options, before=before
+            )
+        except (QuorumError, OrderRefusedError) as error:
+            if isinstance(error, OrderRefusedError) and error.reason not in (
+                "ORDER_WRONG_EPOCH",
+                "HANDOVER_PENDING",
+            ):
+                raise
+            await light.refresh_if_stale(min_interval=0.0)
+            newer = light.committee
+            if newer.epoch <= committee.epoch and error.reason == "HANDOVER_PENDING":
+                await trio.sleep(options.retry_delay)  # members still collect: ask again
+                continue
+            if newer.epoch <= committee.epoch or newer.epoch > body.epoch + 1:
+                raise
+            logger.info(
+                "epoch changed while order %d was approved: asking committee %d",
+                body.sequence,
+                newer.epoch,
+            )
+            committee = newer
+            continue
+        certificate = certify(signed, approvals, committee.epoch)
+        verify_certified_order(certificate, light.genesis.network_id, light.committee_of)
+        return certificate, committee
+    raise QuorumError(f"order {body.sequence}: the epoch kept changing while it was approved")
 
 
 async def _deliver_all(
@@ -591,9 +646,7 @@ async def send_order(
     view = await account_view(light, account, history=1, options=options)
     body = build(light.genesis.network_id, account, view.next_sequence, Epoch(committee.epoch))
     signed = sign_order(owner, body)
-    approvals = await collect_approvals(light, committee, signed, options=options)
-    certificate = certify(signed, approvals)
-    verify_certified_order(certificate, light.genesis.network_id, light.committee_of)
+    certificate, committee = await certify_order(light, committee, signed, options=options)
     delivered = await deliver_certificate(light, committee, certificate, options=options)
     if not is_quorum(delivered, committee.n_shards):
         # Certified all the same (final); the members that missed it learn it by gossip or
@@ -603,7 +656,7 @@ async def send_order(
         order_id=order_id(signed),
         account=account,
         body=body,
-        approved_shards=committee.shard_weight(s.signer for s in approvals),
+        approved_shards=committee.shard_weight(s.signer for s in certificate.approvals),
         delivered_shards=delivered,
         n_shards=committee.n_shards,
         certificate=certificate,

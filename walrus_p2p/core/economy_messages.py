@@ -6,7 +6,8 @@ certificates and conflict evidence, 109-110 parameter votes, 111 the epoch settl
 the requests and replies of the storage protocol and the gossip batch that carry them between
 wallets and peers (docs/economics.md, "The protocol"), 121-122 the economy query, 123-125 the
 shared-blob order bodies and 126-127 the shared-blob query (docs/economics.md, "Shared
-blobs").
+blobs"); 168-175 the lock hand-over at an epoch change (168-169 used; docs/economics.md,
+"Double spending").
 
 - An **account** is an Ed25519 public key. Its owner signs order *bodies*: a transfer, a storage
   purchase, an extension, a split, attaching a blob to a resource, releasing it after a delete,
@@ -342,10 +343,13 @@ class OrderApprovalBody(Message):
 @dataclass(frozen=True, slots=True)
 class CertifiedOrder(Message):
     """An order and approvals (sorted by signer) from members holding a quorum of the shards of
-    the epoch the order names: final (:func:`verify_certified_order`)."""
+    ``epoch``'s committee: final (:func:`verify_certified_order`). ``epoch`` is the order's own
+    epoch or the next one (an order caught by an epoch change is completed by the new
+    committee; docs/economics.md, "Double spending")."""
 
     order: SignedOrder
     approvals: Signatures
+    epoch: EpochNumber
 
 
 @register(108)
@@ -734,6 +738,43 @@ class GetSharedBlobReply(Message):
     ]
 
 
+# --------------------------------------------------------------------------------------------
+# The lock hand-over at an epoch change (docs/economics.md, "Double spending"): type ids 168-175.
+
+MAX_LOCKS_PER_MESSAGE = 64
+"""Locked orders in one hand-over page (each at most ~600 bytes: ~38 KiB)."""
+MAX_SIGNED_ORDER_SIZE = 1024
+"""A signed order's encoding: a body of at most 512 bytes, a signature and CBOR heads."""
+
+EncodedOrders = Annotated[
+    tuple[bytes, ...],
+    ListSpec(BytesSpec(min_length=1, max_length=MAX_SIGNED_ORDER_SIZE), MAX_LOCKS_PER_MESSAGE),
+]
+
+
+@register(168)
+@dataclass(frozen=True, slots=True)
+class GetLocksRequest(Message):
+    """Ask a member of committee ``epoch`` for the orders it approved or adopted in epochs
+    ``epoch - 1`` and ``epoch``, from key ``start`` (:func:`order_key`; None: the first) on.
+    It answers only once it has left ``epoch`` (its locks of it are frozen), else refuses with
+    ``HANDOVER_NOT_READY``."""
+
+    epoch: EpochNumber
+    start: OrderKeyBytes | None
+
+
+@register(169)
+@dataclass(frozen=True, slots=True)
+class GetLocksReply(Message):
+    """One page of owner-signed orders (encoded, each checked on its own by the asker), in key
+    order; ``next_start`` is the next page's ``start``, None when the report is complete."""
+
+    epoch: EpochNumber
+    orders: EncodedOrders
+    next_start: OrderKeyBytes | None
+
+
 def decode_certificate(encoded: bytes) -> CertifiedOrder:
     """One certificate from its canonical encoding; ``WireError`` if it is not one."""
     certificate = wire.decode(encoded, CertifiedOrder)
@@ -803,9 +844,10 @@ def approve(member: identity.Identity, network_id: bytes, epoch: int, order: byt
     return Signature(member.peer_id, signature)
 
 
-def certify(order: SignedOrder, approvals: list[Signature]) -> CertifiedOrder:
-    """A certificate from collected approvals (sorted; verified by the receivers)."""
-    return CertifiedOrder(order, tuple(sorted(approvals)))
+def certify(order: SignedOrder, approvals: list[Signature], epoch: int) -> CertifiedOrder:
+    """A certificate from approvals collected from the committee of ``epoch`` (sorted;
+    verified by the receivers)."""
+    return CertifiedOrder(order, tuple(sorted(approvals)), Epoch(epoch))
 
 
 CommitteeOf: TypeAlias = Callable[[Epoch], Committee | None]
@@ -814,16 +856,24 @@ CommitteeOf: TypeAlias = Callable[[Epoch], Committee | None]
 def verify_certified_order(
     certificate: CertifiedOrder, network_id: bytes, committee_of: CommitteeOf
 ) -> OrderBody:
-    """Check the order (as :func:`verify_order`) and that members of the committee of the epoch
-    it names, holding a quorum of its shards, approved it; each approval must verify.
+    """Check the order (as :func:`verify_order`) and that members of the committee of the
+    certificate's epoch — the order's own or the next one — holding a quorum of its shards
+    approved it; each approval must verify.
 
     Refusals: the order's own, then ``CERTIFICATE_INVALID``.
     """
     body = verify_order(certificate.order, network_id)
-    committee = committee_of(Epoch(body.epoch))
+    epoch = int(certificate.epoch)
+    if epoch not in (body.epoch, body.epoch + 1):
+        raise OrderRefusedError(
+            "CERTIFICATE_INVALID",
+            f"approved in epoch {epoch}: an order of epoch {body.epoch} is approved in it or "
+            "in the next",
+        )
+    committee = committee_of(Epoch(epoch))
     if committee is None:
-        raise OrderRefusedError("CERTIFICATE_INVALID", f"no committee known for epoch {body.epoch}")
-    message = approval_bytes(network_id, body.epoch, order_id(certificate.order))
+        raise OrderRefusedError("CERTIFICATE_INVALID", f"no committee known for epoch {epoch}")
+    message = approval_bytes(network_id, epoch, order_id(certificate.order))
     try:
         verify_weighted_signatures(
             committee,

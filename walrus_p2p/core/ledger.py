@@ -1,5 +1,5 @@
 """The ledger: balances, storage resources, stake and reward pools as a function of what is
-certified; and the signing rule of a committee member.
+certified (the signing rule of a committee member is :mod:`walrus_p2p.core.order_signer`).
 
 Owner: the state of the economy (docs/economics.md; docs/design.md §5). There is no chain and no
 total order. The state is a deterministic function of two sets:
@@ -31,9 +31,6 @@ Conservation: ``balances + stake (principal and rewards) + pools + reward fund +
 the genesis supply after every step (:meth:`Ledger.total`), because every step moves amounts
 between these places, and every split is exact (:mod:`walrus_p2p.core.economy`).
 
-:class:`OrderSigner` is the signing rule of a member: at most one approval per (account,
-sequence), ever, and only for an order that is valid in the member's ledger. With it, two
-conflicting orders of one epoch cannot both be certified (see its docstring for the proof).
 """
 
 from __future__ import annotations
@@ -43,8 +40,6 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
-
-import cbor2
 
 from walrus_p2p.core import identity
 from walrus_p2p.core.challenge_payout import certified_payout
@@ -79,22 +74,19 @@ from walrus_p2p.core.economy_messages import (
     StakeBody,
     TransferBody,
     VoteEntry,
-    approve,
     check_settlement_form,
     decode_order_body,
     order_id,
     settlement_id,
     split_resource_ids,
-    verify_order,
 )
 from walrus_p2p.core.genesis import Genesis
-from walrus_p2p.errors import OrderRefusedError, WireError
+from walrus_p2p.errors import OrderRefusedError
 from walrus_p2p.types import BlobId, Epoch, PeerId
 
 __all__ = [
     "EconomyParameters",
     "Ledger",
-    "OrderSigner",
     "Outcome",
     "Resource",
     "SharedRequest",
@@ -1098,140 +1090,3 @@ def _check_key(raw: bytes) -> None:
         identity.peer_id_from_public_key(raw)
     except ValueError as error:
         raise OrderRefusedError("ORDER_MALFORMED", "not a public key") from error
-
-
-# --------------------------------------------------------------------------------------------
-# The signing rule of a member
-
-_JOURNAL_TAG = "walrus-p2p order signer v1"
-
-
-@dataclass(frozen=True, slots=True)
-class _Lock:
-    epoch: int
-    order_id: bytes
-
-
-class OrderSigner:
-    """The signing rule of one committee member (the FastPay / Sui owned-object rule).
-
-    :meth:`approve` signs an order only if (1) it verifies (network, owner's signature), (2) it
-    names the member's current epoch, (3) the member never approved another order of the same
-    (account, sequence) — in any epoch — and (4) it is valid in the member's ledger: next in
-    its account's sequence, covered by the balance, at the prices in force. Asked again for the
-    order it approved, it returns the same approval.
-
-    **Why two conflicting orders of one epoch cannot both be certified** (at most f faulty shard
-    weight in that epoch's committee, n shards): a certificate needs approvals from members
-    holding w shards with ``3w >= 2n + 1``. Two such sets, of weights w1 and w2, share members
-    holding at least ``w1 + w2 - n >= (4n + 2)/3 - n = (n + 2)/3`` shards, which is more than
-    f = (n - 1)//3. So at least one shard of the intersection is held by an honest member, which
-    approved both orders: impossible under rule (3). ``tests/unit/test_economy_signing.py`` checks
-    it over random committees, splits and Byzantine sets, and that the bound is tight.
-
-    Across epochs the argument needs more than this class: an order of epoch e and a conflicting
-    one of epoch e' > e are approved by different committees (docs/economics.md, "Double
-    spending", states the hand-over the network part must add).
-
-    The state (the locks) must be persisted before an approval leaves the member
-    (:meth:`to_bytes`, :meth:`from_bytes`), as the epoch agreement journals its votes.
-    """
-
-    def __init__(self, member: identity.Identity, network_id: bytes) -> None:
-        self.member = member
-        self.network_id = network_id
-        self._locks: dict[_Key, _Lock] = {}
-
-    def locked(self, account: bytes, sequence: int) -> tuple[int, bytes] | None:
-        """(epoch, order id) this member approved at (account, sequence), if any."""
-        lock = self._locks.get((account, sequence))
-        return None if lock is None else (lock.epoch, lock.order_id)
-
-    def approve(
-        self, order: SignedOrder, ledger: Ledger, epoch: int, *, previous: bool = False
-    ) -> bytes:
-        """The member's approval signature (64 bytes) for ``order`` in ``epoch``; raises
-        ``OrderRefusedError`` with the reason, and then records nothing.
-
-        With ``previous`` (the member was also in the committee of ``epoch - 1``), an order
-        naming ``epoch - 1`` is approved too, as a member of that committee: an order whose
-        approvals were under way when the epoch changed can still gather its quorum, instead of
-        leaving locks behind that block its account's sequence for good (docs/economics.md,
-        "Epoch changes"). The approval signs the order's own epoch."""
-        body = verify_order(order, self.network_id)
-        if body.epoch != epoch and not (previous and body.epoch == epoch - 1):
-            raise OrderRefusedError(
-                "ORDER_WRONG_EPOCH", f"the order is for epoch {body.epoch}, this is {epoch}"
-            )
-        epoch = int(body.epoch)
-        identifier = order_id(order)
-        key = (body.account, body.sequence)
-        lock = self._locks.get(key)
-        if lock is not None:
-            if lock.order_id != identifier:
-                if body.sequence < ledger.next_sequence(body.account):
-                    raise OrderRefusedError("ORDER_REPLAYED", "this sequence number is used")
-                raise OrderRefusedError(
-                    "ORDER_CONFLICT", "this member approved another order for this slot"
-                )
-        else:
-            ledger.check_order(body, identifier)
-            self._locks[key] = _Lock(epoch, identifier)
-        return approve(self.member, self.network_id, epoch, identifier).signature
-
-    def prune(self, ledger: Ledger) -> int:
-        """Forget locks below each account's next sequence in ``ledger`` (orders for them are
-        refused as replayed anyway); returns how many were dropped."""
-        stale = [key for key in self._locks if key[1] < ledger.next_sequence(key[0])]
-        for key in stale:
-            del self._locks[key]
-        return len(stale)
-
-    def to_bytes(self) -> bytes:
-        """The locks as canonical CBOR (sorted), for a durable journal."""
-        entries = [
-            [account, sequence, lock.epoch, lock.order_id]
-            for (account, sequence), lock in sorted(self._locks.items())
-        ]
-        encoded: bytes = cbor2.dumps([_JOURNAL_TAG, self.network_id, entries], canonical=True)
-        return encoded
-
-    @classmethod
-    def from_bytes(cls, data: bytes, member: identity.Identity, network_id: bytes) -> OrderSigner:
-        """A signer with the locks of :meth:`to_bytes`; ``WireError`` if ``data`` is not such
-        a journal for this network (a wrong journal must not silently drop locks)."""
-        try:
-            document = cbor2.loads(data)
-        except Exception as error:
-            raise WireError(f"order signer journal: {error}") from error
-        if (
-            not isinstance(document, list)
-            or len(document) != 3
-            or document[0] != _JOURNAL_TAG
-            or not isinstance(document[2], list)
-        ):
-            raise WireError("not an order signer journal")
-        if document[1] != network_id:
-            raise WireError("the order signer journal is for another network")
-        signer = cls(member, network_id)
-        for entry in document[2]:
-            if (
-                not isinstance(entry, list)
-                or len(entry) != 4
-                or not isinstance(entry[0], bytes)
-                or len(entry[0]) != 32
-                or type(entry[1]) is not int
-                or type(entry[2]) is not int
-                or not isinstance(entry[3], bytes)
-                or len(entry[3]) != 32
-                or entry[1] < 0
-                or entry[2] < 0
-            ):
-                raise WireError("malformed order signer journal entry")
-            key = (entry[0], entry[1])
-            if key in signer._locks:
-                raise WireError("an order signer journal locks one slot twice")
-            signer._locks[key] = _Lock(entry[2], entry[3])
-        if signer.to_bytes() != data:
-            raise WireError("the order signer journal is not in canonical form")
-        return signer

@@ -3,13 +3,16 @@
 docs/economics.md, "The protocol", and docs/design.md §11.1. :class:`EconomyService` is a
 composed service like the record book:
 
-- **approvals** (``ApproveOrderRequest``): the member's :class:`~walrus_p2p.core.ledger.OrderSigner`
-  decides; a new lock is written to the store (an fsynced SQLite commit when the store is
-  durable) *before* the approval is sent, so a member that restarts never approves a conflicting
-  order. Approvals asked at the same time share one write (group commit: whoever takes the
-  journal lock writes the locks as they are then, covering every approval made before it);
+- **approvals** (``ApproveOrderRequest``): the member's
+  :class:`~walrus_p2p.core.order_signer.OrderSigner` decides, signing the member's current
+  epoch, once the member holds the previous committee's locks (the hand-over,
+  :mod:`walrus_p2p.node.handover`; ``HANDOVER_PENDING`` until then); a new lock is written to
+  the store (an fsynced SQLite commit when the store is durable) *before* the approval is
+  sent, so a member that restarts never approves a conflicting order. Approvals asked at the
+  same time share one write (group commit: whoever takes the journal lock writes the locks as
+  they are then, covering every approval made before it);
 - **certificates** (``SubmitCertificateRequest``, gossip, catch-up): verified against the
-  committee of the epoch the order names, merged into the peer's
+  committee of the epoch that approved them, merged into the peer's
   :class:`~walrus_p2p.core.ledger.Ledger` (which starts from the genesis allocations), stored under
   their listing key (account, sequence), and — when they came directly from a wallet — announced
   on the certified-orders topic in batches by one peer per order;
@@ -69,6 +72,7 @@ from walrus_p2p.core.economy_messages import (
     GetAccountRequest,
     GetEconomyReply,
     GetEconomyRequest,
+    GetLocksRequest,
     GetSharedBlobReply,
     GetSharedBlobRequest,
     ListCertificatesReply,
@@ -94,7 +98,8 @@ from walrus_p2p.core.economy_messages import (
     verify_conflict_evidence,
     verify_parameter_vote,
 )
-from walrus_p2p.core.ledger import Ledger, OrderSigner, Outcome
+from walrus_p2p.core.ledger import Ledger, Outcome
+from walrus_p2p.core.order_signer import OrderSigner
 from walrus_p2p.core.payments import PaymentRefusal, record_payment
 from walrus_p2p.core.records import (
     BlobExtend,
@@ -113,6 +118,7 @@ from walrus_p2p.core.settlements import (
 from walrus_p2p.errors import OrderRefusedError, VerificationError, WalrusError, WireError
 from walrus_p2p.net.gossip import Gossip, GossipMessage, Subscription
 from walrus_p2p.node.context import PeerContext
+from walrus_p2p.node.handover import LockHandover
 from walrus_p2p.node.peer_calls import PeerCaller
 from walrus_p2p.node.protocol import ProtocolRefusal, max_frame_for
 from walrus_p2p.node.router import Router
@@ -235,6 +241,7 @@ class EconomyService:
         self._evidence_queue: list[tuple[bytes, bytes, bool]] = []
         """New evidence to store (key, encoding) and, if found here, to publish."""
         self._evidence_ready = trio.Event()
+        self.handover = LockHandover(self)
         self.shared_ends: Callable[[BlobId, bytes, int], None] | None = None
         """Where the ends of shared blobs the chain's settlements give go (the record book)."""
 
@@ -282,6 +289,7 @@ class EconomyService:
         router.add(ListCertificatesRequest, self.list_certificates)
         router.add(GetEconomyRequest, self.get_economy)
         router.add(GetSharedBlobRequest, self.get_shared_blob)
+        router.add(GetLocksRequest, self.handover.get_locks)
 
     async def run(
         self,
@@ -300,22 +308,28 @@ class EconomyService:
             nursery.start_soon(self._gap_loop)
             nursery.start_soon(self._vote_loop, gossip, topic)
             nursery.start_soon(self._evidence_loop, gossip, topic)
+            nursery.start_soon(self.handover.run)
             task_status.started()
 
     # -- approvals -----------------------------------------------------------------------
 
     async def approve(self, request: ApproveOrderRequest, remote: PeerId) -> ApproveOrderReply:
-        """Approve under the signing rule; the lock is durable before the reply leaves."""
-        epoch = self.ctx.epoch
+        """Approve under the signing rule, in this member's current epoch, once it holds the
+        previous committee's locks; the lock is durable before the reply leaves."""
         await self._check_release(request)
-        before = self.ctx.committees.committee_of(epoch - 1) if epoch > 0 else None
-        previous = before is not None and self.ctx.peer_id in before.peer_ids
-        signature = self.signer.approve(request.order, self.ledger, epoch, previous=previous)
+        # Read after the last wait: the lock taken below belongs to the epoch it signs, so a
+        # hand-over report made after the switch (the epoch left) holds every lock of it.
+        epoch = self.ctx.epoch
+        if self.handover.pending(epoch):
+            raise OrderRefusedError(
+                "HANDOVER_PENDING",
+                f"this member still collects the locks of committee {epoch - 1}",
+            )
+        signature = self.signer.approve(request.order, self.ledger, epoch)
         # Also when this order was approved before: its lock may still be on its way to disk
         # (the first request's write), and this reply must not overtake it.
-        await self._persist_journal()
-        approved_in = decode_order_body(request.order).epoch
-        return ApproveOrderReply(epoch=Epoch(approved_in), signature=signature)
+        await self.persist_journal()
+        return ApproveOrderReply(epoch=Epoch(epoch), signature=signature)
 
     async def _check_release(self, request: ApproveOrderRequest) -> None:
         """A release frees a resource for another blob, so it is approved only when the owner's
@@ -338,7 +352,7 @@ class EconomyService:
                 "a registration of the resource's blob by this owner is not deleted here",
             )
 
-    async def _persist_journal(self) -> None:
+    async def persist_journal(self) -> None:
         self._journal_changes += 1
         wanted = self._journal_changes
         async with self._journal_lock:
@@ -416,6 +430,7 @@ class EconomyService:
         """Add the settlement a verified record carries to the ledger (it applies once every
         order it names is known and the fund covers it; docs/economics.md)."""
         self._vote_wanted.set()
+        self.handover.epoch_changed()
         try:
             settlement = settlement_of(record.value)
             if settlement is None:
@@ -496,7 +511,7 @@ class EconomyService:
                 await trio.to_thread.run_sync(store.put_value, RECEIVED_NAMESPACE, received, key)
             # Only once the certificate is on disk may the journal drop the locks it settles
             # (a restarted member rebuilds its ledger from the stored certificates).
-            self.signer.prune(self.ledger)
+            self.signer.prune(self.ledger, self.ctx.epoch)
         if announce and self._is_announcer(identifier):
             self._announce.append(encoded)
             self._announce_ready.set()
@@ -834,8 +849,7 @@ class EconomyService:
         if stored is None:
             return
         other = decode_certificate(stored)
-        first_epoch = decode_order_body(other.order).epoch
-        second_epoch = decode_order_body(certificate.order).epoch
+        first_epoch, second_epoch = other.epoch, certificate.epoch
         mine = {approval.signer: approval.signature for approval in certificate.approvals}
         for approval in other.approvals:
             if approval.signer not in mine:

@@ -143,6 +143,22 @@ class PeerMetrics:
             "Members holding shards in the committee of the current epoch",
             registry=self.registry,
         )
+        self.handover_epoch = Gauge(
+            "walrus_handover_epoch",
+            "The latest epoch whose lock hand-over this peer completed (docs/economics.md)",
+            registry=self.registry,
+        )
+        self.handover_seconds = Gauge(
+            "walrus_handover_seconds",
+            "How long this peer's latest lock hand-over took, from its start to its journal write",
+            registry=self.registry,
+        )
+        self.handover_orders = Counter(
+            "walrus_handover_orders",
+            "Locked orders received in hand-over reports, and how many were adopted",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.registry.register(TrafficCollector())
         self._inbound: InboundCollector | None = None
         self.started_at = time.time()
@@ -160,6 +176,12 @@ class PeerMetrics:
         self.epoch_last_switch_unix.set(time.time())
         self.epoch_decided_round.set(round_)
         self.epoch_committee_members.set(members)
+
+    def handover_done(self, epoch: int, seconds: float, orders: int, adopted: int) -> None:
+        self.handover_epoch.set(epoch)
+        self.handover_seconds.set(seconds)
+        self.handover_orders.labels("adopted").inc(adopted)
+        self.handover_orders.labels("known").inc(orders - adopted)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

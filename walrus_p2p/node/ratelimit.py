@@ -45,6 +45,9 @@ CONTROL_RATES: dict[str, Rate] = {
     "ListCertificatesRequest": Rate(5.0, 20.0),
     "GetEconomyRequest": Rate(20.0, 60.0),
     "GetSharedBlobRequest": Rate(20.0, 60.0),
+    # A new committee member reads each old member's lock report once per epoch change (a page
+    # of 64 orders per request; docs/economics.md, "Double spending").
+    "GetLocksRequest": Rate(10.0, 100.0),
     "ChallengeTicketRequest": Rate(4.0, 20.0),
     "ChallengeResponseRequest": Rate(4.0, 20.0),
     "PostAvailabilityCertificatesRequest": Rate(5.0, 20.0),

@@ -337,7 +337,7 @@ def _economy_messages(
     second = em.SignedOrder(
         wire.encode(em.TransferBody(network_id, account, 3, Epoch(7), key, 5)), _filled(64, 0x63)
     )
-    certified = em.CertifiedOrder(signed, signatures)
+    certified = em.CertifiedOrder(signed, signatures, Epoch(8))
     encoded = wire.encode(certified)
     vote_body = em.ParameterVoteBody(network_id, key, Epoch(7), 100_000, 20_000, 2**40, 1500)
     return {
@@ -450,6 +450,12 @@ def _economy_messages(
         "ListCertificatesRequest/first": em.ListCertificatesRequest(None, 1),
         "ListCertificatesReply": em.ListCertificatesReply((encoded,), em.order_key(other, 0)),
         "ListCertificatesReply/last": em.ListCertificatesReply((), None),
+        "GetLocksRequest": em.GetLocksRequest(Epoch(7), em.order_key(account, 3)),
+        "GetLocksRequest/first": em.GetLocksRequest(Epoch(7), None),
+        "GetLocksReply": em.GetLocksReply(
+            Epoch(8), (wire.encode(signed), wire.encode(second)), em.order_key(other, 0)
+        ),
+        "GetLocksReply/last": em.GetLocksReply(Epoch(8), (), None),
         "CertificatesBatch": em.CertificatesBatch((encoded, encoded)),
     }
 
