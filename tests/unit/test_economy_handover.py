@@ -87,9 +87,9 @@ def test_a_report_holds_the_locks_of_two_epochs_in_pages_that_keep_slots_whole()
         order = Orders(owner).sign(TransferBody, epoch, recipient=PAYEE.public_key.raw, amount=1)
         signer.approve(order, ledger, epoch)
         orders[owner.public_key.raw] = (epoch, em.wire.encode(order))
-        if index == 0:
-            # decided here in epoch 3: not reported for epoch 5 (an undecided one of epoch 3,
-            # owner 3's, still is)
+        if index in (0, 2):
+            # decided here: owner 0's in epoch 3 is not reported for epoch 5 (an undecided one
+            # of epoch 3, owner 3's, still is); owner 2's in epoch 5 is, as a decided slot
             ledger.add_order(order)
     contested = owners[1]  # its lock is of epoch 4
     signer.adopt(
@@ -97,24 +97,41 @@ def test_a_report_holds_the_locks_of_two_epochs_in_pages_that_keep_slots_whole()
         ledger,
         5,
     )
+    decided = owners[2].public_key.raw
     wanted = sorted(
         (em.order_key(account, 0), encoded)
         for account, (epoch, encoded) in orders.items()
-        if account != owners[0].public_key.raw
+        if account not in (owners[0].public_key.raw, decided)
     )
-    everything, end = signer.report(ledger, 5, None, 64)
-    assert end is None and len(everything) == len(wanted) + 1
+    report = signer.report(ledger, 5, None, 64, 16)
+    everything = report.orders
+    assert report.next_start is None and len(everything) == len(wanted) + 1
     assert [e for e in everything if e in dict(wanted).values()] == [e for _, e in wanted]
+    decided_order = em.wire.decode(orders[decided][1], em.SignedOrder)
+    assert report.decided == [(decided, 0, em.order_id(decided_order))]  # an id, not the order
     pages, start = [], None
     for _ in range(10):
-        page, start = signer.report(ledger, 5, start, 2)
-        assert len(page) <= 2 and page
-        pages.append(page)
+        page = signer.report(ledger, 5, start, 2, 16)
+        assert len(page.orders) <= 2 and (page.orders or page.decided)
+        pages.append(page.orders)
+        start = page.next_start
         if start is None:
             break
     assert [order for page in pages for order in page] == everything
     assert any(len(page) == 2 and page[0] != page[1] for page in pages)
-    assert signer.report(ledger, 2, None, 64) == ([], None)
+    assert signer.report(ledger, 5, None, 64, 0).decided == []  # a page that holds none
+    # locks of later epochs are in it too: a member of both committees may re-tag a lock
+    # (approving or adopting it again) before it answers for the epoch it left
+    earlier = signer.report(ledger, 2, None, 64, 16)
+    assert earlier.orders == everything
+    assert set(earlier.decided) == {
+        *report.decided,
+        (
+            owners[0].public_key.raw,
+            0,
+            em.order_id(em.wire.decode(orders[owners[0].public_key.raw][1], em.SignedOrder)),
+        ),
+    }
     # a lock approved again in a later epoch is that epoch's: reported by its hand-over
     again = owners[3]
     signer.approve(
@@ -137,7 +154,7 @@ def test_the_journal_keeps_orders_and_hand_overs_and_reads_version_1() -> None:
     journal = signer.to_bytes()
     restored = OrderSigner.from_bytes(journal, POOL[4], NETWORK)
     assert restored.to_bytes() == journal and restored.handovers == signer.handovers
-    assert restored.report(ledger, 2, None, 8) == ([em.wire.encode(order)], None)
+    assert restored.report(ledger, 2, None, 8, 8).orders == [em.wire.encode(order)]
     document = cbor2.loads(journal)
     for bad in (
         [*document[:2], [5, 4], document[3]],  # hand-overs out of order
@@ -154,7 +171,7 @@ def test_the_journal_keeps_orders_and_hand_overs_and_reads_version_1() -> None:
     upgraded = OrderSigner.from_bytes(old, POOL[4], NETWORK)
     assert upgraded.locked(OWNER.public_key.raw, 0) == (2, em.order_id(order))
     assert refusal(upgraded.approve, transfer(2, OTHER), ledger, 2) == "ORDER_CONFLICT"
-    assert upgraded.handovers == () and upgraded.report(ledger, 2, None, 8) == ([], None)
+    assert upgraded.handovers == () and upgraded.report(ledger, 2, None, 8, 8).orders == []
 
 
 def _faulty(committees: list[Committee], order: list[Identity]) -> set[str]:
@@ -225,7 +242,7 @@ def _run_change(
             for reporter in reporters:
                 if reporter.peer_id in faulty:
                     continue  # reports nothing
-                for encoded in signers[reporter.peer_id].report(ledger, 5, None, 64)[0]:
+                for encoded in signers[reporter.peer_id].report(ledger, 5, None, 64, 64).orders:
                     signer.adopt(em.wire.decode(encoded, em.SignedOrder), ledger, 6)
             signer.handover_done(6)
     y_approvals = approve(new_members, y, 6)
@@ -271,7 +288,7 @@ def test_an_order_caught_by_the_change_is_certified_by_the_new_committee() -> No
         signers[member.peer_id].approve(x, ledger, 5)
     for member in new_members:
         for reporter in old_members[1:]:  # three of four: a quorum
-            for encoded in signers[reporter.peer_id].report(ledger, 5, None, 64)[0]:
+            for encoded in signers[reporter.peer_id].report(ledger, 5, None, 64, 64).orders:
                 signers[member.peer_id].adopt(em.wire.decode(encoded, em.SignedOrder), ledger, 6)
     approvals = [
         Signature(m.peer_id, signers[m.peer_id].approve(x, ledger, 6)) for m in new_members

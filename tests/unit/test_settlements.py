@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 from economy_helpers import NETWORK, Orders, committee_of, identities, new_ledger
@@ -11,7 +12,7 @@ from economy_helpers import NETWORK, Orders, committee_of, identities, new_ledge
 from walrus_p2p.core import economy_messages as em
 from walrus_p2p.core import wire
 from walrus_p2p.core.challenge_payout import certified_payout
-from walrus_p2p.core.economy import split_payout
+from walrus_p2p.core.economy import VOTE_OUT_EPOCHS, split_payout
 from walrus_p2p.core.economy_messages import (
     MAX_COMMISSION_BPS,
     BuyStorageBody,
@@ -344,6 +345,8 @@ def test_a_member_with_conflict_evidence_is_slashed_once_per_piece() -> None:
     proposed = propose_settlement(ledger, COMMITTEE_0, votes={}, certified=None, evidence=evidence)
     assert proposed.slashed == (IDS[1],)
     assert check(ledger, value_with(proposed), evidence=evidence) == proposed
+    # and voted out: left out of the next VOTE_OUT_EPOCHS committees
+    assert ledger.voted_out_after(proposed, COMMITTEE_0) == {IDS[1]}
     # a validator without the evidence refuses the slash
     with pytest.raises(VerificationError, match="without conflict evidence here"):
         check(ledger, value_with(proposed), evidence={})
@@ -352,6 +355,7 @@ def test_a_member_with_conflict_evidence_is_slashed_once_per_piece() -> None:
     # the same piece does not slash again; a second piece does
     following = propose_settlement(ledger, COMMITTEE_1, votes={}, certified=None, evidence=evidence)
     assert following.slashed == ()
+    assert ledger.voted_out_after(following, COMMITTEE_1) == {IDS[1]}  # still out
     again = propose_settlement(ledger, COMMITTEE_1, votes={}, certified=None, evidence={IDS[1]: 2})
     assert again.slashed == (IDS[1],)
     # a ledger that has not applied the settlement before cannot count: it slashes nobody
@@ -360,3 +364,10 @@ def test_a_member_with_conflict_evidence_is_slashed_once_per_piece() -> None:
         propose_settlement(fresh, COMMITTEE_1, votes={}, certified=None, evidence=evidence).slashed
         == ()
     )
+    # out of the committees of epochs 1, 2 and 3 (VOTE_OUT_EPOCHS), back for epoch 4
+    later = [committee_of(MEMBERS, [1, 1, 1, 1], 4, epoch) for epoch in range(1, 5)]
+    for committee, after in itertools.pairwise(later):
+        settled = propose_settlement(ledger, committee, votes={}, certified=None)
+        out = ledger.voted_out_after(settled, committee)
+        assert out == ({IDS[1]} if committee.epoch + 1 <= VOTE_OUT_EPOCHS else set())
+        assert ledger.add_settlement(settled, committee, after) is Outcome.APPLIED

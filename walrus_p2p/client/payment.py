@@ -318,7 +318,10 @@ class Payer:
                 return earlier
             if view.balance < price.total:
                 raise _insufficient(price.total, view.balance)
-            epoch = Epoch(committee.epoch)
+            # A store that began in the epoch before this committee's pays for a range from
+            # that epoch: its orders name it (members approve an order of the epoch before
+            # their own), else "storage cannot start in the past" refuses them.
+            epoch = Epoch(min(committee.epoch, max(start_epoch, committee.epoch - 1)))
             buy = self._sign(
                 BuyStorageBody,
                 view.next_sequence,

@@ -743,6 +743,8 @@ class GetSharedBlobReply(Message):
 
 MAX_LOCKS_PER_MESSAGE = 64
 """Locked orders in one hand-over page (each at most ~600 bytes: ~38 KiB)."""
+MAX_DECIDED_PER_MESSAGE = 512
+"""Decided slots in one hand-over page (77 bytes each: ~39 KiB)."""
 MAX_SIGNED_ORDER_SIZE = 1024
 """A signed order's encoding: a body of at most 512 bytes, a signature and CBOR heads."""
 
@@ -750,6 +752,17 @@ EncodedOrders = Annotated[
     tuple[bytes, ...],
     ListSpec(BytesSpec(min_length=1, max_length=MAX_SIGNED_ORDER_SIZE), MAX_LOCKS_PER_MESSAGE),
 ]
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class DecidedSlot:
+    """A locked slot whose certified order the reporter has applied: the asker that has not
+    fetches the certificate (``ListCertificatesRequest``) instead of getting the order here."""
+
+    account: PublicKeyBytes
+    sequence: U64
+    order_id: Hash32
 
 
 @register(168)
@@ -767,11 +780,16 @@ class GetLocksRequest(Message):
 @register(169)
 @dataclass(frozen=True, slots=True)
 class GetLocksReply(Message):
-    """One page of owner-signed orders (encoded, each checked on its own by the asker), in key
-    order; ``next_start`` is the next page's ``start``, None when the report is complete."""
+    """One page of the report, in slot order: the owner-signed orders of slots the reporter has
+    not decided (encoded, each checked on its own by the asker), and the slots it has decided
+    (their certificates are fetched by an asker that has not); ``next_start`` is the next
+    page's ``start``, None when the report is complete."""
 
     epoch: EpochNumber
     orders: EncodedOrders
+    decided: Annotated[
+        tuple[DecidedSlot, ...], ListSpec(record_spec(DecidedSlot), MAX_DECIDED_PER_MESSAGE)
+    ]
     next_start: OrderKeyBytes | None
 
 

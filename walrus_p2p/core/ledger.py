@@ -344,6 +344,11 @@ class Ledger:
         ``settlement`` (of ``committee``'s epoch) is applied."""
         streaks = dict(self._fail_streaks)
         out = {peer: until for peer, until in self._voted_out.items() if until > settlement.epoch}
+        for peer_id in settlement.slashed:
+            # Approved two orders of one slot (docs/economics.md, "Slashing"): out as well.
+            out[PeerId(peer_id)] = max(
+                out.get(PeerId(peer_id), 0), settlement.epoch + 1 + VOTE_OUT_EPOCHS
+            )
         if settlement.certified is None:
             return streaks, out  # no challenge ran: nobody failed or passed
         certified = set(settlement.certified)
@@ -359,7 +364,9 @@ class Ledger:
     def voted_out_after(self, settlement: EpochSettlement, committee: Committee) -> set[PeerId]:
         """The peers the committee of ``settlement.epoch + 1`` must not include: members that
         went ``VOTE_OUT_AFTER_EPOCHS`` epochs in a row without an availability certificate
-        are out for ``VOTE_OUT_EPOCHS`` committees (docs/challenges.md, "Voting out")."""
+        (docs/challenges.md, "Voting out") and members the settlement slashes for approving
+        conflicting orders (docs/economics.md, "Slashing") are out for ``VOTE_OUT_EPOCHS``
+        committees."""
         _, out = self._streaks_after(settlement, committee)
         return {peer for peer, until in out.items() if until > settlement.epoch + 1}
 

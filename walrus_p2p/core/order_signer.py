@@ -23,7 +23,7 @@ from walrus_p2p.core.economy_messages import (
 from walrus_p2p.core.ledger import Ledger
 from walrus_p2p.errors import OrderRefusedError, WireError
 
-__all__ = ["KEEP_EPOCHS", "KEEP_HANDOVERS", "OrderSigner"]
+__all__ = ["KEEP_EPOCHS", "KEEP_HANDOVERS", "OrderSigner", "Report"]
 
 _JOURNAL_TAG_V1 = "walrus-p2p order signer v1"
 _JOURNAL_TAG = "walrus-p2p order signer v2"
@@ -52,6 +52,17 @@ class _Lock:
     @property
     def contested(self) -> bool:
         return len(self.orders) > 1
+
+
+@dataclass(slots=True)
+class Report:
+    """One page of a hand-over report (:meth:`OrderSigner.report`)."""
+
+    orders: list[bytes]
+    """Encoded owner-signed orders of undecided slots."""
+    decided: list[tuple[bytes, int, bytes]]
+    """(account, sequence, order id) of decided slots."""
+    next_start: bytes | None
 
 
 class OrderSigner:
@@ -159,28 +170,44 @@ class OrderSigner:
         return True
 
     def report(
-        self, ledger: Ledger, epoch: int, start: bytes | None, limit: int
-    ) -> tuple[list[bytes], bytes | None]:
-        """The orders this member holds locks for as a member of committee ``epoch``: every
-        lock of a slot ``ledger`` has not decided, and the locks it approved or adopted in
-        epochs ``epoch - 1`` and ``epoch`` (decided here, maybe not at the asker); from slot key
-        ``start`` (:func:`order_key`) on, in key order: at most ``limit`` orders (a slot is
-        never split over two pages) and the next page's start, or None."""
+        self,
+        ledger: Ledger,
+        epoch: int,
+        start: bytes | None,
+        limit: int,
+        decided_limit: int,
+    ) -> Report:
+        """The locks this member holds as a member of committee ``epoch``: every lock of a slot
+        ``ledger`` has not decided (with its owner-signed orders), and the locks it approved or
+        adopted in epoch ``epoch - 1`` or later whose slot ``ledger`` decided (as
+        (account, sequence, order id): an asker that has not decided the slot fetches the
+        certificate). From slot key ``start`` (:func:`order_key`) on, in key order, at most
+        ``limit`` orders and ``decided_limit`` decided slots, and the next page's start.
+
+        Locks of later epochs are included: a member of both committees may have approved an
+        order again, or adopted it, in the next epoch before it answers (the lock then carries
+        that epoch), and the order must still be in its report."""
         slots = sorted(
-            (order_key(account, sequence), lock)
+            (order_key(account, sequence), account, sequence, lock)
             for (account, sequence), lock in self._locks.items()
-            if lock.orders
-            and lock.epoch <= epoch
-            and (lock.epoch >= epoch - 1 or sequence >= ledger.next_sequence(account))
+            if lock.epoch >= epoch - 1 or sequence >= ledger.next_sequence(account)
         )
-        orders: list[bytes] = []
-        for key, lock in slots:
+        report = Report([], [], None)
+        for key, account, sequence, lock in slots:
             if start is not None and key < start:
                 continue
-            if len(orders) + len(lock.orders) > limit:
-                return orders, key
-            orders.extend(lock.orders)
-        return orders, None
+            if sequence < ledger.next_sequence(account):
+                if len(report.decided) == decided_limit:
+                    report.next_start = key
+                    break
+                applied = ledger.applied_order(account, sequence) or lock.order_id
+                report.decided.append((account, sequence, applied))
+            elif lock.orders:
+                if len(report.orders) + len(lock.orders) > limit:
+                    report.next_start = key
+                    break
+                report.orders.extend(lock.orders)
+        return report
 
     def prune(self, ledger: Ledger, epoch: int) -> int:
         """Forget locks whose slot ``ledger`` has decided (orders for them are refused as

@@ -32,10 +32,18 @@ import trio
 
 from walrus_p2p.core import wire
 from walrus_p2p.core.economy_messages import (
+    MAX_DECIDED_PER_MESSAGE,
     MAX_LOCKS_PER_MESSAGE,
+    CertifiedOrder,
+    DecidedSlot,
     GetLocksReply,
     GetLocksRequest,
+    ListCertificatesReply,
+    ListCertificatesRequest,
     SignedOrder,
+    decode_certificate,
+    order_id,
+    order_key,
 )
 from walrus_p2p.core.order_signer import KEEP_EPOCHS
 from walrus_p2p.errors import OrderRefusedError, WalrusError, WireError
@@ -111,10 +119,18 @@ class LockHandover:
                 f"this member has not completed its hand-over into epoch {asked}",
             )
         start = None if request.start is None else bytes(request.start)
-        orders, next_start = self.economy.signer.report(
-            self.economy.ledger, asked, start, MAX_LOCKS_PER_MESSAGE
+        report = self.economy.signer.report(
+            self.economy.ledger, asked, start, MAX_LOCKS_PER_MESSAGE, MAX_DECIDED_PER_MESSAGE
         )
-        return GetLocksReply(epoch=Epoch(epoch), orders=tuple(orders), next_start=next_start)
+        return GetLocksReply(
+            epoch=Epoch(epoch),
+            orders=tuple(report.orders),
+            decided=tuple(
+                DecidedSlot(account, sequence, identifier)
+                for account, sequence, identifier in report.decided
+            ),
+            next_start=report.next_start,
+        )
 
     async def run(self) -> None:
         """Complete the hand-over of every epoch this peer enters, until cancelled.
@@ -228,6 +244,36 @@ class LockHandover:
         if previous.is_quorum(answered):
             nursery.cancel_scope.cancel()
 
+    async def _fetch_certificate(
+        self, reporter: PeerId, slot: DecidedSlot
+    ) -> CertifiedOrder | None:
+        """The certificate of a slot ``reporter`` decided and this peer has not: verified and
+        merged here (which decides the slot once its account's earlier orders are known), and
+        its order adopted by the caller. None if the reporter cannot show it (it is faulty, or
+        its listing moved on: the slot then stands on the other reporters)."""
+        key = order_key(bytes(slot.account), int(slot.sequence))
+        reply = await self.economy.caller.call(
+            reporter,
+            ListCertificatesRequest(start=key, limit=1),
+            ListCertificatesReply,
+            timeout=self.economy.options.request_timeout,
+        )
+        for encoded in reply.certificates[:1]:
+            try:
+                certificate = decode_certificate(encoded)
+                self.economy.verify(certificate)
+            except (WireError, OrderRefusedError) as error:
+                logger.warning("decided slot unproven peer=%s: %s", reporter[:12], error)
+                return None
+            if order_id(certificate.order) != bytes(slot.order_id):
+                return None
+            try:
+                await self.economy.merge(certificate, announce=False)
+            except OrderRefusedError as error:
+                logger.info("decided slot not merged peer=%s: %s", reporter[:12], error)
+            return certificate
+        return None
+
     async def _read_report(self, reporter: PeerId, epoch: int, figures: HandoverFigures) -> int:
         """Page through ``reporter``'s locks of epoch ``epoch - 1``, adopting each verified
         order as a lock of ``epoch``; returns the requests made. An order that does not decode
@@ -244,15 +290,29 @@ class LockHandover:
                 timeout=self.economy.options.request_timeout,
             )
             requests += 1
+            orders: list[SignedOrder] = []
             for encoded in reply.orders:
-                figures.orders += 1
                 try:
                     order = wire.decode(encoded, SignedOrder)
                     assert isinstance(order, SignedOrder)
+                    orders.append(order)
+                except WireError as error:
+                    logger.warning("lock report entry refused peer=%s: %s", reporter[:12], error)
+            for slot in reply.decided:
+                account, sequence = bytes(slot.account), int(slot.sequence)
+                if sequence < ledger.next_sequence(account):
+                    continue  # decided here too
+                certificate = await self._fetch_certificate(reporter, slot)
+                requests += 1
+                if certificate is not None:
+                    orders.append(certificate.order)
+            figures.orders += len(reply.orders) + len(reply.decided)
+            for order in orders:
+                try:
                     if signer.adopt(order, ledger, epoch):
                         figures.adopted += 1
                         changed = True
-                except (WireError, OrderRefusedError) as error:
+                except OrderRefusedError as error:
                     logger.warning(
                         "lock report entry refused peer=%s reason=%s", reporter[:12], error.reason
                     )

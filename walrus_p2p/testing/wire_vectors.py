@@ -453,9 +453,12 @@ def _economy_messages(
         "GetLocksRequest": em.GetLocksRequest(Epoch(7), em.order_key(account, 3)),
         "GetLocksRequest/first": em.GetLocksRequest(Epoch(7), None),
         "GetLocksReply": em.GetLocksReply(
-            Epoch(8), (wire.encode(signed), wire.encode(second)), em.order_key(other, 0)
+            Epoch(8),
+            (wire.encode(signed), wire.encode(second)),
+            (em.DecidedSlot(other, 2, _filled(32, 0x94)),),
+            em.order_key(other, 0),
         ),
-        "GetLocksReply/last": em.GetLocksReply(Epoch(8), (), None),
+        "GetLocksReply/last": em.GetLocksReply(Epoch(8), (), (), None),
         "CertificatesBatch": em.CertificatesBatch((encoded, encoded)),
     }
 
