@@ -242,6 +242,8 @@ class Writers:
     devnet: DevnetCommand
     count: int
     max_size: int
+    epochs: int
+    """Lifetime of each stored blob: it must outlast the read-back at the end."""
     stop: threading.Event = field(default_factory=threading.Event)
     results: list[tuple[bool, str | None, str, int, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -252,7 +254,7 @@ class Writers:
             size = generator.choice([0, 1, 1024, 64 * 1024, 1 << 20, self.max_size])
             size = generator.randint(0, size) if size > 1024 else size
             data = os.urandom(size)
-            status, body = http_put(self.devnet.url("/v1/blobs?epochs=5"), data, 180.0)
+            status, body = http_put(self.devnet.url(f"/v1/blobs?epochs={self.epochs}"), data, 180.0)
             blob_id = None
             detail = str(status)
             if status == 200:
@@ -398,7 +400,11 @@ def main() -> None:
         churn_thread: threading.Thread | None = None
         last_restart: list[float] = []
         if arguments.churn or arguments.write:
-            writers = Writers(devnet, arguments.writers, arguments.max_blob)
+            # Blobs live until after the read-back two changes past the run's last one.
+            lifetime = arguments.changes + 6
+            if arguments.churn:
+                lifetime += int(arguments.churn_seconds // arguments.epoch_duration)
+            writers = Writers(devnet, arguments.writers, arguments.max_blob, lifetime)
             writers.start()
         if arguments.churn:
 

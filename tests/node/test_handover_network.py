@@ -8,7 +8,9 @@ that committee would have none. At the next change peer 0 collects the locks of 
 before from the others (a quorum of its shards) and adopts X; so does every member. A
 conflicting Y for the same slot, named for the new epoch, is refused by every member
 (``ORDER_CONFLICT``), peer 0 included; X itself is completed by the new committee (the same
-bytes, approvals of the new epoch) and applied everywhere. Every wait has a deadline.
+bytes, approvals of the new epoch) and applied everywhere. Then a slot decided at three members
+reaches the fourth through the hand-over: reported as decided, its certificate fetched.
+Every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from walrus_p2p.core.economy_messages import (
 )
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.core.order_signer import OrderSigner
+from walrus_p2p.core.records import Signature
 from walrus_p2p.errors import WalrusError
 from walrus_p2p.testing.network import open_test_light_peer, seed_for
 from walrus_p2p.types import Epoch
@@ -105,3 +108,36 @@ async def test_a_withheld_order_is_handed_over_and_its_conflict_refused() -> Non
             # the withheld certificate of the epoch before is the same order: a duplicate
             outcome = await peers[1].running.economy.merge(withheld, announce=False)
             assert outcome.value == "duplicate"
+
+            # A decided slot travels as (account, sequence, order id): Z is approved by peers
+            # 1-3 and its certificate given to them alone (no gossip). At the next change they
+            # report Z's slot as decided, and peer 0, which never saw Z, fetches the
+            # certificate from one of them, verifies and applies it.
+            epoch = peers[0].running.epochs.epoch + 1  # a fresh epoch: time for the steps
+            await network.wait_epoch(epoch, timeout=ROUND_TIMEOUT)
+            await eventually(
+                lambda: all(p.running.economy.handover.complete(epoch) for p in running),
+                "every member completed the hand-over",
+                30.0,
+            )
+            body = TransferBody(network_id, ALICE.public_key.raw, 1, Epoch(epoch), CAROL, WAL)
+            z = sign_order(ALICE, body)
+            approvals = []
+            for peer in peers[1:]:
+                reply = await light.call(
+                    peer.peer_id, ApproveOrderRequest(order=z), ApproveOrderReply, timeout=10.0
+                )
+                assert reply.epoch == epoch, "the epoch changed too early"
+                approvals.append(Signature(peer.peer_id, reply.signature))
+            certificate = certify(z, approvals, epoch)
+            for peer in peers[1:]:
+                merged = await peer.running.economy.merge(certificate, announce=False)
+                assert merged.value == "applied"
+            assert peers[0].running.economy.ledger.next_sequence(ALICE.public_key.raw) == 1
+            await network.wait_epoch(epoch + 1, timeout=ROUND_TIMEOUT)
+            await eventually(
+                lambda: peers[0].running.economy.ledger.balance(CAROL) == WAL,
+                "peer 0 fetched and applied the decided slot's certificate",
+                30.0,
+            )
+            assert peers[0].running.economy.handover.figures[epoch + 1].orders >= 1
