@@ -16,7 +16,7 @@ from walrus_p2p.core.committee import Committee, is_quorum
 from walrus_p2p.core.economy_messages import TransferBody
 from walrus_p2p.core.identity import Identity
 from walrus_p2p.core.ledger import Ledger
-from walrus_p2p.core.order_signer import KEEP_HANDOVERS, OrderSigner
+from walrus_p2p.core.order_signer import HANDOVERS_KEY, KEEP_HANDOVERS, OrderSigner
 from walrus_p2p.core.records import Signature
 from walrus_p2p.errors import OrderRefusedError, WireError
 from walrus_p2p.types import Epoch
@@ -143,7 +143,7 @@ def test_a_report_holds_the_locks_of_two_epochs_in_pages_that_keep_slots_whole()
     )
 
 
-def test_the_journal_keeps_orders_and_hand_overs_and_reads_version_1() -> None:
+def test_the_rows_keep_orders_and_hand_overs_and_the_old_journal_still_reads() -> None:
     ledger = new_ledger({OWNER.public_key.raw: 100})
     signer = OrderSigner(POOL[4], NETWORK)
     order = transfer(2, PAYEE)
@@ -151,25 +151,32 @@ def test_the_journal_keeps_orders_and_hand_overs_and_reads_version_1() -> None:
     for epoch in range(1, KEEP_HANDOVERS + 4):
         signer.handover_done(epoch)
     assert signer.handovers == tuple(range(4, KEEP_HANDOVERS + 4))
-    journal = signer.to_bytes()
-    restored = OrderSigner.from_bytes(journal, POOL[4], NETWORK)
-    assert restored.to_bytes() == journal and restored.handovers == signer.handovers
+    rows = signer.rows()
+    restored = OrderSigner.from_rows(rows, POOL[4], NETWORK)
+    assert restored.rows() == rows and restored.handovers == signer.handovers
     assert restored.report(ledger, 2, None, 8, 8).orders == [em.wire.encode(order)]
-    document = cbor2.loads(journal)
+    (lock_key, lock_row), (handovers_key, handovers_row) = rows
+    assert handovers_key == HANDOVERS_KEY
+    tag, network, _ = cbor2.loads(handovers_row)
+    epoch, identifier, orders = cbor2.loads(lock_row)
     for bad in (
-        [*document[:2], [5, 4], document[3]],  # hand-overs out of order
-        [*document[:2], [-1], document[3]],
-        [*document[:3], [[*document[3][0][:4], [b"a", b"b", b"c"]]]],
+        (handovers_key, cbor2.dumps([tag, network, [5, 4]])),  # hand-overs out of order
+        (handovers_key, cbor2.dumps([tag, network, [-1]])),
+        (lock_key, cbor2.dumps([epoch, identifier, [b"a", b"b", b"c"]])),  # three orders
+        (lock_key, cbor2.dumps([epoch, identifier[:31], orders])),
     ):
         with pytest.raises(WireError):
-            OrderSigner.from_bytes(cbor2.dumps(bad, canonical=True), POOL[4], NETWORK)
+            OrderSigner.from_rows([bad], POOL[4], NETWORK)
     # a journal of the version before: locks without their orders, still refusing conflicts
     old = cbor2.dumps(
         ["walrus-p2p order signer v1", NETWORK, [[OWNER.public_key.raw, 0, 2, em.order_id(order)]]],
         canonical=True,
     )
-    upgraded = OrderSigner.from_bytes(old, POOL[4], NETWORK)
+    upgraded = OrderSigner.from_journal(old, POOL[4], NETWORK)
     assert upgraded.locked(OWNER.public_key.raw, 0) == (2, em.order_id(order))
+    assert len(upgraded.take_changes()) == 2  # its lock and hand-over rows, to write once
+    with pytest.raises(WireError, match="another network"):
+        OrderSigner.from_journal(old, POOL[4], bytes(32))
     assert refusal(upgraded.approve, transfer(2, OTHER), ledger, 2) == "ORDER_CONFLICT"
     assert upgraded.handovers == () and upgraded.report(ledger, 2, None, 8, 8).orders == []
 

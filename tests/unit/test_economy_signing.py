@@ -60,9 +60,9 @@ def test_the_signer_refuses_bad_orders_with_their_reasons() -> None:
     seen: set[str] = set()
 
     def expect(reason: str, order: em.SignedOrder, epoch: int = 0) -> None:
-        before = (ledger.snapshot(), signer.to_bytes())
+        before = (ledger.snapshot(), signer.rows())
         assert refusal(signer.approve, order, ledger, epoch) == reason
-        assert (ledger.snapshot(), signer.to_bytes()) == before  # a refusal changes nothing
+        assert (ledger.snapshot(), signer.rows()) == before  # a refusal changes nothing
         seen.add(reason)
 
     good = owner.sign(TransferBody, recipient=payee, amount=10)
@@ -137,25 +137,33 @@ def test_signer_state_survives_a_restart_and_keeps_refusing_conflicts() -> None:
     signer = OrderSigner(MEMBERS[1], NETWORK)
     first = Orders(OWNER).sign(TransferBody, recipient=PAYEE.public_key.raw, amount=10)
     approval = signer.approve(first, ledger, 0)
-    journal = signer.to_bytes()
-    restored = OrderSigner.from_bytes(journal, MEMBERS[1], NETWORK)
-    assert restored.to_bytes() == journal
+    written = signer.take_changes()  # what the peer writes before the approval leaves
+    assert [key for key, _ in written] == [em.order_key(OWNER.public_key.raw, 0)]
+    assert signer.take_changes() == []  # nothing changed since
+    rows = signer.rows()
+    restored = OrderSigner.from_rows(rows, MEMBERS[1], NETWORK)
+    assert restored.rows() == rows
     assert restored.locked(OWNER.public_key.raw, 0) == (0, em.order_id(first))
     conflicting = Orders(OWNER).sign(TransferBody, recipient=OTHER.public_key.raw, amount=10)
     assert refusal(restored.approve, conflicting, ledger, 0) == "ORDER_CONFLICT"
     assert restored.approve(first, ledger, 0) == approval
     # a fresh signer (a lost journal) would have signed it: the journal is what prevents it
     assert OrderSigner(MEMBERS[1], NETWORK).approve(conflicting, ledger, 0)
-    for bad in (b"", b"\xa0", journal[:-1], journal + b"\x00"):
+    key, value = rows[0]
+    for bad in (b"", b"\xa0", value[:-1], value + b"\x00"):
         with pytest.raises(WireError):
-            OrderSigner.from_bytes(bad, MEMBERS[1], NETWORK)
+            OrderSigner.from_rows([(key, bad)], MEMBERS[1], NETWORK)
+    with pytest.raises(WireError):
+        OrderSigner.from_rows([(key[:-1], value)], MEMBERS[1], NETWORK)
     with pytest.raises(WireError, match="another network"):
-        OrderSigner.from_bytes(journal, MEMBERS[1], bytes(32))
+        OrderSigner.from_rows(rows, MEMBERS[1], bytes(32))
     ledger.add_order(first)
     # a decided slot's lock is kept while a hand-over may still report it, then dropped
     assert restored.prune(ledger, 2) == 0
     assert refusal(restored.approve, conflicting, ledger, 0) == "ORDER_REPLAYED"
+    restored.take_changes()
     assert restored.prune(ledger, 3) == 1
+    assert restored.take_changes() == [(key, None)]  # the row is deleted
     assert restored.locked(OWNER.public_key.raw, 0) is None
     assert refusal(restored.approve, conflicting, ledger, 0) == "ORDER_REPLAYED"
 

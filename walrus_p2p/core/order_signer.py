@@ -7,6 +7,7 @@ and runs the hand-over's requests.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -14,6 +15,7 @@ import cbor2
 
 from walrus_p2p.core import identity, wire
 from walrus_p2p.core.economy_messages import (
+    ORDER_KEY_SIZE,
     SignedOrder,
     approve,
     order_id,
@@ -23,10 +25,12 @@ from walrus_p2p.core.economy_messages import (
 from walrus_p2p.core.ledger import Ledger
 from walrus_p2p.errors import OrderRefusedError, WireError
 
-__all__ = ["KEEP_EPOCHS", "KEEP_HANDOVERS", "OrderSigner", "Report"]
+__all__ = ["HANDOVERS_KEY", "KEEP_EPOCHS", "KEEP_HANDOVERS", "OrderSigner", "Report"]
 
 _JOURNAL_TAG_V1 = "walrus-p2p order signer v1"
-_JOURNAL_TAG = "walrus-p2p order signer v2"
+_ROWS_TAG = "walrus-p2p order signer rows v2"
+HANDOVERS_KEY = b"handovers"
+"""The row of the completed hand-overs (slot rows have 40-byte keys)."""
 
 KEEP_EPOCHS = 3
 """A lock whose slot is decided in the ledger is kept while it is at most this many epochs
@@ -90,13 +94,16 @@ class OrderSigner:
     spending", gives the argument; ``node/economy.py`` runs the requests).
 
     The state (the locks) must be persisted before an approval leaves the member
-    (:meth:`to_bytes`, :meth:`from_bytes`), as the epoch agreement journals its votes.
+    (:meth:`take_changes`, :meth:`from_rows`: one row per slot), as the epoch agreement
+    journals its votes.
     """
 
     def __init__(self, member: identity.Identity, network_id: bytes) -> None:
         self.member = member
         self.network_id = network_id
         self._locks: dict[_Key, _Lock] = {}
+        self._dirty: set[_Key] = set()
+        self._handovers_dirty = False
         self.handovers: tuple[int, ...] = ()
         """The epochs (at most :data:`KEEP_HANDOVERS`, the latest) whose hand-over this member
         completed: it approves in such an epoch, and reports its locks of it once it left it."""
@@ -105,6 +112,11 @@ class OrderSigner:
         """Record that this member holds every lock the previous committee reported for
         ``epoch``."""
         self.handovers = tuple(sorted({*self.handovers, epoch}))[-KEEP_HANDOVERS:]
+        self._handovers_dirty = True
+
+    def _set(self, key: _Key, lock: _Lock) -> None:
+        self._locks[key] = lock
+        self._dirty.add(key)
 
     def locked(self, account: bytes, sequence: int) -> tuple[int, bytes] | None:
         """(epoch, order id) this member approved or adopted at (account, sequence), if any."""
@@ -136,10 +148,10 @@ class OrderSigner:
             if lock.epoch < epoch:
                 # approved again in a later epoch: the lock is that epoch's too (reported by
                 # the hand-overs after it)
-                self._locks[key] = _Lock(epoch, lock.order_id, lock.orders)
+                self._set(key, _Lock(epoch, lock.order_id, lock.orders))
         else:
             ledger.check_order(body, identifier)
-            self._locks[key] = _Lock(epoch, identifier, (wire.encode(order),))
+            self._set(key, _Lock(epoch, identifier, (wire.encode(order),)))
         return approve(self.member, self.network_id, epoch, identifier).signature
 
     def adopt(self, order: SignedOrder, ledger: Ledger, epoch: int) -> bool:
@@ -157,16 +169,16 @@ class OrderSigner:
         key = (body.account, body.sequence)
         lock = self._locks.get(key)
         if lock is None:
-            self._locks[key] = _Lock(epoch, identifier, (wire.encode(order),))
+            self._set(key, _Lock(epoch, identifier, (wire.encode(order),)))
             return True
         encoded = wire.encode(order)
         if lock.order_id == identifier or lock.contested or encoded in lock.orders:
             if lock.epoch >= epoch:
                 return False
             # held in this epoch too: the next hand-over reports it
-            self._locks[key] = _Lock(epoch, lock.order_id, lock.orders)
+            self._set(key, _Lock(epoch, lock.order_id, lock.orders))
             return True
-        self._locks[key] = _Lock(epoch, lock.order_id, (*lock.orders, encoded))
+        self._set(key, _Lock(epoch, lock.order_id, (*lock.orders, encoded)))
         return True
 
     def report(
@@ -220,58 +232,77 @@ class OrderSigner:
         ]
         for key in stale:
             del self._locks[key]
+            self._dirty.add(key)
         return len(stale)
 
-    def to_bytes(self) -> bytes:
-        """The locks and the hand-over epoch as canonical CBOR (sorted), for a durable journal."""
-        entries = [
-            [account, sequence, lock.epoch, lock.order_id, list(lock.orders)]
-            for (account, sequence), lock in sorted(self._locks.items())
-        ]
+    # -- durable state: one row per locked slot, and one for the completed hand-overs --------
+
+    def take_changes(self) -> list[tuple[bytes, bytes | None]]:
+        """The rows changed since the last call, to write in one transaction: (slot key
+        (:func:`order_key`), encoded lock) or (slot key, None) for a dropped lock, and the
+        hand-over row (:data:`HANDOVERS_KEY`) when it changed. A write costs what changed, not
+        what is held."""
+        changes: list[tuple[bytes, bytes | None]] = []
+        for key in sorted(self._dirty):
+            lock = self._locks.get(key)
+            changes.append((order_key(*key), None if lock is None else _encode_lock(lock)))
+        if self._handovers_dirty:
+            changes.append((HANDOVERS_KEY, self._handovers_row()))
+        self._dirty.clear()
+        self._handovers_dirty = False
+        return changes
+
+    def rows(self) -> list[tuple[bytes, bytes]]:
+        """Every row of the state (what :meth:`from_rows` reads), in key order."""
+        rows = [(order_key(*key), _encode_lock(lock)) for key, lock in sorted(self._locks.items())]
+        return [*rows, (HANDOVERS_KEY, self._handovers_row())]
+
+    def _handovers_row(self) -> bytes:
         encoded: bytes = cbor2.dumps(
-            [_JOURNAL_TAG, self.network_id, list(self.handovers), entries], canonical=True
+            [_ROWS_TAG, self.network_id, list(self.handovers)], canonical=True
         )
         return encoded
 
     @classmethod
-    def from_bytes(cls, data: bytes, member: identity.Identity, network_id: bytes) -> OrderSigner:
-        """A signer with the locks of :meth:`to_bytes` (or of a version-1 journal, whose locks
-        carry no order); ``WireError`` if ``data`` is not such a journal for this network (a
-        wrong journal must not silently drop locks)."""
+    def from_rows(
+        cls, rows: Iterable[tuple[bytes, bytes]], member: identity.Identity, network_id: bytes
+    ) -> OrderSigner:
+        """A signer with the state of :meth:`rows`; ``WireError`` if a row is not one this
+        class wrote for this network (a wrong state must not silently drop locks)."""
+        signer = cls(member, network_id)
+        for key, value in rows:
+            if key == HANDOVERS_KEY:
+                signer.handovers = _decode_handovers(value, network_id)
+                continue
+            if len(key) != ORDER_KEY_SIZE:
+                raise WireError("malformed order signer row key")
+            lock = _decode_lock(value)
+            signer._locks[(key[:32], int.from_bytes(key[32:], "big"))] = lock
+        return signer
+
+    @classmethod
+    def from_journal(cls, data: bytes, member: identity.Identity, network_id: bytes) -> OrderSigner:
+        """A signer with the locks of a journal of the version before (one record of every
+        lock, without the orders); ``WireError`` if ``data`` is not such a journal for this
+        network. The peer then writes the locks as rows and drops the journal."""
         try:
             document = cbor2.loads(data)
         except Exception as error:
             raise WireError(f"order signer journal: {error}") from error
         if (
-            isinstance(document, list)
-            and len(document) == 3
-            and document[0] == _JOURNAL_TAG_V1
-            and isinstance(document[2], list)
-        ):
-            entries = [[*e, []] if isinstance(e, list) and len(e) == 4 else e for e in document[2]]
-            document = [_JOURNAL_TAG, document[1], [], entries]
-            version_1 = True
-        else:
-            version_1 = False
-        if (
             not isinstance(document, list)
-            or len(document) != 4
-            or document[0] != _JOURNAL_TAG
+            or len(document) != 3
+            or document[0] != _JOURNAL_TAG_V1
             or not isinstance(document[2], list)
-            or len(document[2]) > KEEP_HANDOVERS
-            or not all(type(epoch) is int and epoch >= 0 for epoch in document[2])
-            or document[2] != sorted(set(document[2]))
-            or not isinstance(document[3], list)
         ):
             raise WireError("not an order signer journal")
         if document[1] != network_id:
             raise WireError("the order signer journal is for another network")
         signer = cls(member, network_id)
-        signer.handovers = tuple(document[2])
-        for entry in document[3]:
-            if not isinstance(entry, list) or len(entry) != 5:
+        for entry in document[2]:
+            if not isinstance(entry, list) or len(entry) != 4:
                 raise WireError("malformed order signer journal entry")
-            account, sequence, epoch, identifier, orders = entry
+            account, sequence, epoch, identifier = entry
             if (
                 not isinstance(account, bytes)
                 or len(account) != 32
@@ -281,15 +312,59 @@ class OrderSigner:
                 or len(identifier) != 32
                 or sequence < 0
                 or epoch < 0
-                or not isinstance(orders, list)
-                or len(orders) > 2
-                or not all(isinstance(order, bytes) for order in orders)
             ):
                 raise WireError("malformed order signer journal entry")
             key = (account, sequence)
             if key in signer._locks:
                 raise WireError("an order signer journal locks one slot twice")
-            signer._locks[key] = _Lock(epoch, identifier, tuple(orders))
-        if not version_1 and signer.to_bytes() != data:
-            raise WireError("the order signer journal is not in canonical form")
+            signer._set(key, _Lock(epoch, identifier, ()))
+        signer._handovers_dirty = True
         return signer
+
+
+def _encode_lock(lock: _Lock) -> bytes:
+    encoded: bytes = cbor2.dumps([lock.epoch, lock.order_id, list(lock.orders)], canonical=True)
+    return encoded
+
+
+def _decode_lock(value: bytes) -> _Lock:
+    try:
+        document = cbor2.loads(value)
+    except Exception as error:
+        raise WireError(f"order signer row: {error}") from error
+    if (
+        not isinstance(document, list)
+        or len(document) != 3
+        or type(document[0]) is not int
+        or document[0] < 0
+        or not isinstance(document[1], bytes)
+        or len(document[1]) != 32
+        or not isinstance(document[2], list)
+        or len(document[2]) > 2
+        or not all(isinstance(order, bytes) for order in document[2])
+    ):
+        raise WireError("malformed order signer row")
+    lock = _Lock(document[0], document[1], tuple(document[2]))
+    if _encode_lock(lock) != value:
+        raise WireError("an order signer row is not in canonical form")
+    return lock
+
+
+def _decode_handovers(value: bytes, network_id: bytes) -> tuple[int, ...]:
+    try:
+        document = cbor2.loads(value)
+    except Exception as error:
+        raise WireError(f"order signer hand-over row: {error}") from error
+    if (
+        not isinstance(document, list)
+        or len(document) != 3
+        or document[0] != _ROWS_TAG
+        or not isinstance(document[2], list)
+        or len(document[2]) > KEEP_HANDOVERS
+        or not all(type(epoch) is int and epoch >= 0 for epoch in document[2])
+        or document[2] != sorted(set(document[2]))
+    ):
+        raise WireError("malformed order signer hand-over row")
+    if document[1] != network_id:
+        raise WireError("the order signer's rows are for another network")
+    return tuple(document[2])

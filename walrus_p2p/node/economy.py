@@ -9,8 +9,8 @@ composed service like the record book:
   :mod:`walrus_p2p.node.handover`; ``HANDOVER_PENDING`` until then); a new lock is written to
   the store (an fsynced SQLite commit when the store is durable) *before* the approval is
   sent, so a member that restarts never approves a conflicting order. Approvals asked at the
-  same time share one write (group commit: whoever takes the journal lock writes the locks as
-  they are then, covering every approval made before it);
+  same time share one write (group commit: whoever takes the journal lock writes the lock rows
+  changed until then, one row per slot, covering every approval made before it);
 - **certificates** (``SubmitCertificateRequest``, gossip, catch-up): verified against the
   committee of the epoch that approved them, merged into the peer's
   :class:`~walrus_p2p.core.ledger.Ledger` (which starts from the genesis allocations), stored under
@@ -132,6 +132,10 @@ RECEIVED_NAMESPACE = "economy-received"
 """Transfers received, for an account's history: key = recipient + arrival time (8 bytes,
 nanoseconds) + 8 bytes of the order id; value = the order's key in ``ORDERS_NAMESPACE``."""
 SIGNER_NAMESPACE = "economy-signer"
+"""Where the version before kept the signer's journal (``JOURNAL_KEY``), read once."""
+LOCKS_NAMESPACE = "economy-locks"
+"""The signer's locks, one row per slot (key: account + sequence), and the completed
+hand-overs (``walrus_p2p.core.order_signer.HANDOVERS_KEY``)."""
 EVIDENCE_NAMESPACE = "economy-evidence"
 """Verified conflict evidence (docs/economics.md, "Slashing"), keyed by the member's public key,
 the account and the sequence."""
@@ -248,14 +252,23 @@ class EconomyService:
     # -- start ---------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Read the signer's journal and every stored certificate (before requests are served).
+        """Read the signer's locks and every stored certificate (before requests are served).
 
-        A journal that does not load stops the peer (``WireError``): starting without its locks
+        Locks that do not load stop the peer (``WireError``): starting without its locks
         would let this member approve an order conflicting with one it approved before."""
         store = self.ctx.store
+        rows = await trio.to_thread.run_sync(lambda: list(store.iter_values(LOCKS_NAMESPACE)))
         journal = await trio.to_thread.run_sync(store.get_value, SIGNER_NAMESPACE, JOURNAL_KEY)
+        if rows:
+            self.signer = OrderSigner.from_rows(rows, self.ctx.identity, self.network_id)
+        elif journal is not None:
+            # The version before kept every lock in one record: written as rows, then dropped.
+            self.signer = OrderSigner.from_journal(journal, self.ctx.identity, self.network_id)
+            await trio.to_thread.run_sync(
+                store.put_values, LOCKS_NAMESPACE, self.signer.take_changes()
+            )
         if journal is not None:
-            self.signer = OrderSigner.from_bytes(journal, self.ctx.identity, self.network_id)
+            await trio.to_thread.run_sync(store.delete_value, SIGNER_NAMESPACE, JOURNAL_KEY)
         stored = await trio.to_thread.run_sync(
             lambda: [value for _, value in store.iter_values(ORDERS_NAMESPACE)]
         )
@@ -279,7 +292,10 @@ class EconomyService:
                 logger.warning("stored conflict evidence unusable error=%s", error)
         self.loaded = True
         logger.info(
-            "economy loaded orders=%d locks_journal=%s", len(self._known), journal is not None
+            "economy loaded orders=%d lock_rows=%d old_journal=%s",
+            len(self._known),
+            len(rows),
+            journal is not None,
         )
 
     def register(self, router: Router) -> None:
@@ -359,10 +375,9 @@ class EconomyService:
             if self._journal_written >= wanted:
                 return  # a write that started after this change covered it
             covered = self._journal_changes
-            data = self.signer.to_bytes()
-            await trio.to_thread.run_sync(
-                self.ctx.store.put_value, SIGNER_NAMESPACE, JOURNAL_KEY, data
-            )
+            changes = self.signer.take_changes()
+            if changes:
+                await trio.to_thread.run_sync(self.ctx.store.put_values, LOCKS_NAMESPACE, changes)
             self._journal_written = covered
 
     # -- certificates --------------------------------------------------------------------

@@ -6,7 +6,7 @@ Owner: storage. Layers above (node, recovery, GC, the confirmation signer) progr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -171,6 +171,10 @@ class BlobStore(Protocol):
 
     def put_value(self, namespace: str, key: bytes, value: Bytes) -> None:
         """Durably set a small record; these do not count against the capacity."""
+        ...
+
+    def put_values(self, namespace: str, changes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Durably set (a value) or delete (None) several records in one transaction."""
         ...
 
     def get_value(self, namespace: str, key: bytes) -> bytes | None: ...

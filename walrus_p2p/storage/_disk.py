@@ -26,7 +26,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -991,6 +991,27 @@ class DiskStore:
                 "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
                 (namespace, bytes(key), data),
             )
+
+    @_translated
+    def put_values(self, namespace: str, changes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        if not namespace:
+            raise ValueError("namespace must not be empty")
+        for _key, value in changes:
+            if value is not None and len(value) > MAX_VALUE_SIZE:
+                raise ValueError(f"record of {len(value)} bytes exceeds {MAX_VALUE_SIZE}")
+        with self._lock, self._transaction() as connection:
+            for key, value in changes:
+                if value is None:
+                    connection.execute(
+                        "DELETE FROM records WHERE namespace = ? AND key = ?",
+                        (namespace, bytes(key)),
+                    )
+                else:
+                    connection.execute(
+                        "INSERT INTO records (namespace, key, value) VALUES (?, ?, ?) "
+                        "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
+                        (namespace, bytes(key), bytes(value)),
+                    )
 
     @_translated
     def get_value(self, namespace: str, key: bytes) -> bytes | None:
