@@ -899,3 +899,13 @@ def test_a_head_that_names_no_expected_type_is_refused() -> None:
             wire.max_size_for_head(head, expected)
     with pytest.raises(WireError):  # a known type that is not expected here
         wire.max_size_for_head(status[:18], wire.StoreSliverRequest)
+
+
+def test_message_name_labels_an_encoding_by_its_type_id() -> None:
+    """Traffic accounting labels each reply by its wire type (docs/network.md)."""
+    reply = health.PeerHealthRequest(epoch=3)
+    encoded = wire.encode(reply)
+    assert wire.message_name(encoded) == "PeerHealthRequest"
+    assert wire.message_name(memoryview(encoded)) == "PeerHealthRequest"
+    for bad in (b"", b"\x83", cbor2.dumps([9999, 1]), cbor2.dumps({"a": 1}), b"\xff" * 20):
+        assert wire.message_name(bad) is None

@@ -285,10 +285,7 @@ class OrderSigner:
         """A signer with the locks of a journal of the version before (one record of every
         lock, without the orders); ``WireError`` if ``data`` is not such a journal for this
         network. The peer then writes the locks as rows and drops the journal."""
-        try:
-            document = cbor2.loads(data)
-        except Exception as error:
-            raise WireError(f"order signer journal: {error}") from error
+        document = _load_cbor(data, "order signer journal")
         if (
             not isinstance(document, list)
             or len(document) != 3
@@ -322,16 +319,21 @@ class OrderSigner:
         return signer
 
 
+def _load_cbor(data: bytes, what: str) -> object:
+    """``data`` decoded as CBOR; ``WireError`` naming ``what`` if it is not."""
+    try:
+        return cbor2.loads(data)
+    except Exception as error:
+        raise WireError(f"{what}: {error}") from error
+
+
 def _encode_lock(lock: _Lock) -> bytes:
     encoded: bytes = cbor2.dumps([lock.epoch, lock.order_id, list(lock.orders)], canonical=True)
     return encoded
 
 
 def _decode_lock(value: bytes) -> _Lock:
-    try:
-        document = cbor2.loads(value)
-    except Exception as error:
-        raise WireError(f"order signer row: {error}") from error
+    document = _load_cbor(value, "order signer row")
     if (
         not isinstance(document, list)
         or len(document) != 3
@@ -351,10 +353,7 @@ def _decode_lock(value: bytes) -> _Lock:
 
 
 def _decode_handovers(value: bytes, network_id: bytes) -> tuple[int, ...]:
-    try:
-        document = cbor2.loads(value)
-    except Exception as error:
-        raise WireError(f"order signer hand-over row: {error}") from error
+    document = _load_cbor(value, "order signer hand-over row")
     if (
         not isinstance(document, list)
         or len(document) != 3

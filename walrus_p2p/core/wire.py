@@ -1093,6 +1093,21 @@ def _message_class_at_start(
     return cls, field_count
 
 
+def message_name(data: bytes | bytearray | memoryview) -> str | None:
+    """The registered message class name that an encoding starts with, or None (a label for
+    traffic accounting: nothing is decoded or checked beyond the two first heads)."""
+    try:
+        head = bytes(data[:HEAD_PEEK_BYTES])
+        major, _, position = _read_head(head, 0)
+        if major != _MAJOR_ARRAY:
+            return None
+        major, type_id, _ = _read_head(head, position)
+    except WireError:
+        return None
+    cls = _MESSAGES_BY_ID.get(type_id) if major == _MAJOR_UNSIGNED else None
+    return None if cls is None else cls.__name__
+
+
 def max_size_for_head(
     head: bytes | bytearray,
     expected: type[Message] | tuple[type[Message], ...],

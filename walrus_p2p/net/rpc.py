@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import trio
 
-from walrus_p2p.core.wire import HEAD_PEEK_BYTES
+from walrus_p2p.core.wire import HEAD_PEEK_BYTES, message_name
 from walrus_p2p.errors import (
     NetworkError,
     PeerUnreachableError,
@@ -235,7 +235,7 @@ async def serve_stream(
         try:
             with trio.move_on_after(limits.read_timeout + len(reply) / 1_000_000):
                 await write_frame(stream, reply, max_size=len(reply) + 1, prefix=bytes([STATUS_OK]))
-                TRAFFIC.count("reply", len(reply) + 1)
+                TRAFFIC.count(f"reply:{message_name(reply) or '?'}", len(reply) + 1)
                 written = True
         except (NetworkError, WireError) as error:
             logger.info(
