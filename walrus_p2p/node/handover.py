@@ -24,6 +24,7 @@ the requests:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -152,8 +153,11 @@ class LockHandover:
                     with trio.move_on_after(PAST_EPOCH_SECONDS):
                         await self.collect(epoch)
                 tried = epoch
-            if self.ctx.epoch == current:
+            # Still pending when the others alone hold no quorum and this member's own report
+            # counted only once the past epoch's hand-over completed: try again shortly.
+            with trio.move_on_after(RETRY_DELAYS[-1] if self.pending(current) else math.inf):
                 await self._changed.wait()
+            if self._changed.is_set():
                 self._changed = trio.Event()
 
     async def collect(self, epoch: int) -> bool:
