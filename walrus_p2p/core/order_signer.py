@@ -1,7 +1,7 @@
 """The signing rule of one committee member, and the locks it hands over at an epoch change.
 
 Owner: docs/economics.md, "Certification: the signing rule" and "Double spending". Pure: no I/O;
-the peer (``node/economy.py``) persists :meth:`OrderSigner.to_bytes` before an approval leaves
+the peer (``node/economy.py``) persists :meth:`OrderSigner.take_changes` before an approval leaves
 and runs the hand-over's requests.
 """
 
