@@ -84,9 +84,6 @@ class LockHandover:
         self._changed = trio.Event()
         self.figures: dict[int, HandoverFigures] = {}
         """What the hand-overs this process completed cost, by epoch (the latest 8)."""
-        self.completed = 0
-        """Hand-overs completed by this process (a restarted member that had completed its
-        current epoch's does not count it again)."""
 
     def _needs_none(self, epoch: int) -> bool:
         """An epoch with no committee before it (the genesis) hands nothing over."""
@@ -195,7 +192,6 @@ class LockHandover:
         self.figures[epoch] = figures
         for old in sorted(self.figures)[:-8]:
             del self.figures[old]
-        self.completed += 1
         self.ctx.metrics.handover_done(epoch, figures.seconds, figures.orders, figures.adopted)
         logger.info(
             "lock hand-over done epoch=%d reporters=%d requests=%d orders=%d adopted=%d "
