@@ -136,7 +136,11 @@ async def test_a_withheld_order_is_handed_over_and_its_conflict_refused() -> Non
             assert peers[0].running.economy.ledger.next_sequence(ALICE.public_key.raw) == 1
             await network.wait_epoch(epoch + 1, timeout=ROUND_TIMEOUT)
             await eventually(
-                lambda: peers[0].running.economy.ledger.balance(CAROL) == WAL,
+                lambda: (
+                    peers[0].running.economy.ledger.balance(CAROL) == WAL
+                    # the certificate is applied while the hand-over still runs: wait for its end
+                    and epoch + 1 in peers[0].running.economy.handover.figures
+                ),
                 "peer 0 fetched and applied the decided slot's certificate",
                 30.0,
             )
